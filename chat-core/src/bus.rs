@@ -1,0 +1,65 @@
+//! The live delivery bus: carries events to whichever chat server holds a
+//! recipient's connection.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::id::{DeviceId, UserId};
+use crate::protocol::Event;
+
+/// An event on its way to a user's connected devices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// What to deliver.
+    pub event: Event,
+    /// A device *not* to deliver to: the device that sent the message, which
+    /// learns of it from its reply instead.
+    pub skip_device: Option<DeviceId>,
+}
+
+/// Receives envelopes for users subscribed on this node.
+///
+/// Called from the bus's own task; it must not block (queue and return).
+pub trait EnvelopeHandler: Send + Sync + Debug + 'static {
+    /// Delivers `envelope` to `user`'s connections on this node.
+    fn deliver(&self, user: UserId, envelope: &Envelope);
+}
+
+/// Routes live events between chat servers.
+///
+/// A chat server [`attach`](Self::attach)es its handler once, then
+/// [`subscribe`](Self::subscribe)s each user when that user's first connection
+/// opens on it and [`unsubscribe`](Self::unsubscribe)s when the last closes.
+/// The single-node bus delivers in-process; a multi-node bus (NATS, Redis) is
+/// another implementation of this trait and nothing else changes.
+///
+/// # Contract
+///
+/// * **Delivery**: after `subscribe(u)` returns, every envelope published to
+///   `u` is passed to this node's handler until `unsubscribe(u)`, at most once
+///   per subscribed node. The bus is *not* durable: an envelope for a user
+///   subscribed nowhere is dropped, which is fine because the message is
+///   already in the user's inbox and is fetched by sync.
+/// * **Ordering**: envelopes from one publisher to one user arrive in publish
+///   order.
+/// * **Subscriptions are counted**: `subscribe` twice needs `unsubscribe`
+///   twice, so several connections of one user on a node are simple to track.
+/// * **Expiry**: subscriptions of a node that dies disappear with it (a bus
+///   on a broker ties them to the node's broker connection).
+#[async_trait]
+pub trait DeliveryBus: Send + Sync + Debug + 'static {
+    /// Sets the handler that receives this node's envelopes. Called once.
+    async fn attach(&self, handler: Arc<dyn EnvelopeHandler>) -> Result<()>;
+
+    /// Starts receiving envelopes for `user` on this node.
+    async fn subscribe(&self, user: UserId) -> Result<()>;
+
+    /// Stops receiving envelopes for `user` on this node (one subscription).
+    async fn unsubscribe(&self, user: UserId) -> Result<()>;
+
+    /// Sends `envelope` to every node where each of `users` is subscribed.
+    async fn publish(&self, users: &[UserId], envelope: Envelope) -> Result<()>;
+}

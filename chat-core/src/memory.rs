@@ -1,0 +1,739 @@
+//! In-memory implementations of every trait.
+//!
+//! They keep the same contracts as the durable backends (the conformance
+//! suite in `chat-store` runs against them) and lose everything when the
+//! process ends. Use them in tests, and for a server whose data may vanish.
+//!
+//! Locks are `std::sync::Mutex` held only for in-memory work, never across
+//! an `.await`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use async_trait::async_trait;
+
+use crate::bus::{DeliveryBus, Envelope, EnvelopeHandler};
+use crate::clock::{Clock, SystemClock};
+use crate::directory::{Directory, UserRecord};
+use crate::discovery::{ServerInfo, ServiceDiscovery};
+use crate::error::{Error, Result};
+use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
+use crate::presence::PresenceTracker;
+use crate::push::{PushNotification, PushNotifier};
+use crate::rules::{apply_membership, check_duplicate, select_page, validate_new_channel};
+use crate::store::{Appended, HistoryStore, Inbox, Page};
+use crate::types::{
+    Channel, ChannelKind, Device, Message, Presence, PresenceStatus, Profile, User,
+};
+
+/// Locks a mutex, recovering from poisoning: the data behind these locks is
+/// only ever mutated by complete, panic-free updates.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Default)]
+struct HistoryState {
+    channels: HashMap<ChannelId, BTreeMap<MessageId, Message>>,
+    /// `(sender, client_msg_id)` → `(channel, id)`
+    dedup: HashMap<(UserId, ClientMsgId), (ChannelId, MessageId)>,
+}
+
+/// Chat history in memory.
+#[derive(Debug, Default)]
+pub struct MemoryHistory {
+    state: Mutex<HistoryState>,
+}
+
+#[async_trait]
+impl HistoryStore for MemoryHistory {
+    async fn append(&self, message: Message) -> Result<Appended> {
+        let mut st = lock(&self.state);
+        let key = (message.sender, message.client_msg_id.clone());
+        if let Some(&(channel, id)) = st.dedup.get(&key) {
+            let existing = st
+                .channels
+                .get(&channel)
+                .and_then(|c| c.get(&id))
+                .ok_or_else(|| Error::backend("memory", "dangling idempotency record"))?;
+            return check_duplicate(existing, &message);
+        }
+        let channel = st.channels.entry(message.channel_id).or_default();
+        if channel.contains_key(&message.id) {
+            return Err(Error::conflict(format!(
+                "message id {} already used in this channel",
+                message.id
+            )));
+        }
+        channel.insert(message.id, message.clone());
+        st.dedup.insert(key, (message.channel_id, message.id));
+        Ok(Appended::Stored(message))
+    }
+
+    async fn get(&self, channel: ChannelId, id: MessageId) -> Result<Option<Message>> {
+        Ok(lock(&self.state)
+            .channels
+            .get(&channel)
+            .and_then(|c| c.get(&id))
+            .cloned())
+    }
+
+    async fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
+        let st = lock(&self.state);
+        Ok(match st.channels.get(&channel) {
+            Some(c) => select_page(c.values(), page),
+            None => Vec::new(),
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    inboxes: HashMap<UserId, BTreeMap<MessageId, Message>>,
+    cursors: HashMap<(UserId, DeviceId), MessageId>,
+}
+
+/// Inboxes and device cursors in memory.
+#[derive(Debug, Default)]
+pub struct MemoryInbox {
+    state: Mutex<InboxState>,
+}
+
+#[async_trait]
+impl Inbox for MemoryInbox {
+    async fn push(&self, recipients: &[UserId], message: &Message) -> Result<()> {
+        let mut st = lock(&self.state);
+        for user in recipients {
+            st.inboxes
+                .entry(*user)
+                .or_default()
+                .entry(message.id)
+                .or_insert_with(|| message.clone());
+        }
+        Ok(())
+    }
+
+    async fn read(&self, user: UserId, after: MessageId, limit: usize) -> Result<Vec<Message>> {
+        let st = lock(&self.state);
+        Ok(st
+            .inboxes
+            .get(&user)
+            .map(|inbox| {
+                inbox
+                    .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<MessageId> {
+        Ok(lock(&self.state)
+            .cursors
+            .get(&(user, device))
+            .copied()
+            .unwrap_or(MessageId::ZERO))
+    }
+
+    async fn advance_cursor(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        cursor: MessageId,
+    ) -> Result<MessageId> {
+        let mut st = lock(&self.state);
+        let stored = st.cursors.entry((user, device)).or_insert(MessageId::ZERO);
+        *stored = (*stored).max(cursor);
+        Ok(*stored)
+    }
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    /// user → node → subscription count
+    routes: HashMap<UserId, HashMap<u64, usize>>,
+    handlers: HashMap<u64, Arc<dyn EnvelopeHandler>>,
+    next_node: u64,
+}
+
+/// The in-process meeting point of several [`MemoryBus`] nodes, so a test can
+/// run two chat servers in one process and see messages cross between them.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBusHub {
+    state: Arc<Mutex<HubState>>,
+}
+
+impl MemoryBusHub {
+    /// A new, empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A bus for one more node on this hub.
+    pub fn node(&self) -> MemoryBus {
+        let mut st = lock(&self.state);
+        st.next_node += 1;
+        MemoryBus {
+            hub: self.clone(),
+            node: st.next_node,
+            attached: OnceLock::new(),
+        }
+    }
+}
+
+/// A delivery bus in memory: one node on a [`MemoryBusHub`]
+/// ([`MemoryBus::default`] makes a single-node bus with its own hub).
+#[derive(Debug)]
+pub struct MemoryBus {
+    hub: MemoryBusHub,
+    node: u64,
+    attached: OnceLock<()>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        MemoryBusHub::new().node()
+    }
+}
+
+#[async_trait]
+impl DeliveryBus for MemoryBus {
+    async fn attach(&self, handler: Arc<dyn EnvelopeHandler>) -> Result<()> {
+        if self.attached.set(()).is_err() {
+            return Err(Error::invalid("a handler is already attached to this bus"));
+        }
+        lock(&self.hub.state).handlers.insert(self.node, handler);
+        Ok(())
+    }
+
+    async fn subscribe(&self, user: UserId) -> Result<()> {
+        let mut st = lock(&self.hub.state);
+        *st.routes
+            .entry(user)
+            .or_default()
+            .entry(self.node)
+            .or_insert(0) += 1;
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, user: UserId) -> Result<()> {
+        let mut st = lock(&self.hub.state);
+        if let Some(nodes) = st.routes.get_mut(&user) {
+            if let Some(count) = nodes.get_mut(&self.node) {
+                *count -= 1;
+                if *count == 0 {
+                    nodes.remove(&self.node);
+                }
+            }
+            if nodes.is_empty() {
+                st.routes.remove(&user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, users: &[UserId], envelope: Envelope) -> Result<()> {
+        // Collect targets under the lock, deliver outside it: handlers only
+        // enqueue, but must never run while the hub is locked.
+        let targets: Vec<(UserId, Arc<dyn EnvelopeHandler>)> = {
+            let st = lock(&self.hub.state);
+            users
+                .iter()
+                .flat_map(|u| {
+                    st.routes
+                        .get(u)
+                        .into_iter()
+                        .flat_map(|nodes| nodes.keys())
+                        .filter_map(|n| st.handlers.get(n).map(|h| (*u, h.clone())))
+                })
+                .collect()
+        };
+        for (user, handler) in targets {
+            handler.deliver(user, &envelope);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct PresenceState {
+    /// Alive devices: user → device → last heartbeat.
+    alive: HashMap<UserId, HashMap<DeviceId, u64>>,
+    /// Devices with an open connection.
+    connected: HashMap<UserId, HashSet<DeviceId>>,
+    /// Last heartbeat of any device, kept after the user goes offline.
+    last_active: HashMap<UserId, u64>,
+}
+
+/// Presence in memory (one node's view; a multi-node deployment needs a
+/// shared tracker such as Redis).
+#[derive(Debug)]
+pub struct MemoryPresence {
+    timeout_ms: u64,
+    state: Mutex<PresenceState>,
+}
+
+impl MemoryPresence {
+    /// A tracker that considers a device gone `timeout_ms` after its last
+    /// heartbeat.
+    pub fn new(timeout_ms: u64) -> Self {
+        Self {
+            timeout_ms,
+            state: Mutex::new(PresenceState::default()),
+        }
+    }
+}
+
+impl Default for MemoryPresence {
+    /// A 30-second timeout, the design's default.
+    fn default() -> Self {
+        Self::new(30_000)
+    }
+}
+
+#[async_trait]
+impl PresenceTracker for MemoryPresence {
+    async fn heartbeat(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> Result<Option<Presence>> {
+        let mut st = lock(&self.state);
+        let devices = st.alive.entry(user).or_default();
+        let was_online = !devices.is_empty();
+        devices.insert(device, now_ms);
+        st.connected.entry(user).or_default().insert(device);
+        let last = st.last_active.entry(user).or_insert(now_ms);
+        *last = (*last).max(now_ms);
+        Ok((!was_online).then_some(Presence {
+            user,
+            status: PresenceStatus::Online,
+            last_active_at: Some(now_ms),
+        }))
+    }
+
+    async fn disconnect(&self, user: UserId, device: DeviceId, _now_ms: u64) -> Result<()> {
+        let mut st = lock(&self.state);
+        if let Some(set) = st.connected.get_mut(&user) {
+            set.remove(&device);
+            if set.is_empty() {
+                st.connected.remove(&user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn expire(&self, now_ms: u64) -> Result<Vec<Presence>> {
+        let mut st = lock(&self.state);
+        let deadline = now_ms.saturating_sub(self.timeout_ms);
+        let mut went_offline = Vec::new();
+        st.alive.retain(|user, devices| {
+            devices.retain(|_, last| *last > deadline);
+            if devices.is_empty() {
+                went_offline.push(*user);
+                false
+            } else {
+                true
+            }
+        });
+        Ok(went_offline
+            .into_iter()
+            .map(|user| Presence {
+                user,
+                status: PresenceStatus::Offline,
+                last_active_at: st.last_active.get(&user).copied(),
+            })
+            .collect())
+    }
+
+    async fn status(&self, users: &[UserId]) -> Result<Vec<Presence>> {
+        let st = lock(&self.state);
+        Ok(users
+            .iter()
+            .map(|u| Presence {
+                user: *u,
+                status: if st.alive.contains_key(u) {
+                    PresenceStatus::Online
+                } else {
+                    PresenceStatus::Offline
+                },
+                last_active_at: st.last_active.get(u).copied(),
+            })
+            .collect())
+    }
+
+    async fn connected(&self, users: &[UserId]) -> Result<Vec<UserId>> {
+        let st = lock(&self.state);
+        Ok(users
+            .iter()
+            .filter(|u| st.connected.contains_key(u))
+            .copied()
+            .collect())
+    }
+}
+
+/// A notifier that writes one log line per notification: the default when no
+/// push provider is configured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoggingNotifier;
+
+#[async_trait]
+impl PushNotifier for LoggingNotifier {
+    async fn notify(&self, n: &PushNotification) -> Result<()> {
+        tracing::info!(
+            recipient = %n.recipient,
+            devices = n.devices.len(),
+            channel = %n.channel_id,
+            message = %n.message_id,
+            "push notification (logging notifier)"
+        );
+        Ok(())
+    }
+}
+
+/// A notifier that records what it was asked to send, for tests.
+#[derive(Debug, Default)]
+pub struct MemoryNotifier {
+    sent: Mutex<Vec<PushNotification>>,
+}
+
+impl MemoryNotifier {
+    /// Everything notified so far.
+    pub fn sent(&self) -> Vec<PushNotification> {
+        lock(&self.sent).clone()
+    }
+}
+
+#[async_trait]
+impl PushNotifier for MemoryNotifier {
+    async fn notify(&self, n: &PushNotification) -> Result<()> {
+        lock(&self.sent).push(n.clone());
+        Ok(())
+    }
+}
+
+/// Service discovery in memory, with leases read from a clock.
+#[derive(Debug)]
+pub struct MemoryDiscovery {
+    clock: Arc<dyn Clock>,
+    servers: Mutex<BTreeMap<String, (ServerInfo, u64)>>,
+}
+
+impl MemoryDiscovery {
+    /// A registry whose leases follow `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            servers: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Default for MemoryDiscovery {
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for MemoryDiscovery {
+    async fn register(&self, info: ServerInfo, ttl_ms: u64) -> Result<()> {
+        let expires = self.clock.now_ms().saturating_add(ttl_ms);
+        lock(&self.servers).insert(info.id.clone(), (info, expires));
+        Ok(())
+    }
+
+    async fn deregister(&self, id: &str) -> Result<()> {
+        lock(&self.servers).remove(id);
+        Ok(())
+    }
+
+    async fn servers(&self) -> Result<Vec<ServerInfo>> {
+        let now = self.clock.now_ms();
+        let mut servers = lock(&self.servers);
+        servers.retain(|_, (_, expires)| *expires > now);
+        Ok(servers.values().map(|(s, _)| s.clone()).collect())
+    }
+}
+
+#[derive(Debug, Default)]
+struct DirectoryState {
+    users: HashMap<UserId, UserRecord>,
+    by_name: HashMap<String, UserId>,
+    friends: HashMap<UserId, BTreeSet<UserId>>,
+    channels: HashMap<ChannelId, Channel>,
+    memberships: HashMap<UserId, BTreeSet<ChannelId>>,
+    devices: HashMap<UserId, BTreeMap<DeviceId, Device>>,
+}
+
+impl DirectoryState {
+    fn require_user(&self, id: UserId) -> Result<()> {
+        if self.users.contains_key(&id) {
+            Ok(())
+        } else {
+            Err(Error::not_found("user"))
+        }
+    }
+}
+
+/// The directory in memory.
+#[derive(Debug, Default)]
+pub struct MemoryDirectory {
+    state: Mutex<DirectoryState>,
+}
+
+#[async_trait]
+impl Directory for MemoryDirectory {
+    async fn create_user(&self, record: UserRecord) -> Result<User> {
+        let mut st = lock(&self.state);
+        if st.by_name.contains_key(&record.user.username) {
+            return Err(Error::AlreadyExists { what: "username" });
+        }
+        if st.users.contains_key(&record.user.id) {
+            return Err(Error::AlreadyExists { what: "user" });
+        }
+        st.by_name
+            .insert(record.user.username.clone(), record.user.id);
+        let user = record.user.clone();
+        st.users.insert(user.id, record);
+        Ok(user)
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>> {
+        Ok(lock(&self.state).users.get(&id).map(|r| r.user.clone()))
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        let st = lock(&self.state);
+        Ok(st
+            .by_name
+            .get(username)
+            .and_then(|id| st.users.get(id))
+            .cloned())
+    }
+
+    async fn update_profile(&self, id: UserId, profile: Profile) -> Result<User> {
+        let mut st = lock(&self.state);
+        let record = st.users.get_mut(&id).ok_or(Error::not_found("user"))?;
+        record.user.profile = profile;
+        Ok(record.user.clone())
+    }
+
+    async fn add_friend(&self, a: UserId, b: UserId) -> Result<()> {
+        if a == b {
+            return Err(Error::invalid("a user cannot befriend themselves"));
+        }
+        let mut st = lock(&self.state);
+        st.require_user(a)?;
+        st.require_user(b)?;
+        st.friends.entry(a).or_default().insert(b);
+        st.friends.entry(b).or_default().insert(a);
+        Ok(())
+    }
+
+    async fn remove_friend(&self, a: UserId, b: UserId) -> Result<()> {
+        let mut st = lock(&self.state);
+        if let Some(f) = st.friends.get_mut(&a) {
+            f.remove(&b);
+        }
+        if let Some(f) = st.friends.get_mut(&b) {
+            f.remove(&a);
+        }
+        Ok(())
+    }
+
+    async fn friends(&self, user: UserId) -> Result<Vec<UserId>> {
+        Ok(lock(&self.state)
+            .friends
+            .get(&user)
+            .map(|f| f.iter().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn create_channel(&self, channel: Channel) -> Result<Channel> {
+        let channel = validate_new_channel(&channel)?;
+        let mut st = lock(&self.state);
+        for m in &channel.members {
+            st.require_user(*m)?;
+        }
+        if let Some(existing) = st.channels.get(&channel.id) {
+            return match channel.kind {
+                ChannelKind::Direct => Ok(existing.clone()),
+                _ => Err(Error::AlreadyExists { what: "channel" }),
+            };
+        }
+        for m in &channel.members {
+            st.memberships.entry(*m).or_default().insert(channel.id);
+        }
+        st.channels.insert(channel.id, channel.clone());
+        Ok(channel)
+    }
+
+    async fn channel(&self, id: ChannelId) -> Result<Option<Channel>> {
+        Ok(lock(&self.state).channels.get(&id).cloned())
+    }
+
+    async fn add_member(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+        max_members: usize,
+    ) -> Result<Channel> {
+        let mut st = lock(&self.state);
+        st.require_user(user)?;
+        let current = st
+            .channels
+            .get(&channel)
+            .ok_or(Error::not_found("channel"))?;
+        match apply_membership(current, user, true, max_members)? {
+            None => Ok(current.clone()),
+            Some(updated) => {
+                st.memberships.entry(user).or_default().insert(channel);
+                st.channels.insert(channel, updated.clone());
+                Ok(updated)
+            }
+        }
+    }
+
+    async fn remove_member(&self, channel: ChannelId, user: UserId) -> Result<Channel> {
+        let mut st = lock(&self.state);
+        let current = st
+            .channels
+            .get(&channel)
+            .ok_or(Error::not_found("channel"))?;
+        match apply_membership(current, user, false, usize::MAX)? {
+            None => Ok(current.clone()),
+            Some(updated) => {
+                if let Some(m) = st.memberships.get_mut(&user) {
+                    m.remove(&channel);
+                }
+                st.channels.insert(channel, updated.clone());
+                Ok(updated)
+            }
+        }
+    }
+
+    async fn channels_of(&self, user: UserId) -> Result<Vec<Channel>> {
+        let st = lock(&self.state);
+        Ok(st
+            .memberships
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| st.channels.get(c).cloned())
+            .collect())
+    }
+
+    async fn register_device(&self, device: Device) -> Result<Device> {
+        let mut st = lock(&self.state);
+        st.require_user(device.user)?;
+        st.devices
+            .entry(device.user)
+            .or_default()
+            .insert(device.id, device.clone());
+        Ok(device)
+    }
+
+    async fn devices(&self, user: UserId) -> Result<Vec<Device>> {
+        Ok(lock(&self.state)
+            .devices
+            .get(&user)
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn remove_device(&self, user: UserId, device: DeviceId) -> Result<()> {
+        if let Some(d) = lock(&self.state).devices.get_mut(&user) {
+            d.remove(&device);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn presence_goes_online_once_and_offline_after_timeout() {
+        let p = MemoryPresence::new(30_000);
+        let u = UserId::new_random();
+        let d1 = DeviceId::new_random();
+        let d2 = DeviceId::new_random();
+        assert!(p.heartbeat(u, d1, 1_000).await.unwrap().is_some());
+        assert!(p.heartbeat(u, d2, 2_000).await.unwrap().is_none());
+        assert!(p.heartbeat(u, d1, 5_000).await.unwrap().is_none());
+        p.disconnect(u, d1, 6_000).await.unwrap();
+        assert_eq!(p.connected(&[u]).await.unwrap(), vec![u]);
+        p.disconnect(u, d2, 6_000).await.unwrap();
+        assert!(p.connected(&[u]).await.unwrap().is_empty());
+        // d1 last beat at 5 s: still online at 34 s, offline at 35 s.
+        assert!(p.expire(34_000).await.unwrap().is_empty());
+        let gone = p.expire(35_000).await.unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].status, PresenceStatus::Offline);
+        assert_eq!(gone[0].last_active_at, Some(5_000));
+        assert!(p.expire(40_000).await.unwrap().is_empty());
+        let st = p.status(&[u]).await.unwrap();
+        assert_eq!(st[0].status, PresenceStatus::Offline);
+    }
+
+    #[tokio::test]
+    async fn bus_routes_between_nodes() {
+        #[derive(Debug, Default)]
+        struct Rec(Mutex<Vec<UserId>>);
+        impl EnvelopeHandler for Rec {
+            fn deliver(&self, user: UserId, _e: &Envelope) {
+                lock(&self.0).push(user);
+            }
+        }
+        let hub = MemoryBusHub::new();
+        let (a, b) = (hub.node(), hub.node());
+        let (ra, rb) = (Arc::new(Rec::default()), Arc::new(Rec::default()));
+        a.attach(ra.clone()).await.unwrap();
+        b.attach(rb.clone()).await.unwrap();
+        assert!(a.attach(ra.clone()).await.is_err());
+        let u = UserId::new_random();
+        b.subscribe(u).await.unwrap();
+        b.subscribe(u).await.unwrap();
+        let env = Envelope {
+            event: crate::protocol::Event::Presence {
+                presence: Presence {
+                    user: u,
+                    status: PresenceStatus::Online,
+                    last_active_at: None,
+                },
+            },
+            skip_device: None,
+        };
+        a.publish(&[u], env.clone()).await.unwrap();
+        assert_eq!(lock(&rb.0).len(), 1);
+        assert!(lock(&ra.0).is_empty());
+        b.unsubscribe(u).await.unwrap();
+        a.publish(&[u], env.clone()).await.unwrap();
+        assert_eq!(lock(&rb.0).len(), 2, "still one subscription left");
+        b.unsubscribe(u).await.unwrap();
+        a.publish(&[u], env).await.unwrap();
+        assert_eq!(lock(&rb.0).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn discovery_leases_expire() {
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
+        let d = MemoryDiscovery::new(clock.clone());
+        let info = ServerInfo {
+            id: "s1".into(),
+            ws_url: "ws://x".into(),
+            http_url: "http://x".into(),
+            region: None,
+            capacity: 10,
+            connections: 0,
+        };
+        d.register(info, 5_000).await.unwrap();
+        assert_eq!(d.servers().await.unwrap().len(), 1);
+        clock.advance(5_000);
+        assert!(d.servers().await.unwrap().is_empty());
+    }
+}

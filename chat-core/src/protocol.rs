@@ -1,0 +1,428 @@
+//! The WebSocket wire protocol, version 1.
+//!
+//! JSON text frames. The client sends [`ClientFrame`]s, each a request with a
+//! client-chosen request id; the server answers every request with exactly one
+//! [`ServerFrame::Reply`] carrying the same id, holding either a result or a
+//! [`WireError`]. Everything else the server sends is a
+//! [`ServerFrame::Event`], never confused with a reply. The first frame on a
+//! connection is [`ServerFrame::Welcome`]. `docs/protocol.md` shows every
+//! frame.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
+use crate::types::{Message, Presence};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request from the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Client-chosen request id, echoed in the reply (1 to 64 bytes).
+    pub id: String,
+    /// What is asked.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// The requests a client can make over the WebSocket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// Post a message. Idempotent on `client_msg_id`: a retry returns the
+    /// original id with `duplicate: true`.
+    Send {
+        /// Target channel (the sender must be a member).
+        channel: ChannelId,
+        /// The idempotency key.
+        client_msg_id: ClientMsgId,
+        /// Text, at most the server's limit (100,000 characters by default).
+        content: String,
+    },
+    /// Read the inbox after a cursor. Without `after`, the device's stored
+    /// cursor is used.
+    Sync {
+        /// Exclusive lower bound (the device's `cur_max_message_id`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<MessageId>,
+        /// Page size (server clamps it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Store the device's cursor: everything up to it has been received.
+    Ack {
+        /// The new cursor (cursors only move forward).
+        cursor: MessageId,
+    },
+    /// Liveness signal; keeps the user online. Sent every
+    /// `heartbeat_interval_ms`.
+    Heartbeat {},
+    /// Page a channel's history (see [`crate::Page`]).
+    History {
+        /// The channel.
+        channel: ChannelId,
+        /// Exclusive upper bound.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<MessageId>,
+        /// Exclusive lower bound.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<MessageId>,
+        /// Page size (server clamps it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Ask for the presence of some users.
+    Presence {
+        /// Whose presence.
+        users: Vec<UserId>,
+    },
+}
+
+/// A frame from the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// First frame of every connection.
+    Welcome(Welcome),
+    /// The answer to one request.
+    Reply(Reply),
+    /// Something happened (a message arrived, a friend came online).
+    Event(Event),
+}
+
+/// Session parameters sent when a connection opens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Protocol version the server speaks.
+    pub protocol: u32,
+    /// Which chat server this is.
+    pub server_id: String,
+    /// The authenticated user.
+    pub user: UserId,
+    /// The device this connection belongs to.
+    pub device: DeviceId,
+    /// How often the client must send a heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// After how long without one the user counts as offline.
+    pub presence_timeout_ms: u64,
+    /// The device's cursor as the server has it stored.
+    pub cursor: MessageId,
+}
+
+/// The reply to one request: exactly one of `result` and `error` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request id; `None` only when the frame was too malformed to read one.
+    pub id: Option<String>,
+    /// The result on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ReplyBody>,
+    /// The error on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+}
+
+impl Reply {
+    /// A successful reply.
+    pub fn ok(id: impl Into<String>, body: ReplyBody) -> Self {
+        Self {
+            id: Some(id.into()),
+            result: Some(body),
+            error: None,
+        }
+    }
+
+    /// A failed reply.
+    pub fn err(id: Option<String>, error: WireError) -> Self {
+        Self {
+            id,
+            result: None,
+            error: Some(error),
+        }
+    }
+
+    /// The reply as a `Result`.
+    pub fn into_result(self) -> Result<ReplyBody, WireError> {
+        match (self.result, self.error) {
+            (_, Some(e)) => Err(e),
+            (Some(b), None) => Ok(b),
+            (None, None) => Err(WireError::new(
+                ErrorCode::BadFrame,
+                "reply carries neither result nor error",
+            )),
+        }
+    }
+}
+
+/// Successful results, one kind per request type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReplyBody {
+    /// The message is stored in history and every recipient's inbox.
+    Sent {
+        /// The server-assigned id.
+        message_id: MessageId,
+        /// Server time of acceptance.
+        created_at: u64,
+        /// `true` if this was a retry of an already stored send.
+        duplicate: bool,
+    },
+    /// A page of the inbox.
+    Synced {
+        /// Messages with id above the requested cursor, ascending.
+        messages: Vec<Message>,
+        /// Whether more messages follow this page.
+        has_more: bool,
+        /// See [`ReplyBody::Heartbeat::stable`].
+        stable: MessageId,
+    },
+    /// The device cursor now stored.
+    Acked {
+        /// The stored cursor.
+        cursor: MessageId,
+    },
+    /// Heartbeat answer.
+    Heartbeat {
+        /// Server time, Unix milliseconds.
+        server_time: u64,
+        /// The settled watermark: every message with a smaller id that will
+        /// ever be stored is already in the inbox. A client that has synced
+        /// and stayed connected may move its cursor up to this.
+        stable: MessageId,
+    },
+    /// A page of a channel's history, ascending.
+    History {
+        /// The messages.
+        messages: Vec<Message>,
+    },
+    /// Presence of the asked users, in the asked order.
+    Presence {
+        /// One entry per asked user.
+        users: Vec<Presence>,
+    },
+}
+
+/// Something the server tells the client without being asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A message in one of the user's channels (also the user's own messages
+    /// sent from another device).
+    Message {
+        /// The message.
+        message: Message,
+    },
+    /// A friend's presence changed.
+    Presence {
+        /// The new presence.
+        presence: Presence,
+    },
+}
+
+/// Stable error codes. Clients branch on these, never on the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not valid JSON or not a known request.
+    BadFrame,
+    /// A field is missing, malformed or out of range.
+    InvalidInput,
+    /// Missing, invalid or expired credentials.
+    Unauthorized,
+    /// Authenticated, but not allowed (e.g. not a member of the channel).
+    Forbidden,
+    /// The user, channel or message does not exist.
+    NotFound,
+    /// Already exists (e.g. username taken).
+    AlreadyExists,
+    /// The request contradicts stored state (a client message id reused for
+    /// different content).
+    Conflict,
+    /// The message content is over the length limit.
+    MessageTooLarge,
+    /// Too many requests; slow down and retry.
+    RateLimited,
+    /// A size limit would be exceeded (group members, connections).
+    LimitExceeded,
+    /// A backend is down or slow; retrying later can succeed.
+    Unavailable,
+    /// An unexpected server-side failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether the same request may succeed if retried later unchanged.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::RateLimited | ErrorCode::Unavailable)
+    }
+
+    /// The HTTP status the HTTP API uses for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadFrame | ErrorCode::InvalidInput => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
+            ErrorCode::MessageTooLarge => 413,
+            ErrorCode::LimitExceeded => 422,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// An error as it travels to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct WireError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable detail (not stable).
+    pub message: String,
+    /// Whether retrying the same request later can help.
+    pub retryable: bool,
+}
+
+impl WireError {
+    /// An error with the code's default retryability.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retryable: code.is_retryable(),
+        }
+    }
+}
+
+impl From<&Error> for WireError {
+    fn from(e: &Error) -> Self {
+        let code = match e {
+            Error::NotFound { .. } => ErrorCode::NotFound,
+            Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+            Error::Conflict { .. } => ErrorCode::Conflict,
+            Error::Forbidden { .. } => ErrorCode::Forbidden,
+            Error::InvalidInput { .. } => ErrorCode::InvalidInput,
+            Error::LimitExceeded { .. } => ErrorCode::LimitExceeded,
+            Error::Unsupported { .. } => ErrorCode::Internal,
+            Error::Backend {
+                temporary: true, ..
+            } => ErrorCode::Unavailable,
+            Error::Backend { .. } => ErrorCode::Internal,
+        };
+        // Backend details stay in the server's logs, not on the wire.
+        let message = match e {
+            Error::Backend {
+                temporary: true, ..
+            } => "a backend is unavailable, retry later".into(),
+            Error::Backend { .. } => "internal server error".into(),
+            other => other.to_string(),
+        };
+        WireError {
+            code,
+            message,
+            // A temporary backend failure is retryable; so is anything whose
+            // code says so.
+            retryable: e.is_temporary() || code.is_retryable(),
+        }
+    }
+}
+
+impl From<Error> for WireError {
+    fn from(e: Error) -> Self {
+        WireError::from(&e)
+    }
+}
+
+/// WebSocket close codes used by the server.
+///
+/// `4000..=4099`: the client should reconnect (after asking `route` again).
+/// `4100..=4199`: the client must not reconnect as it is (fix credentials or
+/// configuration first). Standard codes: `1009` for a frame above the hard
+/// frame-size limit, `1000`/`1001` for normal closure.
+pub mod close {
+    /// The server is shutting down; reconnect (to another server via `route`).
+    pub const SHUTDOWN: u16 = 4000;
+    /// The client did not read fast enough and its outbound queue filled up.
+    pub const SLOW_CONSUMER: u16 = 4001;
+    /// No frame (not even a heartbeat) within the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4002;
+    /// The server failed internally; reconnect.
+    pub const INTERNAL: u16 = 4003;
+    /// The server is at its connection limit; reconnect after backoff.
+    pub const SERVER_FULL: u16 = 4004;
+    /// The token is missing, invalid or expired: log in again.
+    pub const UNAUTHORIZED: u16 = 4100;
+    /// The user has the maximum number of connections open.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4101;
+    /// The client asked for a protocol version the server does not speak.
+    pub const UNSUPPORTED_VERSION: u16 = 4102;
+
+    /// Whether a close code asks the client to reconnect.
+    pub fn should_reconnect(code: u16) -> bool {
+        !(4100..=4199).contains(&code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_frames_round_trip() {
+        let json = r#"{"id":"r1","type":"send","channel":"6d1c3f0e-9a51-4b7e-8d2f-0c6a1e3b5a77","client_msg_id":"c-1","content":"hi"}"#;
+        let frame: ClientFrame = serde_json::from_str(json).unwrap();
+        assert_eq!(frame.id, "r1");
+        assert!(matches!(frame.request, Request::Send { ref content, .. } if content == "hi"));
+        let back: ClientFrame =
+            serde_json::from_str(&serde_json::to_string(&frame).unwrap()).unwrap();
+        assert_eq!(back, frame);
+        let hb: ClientFrame = serde_json::from_str(r#"{"id":"h","type":"heartbeat"}"#).unwrap();
+        assert_eq!(hb.request, Request::Heartbeat {});
+    }
+
+    #[test]
+    fn replies_and_events_are_distinct() {
+        let reply = ServerFrame::Reply(Reply::ok(
+            "r1",
+            ReplyBody::Acked {
+                cursor: MessageId(5),
+            },
+        ));
+        let json = serde_json::to_value(&reply).unwrap();
+        assert_eq!(json["type"], "reply");
+        assert_eq!(json["result"]["kind"], "acked");
+        assert_eq!(json["result"]["cursor"], "5");
+        let err = ServerFrame::Reply(Reply::err(None, WireError::new(ErrorCode::BadFrame, "bad")));
+        let json = serde_json::to_value(&err).unwrap();
+        assert_eq!(json["error"]["code"], "bad_frame");
+        assert_eq!(json["error"]["retryable"], false);
+        assert!(json["id"].is_null());
+    }
+
+    #[test]
+    fn backend_errors_map_to_retryable_codes() {
+        let e = Error::temporary("test", "down");
+        let w = WireError::from(&e);
+        assert_eq!(w.code, ErrorCode::Unavailable);
+        assert!(w.retryable);
+        let w = WireError::from(&Error::conflict("x"));
+        assert_eq!(w.code, ErrorCode::Conflict);
+        assert!(!w.retryable);
+    }
+
+    #[test]
+    fn close_code_ranges() {
+        assert!(close::should_reconnect(close::SLOW_CONSUMER));
+        assert!(close::should_reconnect(close::SHUTDOWN));
+        assert!(!close::should_reconnect(close::UNAUTHORIZED));
+    }
+}

@@ -1,0 +1,96 @@
+//! Rules every backend shares, so each backend decides duplicates, pages
+//! and membership changes the same way.
+
+use crate::error::{Error, Result};
+use crate::id::{ChannelId, UserId};
+use crate::store::{Appended, Page};
+use crate::types::{Channel, ChannelKind, Message};
+
+/// Decides an append against the stored idempotency record, the one rule
+/// every history backend shares: same key with the same channel and content
+/// is a duplicate, anything else under that key is a conflict.
+pub fn check_duplicate(existing: &Message, new: &Message) -> Result<Appended> {
+    if existing.channel_id == new.channel_id && existing.content == new.content {
+        Ok(Appended::Duplicate(existing.clone()))
+    } else {
+        Err(Error::conflict(format!(
+            "client message id {} was already used for a different message",
+            new.client_msg_id
+        )))
+    }
+}
+
+/// Selects a page from an ordered map of one channel's messages.
+pub fn select_page<'a>(
+    range: impl DoubleEndedIterator<Item = &'a Message>,
+    page: Page,
+) -> Vec<Message> {
+    let matching = range.filter(|m| page.contains(m.id));
+    if page.after.is_some() {
+        matching.take(page.limit).cloned().collect()
+    } else {
+        let mut v: Vec<Message> = matching.rev().take(page.limit).cloned().collect();
+        v.reverse();
+        v
+    }
+}
+
+/// Validates a channel's shape before it is stored: the rule every directory
+/// backend shares.
+pub fn validate_new_channel(channel: &Channel) -> Result<Channel> {
+    let mut channel = channel.clone();
+    channel.members.sort();
+    channel.members.dedup();
+    match channel.kind {
+        ChannelKind::Direct => {
+            if channel.members.len() != 2
+                || channel.id != ChannelId::direct(channel.members[0], channel.members[1])
+            {
+                return Err(Error::invalid(
+                    "a direct channel has exactly two distinct members and the id ChannelId::direct(a, b)",
+                ));
+            }
+        }
+        ChannelKind::Group => {
+            let owner = channel
+                .owner
+                .ok_or_else(|| Error::invalid("a group needs an owner"))?;
+            if !channel.is_member(owner) {
+                return Err(Error::invalid("a group's owner must be a member"));
+            }
+        }
+    }
+    Ok(channel)
+}
+
+/// Applies a membership change to a channel: the rule every directory
+/// backend shares. Returns `None` when nothing changes.
+pub fn apply_membership(
+    channel: &Channel,
+    user: UserId,
+    add: bool,
+    max_members: usize,
+) -> Result<Option<Channel>> {
+    if channel.kind == ChannelKind::Direct {
+        return Err(Error::invalid(
+            "the members of a direct channel cannot change",
+        ));
+    }
+    let present = channel.is_member(user);
+    if add == present {
+        return Ok(None);
+    }
+    let mut updated = channel.clone();
+    if add {
+        if channel.members.len() >= max_members {
+            return Err(Error::LimitExceeded {
+                limit: format!("a group has at most {max_members} members"),
+            });
+        }
+        updated.members.push(user);
+        updated.members.sort();
+    } else {
+        updated.members.retain(|m| *m != user);
+    }
+    Ok(Some(updated))
+}

@@ -1,0 +1,188 @@
+//! Domain types: users, channels, messages, devices, presence.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
+
+/// Longest username, in bytes.
+pub const MAX_USERNAME_LEN: usize = 32;
+
+/// A user's public profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Name shown to others.
+    pub display_name: String,
+    /// Free text ("about me").
+    #[serde(default)]
+    pub about: String,
+}
+
+/// A user account as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The user's id.
+    pub id: UserId,
+    /// Unique login name (lowercase ASCII letters, digits, `_`, `-`, `.`).
+    pub username: String,
+    /// Public profile.
+    pub profile: Profile,
+    /// Creation time, Unix milliseconds.
+    pub created_at: u64,
+}
+
+/// Checks a username: 1 to 32 characters of `a-z 0-9 _ - .`.
+pub fn validate_username(name: &str) -> Result<(), crate::Error> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_USERNAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(
+            "username must be 1 to 32 characters of a-z, 0-9, '_', '-', '.'",
+        ))
+    }
+}
+
+/// What kind of conversation a channel is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ChannelKind {
+    /// One-to-one between exactly two users; id is [`ChannelId::direct`].
+    Direct,
+    /// A small group with an owner.
+    Group,
+}
+
+/// A conversation and its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    /// The channel's id.
+    pub id: ChannelId,
+    /// Direct or group.
+    pub kind: ChannelKind,
+    /// Group name; empty for direct channels.
+    #[serde(default)]
+    pub name: String,
+    /// The group's owner (may add and remove members); `None` for direct channels.
+    pub owner: Option<UserId>,
+    /// Members, sorted by id.
+    pub members: Vec<UserId>,
+    /// Creation time, Unix milliseconds.
+    pub created_at: u64,
+}
+
+impl Channel {
+    /// The direct channel between two users.
+    pub fn direct(a: UserId, b: UserId, created_at: u64) -> Self {
+        let mut members = vec![a, b];
+        members.sort();
+        members.dedup();
+        Self {
+            id: ChannelId::direct(a, b),
+            kind: ChannelKind::Direct,
+            name: String::new(),
+            owner: None,
+            members,
+            created_at,
+        }
+    }
+
+    /// Whether `user` is a member.
+    pub fn is_member(&self, user: UserId) -> bool {
+        self.members.binary_search(&user).is_ok()
+    }
+}
+
+/// A chat message.
+///
+/// The primary key is `(channel_id, id)`; `id` alone is unique too when ids
+/// come from a globally ordered generator such as [`crate::Snowflake`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Server-assigned id, ordered by time.
+    pub id: MessageId,
+    /// The channel it was posted to.
+    pub channel_id: ChannelId,
+    /// The authenticated sender (never a field the client sets).
+    pub sender: UserId,
+    /// Text content.
+    pub content: String,
+    /// Server time of acceptance, Unix milliseconds. Informational only:
+    /// order by `id`.
+    pub created_at: u64,
+    /// The sender's idempotency key for this message.
+    pub client_msg_id: ClientMsgId,
+}
+
+#[cfg(test)]
+impl Message {
+    pub(crate) fn test_message(channel_id: ChannelId, id: MessageId) -> Self {
+        Self {
+            id,
+            channel_id,
+            sender: UserId::new_random(),
+            content: format!("message {id}"),
+            created_at: 0,
+            client_msg_id: ClientMsgId::new_random(),
+        }
+    }
+}
+
+/// The kind of client a device is, which decides how it is pushed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Platform {
+    /// Apple devices (APNs).
+    Ios,
+    /// Android devices (FCM).
+    Android,
+    /// Browsers (Web Push or a webhook).
+    Web,
+    /// Desktop applications.
+    Desktop,
+    /// Anything else.
+    Other,
+}
+
+/// A registered device of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// The device's id (chosen by the client, stable per installation).
+    pub id: DeviceId,
+    /// Its owner.
+    pub user: UserId,
+    /// What kind of client it is.
+    pub platform: Platform,
+    /// The push token issued by the platform (FCM registration token, APNs
+    /// device token), if the device wants push notifications.
+    pub push_token: Option<String>,
+    /// Registration time, Unix milliseconds.
+    pub created_at: u64,
+}
+
+/// Whether a user is reachable now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    /// At least one device sent a heartbeat within the timeout.
+    Online,
+    /// No device did.
+    Offline,
+}
+
+/// A user's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Whose presence.
+    pub user: UserId,
+    /// Online or offline.
+    pub status: PresenceStatus,
+    /// Time of the last heartbeat from any device, Unix milliseconds;
+    /// `None` if never seen.
+    pub last_active_at: Option<u64>,
+}
