@@ -1,1 +1,204 @@
-fn main() {}
+//! The reference chat server binary: parses flags and environment, opens the
+//! backends, and calls [`chat_server::serve`]. All behaviour lives in the
+//! library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_server::{ChatServer, ServerConfig};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Chat server: WebSocket chat plus the HTTP API, on the embedded store by default.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory of the embedded store (history, inboxes, cursors, directory).
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = "./chat-data")]
+    data_dir: PathBuf,
+    /// Keep everything in memory instead (lost on exit).
+    #[arg(long, env = "CHAT_MEMORY")]
+    memory: bool,
+    /// Token signing secret (32+ bytes), shared by every server of a
+    /// deployment. Default: a random secret kept in DATA_DIR/token.secret.
+    #[arg(long, env = "CHAT_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+    /// This server's id in discovery.
+    #[arg(long, env = "CHAT_SERVER_ID")]
+    server_id: Option<String>,
+    /// Snowflake node id, unique per server (0-1023).
+    #[arg(long, env = "CHAT_NODE_ID", default_value_t = 1)]
+    node_id: u16,
+    /// WebSocket URL clients use to reach this server (default: from --listen).
+    #[arg(long, env = "CHAT_PUBLIC_WS_URL")]
+    public_ws_url: Option<String>,
+    /// HTTP base URL of this server (default: from --listen).
+    #[arg(long, env = "CHAT_PUBLIC_HTTP_URL")]
+    public_http_url: Option<String>,
+    /// Region label used by `route`.
+    #[arg(long, env = "CHAT_REGION")]
+    region: Option<String>,
+    /// Seconds between client heartbeats.
+    #[arg(long, env = "CHAT_HEARTBEAT_SECS", default_value_t = 5)]
+    heartbeat_secs: u64,
+    /// Seconds without a heartbeat before a user is offline.
+    #[arg(long, env = "CHAT_PRESENCE_TIMEOUT_SECS", default_value_t = 30)]
+    presence_timeout_secs: u64,
+    /// Longest message in characters.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_CHARS", default_value_t = 100_000)]
+    max_message_chars: usize,
+    /// Largest WebSocket frame in bytes.
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+    /// Most members of a group.
+    #[arg(long, env = "CHAT_MAX_GROUP_MEMBERS", default_value_t = 100)]
+    max_group_members: usize,
+    /// Requests per second per connection.
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = 50)]
+    rate_limit: u32,
+    /// Request burst per connection.
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 100)]
+    rate_burst: u32,
+    /// Most connections per user.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_USER", default_value_t = 10)]
+    max_connections_per_user: usize,
+    /// Most WebSocket connections (default: the open-file limit less a reserve).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Frames queued per connection before it is cut off as a slow consumer.
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = 256)]
+    outbound_queue: usize,
+    /// Put message text in push notifications.
+    #[arg(long, env = "CHAT_PUSH_PREVIEW")]
+    push_preview: bool,
+}
+
+/// File descriptors kept for the store, logs and HTTP calls.
+const FD_RESERVE: usize = 256;
+
+/// The soft open-file limit, from /proc (Linux); `None` elsewhere.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn token_secret(args: &Args) -> std::io::Result<Vec<u8>> {
+    if let Some(s) = &args.token_secret {
+        return Ok(s.as_bytes().to_vec());
+    }
+    if args.memory {
+        return Ok(rand::random::<[u8; 32]>().to_vec());
+    }
+    load_or_create_secret(&args.data_dir.join("token.secret"))
+}
+
+fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read(path) {
+        Ok(s) if s.len() >= 32 => return Ok(s),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} holds fewer than 32 bytes",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let secret: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()?;
+    Ok(secret.into_bytes())
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    token.cancel();
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let defaults = ServerConfig::default();
+    let max_connections = args.max_connections.unwrap_or_else(|| {
+        open_file_limit()
+            .map(|l| l.saturating_sub(FD_RESERVE).max(1))
+            .unwrap_or(defaults.max_connections)
+    });
+    let config = ServerConfig {
+        server_id: args.server_id.clone().unwrap_or(defaults.server_id.clone()),
+        node_id: args.node_id,
+        public_ws_url: args.public_ws_url.clone(),
+        public_http_url: args.public_http_url.clone(),
+        region: args.region.clone(),
+        token_secret: token_secret(&args)?,
+        heartbeat_interval: Duration::from_secs(args.heartbeat_secs),
+        presence_timeout: Duration::from_secs(args.presence_timeout_secs),
+        max_message_chars: args.max_message_chars,
+        max_frame_bytes: args.max_frame_bytes,
+        max_group_members: args.max_group_members,
+        rate_limit_per_sec: args.rate_limit,
+        rate_limit_burst: args.rate_burst,
+        max_connections_per_user: args.max_connections_per_user,
+        max_connections,
+        outbound_queue: args.outbound_queue,
+        push_preview: args.push_preview,
+        ..defaults
+    };
+    let mut builder = ChatServer::builder(config);
+    if args.memory {
+        tracing::warn!("--memory: nothing is kept after exit");
+    } else {
+        let store = chat_store::embedded::EmbeddedStore::open(&args.data_dir)?;
+        tracing::info!(data_dir = %args.data_dir.display(), "embedded store open");
+        builder = builder.storage(Arc::new(store));
+    }
+    let server = builder.build().await?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    chat_server::serve(server, listener, shutdown).await?;
+    Ok(())
+}

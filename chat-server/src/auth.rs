@@ -1,0 +1,147 @@
+//! Passwords (Argon2id) and signed, expiring bearer tokens (HMAC-SHA256).
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chat_core::{Error, UserId};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Hashes and verifies passwords with Argon2id.
+#[derive(Debug, Clone)]
+pub struct Passwords {
+    params: Params,
+}
+
+impl Passwords {
+    /// Argon2id with `memory_kib` of memory and `iterations` passes.
+    pub fn new(memory_kib: u32, iterations: u32) -> Result<Self, Error> {
+        let params = Params::new(memory_kib, iterations, 1, None)
+            .map_err(|e| Error::invalid(format!("argon2 parameters: {e}")))?;
+        Ok(Self { params })
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    /// A PHC-format hash of `password` with a fresh random salt. CPU-heavy:
+    /// call from `spawn_blocking`.
+    pub fn hash(&self, password: &str) -> Result<String, Error> {
+        let salt = SaltString::generate(&mut OsRng);
+        self.argon2()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::backend("argon2", e.to_string()))
+    }
+
+    /// Whether `password` matches the stored `hash` (the parameters stored
+    /// in the hash are used, so old hashes keep working after a change).
+    pub fn verify(&self, password: &str, hash: &str) -> bool {
+        PasswordHash::new(hash)
+            .map(|parsed| {
+                self.argon2()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// What a token asserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user.
+    pub sub: UserId,
+    /// Expiry, Unix milliseconds.
+    pub exp: u64,
+}
+
+/// Issues and checks tokens of the form `v1.<claims>.<signature>`, where both
+/// parts are unpadded base64url and the signature is HMAC-SHA256 over
+/// `v1.<claims>` with the deployment's shared secret.
+#[derive(Clone)]
+pub struct Tokens {
+    key: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens { key: <secret> }")
+    }
+}
+
+const PREFIX: &str = "v1.";
+
+impl Tokens {
+    /// Tokens signed with `secret` (at least 32 bytes).
+    pub fn new(secret: &[u8]) -> Result<Self, Error> {
+        if secret.len() < 32 {
+            return Err(Error::invalid("token secret must be at least 32 bytes"));
+        }
+        let key = Hmac::<Sha256>::new_from_slice(secret)
+            .map_err(|e| Error::invalid(format!("token secret: {e}")))?;
+        Ok(Self { key })
+    }
+
+    /// A token for `claims`.
+    pub fn issue(&self, claims: Claims) -> String {
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let signed = format!("{PREFIX}{body}");
+        let mut mac = self.key.clone();
+        mac.update(signed.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signed}.{sig}")
+    }
+
+    /// The claims of a valid, unexpired token.
+    pub fn verify(&self, token: &str, now_ms: u64) -> Option<Claims> {
+        let (signed, sig) = token.rsplit_once('.')?;
+        let body = signed.strip_prefix(PREFIX)?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+        let mut mac = self.key.clone();
+        mac.update(signed.as_bytes());
+        // verify_slice compares in constant time.
+        mac.verify_slice(&sig).ok()?;
+        let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
+        (claims.exp > now_ms).then_some(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let p = Passwords::new(1024, 1).unwrap();
+        let h = p.hash("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(p.verify("correct horse", &h));
+        assert!(!p.verify("wrong", &h));
+        assert!(!p.verify("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn tokens_verify_expire_and_reject_tampering() {
+        let t = Tokens::new(&[7u8; 32]).unwrap();
+        let claims = Claims {
+            sub: UserId::new_random(),
+            exp: 10_000,
+        };
+        let token = t.issue(claims);
+        assert_eq!(t.verify(&token, 9_999), Some(claims));
+        assert_eq!(t.verify(&token, 10_000), None, "expired");
+        let other = Tokens::new(&[8u8; 32]).unwrap();
+        assert_eq!(other.verify(&token, 0), None, "wrong key");
+        let mut forged = token.clone();
+        forged.insert(5, 'A');
+        assert_eq!(t.verify(&forged, 0), None);
+        assert_eq!(t.verify("garbage", 0), None);
+        assert!(Tokens::new(b"short").is_err());
+    }
+}

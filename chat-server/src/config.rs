@@ -1,0 +1,136 @@
+//! Server configuration: limits, timings and identity.
+
+use std::time::Duration;
+
+/// Everything tunable about a chat server. [`ServerConfig::default`] gives the
+/// design's defaults; the binary maps flags and environment onto it.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This server's id in discovery (unique per server).
+    pub server_id: String,
+    /// Snowflake node id (0 to 1,023), unique per server.
+    pub node_id: u16,
+    /// The WebSocket URL clients should use to reach this server, e.g.
+    /// `ws://chat1.example.com/v1/ws`. `None`: derived from the listen address.
+    pub public_ws_url: Option<String>,
+    /// The HTTP base URL of this server. `None`: derived from the listen address.
+    pub public_http_url: Option<String>,
+    /// Region label for `route`.
+    pub region: Option<String>,
+    /// Secret for signing tokens (at least 32 bytes). All servers of a
+    /// deployment share it.
+    pub token_secret: Vec<u8>,
+    /// How long a token is valid.
+    pub token_ttl: Duration,
+    /// Argon2id memory cost in KiB (OWASP: 19,456).
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations (OWASP: 2).
+    pub argon2_iterations: u32,
+    /// How often clients send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A user is offline after this long without a heartbeat from any device.
+    pub presence_timeout: Duration,
+    /// How often presence expiry runs.
+    pub presence_sweep_interval: Duration,
+    /// Longest message, in characters.
+    pub max_message_chars: usize,
+    /// Largest WebSocket message (frame) accepted, in bytes; above it the
+    /// connection is closed with code 1009.
+    pub max_frame_bytes: usize,
+    /// Most members of a group.
+    pub max_group_members: usize,
+    /// Requests per second per connection (sustained).
+    pub rate_limit_per_sec: u32,
+    /// Burst allowance above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Most simultaneous connections of one user.
+    pub max_connections_per_user: usize,
+    /// Most simultaneous WebSocket connections on this server (keep it under
+    /// the process's open-file limit).
+    pub max_connections: usize,
+    /// Frames queued for one connection before it counts as a slow consumer
+    /// and is disconnected.
+    pub outbound_queue: usize,
+    /// WebSocket read buffer per connection, bytes.
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer per connection, bytes.
+    pub ws_write_buffer: usize,
+    /// Deadline of a whole send (id, history, inboxes, publish). Must be
+    /// below [`ServerConfig::settle_window`].
+    pub send_timeout: Duration,
+    /// How long after its id is assigned a message is certainly in every
+    /// inbox or rejected: the lag of the `stable` watermark.
+    pub settle_window: Duration,
+    /// Page size of a sync when the client gives none.
+    pub sync_page: usize,
+    /// Lease of this server's discovery entry.
+    pub discovery_ttl: Duration,
+    /// How long shutdown waits for connections to drain.
+    pub drain_timeout: Duration,
+    /// Queued push notifications before new ones are dropped (and counted).
+    pub push_queue: usize,
+    /// Include message text in push notifications (off: a preview hands the
+    /// content to a third party).
+    pub push_preview: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            server_id: format!("chat-{}", uuid::Uuid::new_v4().simple()),
+            node_id: 1,
+            public_ws_url: None,
+            public_http_url: None,
+            region: None,
+            token_secret: Vec::new(),
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            heartbeat_interval: Duration::from_secs(5),
+            presence_timeout: Duration::from_secs(30),
+            presence_sweep_interval: Duration::from_secs(1),
+            max_message_chars: 100_000,
+            max_frame_bytes: 1 << 20,
+            max_group_members: 100,
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 100,
+            max_connections_per_user: 10,
+            max_connections: 10_000,
+            outbound_queue: 256,
+            ws_read_buffer: 8 * 1024,
+            ws_write_buffer: 8 * 1024,
+            send_timeout: Duration::from_secs(5),
+            settle_window: Duration::from_secs(10),
+            sync_page: 200,
+            discovery_ttl: Duration::from_secs(15),
+            drain_timeout: Duration::from_secs(10),
+            push_queue: 10_000,
+            push_preview: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks that the settings are usable together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.token_secret.len() < 32 {
+            return Err("token_secret must be at least 32 bytes".into());
+        }
+        if self.send_timeout >= self.settle_window {
+            return Err("send_timeout must be shorter than settle_window".into());
+        }
+        if self.heartbeat_interval >= self.presence_timeout {
+            return Err("heartbeat_interval must be shorter than presence_timeout".into());
+        }
+        if self.node_id > chat_core::Snowflake::MAX_NODE {
+            return Err(format!(
+                "node_id must be at most {}",
+                chat_core::Snowflake::MAX_NODE
+            ));
+        }
+        if self.outbound_queue == 0 || self.max_connections == 0 || self.sync_page == 0 {
+            return Err("outbound_queue, max_connections and sync_page must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,655 @@
+//! The chat node: backends, the send pipeline, sync, presence and push, shared
+//! by the HTTP handlers and the WebSocket sessions.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_core::memory::{
+    LoggingNotifier, MemoryBus, MemoryDirectory, MemoryDiscovery, MemoryHistory, MemoryInbox,
+    MemoryPresence,
+};
+use chat_core::protocol::{ErrorCode, Event, WireError};
+use chat_core::{
+    Channel, ChannelId, ClientMsgId, Clock, DeliveryBus, DeviceId, Directory, Envelope,
+    HistoryStore, Inbox, Message, MessageId, MessageIdGenerator, Page, Presence, PresenceTracker,
+    PushNotification, PushNotifier, ServerInfo, ServiceDiscovery, Snowflake, TokioClock, UserId,
+    MAX_PAGE,
+};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Passwords, Tokens};
+use crate::config::ServerConfig;
+use crate::sessions::{LocalDelivery, Sessions};
+
+/// Result of an operation as the client sees it.
+pub type ApiResult<T> = Result<T, WireError>;
+
+/// Converts a backend error for the wire, logging what the client is not told.
+pub(crate) fn wire(e: chat_core::Error) -> WireError {
+    if let chat_core::Error::Backend { .. } = e {
+        tracing::warn!(error = %e, "backend error");
+    }
+    WireError::from(&e)
+}
+
+/// Shorthand for a wire error.
+pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> WireError {
+    WireError::new(code, message)
+}
+
+/// Builds a [`ChatServer`] from backends given as trait objects. Any backend
+/// not given is the in-memory one.
+#[derive(Debug, Default)]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    directory: Option<Arc<dyn Directory>>,
+    history: Option<Arc<dyn HistoryStore>>,
+    inbox: Option<Arc<dyn Inbox>>,
+    bus: Option<Arc<dyn DeliveryBus>>,
+    presence: Option<Arc<dyn PresenceTracker>>,
+    push: Option<Arc<dyn PushNotifier>>,
+    discovery: Option<Arc<dyn ServiceDiscovery>>,
+    ids: Option<Arc<dyn MessageIdGenerator>>,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, backend: Arc<$ty>) -> Self {
+            self.$name = Some(backend);
+            self
+        }
+    };
+}
+
+impl ServerBuilder {
+    /// A builder with `config`.
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    setter!(
+        /// Users, friends, channels, devices.
+        directory: dyn Directory
+    );
+    setter!(
+        /// Chat history.
+        history: dyn HistoryStore
+    );
+    setter!(
+        /// Inboxes and device cursors.
+        inbox: dyn Inbox
+    );
+    setter!(
+        /// Live delivery between nodes.
+        bus: dyn DeliveryBus
+    );
+    setter!(
+        /// Presence tracking.
+        presence: dyn PresenceTracker
+    );
+    setter!(
+        /// Push notifications (default: a log line).
+        push: dyn PushNotifier
+    );
+    setter!(
+        /// Service discovery.
+        discovery: dyn ServiceDiscovery
+    );
+    setter!(
+        /// Message ids (default: [`Snowflake`] with the configured node id).
+        ids: dyn MessageIdGenerator
+    );
+    setter!(
+        /// Wall-clock time (default: [`TokioClock`], which follows tokio's
+        /// paused time in tests).
+        clock: dyn Clock
+    );
+
+    /// Sets the history store, inbox and directory from one backend that
+    /// implements all three (such as the embedded store).
+    pub fn storage<S: HistoryStore + Inbox + Directory>(self, store: Arc<S>) -> Self {
+        self.history(store.clone())
+            .inbox(store.clone())
+            .directory(store)
+    }
+
+    /// Starts the node: attaches to the bus and spawns the presence sweeper
+    /// and push worker. Must run inside a tokio runtime.
+    pub async fn build(self) -> Result<ChatServer, chat_core::Error> {
+        let config = self.config;
+        config.validate().map_err(chat_core::Error::invalid)?;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::new()));
+        let ids: Arc<dyn MessageIdGenerator> = match self.ids {
+            Some(ids) => ids,
+            None => Arc::new(Snowflake::with_clock(config.node_id, clock.clone())?),
+        };
+        if ids.floor_at(0).is_none() {
+            return Err(chat_core::Error::invalid(
+                "the server needs a globally time-ordered id generator (such as Snowflake): \
+                 inboxes mix channels and are read after one cursor",
+            ));
+        }
+        let presence = self.presence.unwrap_or_else(|| {
+            Arc::new(MemoryPresence::new(
+                config.presence_timeout.as_millis() as u64
+            ))
+        });
+        let discovery = self
+            .discovery
+            .unwrap_or_else(|| Arc::new(MemoryDiscovery::new(clock.clone())));
+        let sessions = Arc::new(Sessions::default());
+        let bus = self.bus.unwrap_or_else(|| Arc::new(MemoryBus::default()));
+        bus.attach(Arc::new(LocalDelivery {
+            sessions: sessions.clone(),
+        }))
+        .await?;
+        let (push_tx, push_rx) = mpsc::channel(config.push_queue.max(1));
+        let inner = Arc::new(Inner {
+            passwords: Passwords::new(config.argon2_memory_kib, config.argon2_iterations)?,
+            tokens: Tokens::new(&config.token_secret)?,
+            conn_limit: Arc::new(Semaphore::new(config.max_connections)),
+            directory: self
+                .directory
+                .unwrap_or_else(|| Arc::new(MemoryDirectory::default())),
+            history: self
+                .history
+                .unwrap_or_else(|| Arc::new(MemoryHistory::default())),
+            inbox: self
+                .inbox
+                .unwrap_or_else(|| Arc::new(MemoryInbox::default())),
+            push: self.push.unwrap_or_else(|| Arc::new(LoggingNotifier)),
+            bus,
+            presence,
+            discovery,
+            ids,
+            clock,
+            sessions,
+            push_tx,
+            stats: Stats::default(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            advertised: Mutex::new(None),
+            config,
+        });
+        let server = ChatServer { inner };
+        server.spawn_background(push_rx);
+        Ok(server)
+    }
+}
+
+/// Counters worth watching in production.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages stored (not counting duplicates).
+    pub messages_stored: AtomicU64,
+    /// Sends answered with the original id of an earlier identical send.
+    pub duplicate_sends: AtomicU64,
+    /// Push notifications handed to the notifier.
+    pub pushes_sent: AtomicU64,
+    /// Push notifications dropped because the push queue was full.
+    pub pushes_dropped: AtomicU64,
+    /// Push notifications the notifier failed to deliver.
+    pub push_failures: AtomicU64,
+    /// Connections closed because their outbound queue filled.
+    pub slow_consumers: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) config: ServerConfig,
+    pub(crate) directory: Arc<dyn Directory>,
+    pub(crate) history: Arc<dyn HistoryStore>,
+    pub(crate) inbox: Arc<dyn Inbox>,
+    pub(crate) bus: Arc<dyn DeliveryBus>,
+    pub(crate) presence: Arc<dyn PresenceTracker>,
+    pub(crate) push: Arc<dyn PushNotifier>,
+    pub(crate) discovery: Arc<dyn ServiceDiscovery>,
+    pub(crate) ids: Arc<dyn MessageIdGenerator>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) passwords: Passwords,
+    pub(crate) tokens: Tokens,
+    pub(crate) sessions: Arc<Sessions>,
+    /// Caps WebSocket connections (each holds a file descriptor).
+    pub(crate) conn_limit: Arc<Semaphore>,
+    push_tx: mpsc::Sender<PushJob>,
+    pub(crate) stats: Stats,
+    /// Cancelled when the server shuts down; every session watches it.
+    pub(crate) shutdown: CancellationToken,
+    /// Every session and background task, so shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+    /// This server's entry in discovery, once it advertises itself.
+    advertised: Mutex<Option<ServerInfo>>,
+}
+
+/// A recipient set to notify about one message, handled off the send path.
+#[derive(Debug)]
+struct PushJob {
+    recipients: Vec<UserId>,
+    message: Message,
+}
+
+/// A running chat node. Cheap to clone; all clones are the same node.
+#[derive(Debug, Clone)]
+pub struct ChatServer {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What a completed send returns to the sender.
+#[derive(Debug, Clone)]
+pub struct SendOutcome {
+    /// The stored message (the original one for a duplicate).
+    pub message: Message,
+    /// Whether this send repeated an earlier one.
+    pub duplicate: bool,
+}
+
+impl ChatServer {
+    /// A builder with the given configuration.
+    pub fn builder(config: ServerConfig) -> ServerBuilder {
+        ServerBuilder::new(config)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// Runtime counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// WebSocket connections open on this server.
+    pub fn connections(&self) -> usize {
+        self.inner.sessions.total()
+    }
+
+    /// Current wall-clock time as the server sees it.
+    pub(crate) fn now(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// The settled watermark: every message with a smaller id that will ever
+    /// be acknowledged is already in every inbox (sends give up after
+    /// `send_timeout`, which is shorter than `settle_window`).
+    pub fn stable_watermark(&self) -> MessageId {
+        let settle = self.inner.config.settle_window.as_millis() as u64;
+        self.inner
+            .ids
+            .floor_at(self.now().saturating_sub(settle))
+            .unwrap_or(MessageId::ZERO)
+    }
+
+    /// Runs `fut` under the send deadline; an expired deadline is a
+    /// retryable `unavailable` error.
+    async fn within_deadline<T>(
+        &self,
+        fut: impl Future<Output = chat_core::Result<T>>,
+    ) -> ApiResult<T> {
+        match tokio::time::timeout(self.inner.config.send_timeout, fut).await {
+            Ok(r) => r.map_err(wire),
+            Err(_) => Err(err(
+                ErrorCode::Unavailable,
+                "storage did not answer in time, retry later",
+            )),
+        }
+    }
+
+    /// The channel, if `user` is a member; `forbidden` or `not_found` otherwise.
+    pub(crate) async fn member_channel(&self, user: UserId, id: ChannelId) -> ApiResult<Channel> {
+        let channel = self
+            .inner
+            .directory
+            .channel(id)
+            .await
+            .map_err(wire)?
+            .ok_or_else(|| err(ErrorCode::NotFound, "channel not found"))?;
+        if !channel.is_member(user) {
+            return Err(err(ErrorCode::Forbidden, "not a member of this channel"));
+        }
+        Ok(channel)
+    }
+
+    /// Posts a message: assigns the id, writes history, writes every
+    /// member's inbox, and only then returns (the ack). Live delivery and push
+    /// follow. A retry with the same client message id finishes any inbox
+    /// writes the first attempt missed and returns the original message.
+    pub async fn send(
+        &self,
+        sender: UserId,
+        device: DeviceId,
+        channel_id: ChannelId,
+        client_msg_id: ClientMsgId,
+        content: String,
+    ) -> ApiResult<SendOutcome> {
+        let max = self.inner.config.max_message_chars;
+        if content.is_empty() {
+            return Err(err(ErrorCode::InvalidInput, "message content is empty"));
+        }
+        // Byte length bounds character count from above: count only when needed.
+        if content.len() > max && content.chars().count() > max {
+            return Err(err(
+                ErrorCode::MessageTooLarge,
+                format!("message content is over {max} characters"),
+            ));
+        }
+        let channel = self.member_channel(sender, channel_id).await?;
+        let inner = &self.inner;
+        let (message, duplicate) = self
+            .within_deadline(async {
+                let id = inner.ids.next_id(channel_id).await?;
+                let appended = inner
+                    .history
+                    .append(Message {
+                        id,
+                        channel_id,
+                        sender,
+                        content,
+                        created_at: inner.clock.now_ms(),
+                        client_msg_id,
+                    })
+                    .await?;
+                let duplicate = appended.is_duplicate();
+                let message = match appended {
+                    chat_core::Appended::Stored(m) | chat_core::Appended::Duplicate(m) => m,
+                };
+                // Every member's inbox, the sender's included, so the
+                // sender's other devices sync it too.
+                inner.inbox.push(&channel.members, &message).await?;
+                Ok((message, duplicate))
+            })
+            .await?;
+        if duplicate {
+            inner.stats.duplicate_sends.fetch_add(1, Ordering::Relaxed);
+            return Ok(SendOutcome { message, duplicate });
+        }
+        inner.stats.messages_stored.fetch_add(1, Ordering::Relaxed);
+        let envelope = Envelope {
+            event: Event::Message {
+                message: message.clone(),
+            },
+            skip_device: Some(device),
+        };
+        if let Err(e) = inner.bus.publish(&channel.members, envelope).await {
+            // The message is durable in every inbox; recipients get it on sync.
+            tracing::warn!(error = %e, "live delivery failed; recipients will sync");
+        }
+        let recipients: Vec<UserId> = channel
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != sender)
+            .collect();
+        if !recipients.is_empty() {
+            let job = PushJob {
+                recipients,
+                message: message.clone(),
+            };
+            if inner.push_tx.try_send(job).is_err() {
+                inner.stats.pushes_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("push queue full; notification dropped");
+            }
+        }
+        Ok(SendOutcome {
+            message,
+            duplicate: false,
+        })
+    }
+
+    /// A page of `user`'s inbox after `after`: `(messages, has_more)`.
+    pub async fn sync(
+        &self,
+        user: UserId,
+        after: MessageId,
+        limit: Option<u32>,
+    ) -> ApiResult<(Vec<Message>, bool)> {
+        let limit = clamp_limit(limit, self.inner.config.sync_page);
+        let mut messages = self
+            .inner
+            .inbox
+            .read(user, after, limit + 1)
+            .await
+            .map_err(wire)?;
+        let has_more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok((messages, has_more))
+    }
+
+    /// A page of a channel's history, for members only.
+    pub async fn history(
+        &self,
+        user: UserId,
+        channel: ChannelId,
+        page: Page,
+    ) -> ApiResult<Vec<Message>> {
+        self.member_channel(user, channel).await?;
+        self.inner.history.page(channel, page).await.map_err(wire)
+    }
+
+    /// Records a heartbeat; tells friends if the user just came online.
+    pub async fn heartbeat(&self, user: UserId, device: DeviceId) -> ApiResult<()> {
+        let change = self
+            .inner
+            .presence
+            .heartbeat(user, device, self.now())
+            .await
+            .map_err(wire)?;
+        if let Some(presence) = change {
+            self.announce(presence).await;
+        }
+        Ok(())
+    }
+
+    /// Presence of some users.
+    pub async fn presence_of(&self, users: &[UserId]) -> ApiResult<Vec<Presence>> {
+        if users.len() > MAX_PAGE {
+            return Err(err(
+                ErrorCode::InvalidInput,
+                format!("at most {MAX_PAGE} users per presence query"),
+            ));
+        }
+        self.inner.presence.status(users).await.map_err(wire)
+    }
+
+    /// Publishes a presence change to the user's friends.
+    async fn announce(&self, presence: Presence) {
+        let friends = match self.inner.directory.friends(presence.user).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load friends for a presence change");
+                return;
+            }
+        };
+        if friends.is_empty() {
+            return;
+        }
+        let envelope = Envelope {
+            event: Event::Presence { presence },
+            skip_device: None,
+        };
+        if let Err(e) = self.inner.bus.publish(&friends, envelope).await {
+            tracing::warn!(error = %e, "presence fan-out failed");
+        }
+    }
+
+    fn spawn_background(&self, mut push_rx: mpsc::Receiver<PushJob>) {
+        let inner = &self.inner;
+        // Presence expiry.
+        let server = self.clone();
+        let shutdown = inner.shutdown.clone();
+        inner.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(server.inner.config.presence_sweep_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match server.inner.presence.expire(server.now()).await {
+                    Ok(changes) => {
+                        for presence in changes {
+                            server.announce(presence).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "presence expiry failed"),
+                }
+            }
+        });
+        // Push worker: off the send path, one job at a time, bounded queue.
+        let server = self.clone();
+        let shutdown = inner.shutdown.clone();
+        inner.tasks.spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    job = push_rx.recv() => match job { Some(j) => j, None => break },
+                };
+                server.deliver_push(job).await;
+            }
+        });
+    }
+
+    async fn deliver_push(&self, job: PushJob) {
+        let inner = &self.inner;
+        let connected = match inner.presence.connected(&job.recipients).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence unavailable; skipping push");
+                return;
+            }
+        };
+        for recipient in job.recipients.iter().filter(|r| !connected.contains(r)) {
+            let devices = match inner.directory.devices(*recipient).await {
+                Ok(d) => d.into_iter().filter(|d| d.push_token.is_some()).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load devices for push");
+                    continue;
+                }
+            };
+            let notification = PushNotification {
+                recipient: *recipient,
+                devices,
+                channel_id: job.message.channel_id,
+                message_id: job.message.id,
+                sender: job.message.sender,
+                preview: inner
+                    .config
+                    .push_preview
+                    .then(|| job.message.content.chars().take(200).collect()),
+            };
+            match inner.push.notify(&notification).await {
+                Ok(()) => inner.stats.pushes_sent.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "push notification failed");
+                    inner.stats.push_failures.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+    }
+
+    /// Registers this server in discovery with its public URLs and keeps the
+    /// lease (and the connection count in it) fresh until shutdown. `serve`
+    /// calls this; a host that mounts [`ChatServer::router`] itself calls it
+    /// with its own URLs.
+    pub async fn advertise(&self, ws_url: String, http_url: String) -> chat_core::Result<()> {
+        let cfg = &self.inner.config;
+        let info = ServerInfo {
+            id: cfg.server_id.clone(),
+            ws_url,
+            http_url,
+            region: cfg.region.clone(),
+            capacity: cfg.max_connections as u32,
+            connections: 0,
+        };
+        let ttl = cfg.discovery_ttl.as_millis() as u64;
+        self.inner.discovery.register(info.clone(), ttl).await?;
+        *self
+            .inner
+            .advertised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
+        let server = self.clone();
+        let shutdown = self.inner.shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(server.inner.config.discovery_ttl / 3);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let mut entry = info.clone();
+                entry.connections = server.connections() as u32;
+                if let Err(e) = server.inner.discovery.register(entry, ttl).await {
+                    tracing::warn!(error = %e, "discovery refresh failed");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops the node: sessions are told to reconnect elsewhere (close code
+    /// 4000), the discovery entry is removed, and background tasks end. Waits
+    /// up to `drain_timeout` for sessions to finish.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        let advertised = inner
+            .advertised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(info) = advertised {
+            if let Err(e) = inner.discovery.deregister(&info.id).await {
+                tracing::warn!(error = %e, "discovery deregistration failed");
+            }
+        }
+        inner.shutdown.cancel();
+        inner.tasks.close();
+        if tokio::time::timeout(inner.config.drain_timeout, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout: some sessions did not close in time");
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// A token cancelled when shutdown begins.
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Current `route` answer: the best registered server for `region`.
+    pub async fn route(&self, region: Option<&str>) -> ApiResult<ServerInfo> {
+        let servers = self.inner.discovery.servers().await.map_err(wire)?;
+        chat_core::pick_server(&servers, region)
+            .cloned()
+            .ok_or_else(|| err(ErrorCode::Unavailable, "no chat server is available"))
+    }
+
+    /// How long to wait before giving up on sessions at shutdown.
+    pub fn drain_timeout(&self) -> Duration {
+        self.inner.config.drain_timeout
+    }
+}
+
+/// Clamps a client-given page size to `1..=MAX_PAGE`, `default` if absent.
+pub(crate) fn clamp_limit(limit: Option<u32>, default: usize) -> usize {
+    limit
+        .map(|l| l as usize)
+        .unwrap_or(default)
+        .clamp(1, MAX_PAGE)
+}

@@ -1,0 +1,135 @@
+//! The registry of this node's live WebSocket sessions, and the bus handler
+//! that hands envelopes to them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
+use chat_core::protocol::ServerFrame;
+use chat_core::{DeviceId, Envelope, EnvelopeHandler, UserId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serialises a server frame once, for however many sessions receive it.
+pub(crate) fn encode(frame: &ServerFrame) -> Utf8Bytes {
+    // Serialising these plain data types cannot fail; an empty frame would be
+    // rejected by any client as malformed rather than crash the server.
+    Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())
+}
+
+/// One connection's handle as other tasks see it.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionHandle {
+    pub(crate) id: u64,
+    pub(crate) device: DeviceId,
+    /// The bounded outbound queue drained by the connection's writer.
+    pub(crate) tx: mpsc::Sender<WsMessage>,
+    /// Cancelled when the session must close because it fell behind.
+    pub(crate) slow: CancellationToken,
+}
+
+impl SessionHandle {
+    /// Queues a frame without waiting. A full queue means the client is not
+    /// reading: the session is marked slow and will be closed, so one slow
+    /// client never holds up anyone else.
+    pub(crate) fn offer(&self, frame: WsMessage) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Sessions on this node, by user.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    by_user: Mutex<HashMap<UserId, Vec<SessionHandle>>>,
+    next_id: AtomicU64,
+    total: AtomicUsize,
+}
+
+/// What registering a session found.
+pub(crate) enum Registered {
+    /// Registered; `first` if it is the user's first session on this node.
+    Ok { first: bool },
+    /// The user already has the maximum number of sessions.
+    TooMany,
+}
+
+impl Sessions {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Connections open on this node.
+    pub(crate) fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn register(&self, user: UserId, handle: SessionHandle, max: usize) -> Registered {
+        let mut map = lock(&self.by_user);
+        let list = map.entry(user).or_default();
+        if list.len() >= max {
+            return Registered::TooMany;
+        }
+        list.push(handle);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Registered::Ok {
+            first: list.len() == 1,
+        }
+    }
+
+    /// Removes a session; returns whether it was the user's last on this node.
+    pub(crate) fn unregister(&self, user: UserId, id: u64) -> bool {
+        let mut map = lock(&self.by_user);
+        let Some(list) = map.get_mut(&user) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|s| s.id != id);
+        if list.len() < before {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
+        if list.is_empty() {
+            map.remove(&user);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn handles(&self, user: UserId) -> Vec<SessionHandle> {
+        lock(&self.by_user).get(&user).cloned().unwrap_or_default()
+    }
+}
+
+/// Delivers bus envelopes to this node's sessions.
+#[derive(Debug)]
+pub(crate) struct LocalDelivery {
+    pub(crate) sessions: Arc<Sessions>,
+}
+
+impl EnvelopeHandler for LocalDelivery {
+    fn deliver(&self, user: UserId, envelope: &Envelope) {
+        let handles = self.sessions.handles(user);
+        if handles.is_empty() {
+            return;
+        }
+        let text = encode(&ServerFrame::Event(envelope.event.clone()));
+        for h in handles {
+            if Some(h.device) == envelope.skip_device {
+                continue;
+            }
+            h.offer(WsMessage::Text(text.clone()));
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The stateful chat service: one task per WebSocket with a split reader and
+//! writer and a bounded outbound queue.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chat_core::api::ConnectQuery;
+use chat_core::protocol::{
+    close, ClientFrame, ErrorCode, Reply, ReplyBody, Request, ServerFrame, Welcome, WireError,
+    PROTOCOL_VERSION,
+};
+use chat_core::{DeviceId, Page, UserId};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{clamp_limit, err, wire, ApiResult, ChatServer};
+use crate::sessions::{encode, Registered, SessionHandle};
+
+/// Longest accepted request id, in bytes.
+const MAX_REQUEST_ID: usize = 64;
+
+/// `GET /v1/ws?device=...&token=...&v=1`: upgrades to the chat protocol.
+///
+/// Refusals happen after the upgrade, as close frames with a code from
+/// [`chat_core::protocol::close`], because browsers cannot read the HTTP
+/// status of a failed WebSocket handshake.
+pub(crate) async fn upgrade(
+    State(server): State<ChatServer>,
+    Query(query): Query<ConnectQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let cfg = server.config();
+    let token = query
+        .token
+        .clone()
+        .or_else(|| crate::http::bearer(&headers));
+    let user = token.and_then(|t| server.inner.tokens.verify(&t, server.now()));
+    let ws = ws
+        .read_buffer_size(cfg.ws_read_buffer)
+        .write_buffer_size(cfg.ws_write_buffer)
+        .max_write_buffer_size(cfg.max_frame_bytes.saturating_mul(2))
+        .max_message_size(cfg.max_frame_bytes)
+        .max_frame_size(cfg.max_frame_bytes);
+    ws.on_upgrade(move |socket| async move {
+        let refusal = if server.is_shutting_down() {
+            Some((close::SHUTDOWN, "server shutting down"))
+        } else if query.v.unwrap_or(PROTOCOL_VERSION) != PROTOCOL_VERSION {
+            Some((close::UNSUPPORTED_VERSION, "unsupported protocol version"))
+        } else if user.is_none() {
+            Some((close::UNAUTHORIZED, "missing, invalid or expired token"))
+        } else {
+            None
+        };
+        let permit = server.inner.conn_limit.clone().try_acquire_owned().ok();
+        match (refusal, user, permit) {
+            (Some((code, reason)), _, _) => refuse(socket, code, reason).await,
+            (None, _, None) => {
+                refuse(socket, close::SERVER_FULL, "server at its connection limit").await
+            }
+            (None, Some(claims), Some(permit)) => {
+                let tracker = server.inner.tasks.clone();
+                // Tracked so shutdown waits for the session to say goodbye.
+                let _ = tracker
+                    .spawn(run_session(
+                        server,
+                        socket,
+                        claims.sub,
+                        query.device,
+                        permit,
+                    ))
+                    .await;
+            }
+            (None, None, Some(_)) => refuse(socket, close::UNAUTHORIZED, "unauthorized").await,
+        }
+    })
+}
+
+async fn refuse(mut socket: WebSocket, code: u16, reason: &'static str) {
+    let _ = socket
+        .send(WsMessage::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })))
+        .await;
+}
+
+fn close_msg(code: u16, reason: &'static str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// A token bucket: `rate` per second sustained, `burst` at once.
+#[derive(Debug)]
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How a session ended, for the close frame.
+enum End {
+    ClientClosed,
+    Shutdown,
+    Slow,
+    Idle,
+    TooBig,
+    Broken,
+}
+
+async fn run_session(
+    server: ChatServer,
+    socket: WebSocket,
+    user: UserId,
+    device: DeviceId,
+    _permit: OwnedSemaphorePermit,
+) {
+    let cfg = server.config().clone();
+    let (mut sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel::<WsMessage>(cfg.outbound_queue);
+    let slow = CancellationToken::new();
+    let handle = SessionHandle {
+        id: server.inner.sessions.next_id(),
+        device,
+        tx,
+        slow: slow.clone(),
+    };
+    let session_id = handle.id;
+
+    match server
+        .inner
+        .sessions
+        .register(user, handle.clone(), cfg.max_connections_per_user)
+    {
+        Registered::TooMany => {
+            let _ = sink
+                .send(close_msg(
+                    close::TOO_MANY_CONNECTIONS,
+                    "too many connections for this user",
+                ))
+                .await;
+            return;
+        }
+        Registered::Ok { first } => {
+            // Subscribe before the welcome: anything published from here on
+            // reaches this session, and anything earlier is in the inbox the
+            // client syncs next. Together, nothing is missed.
+            if first {
+                if let Err(e) = server.inner.bus.subscribe(user).await {
+                    tracing::warn!(error = %e, "bus subscribe failed");
+                    server.inner.sessions.unregister(user, session_id);
+                    let _ = sink
+                        .send(close_msg(close::INTERNAL, "delivery unavailable"))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    let broken = CancellationToken::new();
+    let (goodbye_tx, goodbye_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        slow.clone(),
+        broken.clone(),
+        goodbye_rx,
+    ));
+
+    let end = read_loop(
+        &server,
+        &cfg,
+        user,
+        device,
+        &handle,
+        &mut stream,
+        &slow,
+        &broken,
+    )
+    .await;
+
+    if server.inner.sessions.unregister(user, session_id) {
+        if let Err(e) = server.inner.bus.unsubscribe(user).await {
+            tracing::warn!(error = %e, "bus unsubscribe failed");
+        }
+    }
+    if let Err(e) = server
+        .inner
+        .presence
+        .disconnect(user, device, server.now())
+        .await
+    {
+        tracing::warn!(error = %e, "presence disconnect failed");
+    }
+    let goodbye = match end {
+        End::ClientClosed | End::Broken => None,
+        End::Shutdown => Some(close_msg(close::SHUTDOWN, "server shutting down")),
+        End::Slow => {
+            server
+                .inner
+                .stats
+                .slow_consumers
+                .fetch_add(1, Ordering::Relaxed);
+            Some(close_msg(close::SLOW_CONSUMER, "outbound queue full"))
+        }
+        End::Idle => Some(close_msg(close::IDLE_TIMEOUT, "no heartbeat")),
+        End::TooBig => Some(close_msg(1009, "frame too large")),
+    };
+    let _ = goodbye_tx.send(goodbye);
+    let _ = writer.await;
+}
+
+/// Drains the outbound queue into the socket. Replies and events are queued
+/// in order, so a client sees an event published before its reply first.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::Receiver<WsMessage>,
+    slow: CancellationToken,
+    broken: CancellationToken,
+    mut goodbye: oneshot::Receiver<Option<WsMessage>>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            bye = &mut goodbye => {
+                // Flush what is queued (replies the reader produced last),
+                // then the close frame; a client that does not read gets no
+                // more than a short wait.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    if !slow.is_cancelled() {
+                        while let Ok(m) = rx.try_recv() {
+                            sink.feed(m).await?;
+                        }
+                    }
+                    if let Ok(Some(m)) = bye {
+                        sink.feed(m).await?;
+                    }
+                    sink.flush().await
+                })
+                .await;
+                return;
+            }
+            msg = rx.recv(), if !slow.is_cancelled() => {
+                let Some(msg) = msg else { return };
+                tokio::select! {
+                    r = sink.send(msg) => if r.is_err() {
+                        broken.cancel();
+                        return;
+                    },
+                    // Blocked on a client that does not read, and its queue
+                    // filled meanwhile: stop writing; the reader ends the session.
+                    _ = slow.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    server: &ChatServer,
+    cfg: &crate::ServerConfig,
+    user: UserId,
+    device: DeviceId,
+    handle: &SessionHandle,
+    stream: &mut SplitStream<WebSocket>,
+    slow: &CancellationToken,
+    broken: &CancellationToken,
+) -> End {
+    // Connecting counts as a heartbeat.
+    if let Err(e) = server.heartbeat(user, device).await {
+        tracing::warn!(code = ?e.code, "presence heartbeat failed on connect");
+    }
+    let cursor = match server.inner.inbox.cursor(user, device).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load device cursor");
+            return End::Broken;
+        }
+    };
+    let welcome = ServerFrame::Welcome(Welcome {
+        protocol: PROTOCOL_VERSION,
+        server_id: cfg.server_id.clone(),
+        user,
+        device,
+        heartbeat_interval_ms: cfg.heartbeat_interval.as_millis() as u64,
+        presence_timeout_ms: cfg.presence_timeout.as_millis() as u64,
+        cursor,
+    });
+    handle.offer(WsMessage::Text(encode(&welcome)));
+
+    let shutdown = server.shutdown_token();
+    let mut limiter = RateLimit::new(cfg.rate_limit_per_sec, cfg.rate_limit_burst);
+    let idle = cfg.presence_timeout;
+    let mut deadline = tokio::time::Instant::now() + idle;
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return End::Shutdown,
+            _ = slow.cancelled() => return End::Slow,
+            _ = broken.cancelled() => return End::Broken,
+            _ = tokio::time::sleep_until(deadline) => return End::Idle,
+            incoming = stream.next() => incoming,
+        };
+        let msg = match incoming {
+            None => return End::ClientClosed,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                return if is_capacity_error(&e) {
+                    End::TooBig
+                } else {
+                    End::Broken
+                };
+            }
+        };
+        deadline = tokio::time::Instant::now() + idle;
+        let reply = match msg {
+            WsMessage::Text(text) => {
+                if limiter.allow() {
+                    handle_text(server, user, device, &text).await
+                } else {
+                    Reply::err(
+                        request_id(&text),
+                        err(ErrorCode::RateLimited, "too many requests; slow down"),
+                    )
+                }
+            }
+            WsMessage::Close(_) => return End::ClientClosed,
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            WsMessage::Binary(_) => Reply::err(
+                None,
+                err(
+                    ErrorCode::BadFrame,
+                    "binary frames are not supported; send JSON text",
+                ),
+            ),
+        };
+        handle.offer(WsMessage::Text(encode(&ServerFrame::Reply(reply))));
+    }
+}
+
+fn is_capacity_error(e: &axum::Error) -> bool {
+    // axum wraps tungstenite's error; "Space limit exceeded" / capacity
+    // errors are the size limits.
+    let text = format!("{e}").to_ascii_lowercase();
+    text.contains("capacity") || text.contains("too long") || text.contains("space limit")
+}
+
+/// Best-effort request id of a frame that did not parse.
+fn request_id(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<serde_json::Value>,
+    }
+    serde_json::from_str::<IdOnly>(text)
+        .ok()
+        .and_then(|f| f.id)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|id| id.len() <= MAX_REQUEST_ID)
+}
+
+async fn handle_text(server: &ChatServer, user: UserId, device: DeviceId, text: &str) -> Reply {
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            return Reply::err(
+                request_id(text),
+                err(ErrorCode::BadFrame, format!("malformed request: {e}")),
+            )
+        }
+    };
+    if frame.id.is_empty() || frame.id.len() > MAX_REQUEST_ID {
+        return Reply::err(
+            None,
+            err(ErrorCode::BadFrame, "request id must be 1 to 64 bytes"),
+        );
+    }
+    match handle_request(server, user, device, frame.request).await {
+        Ok(body) => Reply::ok(frame.id, body),
+        Err(e) => Reply::err(Some(frame.id), e),
+    }
+}
+
+async fn handle_request(
+    server: &ChatServer,
+    user: UserId,
+    device: DeviceId,
+    request: Request,
+) -> ApiResult<ReplyBody> {
+    match request {
+        Request::Send {
+            channel,
+            client_msg_id,
+            content,
+        } => {
+            let out = server
+                .send(user, device, channel, client_msg_id, content)
+                .await?;
+            Ok(ReplyBody::Sent {
+                message_id: out.message.id,
+                created_at: out.message.created_at,
+                duplicate: out.duplicate,
+            })
+        }
+        Request::Sync { after, limit } => {
+            // Read the watermark first: it must not claim anything the read
+            // below could have missed.
+            let stable = server.stable_watermark();
+            let after = match after {
+                Some(a) => a,
+                None => server
+                    .inner
+                    .inbox
+                    .cursor(user, device)
+                    .await
+                    .map_err(wire)?,
+            };
+            let (messages, has_more) = server.sync(user, after, limit).await?;
+            Ok(ReplyBody::Synced {
+                messages,
+                has_more,
+                stable,
+            })
+        }
+        Request::Ack { cursor } => {
+            let cursor = server
+                .inner
+                .inbox
+                .advance_cursor(user, device, cursor)
+                .await
+                .map_err(wire)?;
+            Ok(ReplyBody::Acked { cursor })
+        }
+        Request::Heartbeat {} => {
+            let stable = server.stable_watermark();
+            server.heartbeat(user, device).await?;
+            Ok(ReplyBody::Heartbeat {
+                server_time: server.now(),
+                stable,
+            })
+        }
+        Request::History {
+            channel,
+            before,
+            after,
+            limit,
+        } => {
+            let page = Page {
+                before,
+                after,
+                limit: clamp_limit(limit, 50),
+            };
+            Ok(ReplyBody::History {
+                messages: server.history(user, channel, page).await?,
+            })
+        }
+        Request::Presence { users } => Ok(ReplyBody::Presence {
+            users: server.presence_of(&users).await?,
+        }),
+        _ => Err(WireError::new(ErrorCode::BadFrame, "unknown request")),
+    }
+}

@@ -1,0 +1,493 @@
+//! Protocol-level tests through the real server with a raw WebSocket client:
+//! errors, limits, authorization, idempotency, failure and slow consumers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_core::memory::{MemoryHistory, MemoryInbox};
+use chat_core::protocol::{close, ErrorCode, ReplyBody, Request};
+use chat_core::{DeviceId, HistoryStore, Inbox, MessageId, Page};
+use chat_server::{ChatServer, ServerConfig};
+use common::*;
+use futures::SinkExt;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn malformed_frames_get_error_replies_and_the_connection_stays_usable() {
+    let ts = start(test_config()).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let bob = http.signup("bob").await;
+    let channel = http.open_direct(&alice.token, bob.user.id).await;
+    let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+
+    // Not JSON at all: no id to echo.
+    a.send_text("this is not json").await;
+    let r = a.reply_for(None).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+
+    // JSON with an id but an unknown type: the id is echoed.
+    a.send_text(r#"{"id":"x1","type":"teleport"}"#).await;
+    let r = a.reply_for(Some("x1".into())).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+
+    // A send missing its content.
+    a.send_text(format!(
+        r#"{{"id":"x2","type":"send","channel":"{}","client_msg_id":"c"}}"#,
+        channel.id
+    ))
+    .await;
+    let r = a.reply_for(Some("x2".into())).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+
+    // A bad client message id.
+    a.send_text(format!(
+        r#"{{"id":"x3","type":"send","channel":"{}","client_msg_id":"has space","content":"hi"}}"#,
+        channel.id
+    ))
+    .await;
+    let r = a.reply_for(Some("x3".into())).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+
+    // A binary frame.
+    a.ws.send(WsMessage::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    let r = a.reply_for(None).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+
+    // Empty content.
+    let r = a.send_msg(channel.id, "empty", "").await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::InvalidInput);
+
+    // Still usable: a real send works.
+    let (id, dup) = sent_id(a.send_msg(channel.id, "ok-1", "hello").await);
+    assert!(!dup);
+    assert!(id > MessageId::ZERO);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_message_is_refused_and_oversized_frame_closes_with_1009() {
+    let ts = start(test_config()).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let bob = http.signup("bob").await;
+    let channel = http.open_direct(&alice.token, bob.user.id).await;
+    let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+
+    // Exactly at the limit (multi-byte characters: the limit is characters).
+    let at_limit = "é".repeat(100_000);
+    let (_, dup) = sent_id(a.send_msg(channel.id, "big-ok", &at_limit).await);
+    assert!(!dup);
+    let over = "é".repeat(100_001);
+    let r = a.send_msg(channel.id, "big-no", &over).await;
+    let e = r.error.unwrap();
+    assert_eq!(e.code, ErrorCode::MessageTooLarge);
+    assert!(!e.retryable);
+    // Nothing of the refused message was stored.
+    let history = ts
+        .server
+        .history(alice.user.id, channel.id, Page::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+
+    // A frame above the hard frame limit (1 MiB) ends the connection with 1009.
+    a.send_text("x".repeat(2 << 20)).await;
+    assert_eq!(read_until_close(&mut a.ws).await, Some(1009));
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn non_members_cannot_post_or_read() {
+    let ts = start(test_config()).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let bob = http.signup("bob").await;
+    let eve = http.signup("eve").await;
+    let channel = http.open_direct(&alice.token, bob.user.id).await;
+    let mut e = raw_connect(&ts, &eve.token, DeviceId::new_random()).await;
+    let r = e.send_msg(channel.id, "sneaky", "hi").await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::Forbidden);
+    let r = e
+        .request(Request::History {
+            channel: channel.id,
+            before: None,
+            after: None,
+            limit: None,
+        })
+        .await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::Forbidden);
+    // Over HTTP too.
+    let resp = http
+        .client
+        .get(format!("{}/v1/channels/{}/messages", ts.http, channel.id))
+        .bearer_auth(&eve.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: chat_core::api::ErrorBody = resp.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::Forbidden);
+    // An unknown channel is not found.
+    let r = e
+        .send_msg(chat_core::ChannelId::new_random(), "x", "hi")
+        .await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::NotFound);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn retried_send_returns_the_original_id_and_stores_once() {
+    let ts = start(test_config()).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let bob = http.signup("bob").await;
+    let channel = http.open_direct(&alice.token, bob.user.id).await;
+    let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let mut b = raw_connect(&ts, &bob.token, DeviceId::new_random()).await;
+
+    let (first, dup) = sent_id(a.send_msg(channel.id, "retry-me", "hello").await);
+    assert!(!dup);
+    // The same send again, even from another connection of the same user.
+    let mut a2 = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let (second, dup) = sent_id(a2.send_msg(channel.id, "retry-me", "hello").await);
+    assert!(dup);
+    assert_eq!(first, second);
+    // Same key, different content: a conflict, not a silent drop.
+    let r = a.send_msg(channel.id, "retry-me", "something else").await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::Conflict);
+
+    // Bob got it live exactly once, and history and his inbox hold it once.
+    let m = b.next_message().await;
+    assert_eq!(m.id, first);
+    let history = ts
+        .server
+        .history(bob.user.id, channel.id, Page::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    let (inbox, _) = ts
+        .server
+        .sync(bob.user.id, MessageId::ZERO, None)
+        .await
+        .unwrap();
+    assert_eq!(inbox.len(), 1);
+    // No second live copy is on its way.
+    let r = b.request(Request::Heartbeat {}).await;
+    assert!(r.error.is_none());
+    assert!(
+        b.events.is_empty(),
+        "duplicate live delivery: {:?}",
+        b.events
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn no_ack_while_the_store_fails_and_a_retry_then_stores_once() {
+    let history = Arc::new(Flaky::new(MemoryHistory::default()));
+    let inbox = Arc::new(Flaky::new(MemoryInbox::default()));
+    let ts = start_with(
+        ChatServer::builder(test_config())
+            .history(history.clone())
+            .inbox(inbox.clone()),
+    )
+    .await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let bob = http.signup("bob").await;
+    let channel = http.open_direct(&alice.token, bob.user.id).await;
+    let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+
+    // History down: an error that says "retry", and no ack.
+    history.down.store(true, Ordering::SeqCst);
+    let r = a.send_msg(channel.id, "m1", "hello").await;
+    let e = r.error.expect("no ack while the store fails");
+    assert!(r.result.is_none());
+    assert_eq!(e.code, ErrorCode::Unavailable);
+    assert!(e.retryable);
+    history.down.store(false, Ordering::SeqCst);
+
+    // History up but the inbox down: history is written, still no ack.
+    inbox.down.store(true, Ordering::SeqCst);
+    let r = a.send_msg(channel.id, "m1", "hello").await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::Unavailable);
+    inbox.down.store(false, Ordering::SeqCst);
+
+    // The retry completes the inbox writes and acks the one stored message.
+    let (id, _) = sent_id(a.send_msg(channel.id, "m1", "hello").await);
+    let stored = history
+        .inner
+        .page(channel.id, Page::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, id);
+    let bobs = inbox
+        .inner
+        .read(bob.user.id, MessageId::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(bobs.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_and_others_are_unaffected() {
+    let config = ServerConfig {
+        outbound_queue: 8,
+        rate_limit_per_sec: 10_000,
+        rate_limit_burst: 10_000,
+        ..test_config()
+    };
+    let ts = start(config).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let slow = http.signup("slow").await;
+    let carol = http.signup("carol").await;
+    let to_slow = http.open_direct(&alice.token, slow.user.id).await;
+    let to_carol = http.open_direct(&alice.token, carol.user.id).await;
+    let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    // The slow client connects and then never reads.
+    let mut s = raw_connect(&ts, &slow.token, DeviceId::new_random()).await;
+    let mut c = raw_connect(&ts, &carol.token, DeviceId::new_random()).await;
+
+    let big = "z".repeat(60_000);
+    let mut sent_to_carol = Vec::new();
+    for i in 0..300 {
+        // Sends never wait on the slow client.
+        sent_id(a.send_msg(to_slow.id, &format!("s{i}"), &big).await);
+        if i % 10 == 0 {
+            let (id, _) = sent_id(a.send_msg(to_carol.id, &format!("c{i}"), "hi carol").await);
+            sent_to_carol.push(id);
+        }
+        if ts.server.stats().slow_consumers.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+    }
+    assert_eq!(ts.server.stats().slow_consumers.load(Ordering::SeqCst), 1);
+    // Carol got every message, in order.
+    let mut got = Vec::new();
+    while got.len() < sent_to_carol.len() {
+        got.push(c.next_message().await.id);
+    }
+    assert_eq!(got, sent_to_carol);
+    // The slow client's connection ends (with 4001 if the close frame fits
+    // through its full socket).
+    let code = read_until_close(&mut s.ws).await;
+    assert!(
+        code.is_none() || code == Some(close::SLOW_CONSUMER),
+        "{code:?}"
+    );
+    // Nothing was lost for it: everything is in its inbox.
+    let (inbox, _) = ts
+        .server
+        .sync(slow.user.id, MessageId::ZERO, Some(1000))
+        .await
+        .unwrap();
+    assert!(!inbox.is_empty());
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_and_connection_limits_close_with_documented_codes() {
+    let config = ServerConfig {
+        max_connections_per_user: 2,
+        ..test_config()
+    };
+    let ts = start(config).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+
+    let url = format!(
+        "{}?device={}&token=nope",
+        ts.ws_url(),
+        DeviceId::new_random()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(read_until_close(&mut ws).await, Some(close::UNAUTHORIZED));
+
+    let url = format!(
+        "{}?device={}&token={}&v=99",
+        ts.ws_url(),
+        DeviceId::new_random(),
+        alice.token
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(
+        read_until_close(&mut ws).await,
+        Some(close::UNSUPPORTED_VERSION)
+    );
+
+    let _a1 = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let _a2 = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let url = format!(
+        "{}?device={}&token={}",
+        ts.ws_url(),
+        DeviceId::new_random(),
+        alice.token
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(
+        read_until_close(&mut ws).await,
+        Some(close::TOO_MANY_CONNECTIONS)
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_connection_limit_refuses_cleanly_and_recovers() {
+    let config = ServerConfig {
+        max_connections: 2,
+        ..test_config()
+    };
+    let ts = start(config).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let a1 = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let _a2 = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let url = format!(
+        "{}?device={}&token={}",
+        ts.ws_url(),
+        DeviceId::new_random(),
+        alice.token
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(read_until_close(&mut ws).await, Some(close::SERVER_FULL));
+    // A slot frees up when a connection closes; the server accepts again.
+    drop(a1);
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if ts.server.connections() < 2 {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok);
+    let _a3 = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn requests_over_the_rate_limit_are_refused_with_rate_limited() {
+    let config = ServerConfig {
+        rate_limit_per_sec: 1,
+        rate_limit_burst: 5,
+        ..test_config()
+    };
+    let ts = start(config).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let mut limited = 0;
+    for _ in 0..10 {
+        let r = a.request(Request::Heartbeat {}).await;
+        if let Some(e) = r.error {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert!(e.retryable);
+            limited += 1;
+        }
+    }
+    assert!(limited >= 4, "only {limited} of 10 limited");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_clients_to_reconnect_and_leaves_discovery() {
+    let ts = start(test_config()).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    // route names this server while it runs.
+    let route: chat_core::api::RouteResponse = http
+        .client
+        .get(format!("{}/v1/route", ts.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(route.server.ws_url, ts.ws_url());
+    let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let server = ts.server.clone();
+    ts.shutdown.cancel();
+    assert_eq!(read_until_close(&mut a.ws).await, Some(close::SHUTDOWN));
+    ts.task.await.unwrap().unwrap();
+    assert!(server.route(None).await.is_err(), "still in discovery");
+}
+
+#[tokio::test]
+async fn sync_pages_the_inbox_and_ack_stores_the_cursor() {
+    let ts = start(test_config()).await;
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let bob = http.signup("bob").await;
+    let channel = http.open_direct(&alice.token, bob.user.id).await;
+    let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(
+            sent_id(
+                a.send_msg(channel.id, &format!("m{i}"), &format!("n{i}"))
+                    .await,
+            )
+            .0,
+        );
+    }
+    let device = DeviceId::new_random();
+    let mut b = raw_connect(&ts, &bob.token, device).await;
+    assert_eq!(b.welcome.cursor, MessageId::ZERO);
+    let mut got = Vec::new();
+    let mut after = None;
+    loop {
+        let r = b
+            .request(Request::Sync {
+                after,
+                limit: Some(10),
+            })
+            .await;
+        let Ok(ReplyBody::Synced {
+            messages, has_more, ..
+        }) = r.into_result()
+        else {
+            panic!("sync failed")
+        };
+        got.extend(messages.iter().map(|m| m.id));
+        after = messages.last().map(|m| m.id);
+        if !has_more {
+            break;
+        }
+    }
+    assert_eq!(got, ids);
+    let r = b.request(Request::Ack { cursor: ids[9] }).await;
+    assert!(matches!(r.into_result(), Ok(ReplyBody::Acked { cursor }) if cursor == ids[9]));
+    // Cursors never move back.
+    let r = b.request(Request::Ack { cursor: ids[3] }).await;
+    assert!(matches!(r.into_result(), Ok(ReplyBody::Acked { cursor }) if cursor == ids[9]));
+    drop(b);
+    // The device's next connection is told its cursor, and a sync without
+    // `after` continues from it.
+    let mut b = raw_connect(&ts, &bob.token, device).await;
+    assert_eq!(b.welcome.cursor, ids[9]);
+    let r = b
+        .request(Request::Sync {
+            after: None,
+            limit: Some(100),
+        })
+        .await;
+    let Ok(ReplyBody::Synced { messages, .. }) = r.into_result() else {
+        panic!()
+    };
+    assert_eq!(
+        messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[10..].to_vec()
+    );
+    ts.stop().await;
+}
