@@ -1,0 +1,128 @@
+//! Key encodings. Every id is fixed-width (16-byte UUIDs, 8-byte big-endian
+//! message ids), so concatenated keys sort first by their leading id, then
+//! by the next, and a prefix of whole ids is a contiguous key range.
+
+use chat_core::{ChannelId, ClientMsgId, Error, MessageId, Result, UserId};
+
+/// `channel_id ++ message_id`: a channel's history is one range, by id.
+pub(super) fn history(channel: ChannelId, id: MessageId) -> [u8; 24] {
+    id_key(channel.as_bytes(), id)
+}
+
+/// `user_id ++ message_id`: a user's inbox is one range, by id.
+pub(super) fn inbox(user: UserId, id: MessageId) -> [u8; 24] {
+    id_key(user.as_bytes(), id)
+}
+
+/// `sender ++ client_msg_id` (the client message id's ASCII bytes; the
+/// sender is fixed-width, so no separator is needed).
+pub(super) fn idempotency(sender: UserId, client_msg_id: &ClientMsgId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + client_msg_id.as_str().len());
+    key.extend_from_slice(sender.as_bytes());
+    key.extend_from_slice(client_msg_id.as_str().as_bytes());
+    key
+}
+
+/// The idempotency record's value: where the original message is,
+/// `channel_id ++ message_id`.
+pub(super) fn idempotency_value(channel: ChannelId, id: MessageId) -> [u8; 24] {
+    history(channel, id)
+}
+
+/// Parses [`idempotency_value`].
+pub(super) fn parse_idempotency_value(bytes: &[u8]) -> Result<(ChannelId, MessageId)> {
+    let (channel, id) = split_id_key(bytes, "idempotency record")?;
+    Ok((ChannelId::from_bytes(channel), id))
+}
+
+/// `a ++ b` for two 16-byte ids: cursors (`user ++ device`), friends
+/// (`user ++ friend`), memberships (`user ++ channel`), devices
+/// (`user ++ device`).
+pub(super) fn pair(a: &[u8; 16], b: &[u8; 16]) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(a);
+    key[16..].copy_from_slice(b);
+    key
+}
+
+/// The second id of a [`pair`] key.
+pub(super) fn pair_second(key: &[u8]) -> Result<[u8; 16]> {
+    if key.len() != 32 {
+        return Err(corrupt("pair key", "length is not 32 bytes"));
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&key[16..]);
+    Ok(id)
+}
+
+/// A 16-byte id stored as a value.
+pub(super) fn parse_id16(bytes: &[u8], what: &'static str) -> Result<[u8; 16]> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt(what, "length is not 16 bytes"))
+}
+
+/// A message id stored as a value (a cursor).
+pub(super) fn parse_message_id(bytes: &[u8], what: &'static str) -> Result<MessageId> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(what, "length is not 8 bytes"))?;
+    Ok(MessageId::from_be_bytes(bytes))
+}
+
+fn id_key(prefix: &[u8; 16], id: MessageId) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(prefix);
+    key[16..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn split_id_key(bytes: &[u8], what: &'static str) -> Result<([u8; 16], MessageId)> {
+    if bytes.len() != 24 {
+        return Err(corrupt(what, "length is not 24 bytes"));
+    }
+    let mut prefix = [0u8; 16];
+    prefix.copy_from_slice(&bytes[..16]);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&bytes[16..]);
+    Ok((prefix, MessageId::from_be_bytes(id)))
+}
+
+/// Stored data that does not decode: corruption or a foreign format.
+pub(super) fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> Error {
+    Error::backend("fjall", format!("corrupt {what}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keys_sort_by_channel_then_numeric_id() {
+        let c = ChannelId::new_random();
+        let ids = [0u64, 1, 255, 256, 65_535, 65_536, 1 << 40, u64::MAX];
+        let keys: Vec<_> = ids.iter().map(|i| history(c, MessageId(*i))).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        let other = ChannelId::new_random();
+        let (lo, hi) = if c < other { (c, other) } else { (other, c) };
+        assert!(history(lo, MessageId::MAX) < history(hi, MessageId::ZERO));
+    }
+
+    #[test]
+    fn idempotency_value_round_trips() {
+        let c = ChannelId::new_random();
+        let v = idempotency_value(c, MessageId(42));
+        assert_eq!(parse_idempotency_value(&v).unwrap(), (c, MessageId(42)));
+        assert!(parse_idempotency_value(&v[..23]).is_err());
+    }
+
+    #[test]
+    fn pair_keys_round_trip() {
+        let a = UserId::new_random();
+        let b = UserId::new_random();
+        let k = pair(a.as_bytes(), b.as_bytes());
+        assert_eq!(&k[..16], a.as_bytes());
+        assert_eq!(UserId::from_bytes(pair_second(&k).unwrap()), b);
+        assert!(pair_second(&k[..31]).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! The embedded on-disk store: [`EmbeddedStore`], built on fjall 2.
+//!
+//! One directory holds one fjall keyspace; one [`EmbeddedStore`] implements
+//! [`HistoryStore`], [`Inbox`] and [`Directory`] over it.
+//!
+//! # Data model (key layout)
+//!
+//! Every id in a key is fixed-width: users, devices and channels are their 16
+//! UUID bytes, message ids are 8 bytes **big-endian** so byte order equals
+//! numeric order. Values are JSON (`serde_json`) unless noted.
+//!
+//! | partition | key | value |
+//! |---|---|---|
+//! | `history` | `channel_id ++ message_id` | the [`Message`] |
+//! | `idempotency` | `sender ++ client_msg_id` (ASCII) | `channel_id ++ message_id` (raw, 24 bytes) |
+//! | `inbox` | `user_id ++ message_id` | the [`Message`] |
+//! | `cursors` | `user_id ++ device_id` | the cursor, 8 bytes big-endian |
+//! | `users` | `user_id` | the user and its password hash |
+//! | `usernames` | username (UTF-8) | `user_id` (raw, 16 bytes) |
+//! | `friends` | `user_id ++ friend_id` (both directions) | empty |
+//! | `channels` | `channel_id` | the [`Channel`] with its sorted members |
+//! | `memberships` | `user_id ++ channel_id` | empty |
+//! | `devices` | `user_id ++ device_id` | the [`Device`] |
+//! | `meta` | `format` | the layout version, `1` |
+//!
+//! So a channel's history is one contiguous key range ordered by id (a page
+//! is a bounded range scan, backward for "latest" and "before", forward for
+//! "after", and never reads another channel); a user's inbox, friends,
+//! channels and devices are each one prefix range, already sorted by id.
+//! Messages and idempotency records are never deleted or expired.
+//!
+//! Every key is bounded well below fjall's 64 KiB key limit: ids are fixed
+//! width, client message ids are at most 64 bytes by construction, and
+//! `create_user` refuses usernames over 4 KiB with `InvalidInput`.
+//!
+//! # Durability
+//!
+//! Every write is one fjall [`Batch`] (atomic across
+//! partitions: a message and its idempotency record, a channel and its
+//! membership index, both directions of a friendship) committed with
+//! durability [`PersistMode::SyncAll`]: the journal is `fsync`ed before
+//! `commit` returns, and so before any method returns `Ok`. A crash of the
+//! process or of the machine after `Ok` loses nothing acknowledged.
+//!
+//! `SyncAll` (`fsync`) rather than `SyncData` (`fdatasync`): the journal is
+//! append-only, so every sync changes the file length and `fdatasync` has to
+//! write that metadata anyway; the saving is small, while `fsync` is the
+//! guarantee that holds on every platform and filesystem without reasoning
+//! about which metadata each one considers "needed to read the data back".
+//!
+//! fjall applies a batch to its memtables only *after* persisting it, and
+//! this store never commits without `SyncAll`, so **anything a read can see
+//! is already durable**. That is what makes the no-write answers safe to
+//! acknowledge: an append answered `Duplicate`, a push of a message already
+//! in every inbox, or a cursor that does not move, all report state that is
+//! on disk.
+//!
+//! The price is one `fsync` per acknowledged write, serialised by fjall's
+//! journal lock: write throughput is bounded by the disk's sync rate
+//! (typically hundreds to a few thousand per second). Reads do not wait.
+//!
+//! # Concurrency
+//!
+//! fjall calls block, so every method runs its work on tokio's blocking
+//! pool ([`tokio::task::spawn_blocking`]); the methods must be called from
+//! inside a tokio runtime. Read-modify-write operations — the duplicate
+//! check of `append`, `push`'s "already in this inbox" check,
+//! `advance_cursor`'s max, `create_user`'s uniqueness, `update_profile`,
+//! `create_channel`'s existence check and `add_member`/`remove_member`'s
+//! limit check — hold striped `std::sync::Mutex`es for the keys they read
+//! and write, inside the blocking closure only (never across an `.await`).
+//! This makes them atomic against every caller using the same
+//! [`EmbeddedStore`] (or its clones) in this process. One directory must be
+//! opened by one process, once: open it once and share the handle.
+//!
+//! Reads that combine several partitions (`user_by_name`, `channels_of`)
+//! read from one fjall snapshot, so they never see half of a batch.
+//!
+//! [`HistoryStore`]: chat_core::HistoryStore
+//! [`Inbox`]: chat_core::Inbox
+//! [`Directory`]: chat_core::Directory
+//! [`Message`]: chat_core::Message
+//! [`Channel`]: chat_core::Channel
+//! [`Device`]: chat_core::Device
+
+mod directory;
+mod history;
+mod keys;
+mod locks;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chat_core::{Error, Result};
+use fjall::{Batch, Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use locks::Stripes;
+
+/// Name of the backend in [`Error::Backend`].
+const BACKEND: &str = "fjall";
+
+/// Durability of every commit; see the module docs.
+const DURABILITY: PersistMode = PersistMode::SyncAll;
+
+/// Version of the key layout in the module docs, kept in the `meta`
+/// partition; a store written by another layout is refused at open.
+const FORMAT_VERSION: &[u8] = b"1";
+
+/// The embedded, durable store: chat history, inboxes and cursors, and the
+/// directory, in one local directory.
+///
+/// Cloning is cheap (an [`Arc`]); clones share the keyspace and the locks.
+/// See the [module docs](self) for the key layout, durability and
+/// concurrency.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keyspace, one handle per partition, and the lock stripes.
+struct Inner {
+    path: PathBuf,
+    keyspace: Keyspace,
+    history: PartitionHandle,
+    idempotency: PartitionHandle,
+    inbox: PartitionHandle,
+    cursors: PartitionHandle,
+    users: PartitionHandle,
+    usernames: PartitionHandle,
+    friends: PartitionHandle,
+    channels: PartitionHandle,
+    memberships: PartitionHandle,
+    devices: PartitionHandle,
+    stripes: Stripes,
+}
+
+impl EmbeddedStore {
+    /// Opens the store in directory `path`, creating it if it does not
+    /// exist and recovering it (replaying the journal) if it does.
+    ///
+    /// Blocks while fjall recovers; call it at start-up, or from
+    /// [`tokio::task::spawn_blocking`]. Open a directory once per process
+    /// and share the handle (it is cheap to clone).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] if the directory cannot be opened or holds data
+    /// of another format.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let keyspace = Config::new(&path).open().map_err(db)?;
+        let open = |name: &str| {
+            keyspace
+                .open_partition(name, PartitionCreateOptions::default())
+                .map_err(db)
+        };
+        let meta = open("meta")?;
+        match meta.get("format").map_err(db)? {
+            Some(v) if &*v == FORMAT_VERSION => {}
+            Some(v) => {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
+                        "{} holds store format {:?}, this build reads format {:?}",
+                        path.display(),
+                        String::from_utf8_lossy(&v),
+                        String::from_utf8_lossy(FORMAT_VERSION),
+                    ),
+                ))
+            }
+            None => {
+                let mut batch = keyspace.batch().durability(Some(DURABILITY));
+                batch.insert(&meta, "format", FORMAT_VERSION);
+                batch.commit().map_err(db)?;
+            }
+        }
+        let inner = Inner {
+            history: open("history")?,
+            idempotency: open("idempotency")?,
+            inbox: open("inbox")?,
+            cursors: open("cursors")?,
+            users: open("users")?,
+            usernames: open("usernames")?,
+            friends: open("friends")?,
+            channels: open("channels")?,
+            memberships: open("memberships")?,
+            devices: open("devices")?,
+            stripes: Stripes::default(),
+            path,
+            keyspace,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the blocking pool: every fjall call blocks.
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(result) => result,
+            // A panic in the closure is a bug: surface it where it happened.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(e) => Err(Error::temporary(BACKEND, e)),
+        }
+    }
+}
+
+impl Inner {
+    /// A batch that is persisted with [`DURABILITY`] on commit.
+    fn batch(&self) -> Batch {
+        self.keyspace.batch().durability(Some(DURABILITY))
+    }
+
+    /// Snapshots of two partitions at the same instant (the last fully
+    /// applied batch), for reads that must not see half of a batch.
+    fn snapshots(
+        &self,
+        a: &PartitionHandle,
+        b: &PartitionHandle,
+    ) -> (fjall::Snapshot, fjall::Snapshot) {
+        let instant = self.keyspace.instant();
+        (a.snapshot_at(instant), b.snapshot_at(instant))
+    }
+}
+
+/// Commits a batch (durably: every batch comes from [`Inner::batch`]).
+fn commit(batch: Batch) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    batch.commit().map_err(db)
+}
+
+/// Maps a fjall (or lsm-tree) error into the shared error type.
+fn db(e: impl Into<fjall::Error>) -> Error {
+    let e = e.into();
+    let temporary = matches!(
+        &e,
+        fjall::Error::Io(io) if matches!(
+            io.kind(),
+            std::io::ErrorKind::Interrupted
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::WouldBlock
+        )
+    );
+    if temporary {
+        Error::temporary(BACKEND, e)
+    } else {
+        Error::backend(BACKEND, e)
+    }
+}
+
+/// Encodes a value as JSON.
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::backend(BACKEND, e))
+}
+
+/// Decodes a JSON value.
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| keys::corrupt(what, e))
+}
