@@ -25,9 +25,13 @@ pub struct UserRecord {
 /// * **Uniqueness**: usernames are unique;
 ///   [`create_user`](Self::create_user) with a taken name fails with
 ///   [`Error::AlreadyExists`](crate::Error::AlreadyExists) and writes nothing.
+///   A username that fails [`validate_username`](crate::types::validate_username)
+///   is refused with `InvalidInput` ([`rules::validate_new_user`](crate::rules::validate_new_user)).
+/// * **Unknown users** named in `add_friend`, in a new channel's members, in
+///   `add_member` or in `register_device` are refused with `NotFound`.
 /// * **Friends** are symmetric: `add_friend(a, b)` makes each the other's
 ///   friend. Adding an existing friendship or removing a missing one is a
-///   no-op, not an error. Both users must exist.
+///   no-op, not an error. `add_friend(a, a)` is `InvalidInput`.
 /// * **Channels**: `create_channel` of a direct channel whose id already
 ///   exists returns the stored channel (idempotent, so two servers opening
 ///   the same conversation agree); of a group with an existing id fails with
@@ -36,9 +40,11 @@ pub struct UserRecord {
 ///   [`add_member`](Self::add_member) fails with
 ///   [`Error::LimitExceeded`](crate::Error::LimitExceeded) when the channel
 ///   already has `max_members`, and adding a present member is a no-op.
-///   Direct channels' members cannot change (`InvalidInput`).
+///   Direct channels' members cannot change, and a group's owner cannot be
+///   removed (both `InvalidInput`).
 /// * **Devices** are keyed by `(user, device id)`; registering again replaces
-///   platform and push token.
+///   platform and push token. [`devices`](Self::devices) lists them sorted
+///   by device id.
 /// * **Expiry**: none.
 #[async_trait]
 pub trait Directory: Send + Sync + Debug + 'static {
@@ -86,7 +92,7 @@ pub trait Directory: Send + Sync + Debug + 'static {
     /// Registers or updates a device.
     async fn register_device(&self, device: Device) -> Result<Device>;
 
-    /// A user's devices.
+    /// A user's devices, sorted by device id.
     async fn devices(&self, user: UserId) -> Result<Vec<Device>>;
 
     /// Removes a device (no-op if absent).

@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 use crate::presence::PresenceTracker;
 use crate::push::{PushNotification, PushNotifier};
-use crate::rules::{apply_membership, check_duplicate, select_page, validate_new_channel};
+use crate::rules::{
+    apply_membership, check_duplicate, select_page, validate_new_channel, validate_new_user,
+};
 use crate::store::{Appended, HistoryStore, Inbox, Page};
 use crate::types::{
     Channel, ChannelKind, Device, Message, Presence, PresenceStatus, Profile, User,
@@ -487,6 +489,7 @@ pub struct MemoryDirectory {
 #[async_trait]
 impl Directory for MemoryDirectory {
     async fn create_user(&self, record: UserRecord) -> Result<User> {
+        validate_new_user(&record)?;
         let mut st = lock(&self.state);
         if st.by_name.contains_key(&record.user.username) {
             return Err(Error::AlreadyExists { what: "username" });

@@ -1,10 +1,11 @@
 //! Rules every backend shares, so each backend decides duplicates, pages
 //! and membership changes the same way.
 
+use crate::directory::UserRecord;
 use crate::error::{Error, Result};
 use crate::id::{ChannelId, UserId};
 use crate::store::{Appended, Page};
-use crate::types::{Channel, ChannelKind, Message};
+use crate::types::{validate_username, Channel, ChannelKind, Message};
 
 /// Decides an append against the stored idempotency record, the one rule
 /// every history backend shares: same key with the same channel and content
@@ -76,6 +77,9 @@ pub fn apply_membership(
             "the members of a direct channel cannot change",
         ));
     }
+    if !add && channel.owner == Some(user) {
+        return Err(Error::invalid("a group's owner cannot be removed from it"));
+    }
     let present = channel.is_member(user);
     if add == present {
         return Ok(None);
@@ -93,4 +97,10 @@ pub fn apply_membership(
         updated.members.retain(|m| *m != user);
     }
     Ok(Some(updated))
+}
+
+/// Checks a user about to be created: the username rule every directory
+/// backend enforces.
+pub fn validate_new_user(record: &UserRecord) -> Result<()> {
+    validate_username(&record.user.username)
 }

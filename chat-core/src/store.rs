@@ -106,6 +106,11 @@ impl Appended {
 ///   [`Appended::Duplicate`] with the *original* message if the channel and
 ///   content match, and [`Error::Conflict`](crate::Error::Conflict) otherwise;
 ///   neither writes anything. The id of the repeated message is ignored.
+///   A `Duplicate` is only answered for an original that is itself durable
+///   (a retry must never be acknowledged on the strength of a write a crash
+///   could still lose).
+/// * **Id collisions**: appending a new key under an id already stored in
+///   the channel is a `Conflict`.
 /// * **Expiry**: none. Messages and idempotency records are kept forever.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + Debug + 'static {
@@ -130,7 +135,8 @@ pub trait HistoryStore: Send + Sync + Debug + 'static {
 /// * **Ordering**: [`read`](Self::read) returns entries in ascending message
 ///   id order, only those with `id > after`.
 /// * **Idempotency**: an inbox holds a message id at most once; pushing the
-///   same message again (a retried send) changes nothing.
+///   same message again (a retried send) changes nothing, and a different
+///   message under an id already in the inbox leaves the first in place.
 /// * **Atomicity**: a `push` that returns `Ok` has durably written the
 ///   message to every listed inbox. On `Err` some inboxes may hold it; the
 ///   caller retries the whole push, which idempotency makes safe.

@@ -35,6 +35,7 @@ pub async fn directory_suite(directory: &dyn Directory) {
     channels(directory).await;
     membership(directory).await;
     devices(directory).await;
+    edges(directory).await;
 }
 
 async fn users(directory: &dyn Directory) {
@@ -516,4 +517,114 @@ async fn devices(directory: &dyn Directory) {
         vec![other],
         "removing a device leaves another user's same-id device alone"
     );
+}
+
+/// The refusals every backend shares: invalid usernames, unknown users,
+/// befriending oneself, removing a group's owner; devices listed by id.
+async fn edges(directory: &dyn Directory) {
+    for bad in [
+        "",
+        "Upper",
+        "has space",
+        &"x".repeat(33),
+        &"y".repeat(70_000),
+    ] {
+        let mut record = user_record("edge");
+        record.user.username = bad.to_owned();
+        let err = directory.create_user(record.clone()).await.err();
+        assert!(
+            matches!(err, Some(Error::InvalidInput { .. })),
+            "create_user with username {:?} must be InvalidInput, got {err:?}",
+            &bad[..bad.len().min(20)]
+        );
+        assert_eq!(
+            ok(directory.user(record.user.id).await, "user"),
+            None,
+            "a refused user is not stored"
+        );
+    }
+    let a = new_user(directory, "ea").await;
+    let ghost = UserId::new_random();
+    assert!(
+        matches!(
+            directory.add_friend(a, a).await,
+            Err(Error::InvalidInput { .. })
+        ),
+        "add_friend(a, a) is InvalidInput"
+    );
+    assert!(
+        matches!(
+            directory.add_friend(a, ghost).await,
+            Err(Error::NotFound { .. })
+        ),
+        "add_friend with an unknown user is NotFound"
+    );
+    assert!(
+        matches!(
+            directory
+                .create_channel(group(a, vec![a, ghost], "ghosts"))
+                .await,
+            Err(Error::NotFound { .. })
+        ),
+        "a channel with an unknown member is NotFound"
+    );
+    let g = ok(
+        directory.create_channel(group(a, vec![a], "edges")).await,
+        "create_channel",
+    );
+    assert!(
+        matches!(
+            directory.add_member(g.id, ghost, 100).await,
+            Err(Error::NotFound { .. })
+        ),
+        "add_member of an unknown user is NotFound"
+    );
+    assert!(
+        matches!(
+            directory.remove_member(g.id, a).await,
+            Err(Error::InvalidInput { .. })
+        ),
+        "the owner cannot be removed"
+    );
+    assert!(
+        ok(directory.channel(g.id).await, "channel")
+            .is_some_and(|c| c.is_member(a) && c.owner == Some(a)),
+        "the refused removal changed nothing"
+    );
+    assert!(
+        matches!(
+            directory
+                .register_device(Device {
+                    id: DeviceId::new_random(),
+                    user: ghost,
+                    platform: Platform::Web,
+                    push_token: None,
+                    created_at: 0,
+                })
+                .await,
+            Err(Error::NotFound { .. })
+        ),
+        "register_device for an unknown user is NotFound"
+    );
+    let mut ids: Vec<DeviceId> = (0..5).map(|_| DeviceId::new_random()).collect();
+    for id in &ids {
+        ok(
+            directory
+                .register_device(Device {
+                    id: *id,
+                    user: a,
+                    platform: Platform::Android,
+                    push_token: Some("t".into()),
+                    created_at: 0,
+                })
+                .await,
+            "register_device",
+        );
+    }
+    ids.sort();
+    let listed: Vec<DeviceId> = ok(directory.devices(a).await, "devices")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(listed, ids, "devices are listed sorted by device id");
 }

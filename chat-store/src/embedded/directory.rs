@@ -1,7 +1,7 @@
 //! [`Directory`] for [`EmbeddedStore`].
 
 use async_trait::async_trait;
-use chat_core::rules::{apply_membership, validate_new_channel};
+use chat_core::rules::{apply_membership, validate_new_channel, validate_new_user};
 use chat_core::{
     Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, Error, Profile, Result, User,
     UserId, UserRecord,
@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::locks::{Kind, StripeKey};
 use super::{commit, db, decode, encode, keys, EmbeddedStore, Inner};
 
-/// Longest username the store accepts. fjall keys are at most 64 KiB (its
-/// journal stores key lengths in 16 bits, silently truncating longer ones),
-/// so this bound keeps every username a valid key; it is far above the
-/// 32-character rule of `chat_core::types::validate_username`.
+/// Longest username looked up. fjall keys are at most 64 KiB (its journal
+/// stores key lengths in 16 bits, silently truncating longer ones); created
+/// usernames are far shorter (`validate_new_user`), and lookups of longer
+/// names must not reach fjall either.
 const MAX_USERNAME_KEY: usize = 4_096;
 
 /// The value of the `users` partition ([`UserRecord`] is not serde).
@@ -58,15 +58,11 @@ impl Inner {
     }
 
     fn create_user(&self, record: UserRecord) -> Result<User> {
+        validate_new_user(&record)?;
         let UserRecord {
             user,
             password_hash,
         } = record;
-        if user.username.len() > MAX_USERNAME_KEY {
-            return Err(Error::invalid(format!(
-                "a username is at most {MAX_USERNAME_KEY} bytes in this store"
-            )));
-        }
         let _guards = self.stripes.lock(&[
             StripeKey::new(Kind::Username, user.username.as_bytes()),
             StripeKey::new(Kind::User, user.id.as_bytes()),
