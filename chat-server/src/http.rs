@@ -126,6 +126,7 @@ pub(crate) fn routes(server: ChatServer) -> Router {
         .route("/v1/login", post(login))
         .route("/v1/me", get(me).patch(update_me))
         .route("/v1/users/{id}", get(user))
+        .route("/v1/users/by-name/{username}", get(user_by_name))
         .route("/v1/friends", get(friends))
         .route("/v1/friends/{id}", put(add_friend).delete(remove_friend))
         .route("/v1/channels", get(channels))
@@ -279,6 +280,21 @@ async fn user(
     P(id): P<UserId>,
 ) -> HttpResult<Json<User>> {
     Ok(Json(load_user(&server, id).await?))
+}
+
+async fn user_by_name(
+    State(server): State<ChatServer>,
+    Caller(_): Caller,
+    P(username): P<String>,
+) -> HttpResult<Json<User>> {
+    let record = server
+        .inner
+        .directory
+        .user_by_name(&username)
+        .await
+        .map_err(wire)?
+        .ok_or_else(|| err(ErrorCode::NotFound, "user not found"))?;
+    Ok(Json(record.user))
 }
 
 async fn friends(

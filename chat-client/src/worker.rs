@@ -1,0 +1,1003 @@
+//! The background task that owns the WebSocket.
+//!
+//! One task per [`Connection`](crate::Connection). It alone reads and writes
+//! the socket; handles talk to it through a bounded command channel and get
+//! answers on oneshot channels, and it hands events to the application
+//! through a bounded event channel. While that channel is full the task stops
+//! reading the socket (the server then sees a slow consumer, disconnects,
+//! and the next connection syncs what was missed) but keeps serving
+//! commands and heartbeats.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_core::protocol::{
+    close, ClientFrame, ErrorCode, Event, ReplyBody, Request, ServerFrame, Welcome, WireError,
+    PROTOCOL_VERSION,
+};
+use chat_core::{DeviceId, MessageId};
+use futures::{SinkExt, StreamExt};
+use reqwest::Url;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::connection::{ClientEvent, ConnectOptions};
+use crate::error::{ClientError, Result};
+use crate::http::{code_for_status, Session};
+use crate::store::{CursorStore, DeviceState};
+use crate::sync::{Next, SyncState};
+
+/// The socket type.
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Most live messages buffered during one sync pass.
+const LIVE_BUFFER_LIMIT: usize = 10_000;
+/// How long a graceful close may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// During a long sync, the cursor is saved and acked at most this often.
+const MID_SYNC_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Pauses of the socket reader shorter than this do not extend deadlines.
+const PAUSE_GRACE: Duration = Duration::from_millis(50);
+
+/// A request from a handle.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Write `request` and answer on `reply`.
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Result<ReplyBody>>,
+        /// By when it must have been written; queued past that, it fails
+        /// with [`ClientError::Timeout`].
+        expires: Instant,
+    },
+}
+
+/// A request waiting for a connection.
+#[derive(Debug)]
+struct Queued {
+    request: Request,
+    reply: oneshot::Sender<Result<ReplyBody>>,
+    expires: Instant,
+}
+
+/// Who waits for a reply.
+#[derive(Debug)]
+enum Waiter {
+    /// A handle.
+    User(oneshot::Sender<Result<ReplyBody>>),
+    /// A sync page after this id.
+    Sync(MessageId),
+    /// A heartbeat.
+    Heartbeat,
+    /// An ack of this cursor.
+    Ack(MessageId),
+}
+
+/// A request written to the socket, waiting for its reply.
+#[derive(Debug)]
+struct Pending {
+    waiter: Waiter,
+    deadline: Instant,
+}
+
+/// Why the task stops.
+#[derive(Debug)]
+enum Stop {
+    /// The application closed or dropped the connection.
+    Cancelled,
+    /// The server said not to reconnect, or credentials were refused.
+    Fatal(ClientError),
+}
+
+/// How one connection ended.
+#[derive(Debug)]
+enum Ended {
+    /// Reconnect.
+    Lost,
+    /// Stop the task.
+    Stop(Stop),
+}
+
+/// `base + d`, saturating far in the future instead of overflowing.
+pub(crate) fn later(base: Instant, d: Duration) -> Instant {
+    base.checked_add(d)
+        .or_else(|| base.checked_add(Duration::from_secs(86_400 * 365)))
+        .unwrap_or(base)
+}
+
+/// `now + d`, saturating.
+pub(crate) fn deadline_in(d: Duration) -> Instant {
+    later(Instant::now(), d)
+}
+
+/// The error of calls cut off by the application closing the connection.
+pub(crate) fn closed_by_application() -> ClientError {
+    ClientError::Closed {
+        code: Some(1000),
+        reason: "connection closed by the application".into(),
+    }
+}
+
+/// The reply kind's name, for error messages.
+pub(crate) fn reply_kind(body: &ReplyBody) -> &'static str {
+    match body {
+        ReplyBody::Sent { .. } => "sent",
+        ReplyBody::Synced { .. } => "synced",
+        ReplyBody::Acked { .. } => "acked",
+        ReplyBody::Heartbeat { .. } => "heartbeat",
+        ReplyBody::History { .. } => "history",
+        ReplyBody::Presence { .. } => "presence",
+        _ => "unknown",
+    }
+}
+
+/// Whether a failed connection attempt must not be retried.
+fn is_fatal(e: &ClientError) -> bool {
+    match e {
+        ClientError::Api(w) => matches!(w.code, ErrorCode::Unauthorized | ErrorCode::Forbidden),
+        ClientError::Closed { code: Some(c), .. } => !close::should_reconnect(*c),
+        _ => false,
+    }
+}
+
+/// Asks `route`, opens the WebSocket and waits for `welcome`.
+pub(crate) async fn open_socket(
+    session: &Session,
+    device: DeviceId,
+    options: &ConnectOptions,
+) -> Result<(Ws, Welcome)> {
+    let timeout = options.request_timeout;
+    let server = tokio::time::timeout(timeout, session.route(options.region.as_deref()))
+        .await
+        .map_err(|_| ClientError::Timeout)??;
+    let mut url = Url::parse(&server.ws_url).map_err(|e| {
+        ClientError::decode(format!("route gave a bad ws_url {:?}: {e}", server.ws_url))
+    })?;
+    url.query_pairs_mut()
+        .append_pair("device", &device.to_string())
+        .append_pair("token", session.token())
+        .append_pair("v", &PROTOCOL_VERSION.to_string());
+    let max = options.max_frame_size.max(64 << 10);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(8 << 10)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    debug!(server = %server.id, url = %server.ws_url, "connecting");
+    let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+    let (mut ws, _response) = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => return Err(ClientError::Timeout),
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            // The upgrade was refused with an HTTP answer.
+            let status = response.status();
+            let error = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<chat_core::api::ErrorBody>(b).ok())
+                .map(|b| b.error)
+                .unwrap_or_else(|| {
+                    WireError::new(
+                        code_for_status(status),
+                        format!("WebSocket upgrade refused: HTTP {status}"),
+                    )
+                });
+            return Err(ClientError::Api(error));
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(pair)) => pair,
+    };
+    let welcome = tokio::time::timeout(timeout, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Text(text))) => match serde_json::from_str::<ServerFrame>(&text)
+                {
+                    Ok(ServerFrame::Welcome(w)) => return Ok(w),
+                    Ok(other) => warn!(?other, "frame before welcome, ignored"),
+                    Err(e) => warn!(error = %e, "malformed frame before welcome, ignored"),
+                },
+                Some(Ok(WsMessage::Close(frame))) => {
+                    let (code, reason) = close_parts(frame.as_ref());
+                    return Err(ClientError::Closed { code, reason });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(ClientError::from(e)),
+                None => {
+                    return Err(ClientError::Closed {
+                        code: None,
+                        reason: "connection ended before welcome".into(),
+                    })
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| ClientError::Timeout)??;
+    if welcome.protocol != PROTOCOL_VERSION {
+        warn!(
+            server = welcome.protocol,
+            client = PROTOCOL_VERSION,
+            "server speaks another protocol version"
+        );
+    }
+    Ok((ws, welcome))
+}
+
+fn close_parts(frame: Option<&CloseFrame>) -> (Option<u16>, String) {
+    match frame {
+        Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
+        None => (None, "closed without a close code".into()),
+    }
+}
+
+/// Everything a [`Worker`] is built from.
+pub(crate) struct WorkerParts {
+    pub(crate) session: Session,
+    pub(crate) device: DeviceId,
+    pub(crate) store: Arc<dyn CursorStore>,
+    pub(crate) options: ConnectOptions,
+    pub(crate) state: Option<DeviceState>,
+    pub(crate) cmd_rx: mpsc::Receiver<Command>,
+    pub(crate) events_tx: mpsc::Sender<ClientEvent>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) cursor_tx: watch::Sender<MessageId>,
+    pub(crate) done_tx: watch::Sender<bool>,
+    pub(crate) final_error: Arc<Mutex<Option<ClientError>>>,
+}
+
+/// Marks the task done when dropped (at its end, or if it panicked).
+#[derive(Debug)]
+struct DoneGuard(watch::Sender<bool>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// The background task's state.
+pub(crate) struct Worker {
+    session: Session,
+    device: DeviceId,
+    store: Arc<dyn CursorStore>,
+    options: ConnectOptions,
+    cmd_rx: mpsc::Receiver<Command>,
+    events_tx: mpsc::Sender<ClientEvent>,
+    /// `false` once the application dropped its [`crate::Events`].
+    events_open: bool,
+    /// Events waiting for room in the event channel.
+    outq: VecDeque<ClientEvent>,
+    /// Since when `outq` has been non-empty (the reader is paused).
+    paused_since: Option<Instant>,
+    cancel: CancellationToken,
+    cursor_tx: watch::Sender<MessageId>,
+    final_error: Arc<Mutex<Option<ClientError>>>,
+    /// The local state before the first welcome (`None`: ask the server).
+    restored: Option<DeviceState>,
+    sync: Option<SyncState>,
+    /// Requests waiting for a connection.
+    outbox: VecDeque<Queued>,
+    /// Requests written on the current connection.
+    pending: HashMap<String, Pending>,
+    next_request: u64,
+    backoff: Backoff,
+    /// Sync page size (halved after a page too large for a frame).
+    sync_limit: u32,
+    /// Delays between retries of a sync page that failed retryably.
+    sync_backoff: Backoff,
+    /// A sync page to ask for again at a time (after a retryable error).
+    sync_retry: Option<(Instant, MessageId)>,
+    /// When the cursor was last saved and acked.
+    last_commit: Option<Instant>,
+    /// The cursor moved since it was last saved and acked.
+    uncommitted: bool,
+    _done: DoneGuard,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("device", &self.device)
+            .field("pending", &self.pending.len())
+            .field("outbox", &self.outbox.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    pub(crate) fn new(parts: WorkerParts) -> Self {
+        let backoff = parts.options.backoff();
+        let sync_limit = parts.options.sync_page_size.max(1);
+        let sync_backoff = Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+            parts.options.jitter,
+        );
+        Self {
+            session: parts.session,
+            device: parts.device,
+            store: parts.store,
+            options: parts.options,
+            cmd_rx: parts.cmd_rx,
+            events_tx: parts.events_tx,
+            events_open: true,
+            outq: VecDeque::new(),
+            paused_since: None,
+            cancel: parts.cancel,
+            cursor_tx: parts.cursor_tx,
+            final_error: parts.final_error,
+            restored: parts.state,
+            sync: None,
+            outbox: VecDeque::new(),
+            pending: HashMap::new(),
+            next_request: 0,
+            backoff,
+            sync_limit,
+            sync_backoff,
+            sync_retry: None,
+            last_commit: None,
+            uncommitted: false,
+            _done: DoneGuard(parts.done_tx),
+        }
+    }
+
+    /// Runs until the application closes the connection or the server
+    /// refuses it for good.
+    pub(crate) async fn run(mut self, first: (Ws, Welcome)) {
+        let mut link = Some(first);
+        let stop = loop {
+            let (ws, welcome) = match link.take() {
+                Some(l) => l,
+                None => match self.reconnect().await {
+                    Ok(l) => l,
+                    Err(stop) => break stop,
+                },
+            };
+            match self.run_connection(ws, welcome).await {
+                Ended::Lost => {}
+                Ended::Stop(stop) => break stop,
+            }
+        };
+        self.shutdown(stop).await;
+    }
+
+    // ----- events -----
+
+    fn emit(&mut self, event: ClientEvent) {
+        if !self.events_open {
+            return;
+        }
+        if self.outq.is_empty() {
+            self.paused_since = Some(Instant::now());
+        }
+        self.outq.push_back(event);
+    }
+
+    /// Hands one queued event to the channel (`permit` from `reserve`).
+    fn deliver(
+        outq: &mut VecDeque<ClientEvent>,
+        permit: std::result::Result<mpsc::OwnedPermit<ClientEvent>, mpsc::error::SendError<()>>,
+    ) -> bool {
+        match permit {
+            Ok(permit) => {
+                if let Some(event) = outq.pop_front() {
+                    permit.send(event);
+                }
+                true
+            }
+            Err(_) => {
+                outq.clear();
+                false
+            }
+        }
+    }
+
+    /// After a delivery: if the queue drained, un-pause, and if the reader
+    /// was paused for a while, give pending requests that time back (their
+    /// replies could not be read meanwhile).
+    fn after_delivery(&mut self, open: bool) {
+        if !open {
+            self.events_open = false;
+        }
+        if !self.outq.is_empty() {
+            return;
+        }
+        if let Some(since) = self.paused_since.take() {
+            let paused = since.elapsed();
+            if paused > PAUSE_GRACE {
+                for p in self.pending.values_mut() {
+                    p.deadline = later(p.deadline, paused);
+                }
+            }
+        }
+    }
+
+    // ----- requests -----
+
+    fn queue(&mut self, command: Command) {
+        let Command::Request {
+            request,
+            reply,
+            expires,
+        } = command;
+        self.outbox.push_back(Queued {
+            request,
+            reply,
+            expires,
+        });
+    }
+
+    /// Fails queued requests that expired or whose caller gave up.
+    fn expire_outbox(&mut self) {
+        let now = Instant::now();
+        let mut keep = VecDeque::with_capacity(self.outbox.len());
+        for q in self.outbox.drain(..) {
+            if q.reply.is_closed() {
+                continue;
+            }
+            if q.expires <= now {
+                let _ = q.reply.send(Err(ClientError::Timeout));
+                continue;
+            }
+            keep.push_back(q);
+        }
+        self.outbox = keep;
+    }
+
+    /// Writes a request and records who waits for its reply.
+    async fn write_request(&mut self, ws: &mut Ws, request: Request, waiter: Waiter) -> Result<()> {
+        self.next_request += 1;
+        let id = format!("r{}", self.next_request);
+        let frame = ClientFrame {
+            id: id.clone(),
+            request,
+        };
+        let text = serde_json::to_string(&frame).map_err(ClientError::decode)?;
+        self.pending.insert(
+            id,
+            Pending {
+                waiter,
+                deadline: deadline_in(self.options.request_timeout),
+            },
+        );
+        match tokio::time::timeout(self.options.request_timeout, ws.send(WsMessage::text(text)))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    // ----- the connection -----
+
+    /// Waits for `fut` while serving commands (queued for the next
+    /// connection) and delivering events.
+    async fn wait_offline<F: Future>(&mut self, fut: F) -> std::result::Result<F::Output, Stop> {
+        tokio::pin!(fut);
+        let mut tick = tokio::time::interval(self.tick_period());
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
+                out = &mut fut => return Ok(out),
+                permit = self.events_tx.clone().reserve_owned(), if !self.outq.is_empty() => {
+                    let open = Self::deliver(&mut self.outq, permit);
+                    self.after_delivery(open);
+                }
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(cmd) => self.queue(cmd),
+                    None => return Err(Stop::Cancelled),
+                },
+                _ = tick.tick() => self.expire_outbox(),
+            }
+        }
+    }
+
+    fn tick_period(&self) -> Duration {
+        (self.options.request_timeout / 4)
+            .clamp(Duration::from_millis(5), Duration::from_millis(500))
+    }
+
+    /// Backs off, then asks `route` and connects, until it works.
+    async fn reconnect(&mut self) -> std::result::Result<(Ws, Welcome), Stop> {
+        loop {
+            let delay = self.backoff.next_delay();
+            debug!(?delay, "reconnecting after backoff");
+            self.wait_offline(tokio::time::sleep(delay)).await?;
+            let session = self.session.clone();
+            let options = self.options.clone();
+            let device = self.device;
+            let attempt = async move { open_socket(&session, device, &options).await };
+            match self.wait_offline(attempt).await? {
+                Ok(link) => return Ok(link),
+                Err(e) if is_fatal(&e) => return Err(Stop::Fatal(e)),
+                Err(e) => warn!(error = %e, "reconnect failed"),
+            }
+        }
+    }
+
+    /// Serves one connection until it ends.
+    async fn run_connection(&mut self, mut ws: Ws, welcome: Welcome) -> Ended {
+        match self.serve(&mut ws, welcome).await {
+            Ok(ended) => ended,
+            Err((error, code, reason)) => {
+                let fatal = code.is_some_and(|c| !close::should_reconnect(c));
+                if fatal {
+                    // Before failing the cut-off requests, so their callers
+                    // see that the connection is gone for good.
+                    self.set_final_error(error.clone());
+                }
+                // The connection failed: everything written on it is lost.
+                self.connection_lost(error.clone(), code, reason);
+                if fatal {
+                    Ended::Stop(Stop::Fatal(error))
+                } else {
+                    Ended::Lost
+                }
+            }
+        }
+    }
+
+    /// Records why the task stops (handles then count it as closed).
+    fn set_final_error(&self, error: ClientError) {
+        if let Ok(mut slot) = self.final_error.lock() {
+            slot.get_or_insert(error);
+        }
+    }
+
+    fn connection_lost(&mut self, error: ClientError, code: Option<u16>, reason: String) {
+        info!(?code, %reason, "connection lost");
+        if let Some(sync) = &mut self.sync {
+            sync.disconnected();
+        }
+        self.sync_retry = None;
+        for (_, p) in self.pending.drain() {
+            if let Waiter::User(tx) = p.waiter {
+                let _ = tx.send(Err(error.clone()));
+            }
+        }
+        self.emit(ClientEvent::Disconnected { code, reason });
+    }
+
+    /// The loop of one connection. `Err` carries the error for cut-off
+    /// requests and the close code and reason.
+    async fn serve(
+        &mut self,
+        ws: &mut Ws,
+        welcome: Welcome,
+    ) -> std::result::Result<Ended, (ClientError, Option<u16>, String)> {
+        let lost = |e: ClientError| {
+            let reason = e.to_string();
+            (e, None, reason)
+        };
+        info!(server = %welcome.server_id, "connected");
+        let sync = match self.sync.take() {
+            Some(s) => s,
+            None => {
+                let state = self.restored.take().unwrap_or(DeviceState {
+                    cursor: welcome.cursor,
+                    seen: Vec::new(),
+                });
+                SyncState::new(state, LIVE_BUFFER_LIMIT)
+            }
+        };
+        let local_cursor = sync.cursor();
+        self.sync = Some(sync);
+        self.cursor_tx.send_replace(local_cursor);
+        self.emit(ClientEvent::Connected {
+            server_id: welcome.server_id.clone(),
+        });
+
+        // Sync from the cursor; meanwhile live messages are buffered.
+        self.start_sync(ws).await.map_err(lost)?;
+        if local_cursor > welcome.cursor {
+            // The server is behind this device's local state.
+            self.write_request(
+                ws,
+                Request::Ack {
+                    cursor: local_cursor,
+                },
+                Waiter::Ack(local_cursor),
+            )
+            .await
+            .map_err(lost)?;
+        }
+        // Requests queued while disconnected.
+        while let Some(q) = self.outbox.pop_front() {
+            if q.reply.is_closed() {
+                continue;
+            }
+            if q.expires <= Instant::now() {
+                let _ = q.reply.send(Err(ClientError::Timeout));
+                continue;
+            }
+            self.write_request(ws, q.request, Waiter::User(q.reply))
+                .await
+                .map_err(lost)?;
+        }
+
+        let hb_period = self
+            .options
+            .heartbeat_interval
+            .unwrap_or(Duration::from_millis(welcome.heartbeat_interval_ms))
+            .clamp(Duration::from_millis(10), Duration::from_secs(3600));
+        let mut heartbeat = tokio::time::interval_at(deadline_in(hb_period), hb_period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(self.tick_period());
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        loop {
+            // Far enough to never fire when no retry is due.
+            let retry_at = self
+                .sync_retry
+                .map(|(at, _)| at)
+                .unwrap_or_else(|| deadline_in(Duration::from_secs(3600)));
+            // Unbiased: replies, commands and timers get their turns.
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    Self::close_gracefully(ws).await;
+                    self.connection_lost(closed_by_application(), Some(1000), "closed by the application".into());
+                    return Ok(Ended::Stop(Stop::Cancelled));
+                }
+                permit = self.events_tx.clone().reserve_owned(), if !self.outq.is_empty() => {
+                    let open = Self::deliver(&mut self.outq, permit);
+                    self.after_delivery(open);
+                }
+                _ = heartbeat.tick() => {
+                    self.write_request(ws, Request::Heartbeat {}, Waiter::Heartbeat)
+                        .await
+                        .map_err(lost)?;
+                }
+                _ = tokio::time::sleep_until(retry_at), if self.sync_retry.is_some() => {
+                    if let Some((_, after)) = self.sync_retry.take() {
+                        self.request_page(ws, after).await.map_err(lost)?;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.expire_outbox();
+                    if self.outq.is_empty() {
+                        self.expire_pending().map_err(lost)?;
+                    }
+                }
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(Command::Request { request, reply, expires }) => {
+                        if reply.is_closed() {
+                            continue;
+                        }
+                        if expires <= Instant::now() {
+                            let _ = reply.send(Err(ClientError::Timeout));
+                            continue;
+                        }
+                        self.write_request(ws, request, Waiter::User(reply))
+                            .await
+                            .map_err(lost)?;
+                    }
+                    None => {
+                        Self::close_gracefully(ws).await;
+                        self.connection_lost(closed_by_application(), Some(1000), "closed by the application".into());
+                        return Ok(Ended::Stop(Stop::Cancelled));
+                    }
+                },
+                frame = ws.next(), if self.outq.is_empty() => match frame {
+                    Some(Ok(WsMessage::Text(text))) => self.on_text(ws, &text).await?,
+                    Some(Ok(WsMessage::Binary(_))) => warn!("binary frame from the server, ignored"),
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        let (code, reason) = close_parts(frame.as_ref());
+                        // Let the automatic close reply go out.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                        return Err((ClientError::Closed { code, reason: reason.clone() }, code, reason));
+                    }
+                    Some(Ok(_)) => {} // ping, pong: answered by the library
+                    Some(Err(e)) => {
+                        if matches!(e, tungstenite::Error::Capacity(_))
+                            && self.pending.values().any(|p| matches!(p.waiter, Waiter::Sync(_)))
+                        {
+                            self.sync_limit = (self.sync_limit / 2).max(1);
+                            warn!(limit = self.sync_limit, "sync page too large; smaller pages next time");
+                        }
+                        return Err(lost(e.into()));
+                    }
+                    None => {
+                        return Err(lost(ClientError::Closed {
+                            code: None,
+                            reason: "connection ended without a close frame".into(),
+                        }));
+                    }
+                },
+            }
+        }
+    }
+
+    async fn close_gracefully(ws: &mut Ws) {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let closing = async {
+            if ws.close(Some(frame)).await.is_ok() {
+                // Read until the server's close reply ends the stream.
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+
+    /// Fails requests whose reply is overdue. An overdue sync page or
+    /// heartbeat means the connection is dead.
+    fn expire_pending(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let overdue: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut dead = false;
+        for id in overdue {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            match p.waiter {
+                Waiter::User(tx) => {
+                    let _ = tx.send(Err(ClientError::Timeout));
+                }
+                Waiter::Sync(_) | Waiter::Heartbeat => dead = true,
+                Waiter::Ack(_) => {}
+            }
+        }
+        if dead {
+            return Err(ClientError::Timeout);
+        }
+        Ok(())
+    }
+
+    async fn start_sync(&mut self, ws: &mut Ws) -> Result<()> {
+        let Some(sync) = &mut self.sync else {
+            return Ok(());
+        };
+        let after = sync.start_sync();
+        self.request_page(ws, after).await
+    }
+
+    async fn request_page(&mut self, ws: &mut Ws, after: MessageId) -> Result<()> {
+        let request = Request::Sync {
+            after: Some(after),
+            limit: Some(self.sync_limit),
+        };
+        self.write_request(ws, request, Waiter::Sync(after)).await
+    }
+
+    /// Handles one text frame. Malformed frames are logged and skipped.
+    async fn on_text(
+        &mut self,
+        ws: &mut Ws,
+        text: &str,
+    ) -> std::result::Result<(), (ClientError, Option<u16>, String)> {
+        let lost = |e: ClientError| {
+            let reason = e.to_string();
+            (e, None, reason)
+        };
+        let frame = match serde_json::from_str::<ServerFrame>(text) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "malformed or unknown frame from the server, ignored");
+                return Ok(());
+            }
+        };
+        match frame {
+            ServerFrame::Welcome(_) => warn!("second welcome on one connection, ignored"),
+            ServerFrame::Event(Event::Message { message }) => {
+                if let Some(sync) = &mut self.sync {
+                    if let Some(m) = sync.on_live(message) {
+                        self.emit(ClientEvent::Message(m));
+                    }
+                }
+            }
+            ServerFrame::Event(Event::Presence { presence }) => {
+                self.emit(ClientEvent::Presence(presence));
+            }
+            ServerFrame::Event(other) => debug!(?other, "unknown event, ignored"),
+            ServerFrame::Reply(reply) => {
+                let Some(id) = reply.id.clone() else {
+                    warn!(error = ?reply.error, "error reply without a request id");
+                    return Ok(());
+                };
+                let Some(pending) = self.pending.remove(&id) else {
+                    debug!(%id, "reply to an unknown or expired request, ignored");
+                    return Ok(());
+                };
+                let result = reply.into_result();
+                match pending.waiter {
+                    Waiter::User(tx) => {
+                        if let (Ok(ReplyBody::Sent { message_id, .. }), Some(sync)) =
+                            (&result, &mut self.sync)
+                        {
+                            // The receipt stands for the message on this device.
+                            sync.mark_seen(*message_id);
+                        }
+                        let _ = tx.send(result.map_err(ClientError::Api));
+                    }
+                    Waiter::Sync(after) => {
+                        self.on_sync_reply(ws, after, result).await.map_err(lost)?
+                    }
+                    Waiter::Heartbeat => match result {
+                        Ok(ReplyBody::Heartbeat { stable, .. }) => {
+                            let advanced =
+                                self.sync.as_mut().is_some_and(|s| s.on_watermark(stable));
+                            if advanced {
+                                self.cursor_advanced(ws).await.map_err(lost)?;
+                            }
+                        }
+                        Ok(other) => warn!(kind = reply_kind(&other), "unexpected heartbeat reply"),
+                        Err(e) => warn!(error = %e, "heartbeat failed"),
+                    },
+                    Waiter::Ack(cursor) => match result {
+                        Ok(_) => debug!(%cursor, "cursor acked"),
+                        Err(e) => warn!(error = %e, %cursor, "ack failed"),
+                    },
+                }
+            }
+            other => debug!(?other, "unknown frame, ignored"),
+        }
+        Ok(())
+    }
+
+    async fn on_sync_reply(
+        &mut self,
+        ws: &mut Ws,
+        after: MessageId,
+        result: std::result::Result<ReplyBody, WireError>,
+    ) -> Result<()> {
+        let (messages, has_more, stable) = match result {
+            Ok(ReplyBody::Synced {
+                messages,
+                has_more,
+                stable,
+            }) => (messages, has_more, stable),
+            Ok(other) => {
+                let e = ClientError::decode(format!(
+                    "expected a synced reply, got {}",
+                    reply_kind(&other)
+                ));
+                self.emit(ClientEvent::Error(e.clone()));
+                return Err(e);
+            }
+            Err(wire) if wire.retryable => {
+                // Rate limited or a backend hiccup: ask for the same page
+                // again shortly, on the same connection.
+                let delay = self.sync_backoff.next_delay();
+                debug!(error = %wire, ?delay, "sync page failed, retrying");
+                self.sync_retry = Some((deadline_in(delay), after));
+                return Ok(());
+            }
+            Err(wire) => {
+                // Reconnect (with backoff) and sync again.
+                let e = ClientError::Api(wire);
+                self.emit(ClientEvent::Error(e.clone()));
+                return Err(e);
+            }
+        };
+        self.sync_backoff.reset();
+        let Some(sync) = &mut self.sync else {
+            return Ok(());
+        };
+        let outcome = match sync.on_page(after, messages, has_more, stable) {
+            Ok(o) => o,
+            Err(_) => {
+                let e = ClientError::decode("sync page with has_more but no progress");
+                self.emit(ClientEvent::Error(e.clone()));
+                return Err(e);
+            }
+        };
+        for m in outcome.emit {
+            self.emit(ClientEvent::Message(m));
+        }
+        if outcome.advanced {
+            // Mid-sync progress is committed at most once per interval;
+            // the end of the sync always commits.
+            let due = outcome.next == Next::Done
+                || self
+                    .last_commit
+                    .is_none_or(|t| t.elapsed() >= MID_SYNC_COMMIT_INTERVAL);
+            if let Some(sync) = &self.sync {
+                self.cursor_tx.send_replace(sync.cursor());
+            }
+            if due {
+                self.cursor_advanced(ws).await?;
+            } else {
+                self.uncommitted = true;
+            }
+        } else if outcome.next == Next::Done && self.uncommitted {
+            self.cursor_advanced(ws).await?;
+        }
+        match outcome.next {
+            Next::Page(after) => self.request_page(ws, after).await?,
+            Next::Done => {
+                let cursor = self.sync.as_ref().map(|s| s.cursor()).unwrap_or_default();
+                debug!(%cursor, "synced");
+                self.backoff.reset();
+                self.sync_limit = self.options.sync_page_size.max(1);
+                self.emit(ClientEvent::Synced { cursor });
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists the state and acks the new cursor.
+    async fn cursor_advanced(&mut self, ws: &mut Ws) -> Result<()> {
+        let Some(state) = self.sync.as_ref().map(|s| s.snapshot()) else {
+            return Ok(());
+        };
+        let cursor = state.cursor;
+        self.cursor_tx.send_replace(cursor);
+        self.last_commit = Some(Instant::now());
+        self.uncommitted = false;
+        if let Err(e) = self
+            .store
+            .save(self.session.user_id(), self.device, &state)
+            .await
+        {
+            warn!(error = %e, "saving the cursor failed");
+            self.emit(ClientEvent::Error(e));
+        }
+        self.write_request(ws, Request::Ack { cursor }, Waiter::Ack(cursor))
+            .await
+    }
+
+    /// Fails everything still waiting, saves the state, and reports why the
+    /// task stopped.
+    async fn shutdown(mut self, stop: Stop) {
+        let error = match &stop {
+            Stop::Cancelled => closed_by_application(),
+            Stop::Fatal(e) => e.clone(),
+        };
+        self.set_final_error(error.clone());
+        self.cmd_rx.close();
+        while let Ok(Command::Request { reply, .. }) = self.cmd_rx.try_recv() {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for q in self.outbox.drain(..) {
+            let _ = q.reply.send(Err(error.clone()));
+        }
+        for (_, p) in self.pending.drain() {
+            if let Waiter::User(tx) = p.waiter {
+                let _ = tx.send(Err(error.clone()));
+            }
+        }
+        if let Some(state) = self.sync.as_ref().map(|s| s.snapshot()) {
+            if let Err(e) = self
+                .store
+                .save(self.session.user_id(), self.device, &state)
+                .await
+            {
+                warn!(error = %e, "saving the cursor on shutdown failed");
+            }
+        }
+        if let Stop::Fatal(e) = stop {
+            warn!(error = %e, "connection stopped for good");
+            self.emit(ClientEvent::Error(e));
+            // Hand over what is queued unless the application goes away.
+            while self.events_open && !self.outq.is_empty() {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => break,
+                    permit = self.events_tx.clone().reserve_owned() => {
+                        let open = Self::deliver(&mut self.outq, permit);
+                        self.after_delivery(open);
+                    }
+                }
+            }
+        }
+        info!("connection task stopped");
+    }
+}

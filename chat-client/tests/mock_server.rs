@@ -1,0 +1,757 @@
+//! The connection task against a small scripted mock of the server (not the
+//! real chat server, whose end-to-end tests live in `chat-server/tests`):
+//! sync and live delivery, heartbeat watermarks, reconnects, send retries
+//! with the same client message id, and fatal close codes.
+
+// Test scaffolding: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_client::{
+    ChatClient, ClientError, ClientEvent, ConnectOptions, Connection, CursorStore, DeviceState,
+    MemoryCursorStore, Session,
+};
+use chat_core::api::{AuthResponse, RouteResponse};
+use chat_core::protocol::{
+    ClientFrame, ErrorCode, Event, Reply, ReplyBody, Request, ServerFrame, Welcome, WireError,
+};
+use chat_core::{
+    ChannelId, ClientMsgId, DeviceId, Message, MessageId, Presence, PresenceStatus, ServerInfo,
+    User, UserId,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What a mock connection is told to do by the test.
+#[derive(Debug)]
+enum Control {
+    Frame(ServerFrame),
+    Close(u16),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    inbox: BTreeMap<u64, Message>,
+    next_id: u64,
+    by_client_id: HashMap<String, u64>,
+    /// `None`: everything stored is settled.
+    stable: Option<u64>,
+    acked: u64,
+    routes: u32,
+    connections: u32,
+    sync_requests: u32,
+    /// Store the next send but drop the connection instead of replying.
+    drop_next_send: bool,
+    /// Answer the next send with `unavailable` without storing it.
+    fail_next_send: bool,
+    /// Answer the next sync with `rate_limited`.
+    rate_limit_next_sync: bool,
+    /// The close frames the client sent.
+    client_closes: Vec<u16>,
+    live: Vec<mpsc::UnboundedSender<Control>>,
+}
+
+impl State {
+    fn stable(&self) -> u64 {
+        self.stable.unwrap_or(self.next_id + 1)
+    }
+
+    fn store(&mut self, channel: ChannelId, sender: UserId, cid: ClientMsgId, text: &str) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.by_client_id.insert(cid.as_str().to_owned(), id);
+        self.inbox.insert(
+            id,
+            Message {
+                id: MessageId(id),
+                channel_id: channel,
+                sender,
+                content: text.to_owned(),
+                created_at: id,
+                client_msg_id: cid,
+            },
+        );
+        id
+    }
+}
+
+#[derive(Clone)]
+struct Mock {
+    http: SocketAddr,
+    state: Arc<Mutex<State>>,
+    user: User,
+    channel: ChannelId,
+}
+
+impl Mock {
+    async fn start() -> Mock {
+        let state = Arc::new(Mutex::new(State::default()));
+        let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ws_addr = ws_listener.local_addr().unwrap();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let user = User {
+            id: UserId::new_random(),
+            username: "alice".into(),
+            profile: Default::default(),
+            created_at: 0,
+        };
+        let mock = Mock {
+            http,
+            state: state.clone(),
+            user,
+            channel: ChannelId::new_random(),
+        };
+
+        // HTTP: only `route`, one request per TCP connection.
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = http_listener.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let (status, body) = if head.starts_with("GET /v1/route") {
+                        st.lock().unwrap().routes += 1;
+                        let body = RouteResponse {
+                            server: ServerInfo {
+                                id: "mock-1".into(),
+                                ws_url: format!("ws://{ws_addr}/v1/ws"),
+                                http_url: format!("http://{ws_addr}"),
+                                region: None,
+                                capacity: 100,
+                                connections: 0,
+                            },
+                        };
+                        ("200 OK", serde_json::to_string(&body).unwrap())
+                    } else {
+                        (
+                            "404 Not Found",
+                            r#"{"error":{"code":"not_found","message":"no route","retryable":false}}"#
+                                .to_owned(),
+                        )
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+
+        // WebSocket.
+        let m = mock.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = ws_listener.accept().await else {
+                    return;
+                };
+                let m = m.clone();
+                tokio::spawn(async move { m.serve_ws(sock).await });
+            }
+        });
+        mock
+    }
+
+    async fn serve_ws(self, sock: tokio::net::TcpStream) {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else {
+            return;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let welcome = {
+            let mut st = self.state.lock().unwrap();
+            st.connections += 1;
+            // Subscribed before welcome, as the real server does.
+            st.live.push(tx);
+            ServerFrame::Welcome(Welcome {
+                protocol: 1,
+                server_id: format!("mock-{}", st.connections),
+                user: self.user.id,
+                device: DeviceId::new_random(),
+                heartbeat_interval_ms: 5000,
+                presence_timeout_ms: 30000,
+                cursor: MessageId(st.acked),
+            })
+        };
+        if ws.send(text(&welcome)).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                ctl = rx.recv() => match ctl {
+                    Some(Control::Frame(f)) => {
+                        if ws.send(text(&f)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Control::Close(code)) => {
+                        let _ = ws
+                            .close(Some(CloseFrame {
+                                code: CloseCode::from(code),
+                                reason: "test".into(),
+                            }))
+                            .await;
+                        while let Some(Ok(_)) = ws.next().await {}
+                        return;
+                    }
+                    None => return,
+                },
+                msg = ws.next() => {
+                    let msg = match msg {
+                        Some(Ok(m)) => m,
+                        _ => return,
+                    };
+                    let WsMessage::Text(t) = msg else {
+                        if let WsMessage::Close(Some(f)) = msg {
+                            self.state.lock().unwrap().client_closes.push(f.code.into());
+                        }
+                        continue;
+                    };
+                    let frame: ClientFrame = serde_json::from_str(&t).unwrap();
+                    let Some(reply) = self.answer(frame) else {
+                        // Simulate a crash before the reply.
+                        return;
+                    };
+                    if ws.send(text(&ServerFrame::Reply(reply))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The reply to one request; `None` drops the connection instead.
+    fn answer(&self, frame: ClientFrame) -> Option<Reply> {
+        let mut st = self.state.lock().unwrap();
+        let id = frame.id;
+        let body = match frame.request {
+            Request::Send {
+                channel,
+                client_msg_id,
+                content,
+            } => {
+                if st.fail_next_send {
+                    st.fail_next_send = false;
+                    return Some(Reply::err(
+                        Some(id),
+                        WireError::new(ErrorCode::Unavailable, "try later"),
+                    ));
+                }
+                let existing = st.by_client_id.get(client_msg_id.as_str()).copied();
+                let (message_id, duplicate) = match existing {
+                    Some(mid) => (mid, true),
+                    None => (
+                        st.store(channel, self.user.id, client_msg_id, &content),
+                        false,
+                    ),
+                };
+                if st.drop_next_send {
+                    st.drop_next_send = false;
+                    return None;
+                }
+                ReplyBody::Sent {
+                    message_id: MessageId(message_id),
+                    created_at: message_id,
+                    duplicate,
+                }
+            }
+            Request::Sync { after, limit } => {
+                st.sync_requests += 1;
+                if st.rate_limit_next_sync {
+                    st.rate_limit_next_sync = false;
+                    return Some(Reply::err(
+                        Some(id),
+                        WireError::new(ErrorCode::RateLimited, "slow down"),
+                    ));
+                }
+                let after = after.map(|a| a.0).unwrap_or(st.acked);
+                let limit = limit.unwrap_or(100) as usize;
+                let all: Vec<Message> = st
+                    .inbox
+                    .range(after + 1..)
+                    .map(|(_, m)| m.clone())
+                    .collect();
+                let has_more = all.len() > limit;
+                ReplyBody::Synced {
+                    messages: all.into_iter().take(limit).collect(),
+                    has_more,
+                    stable: MessageId(st.stable()),
+                }
+            }
+            Request::Ack { cursor } => {
+                st.acked = st.acked.max(cursor.0);
+                ReplyBody::Acked {
+                    cursor: MessageId(st.acked),
+                }
+            }
+            Request::Heartbeat {} => ReplyBody::Heartbeat {
+                server_time: 0,
+                stable: MessageId(st.stable()),
+            },
+            Request::History { channel, .. } => ReplyBody::History {
+                messages: st
+                    .inbox
+                    .values()
+                    .filter(|m| m.channel_id == channel)
+                    .cloned()
+                    .collect(),
+            },
+            Request::Presence { users } => ReplyBody::Presence {
+                users: users
+                    .into_iter()
+                    .map(|user| Presence {
+                        user,
+                        status: PresenceStatus::Online,
+                        last_active_at: Some(1),
+                    })
+                    .collect(),
+            },
+            other => panic!("unexpected request {other:?}"),
+        };
+        Some(Reply::ok(id, body))
+    }
+
+    /// Stores a message from someone else and sends it live.
+    fn deliver(&self, content: &str) -> u64 {
+        let mut st = self.state.lock().unwrap();
+        let id = st.store(
+            self.channel,
+            UserId::new_random(),
+            ClientMsgId::new_random(),
+            content,
+        );
+        let message = st.inbox[&id].clone();
+        st.live.retain(|tx| {
+            tx.send(Control::Frame(ServerFrame::Event(Event::Message {
+                message: message.clone(),
+            })))
+            .is_ok()
+        });
+        id
+    }
+
+    /// Stores a message without live delivery (it happened while offline).
+    fn store_quietly(&self, content: &str) -> u64 {
+        let mut st = self.state.lock().unwrap();
+        st.store(
+            self.channel,
+            UserId::new_random(),
+            ClientMsgId::new_random(),
+            content,
+        )
+    }
+
+    fn close_all(&self, code: u16) {
+        let mut st = self.state.lock().unwrap();
+        for tx in st.live.drain(..) {
+            let _ = tx.send(Control::Close(code));
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    fn session(&self) -> Session {
+        ChatClient::new(&format!("http://{}", self.http))
+            .unwrap()
+            .session(AuthResponse {
+                token: "token".into(),
+                expires_at: 0,
+                user: self.user.clone(),
+            })
+    }
+}
+
+fn text(frame: &ServerFrame) -> WsMessage {
+    WsMessage::text(serde_json::to_string(frame).unwrap())
+}
+
+fn options() -> ConnectOptions {
+    ConnectOptions {
+        reconnect_min: Duration::from_millis(10),
+        reconnect_max: Duration::from_millis(100),
+        heartbeat_interval: Some(Duration::from_millis(50)),
+        request_timeout: Duration::from_secs(5),
+        send_deadline: Duration::from_secs(10),
+        sync_page_size: 2,
+        ..ConnectOptions::default()
+    }
+}
+
+async fn next(conn: &mut Connection) -> ClientEvent {
+    tokio::time::timeout(WAIT, conn.next_event())
+        .await
+        .expect("an event in time")
+        .expect("the stream is open")
+}
+
+/// Reads events until `Synced`; returns the message ids delivered.
+async fn until_synced(conn: &mut Connection) -> Vec<u64> {
+    let mut ids = Vec::new();
+    loop {
+        match next(conn).await {
+            ClientEvent::Message(m) => ids.push(m.id.0),
+            ClientEvent::Synced { .. } => return ids,
+            _ => {}
+        }
+    }
+}
+
+async fn next_message(conn: &mut Connection) -> u64 {
+    loop {
+        if let ClientEvent::Message(m) = next(conn).await {
+            return m.id.0;
+        }
+    }
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn sync_then_live_then_watermark_moves_the_cursor() {
+    let mock = Mock::start().await;
+    for i in 0..5 {
+        mock.store_quietly(&format!("old {i}"));
+    }
+    let store = Arc::new(MemoryCursorStore::new());
+    let device = DeviceId::new_random();
+    let mut conn = mock
+        .session()
+        .connect(device, store.clone(), options())
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut conn).await,
+        ClientEvent::Connected { .. }
+    ));
+    assert_eq!(until_synced(&mut conn).await, [1, 2, 3, 4, 5]);
+    assert_eq!(conn.cursor(), MessageId(5));
+
+    let id = mock.deliver("live");
+    assert_eq!(next_message(&mut conn).await, id);
+    // A heartbeat's watermark moves the cursor past the live message; it is
+    // saved and acked.
+    eventually("cursor 6", || conn.cursor() == MessageId(6)).await;
+    eventually("ack 6", || mock.with(|s| s.acked) == 6).await;
+    let user = mock.user.id;
+    let saved = store.load(user, device).await.unwrap().unwrap();
+    assert_eq!(saved.cursor, MessageId(6));
+
+    // Requests over the socket.
+    let history = conn
+        .history(mock.channel, None, None, Some(10))
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 6);
+    let presence = conn.presence(&[user]).await.unwrap();
+    assert_eq!(presence[0].status, PresenceStatus::Online);
+
+    conn.close().await;
+    assert!(conn.is_closed());
+    eventually("close frame", || {
+        mock.with(|s| s.client_closes.contains(&1000))
+    })
+    .await;
+    let err = conn.send(mock.channel, "late").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Closed {
+                code: Some(1000),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn reconnects_after_a_retryable_close_and_syncs_without_duplicates() {
+    let mock = Mock::start().await;
+    // Nothing settles, so the cursor cannot move past what arrives live.
+    mock.with(|s| s.stable = Some(1));
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options(),
+        )
+        .await
+        .unwrap();
+    assert!(until_synced(&mut conn).await.is_empty());
+    let a = mock.deliver("a");
+    assert_eq!(next_message(&mut conn).await, a);
+
+    mock.close_all(4001);
+    let mut saw_disconnect = false;
+    loop {
+        match next(&mut conn).await {
+            ClientEvent::Disconnected { code, .. } => {
+                assert_eq!(code, Some(4001));
+                saw_disconnect = true;
+            }
+            ClientEvent::Connected { server_id } => {
+                assert!(saw_disconnect);
+                assert_eq!(server_id, "mock-2");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The new connection syncs `a` again from the inbox; it is not
+    // delivered twice.
+    assert!(until_synced(&mut conn).await.is_empty());
+    assert_eq!(mock.with(|s| s.routes), 2, "route asked again");
+    let b = mock.deliver("b");
+    assert_eq!(next_message(&mut conn).await, b);
+}
+
+#[tokio::test]
+async fn messages_stored_while_offline_arrive_after_reconnect() {
+    let mock = Mock::start().await;
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options(),
+        )
+        .await
+        .unwrap();
+    until_synced(&mut conn).await;
+    // Fail the first sync page of the next connection retryably: the page
+    // is asked for again on the same connection.
+    mock.with(|s| s.rate_limit_next_sync = true);
+    mock.close_all(4000);
+    let missed: Vec<u64> = (0..5)
+        .map(|i| mock.store_quietly(&format!("m{i}")))
+        .collect();
+    assert_eq!(until_synced(&mut conn).await, missed);
+    assert_eq!(mock.with(|s| s.connections), 2);
+}
+
+#[tokio::test]
+async fn a_restored_cursor_skips_what_the_device_already_has() {
+    let mock = Mock::start().await;
+    for i in 0..6 {
+        mock.store_quietly(&format!("m{i}"));
+    }
+    let store = Arc::new(MemoryCursorStore::new());
+    let device = DeviceId::new_random();
+    store
+        .save(
+            mock.user.id,
+            device,
+            &DeviceState {
+                cursor: MessageId(3),
+                seen: vec![MessageId(5)],
+            },
+        )
+        .await
+        .unwrap();
+    let mut conn = mock
+        .session()
+        .connect(device, store, options())
+        .await
+        .unwrap();
+    assert_eq!(until_synced(&mut conn).await, [4, 6]);
+    // The server learns the local cursor.
+    eventually("ack", || mock.with(|s| s.acked) >= 6).await;
+}
+
+#[tokio::test]
+async fn a_send_cut_off_by_a_disconnect_is_retried_with_the_same_id() {
+    let mock = Mock::start().await;
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options(),
+        )
+        .await
+        .unwrap();
+    until_synced(&mut conn).await;
+    mock.with(|s| s.drop_next_send = true);
+    let cid = ClientMsgId::new("my-key-1").unwrap();
+    let receipt = conn
+        .send_with_id(mock.channel, cid.clone(), "hello")
+        .await
+        .unwrap();
+    assert!(receipt.duplicate, "the retry found the stored message");
+    assert_eq!(receipt.client_msg_id, cid);
+    assert_eq!(mock.with(|s| s.inbox.len()), 1, "stored once");
+    assert_eq!(receipt.message_id, MessageId(1));
+    assert!(mock.with(|s| s.connections) >= 2);
+
+    // A retryable error reply is retried too.
+    mock.with(|s| s.fail_next_send = true);
+    let receipt = conn.send(mock.channel, "again").await.unwrap();
+    assert!(!receipt.duplicate);
+    assert_eq!(receipt.message_id, MessageId(2));
+}
+
+#[tokio::test]
+async fn own_sends_are_not_delivered_back_as_events() {
+    let mock = Mock::start().await;
+    mock.with(|s| s.stable = Some(1));
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options(),
+        )
+        .await
+        .unwrap();
+    until_synced(&mut conn).await;
+    let mine = conn.send(mock.channel, "mine").await.unwrap();
+    // Reconnect: the sync finds the sent message in the inbox but it is
+    // not emitted; a later message is.
+    mock.close_all(4000);
+    let other = mock.store_quietly("theirs");
+    assert_eq!(until_synced(&mut conn).await, [other]);
+    assert!(mine.message_id.0 < other);
+}
+
+#[tokio::test]
+async fn a_fatal_close_code_stops_the_connection() {
+    let mock = Mock::start().await;
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options(),
+        )
+        .await
+        .unwrap();
+    until_synced(&mut conn).await;
+    mock.close_all(4100);
+    let mut events = Vec::new();
+    while let Some(ev) = tokio::time::timeout(WAIT, conn.next_event()).await.unwrap() {
+        events.push(ev);
+    }
+    assert!(
+        matches!(
+            events[0],
+            ClientEvent::Disconnected {
+                code: Some(4100),
+                ..
+            }
+        ),
+        "{events:?}"
+    );
+    assert!(
+        matches!(
+            events.last(),
+            Some(ClientEvent::Error(ClientError::Closed {
+                code: Some(4100),
+                ..
+            }))
+        ),
+        "{events:?}"
+    );
+    let err = conn.send(mock.channel, "x").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Closed {
+                code: Some(4100),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(mock.with(|s| s.connections), 1, "no reconnect");
+}
+
+#[tokio::test]
+async fn connect_fails_when_no_server_answers() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let session = ChatClient::new(&format!("http://{addr}"))
+        .unwrap()
+        .session(AuthResponse {
+            token: "t".into(),
+            expires_at: 0,
+            user: User {
+                id: UserId::new_random(),
+                username: "x".into(),
+                profile: Default::default(),
+                created_at: 0,
+            },
+        });
+    let err = session
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_slow_reader_loses_nothing_and_dropping_closes_the_socket() {
+    let mock = Mock::start().await;
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            ConnectOptions {
+                event_capacity: 1,
+                ..options()
+            },
+        )
+        .await
+        .unwrap();
+    until_synced(&mut conn).await;
+    let sent: Vec<u64> = (0..50).map(|i| mock.deliver(&format!("m{i}"))).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        got.push(next_message(&mut conn).await);
+    }
+    assert_eq!(got, sent);
+    drop(conn);
+    eventually("close frame", || {
+        mock.with(|s| s.client_closes.contains(&1000))
+    })
+    .await;
+}

@@ -1,0 +1,279 @@
+//! An interactive terminal chat client for a running server.
+//!
+//! ```sh
+//! cargo run --release -p chat-server -- --data-dir ./chat-data     # terminal 1
+//! cargo run --example terminal -- --user alice --signup             # terminal 2
+//! cargo run --example terminal -- --user bob --signup               # terminal 3
+//! ```
+//!
+//! Type `/help` for commands; any other line is sent to the current channel.
+//! The device id and its sync cursor are kept in `--state-dir`, so a restarted
+//! client picks up exactly where it left off.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chat_client::{
+    ChatClient, ClientEvent, ConnectOptions, ConnectionHandle, FileCursorStore, Session,
+};
+use chat_core::{Channel, ChannelKind, DeviceId, Message, UserId};
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Terminal chat client.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The server's HTTP base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Your username.
+    #[arg(long)]
+    user: String,
+    /// Your password (default: CHAT_PASSWORD, or "<user>-password").
+    #[arg(long, env = "CHAT_PASSWORD")]
+    password: Option<String>,
+    /// Create the account first.
+    #[arg(long)]
+    signup: bool,
+    /// Where to keep this device's id and cursor.
+    #[arg(long, default_value = "./chat-client-state")]
+    state_dir: PathBuf,
+}
+
+const HELP: &str = "\
+commands:
+  /dm USER            open the direct channel with USER and switch to it
+  /group NAME USER..  create a group with these users and switch to it
+  /channels           list your channels
+  /switch N           switch to channel N of /channels
+  /history            the last 20 messages of the current channel
+  /friend USER        add USER as a friend (you see their presence)
+  /presence USER..    show whether users are online
+  /quit               leave
+anything else is sent to the current channel";
+
+/// Channel list and name cache the prompt loop keeps.
+struct Ui {
+    session: Session,
+    conn: ConnectionHandle,
+    channels: Vec<Channel>,
+    current: Option<Channel>,
+    names: std::collections::HashMap<UserId, String>,
+}
+
+impl Ui {
+    async fn name(&mut self, id: UserId) -> String {
+        if let Some(n) = self.names.get(&id) {
+            return n.clone();
+        }
+        let name = match self.session.get_user(id).await {
+            Ok(u) => u.username,
+            Err(_) => id.to_string(),
+        };
+        self.names.insert(id, name.clone());
+        name
+    }
+
+    async fn label(&mut self, channel: &Channel) -> String {
+        match channel.kind {
+            ChannelKind::Group => format!("#{}", channel.name),
+            _ => {
+                let me = self.session.user_id();
+                let other = channel
+                    .members
+                    .iter()
+                    .copied()
+                    .find(|m| *m != me)
+                    .unwrap_or(me);
+                format!("@{}", self.name(other).await)
+            }
+        }
+    }
+
+    async fn show(&mut self, m: &Message) {
+        let who = self.name(m.sender).await;
+        let here = self.current.as_ref().is_some_and(|c| c.id == m.channel_id);
+        let place = if here {
+            String::new()
+        } else {
+            match self.session.channel(m.channel_id).await {
+                Ok(c) => format!("{} ", self.label(&c).await),
+                Err(_) => String::new(),
+            }
+        };
+        println!("{place}{who}: {}", m.content);
+    }
+
+    async fn switch(&mut self, channel: Channel) {
+        println!("now in {}", self.label(&channel).await);
+        self.current = Some(channel);
+    }
+
+    async fn command(&mut self, line: &str) -> Result<bool, Error> {
+        let mut words = line.split_whitespace();
+        match words.next().unwrap_or("") {
+            "/help" => println!("{HELP}"),
+            "/quit" => return Ok(false),
+            "/dm" => {
+                let Some(name) = words.next() else {
+                    println!("usage: /dm USER");
+                    return Ok(true);
+                };
+                let user = self.session.user_by_name(name).await?;
+                let channel = self.session.open_direct(user.id).await?;
+                self.switch(channel).await;
+            }
+            "/group" => {
+                let Some(name) = words.next() else {
+                    println!("usage: /group NAME USER..");
+                    return Ok(true);
+                };
+                let mut members = Vec::new();
+                for user in words {
+                    members.push(self.session.user_by_name(user).await?.id);
+                }
+                let channel = self.session.create_group(name, &members).await?;
+                self.switch(channel).await;
+            }
+            "/channels" => {
+                self.channels = self.session.channels().await?;
+                for (i, c) in self.channels.clone().iter().enumerate() {
+                    println!("  {i}: {}", self.label(c).await);
+                }
+            }
+            "/switch" => {
+                let picked = words
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|i| self.channels.get(i).cloned());
+                match picked {
+                    Some(c) => self.switch(c).await,
+                    None => println!("usage: /switch N (see /channels)"),
+                }
+            }
+            "/history" => match self.current.clone() {
+                Some(c) => {
+                    for m in self.conn.history(c.id, None, None, Some(20)).await? {
+                        self.show(&m).await;
+                    }
+                }
+                None => println!("no channel yet: /dm USER or /group NAME USER.."),
+            },
+            "/friend" => {
+                for name in words {
+                    let user = self.session.user_by_name(name).await?;
+                    self.session.add_friend(user.id).await?;
+                    println!("{name} is now your friend");
+                }
+            }
+            "/presence" => {
+                let mut ids = Vec::new();
+                for name in words {
+                    ids.push(self.session.user_by_name(name).await?.id);
+                }
+                for p in self.conn.presence(&ids).await? {
+                    let name = self.name(p.user).await;
+                    println!(
+                        "  {name}: {:?} (last active {:?})",
+                        p.status, p.last_active_at
+                    );
+                }
+            }
+            other => println!("unknown command {other}; /help lists them"),
+        }
+        Ok(true)
+    }
+}
+
+/// This installation's device id, created once and kept in the state dir.
+fn device_id(state_dir: &std::path::Path, user: &str) -> Result<DeviceId, Error> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = state_dir.join(format!("{user}.device"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(id) = text.trim().parse() {
+            return Ok(id);
+        }
+    }
+    let id = DeviceId::new_random();
+    std::fs::write(&path, id.to_string())?;
+    Ok(id)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    let password = args
+        .password
+        .clone()
+        .unwrap_or_else(|| format!("{}-password", args.user));
+    let http = ChatClient::new(&args.server)?;
+    let session = if args.signup {
+        match http.signup(&args.user, &password, None).await {
+            Ok(s) => s,
+            Err(e) if e.code() == Some(chat_core::protocol::ErrorCode::AlreadyExists) => {
+                http.login(&args.user, &password).await?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        http.login(&args.user, &password).await?
+    };
+    let device = device_id(&args.state_dir, &args.user)?;
+    let store = Arc::new(FileCursorStore::new(args.state_dir.join("cursors")));
+    let mut conn = session
+        .connect(device, store, ConnectOptions::default())
+        .await?;
+    println!("logged in as {} — /help for commands", args.user);
+
+    let mut ui = Ui {
+        session,
+        conn: conn.handle(),
+        channels: Vec::new(),
+        current: None,
+        names: Default::default(),
+    };
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            event = conn.next_event() => match event {
+                Some(ClientEvent::Message(m)) => ui.show(&m).await,
+                Some(ClientEvent::Presence(p)) => {
+                    let name = ui.name(p.user).await;
+                    println!("* {name} is {:?}", p.status);
+                }
+                Some(ClientEvent::Connected { server_id }) => println!("* connected to {server_id}"),
+                Some(ClientEvent::Disconnected { reason, .. }) => println!("* disconnected ({reason}); reconnecting"),
+                Some(ClientEvent::Error(e)) => println!("* error: {e}"),
+                Some(_) => {}
+                None => {
+                    println!("* connection closed");
+                    return Ok(());
+                }
+            },
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                if line.starts_with('/') {
+                    match ui.command(line).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => println!("* {e}"),
+                    }
+                } else if let Some(channel) = ui.current.clone() {
+                    if let Err(e) = ui.conn.send(channel.id, line).await {
+                        println!("* not sent: {e}");
+                    }
+                } else {
+                    println!("* no channel yet: /dm USER or /group NAME USER..");
+                }
+            }
+        }
+    }
+    conn.close().await;
+    Ok(())
+}
