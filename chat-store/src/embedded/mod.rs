@@ -31,7 +31,8 @@
 //!
 //! Every key is bounded well below fjall's 64 KiB key limit: ids are fixed
 //! width, client message ids are at most 64 bytes by construction, and
-//! `create_user` refuses usernames over 4 KiB with `InvalidInput`.
+//! usernames are at most 32 bytes (`rules::validate_new_user`); lookups of
+//! longer names never reach fjall.
 //!
 //! # Durability
 //!

@@ -1,0 +1,102 @@
+//! The reference binary: starts on the embedded store, serves, shuts down
+//! cleanly on SIGTERM, and a restart on the same data directory keeps users,
+//! messages and the token secret.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_client::{ChatClient, ClientEvent, ConnectOptions, MemoryCursorStore};
+use chat_core::DeviceId;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(port: u16, data: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        // Cheap password hashing is not a flag; the defaults are what users get.
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(base: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+            if r.status() == 200 {
+                assert_eq!(r.text().await.unwrap(), "ok");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {base} never became healthy");
+}
+
+fn terminate(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "server exited with {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("server did not stop on SIGTERM");
+}
+
+#[tokio::test]
+async fn binary_serves_stops_on_sigterm_and_restarts_with_its_data() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+
+    let child = spawn(port, data.path());
+    wait_healthy(&base).await;
+    let http = ChatClient::new(&base).unwrap();
+    let alice = http.signup("alice", "alice-password", None).await.unwrap();
+    let bob = http.signup("bob", "bob-password", None).await.unwrap();
+    let direct = alice.open_direct(bob.user_id()).await.unwrap();
+    let mut conn = alice
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+    while !matches!(conn.next_event().await, Some(ClientEvent::Synced { .. })) {}
+    let sent = conn.send(direct.id, "kept across restarts").await.unwrap();
+    conn.close().await;
+    terminate(child);
+
+    let child = spawn(port, data.path());
+    wait_healthy(&base).await;
+    // The old token still works: the secret was kept in the data directory.
+    let me = alice.me().await.unwrap();
+    assert_eq!(me.username, "alice");
+    let history = bob.history(direct.id, &Default::default()).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].id, sent.message_id);
+    assert_eq!(history[0].content, "kept across restarts");
+    // And a fresh login works against the stored Argon2id hash.
+    http.login("bob", "bob-password").await.unwrap();
+    terminate(child);
+}
