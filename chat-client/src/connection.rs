@@ -279,75 +279,15 @@ impl Connection {
     pub fn handle(&self) -> ConnectionHandle {
         self.handle.clone()
     }
+}
 
-    /// Sends a message with a fresh [`ClientMsgId`]; see
-    /// [`ConnectionHandle::send`].
-    pub async fn send(
-        &self,
-        channel: ChannelId,
-        content: impl Into<String>,
-    ) -> Result<SendReceipt> {
-        self.handle.send(channel, content).await
-    }
+/// A connection is used through its handle's methods (`send`, `history`,
+/// `presence`, `cursor`, `close`, ...), so the two cannot drift apart.
+impl std::ops::Deref for Connection {
+    type Target = ConnectionHandle;
 
-    /// Sends a message with the given idempotency key; see
-    /// [`ConnectionHandle::send_with_id`].
-    pub async fn send_with_id(
-        &self,
-        channel: ChannelId,
-        client_msg_id: ClientMsgId,
-        content: impl Into<String>,
-    ) -> Result<SendReceipt> {
-        self.handle
-            .send_with_id(channel, client_msg_id, content)
-            .await
-    }
-
-    /// A page of a channel's history over the socket; see
-    /// [`ConnectionHandle::history`].
-    pub async fn history(
-        &self,
-        channel: ChannelId,
-        before: Option<MessageId>,
-        after: Option<MessageId>,
-        limit: Option<u32>,
-    ) -> Result<Vec<Message>> {
-        self.handle.history(channel, before, after, limit).await
-    }
-
-    /// Presence of `users` over the socket; see
-    /// [`ConnectionHandle::presence`].
-    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>> {
-        self.handle.presence(users).await
-    }
-
-    /// The device cursor: every message with an id up to it has been
-    /// delivered.
-    pub fn cursor(&self) -> MessageId {
-        self.handle.cursor()
-    }
-
-    /// The connected user.
-    pub fn user_id(&self) -> UserId {
-        self.handle.user_id()
-    }
-
-    /// The connected device.
-    pub fn device_id(&self) -> DeviceId {
-        self.handle.device_id()
-    }
-
-    /// Whether the background task has stopped.
-    pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
-    }
-
-    /// Closes the connection gracefully (close code 1000), saves the device
-    /// state, and waits for the background task to end. Calls still waiting
-    /// fail with [`ClientError::Closed`]. Events already queued can still be
-    /// read.
-    pub async fn close(&self) {
-        self.handle.close().await
+    fn deref(&self) -> &ConnectionHandle {
+        &self.handle
     }
 }
 

@@ -107,6 +107,13 @@ impl Sessions {
         }
     }
 
+    /// Whether `user` has a session of `device` on this node.
+    pub(crate) fn has_device(&self, user: UserId, device: DeviceId) -> bool {
+        lock(&self.by_user)
+            .get(&user)
+            .is_some_and(|list| list.iter().any(|s| s.device == device))
+    }
+
     fn handles(&self, user: UserId) -> Vec<SessionHandle> {
         lock(&self.by_user).get(&user).cloned().unwrap_or_default()
     }

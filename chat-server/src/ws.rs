@@ -65,10 +65,10 @@ pub(crate) async fn upgrade(
                 refuse(socket, close::SERVER_FULL, "server at its connection limit").await
             }
             (None, Some(claims), Some(permit)) => {
-                let tracker = server.inner.tasks.clone();
                 // Tracked so shutdown waits for the session to say goodbye.
-                let _ = tracker
-                    .spawn(run_session(
+                let tracker = server.inner.tasks.clone();
+                tracker
+                    .track_future(run_session(
                         server,
                         socket,
                         claims.sub,
@@ -218,13 +218,17 @@ async fn run_session(
             tracing::warn!(error = %e, "bus unsubscribe failed");
         }
     }
-    if let Err(e) = server
-        .inner
-        .presence
-        .disconnect(user, device, server.now())
-        .await
-    {
-        tracing::warn!(error = %e, "presence disconnect failed");
+    // A device that reconnected before this session noticed its end still
+    // has a session here: it is not disconnected.
+    if !server.inner.sessions.has_device(user, device) {
+        if let Err(e) = server
+            .inner
+            .presence
+            .disconnect(user, device, server.now())
+            .await
+        {
+            tracing::warn!(error = %e, "presence disconnect failed");
+        }
     }
     let goodbye = match end {
         End::ClientClosed | End::Broken => None,
