@@ -108,8 +108,15 @@ impl Snowflake {
     /// The next id. Never fails and never goes backwards.
     pub fn generate(&self) -> MessageId {
         loop {
-            let now = self.clock.now_ms().saturating_sub(Self::EPOCH_MS);
+            // Load the state *before* reading the clock: whoever stored it
+            // read the clock earlier, so `now < cur_ms` below means the clock
+            // really stepped back. Read the other way round, a thread whose
+            // clock reading went stale while another moved to the next
+            // millisecond would take that for a step back and carry into a
+            // future millisecond, and from then on every caller would, with
+            // no limit on the rate.
             let cur = self.state.load(Ordering::Acquire);
+            let now = self.clock.now_ms().saturating_sub(Self::EPOCH_MS);
             let cur_ms = cur >> SEQ_BITS;
             let next = if now > cur_ms {
                 now << SEQ_BITS
@@ -271,6 +278,32 @@ mod tests {
         let all: Vec<_> = before.into_iter().chain(during).chain([after]).collect();
         assert!(all.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(Snowflake::unix_ms_of(after), T0 + 60_000);
+    }
+
+    #[test]
+    fn contended_generation_never_runs_ahead_of_the_clock() {
+        // Several threads at full speed on the real clock: more than the
+        // format's 4,096 ids per millisecond are asked for, so callers must
+        // wait, and no id may carry a time later than the wall clock.
+        let g = Arc::new(Snowflake::new(5).unwrap());
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || (0..250_000).map(|_| g.generate()).collect::<Vec<_>>())
+            })
+            .collect();
+        let ids: Vec<MessageId> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let now = crate::clock::system_now_ms();
+        let mut per_ms = std::collections::HashMap::new();
+        for id in &ids {
+            let t = Snowflake::unix_ms_of(*id);
+            assert!(t <= now, "id time {t} is ahead of the clock {now}");
+            *per_ms.entry(t).or_insert(0u32) += 1;
+        }
+        assert!(per_ms.values().all(|n| *n <= 4096));
     }
 
     #[test]
