@@ -34,6 +34,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The id range a page can contain, for ordered maps.
+fn page_bounds(page: &Page) -> (std::ops::Bound<MessageId>, std::ops::Bound<MessageId>) {
+    use std::ops::Bound::{Excluded, Unbounded};
+    (
+        page.after.map_or(Unbounded, Excluded),
+        page.before.map_or(Unbounded, Excluded),
+    )
+}
+
 #[derive(Debug, Default)]
 struct HistoryState {
     channels: HashMap<ChannelId, BTreeMap<MessageId, Message>>,
@@ -82,8 +91,16 @@ impl HistoryStore for MemoryHistory {
 
     async fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
         let st = lock(&self.state);
+        // An empty range (`after >= before`) is an empty page; BTreeMap::range
+        // would panic on it.
+        if let (Some(after), Some(before)) = (page.after, page.before) {
+            if after >= before {
+                return Ok(Vec::new());
+            }
+        }
         Ok(match st.channels.get(&channel) {
-            Some(c) => select_page(c.values(), page),
+            // Only the page's bounds are walked, not the whole channel.
+            Some(c) => select_page(c.range(page_bounds(&page)).map(|(_, m)| m), page),
             None => Vec::new(),
         })
     }
