@@ -24,8 +24,10 @@ pub struct Envelope {
 ///
 /// Called from the bus's own task; it must not block (queue and return).
 pub trait EnvelopeHandler: Send + Sync + Debug + 'static {
-    /// Delivers `envelope` to `user`'s connections on this node.
-    fn deliver(&self, user: UserId, envelope: &Envelope);
+    /// Delivers `envelope` to the connections on this node of each of
+    /// `users`. One call per envelope per node, so the node can encode the
+    /// event once however many of its users receive it.
+    fn deliver(&self, users: &[UserId], envelope: &Envelope);
 }
 
 /// Routes live events between chat servers.

@@ -253,23 +253,25 @@ impl DeliveryBus for MemoryBus {
     }
 
     async fn publish(&self, users: &[UserId], envelope: Envelope) -> Result<()> {
-        // Collect targets under the lock, deliver outside it: handlers only
-        // enqueue, but must never run while the hub is locked.
-        let targets: Vec<(UserId, Arc<dyn EnvelopeHandler>)> = {
+        // Group targets by node under the lock, deliver outside it: handlers
+        // only enqueue, but must never run while the hub is locked.
+        let mut targets: HashMap<u64, (Arc<dyn EnvelopeHandler>, Vec<UserId>)> = HashMap::new();
+        {
             let st = lock(&self.hub.state);
-            users
-                .iter()
-                .flat_map(|u| {
-                    st.routes
-                        .get(u)
-                        .into_iter()
-                        .flat_map(|nodes| nodes.keys())
-                        .filter_map(|n| st.handlers.get(n).map(|h| (*u, h.clone())))
-                })
-                .collect()
-        };
-        for (user, handler) in targets {
-            handler.deliver(user, &envelope);
+            for user in users {
+                for node in st.routes.get(user).into_iter().flat_map(|n| n.keys()) {
+                    if let Some(handler) = st.handlers.get(node) {
+                        targets
+                            .entry(*node)
+                            .or_insert_with(|| (handler.clone(), Vec::new()))
+                            .1
+                            .push(*user);
+                    }
+                }
+            }
+        }
+        for (handler, users) in targets.into_values() {
+            handler.deliver(&users, &envelope);
         }
         Ok(())
     }
@@ -705,8 +707,8 @@ mod tests {
         #[derive(Debug, Default)]
         struct Rec(Mutex<Vec<UserId>>);
         impl EnvelopeHandler for Rec {
-            fn deliver(&self, user: UserId, _e: &Envelope) {
-                lock(&self.0).push(user);
+            fn deliver(&self, users: &[UserId], _e: &Envelope) {
+                lock(&self.0).extend_from_slice(users);
             }
         }
         let hub = MemoryBusHub::new();

@@ -126,17 +126,18 @@ pub(crate) struct LocalDelivery {
 }
 
 impl EnvelopeHandler for LocalDelivery {
-    fn deliver(&self, user: UserId, envelope: &Envelope) {
-        let handles = self.sessions.handles(user);
-        if handles.is_empty() {
-            return;
-        }
-        let text = encode(&ServerFrame::Event(envelope.event.clone()));
-        for h in handles {
-            if Some(h.device) == envelope.skip_device {
-                continue;
+    fn deliver(&self, users: &[UserId], envelope: &Envelope) {
+        // Encoded once per envelope on this node, however many sessions get it.
+        let mut text: Option<Utf8Bytes> = None;
+        for user in users {
+            for h in self.sessions.handles(*user) {
+                if Some(h.device) == envelope.skip_device {
+                    continue;
+                }
+                let text =
+                    text.get_or_insert_with(|| encode(&ServerFrame::Event(envelope.event.clone())));
+                h.offer(WsMessage::Text(text.clone()));
             }
-            h.offer(WsMessage::Text(text.clone()));
         }
     }
 }
