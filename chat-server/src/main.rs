@@ -24,6 +24,25 @@ struct Args {
     /// Keep everything in memory instead (lost on exit).
     #[arg(long, env = "CHAT_MEMORY")]
     memory: bool,
+    /// Keep history, inboxes, cursors and the directory in PostgreSQL
+    /// instead of the embedded store (e.g. postgres://chat@db/chat). Every
+    /// server of a deployment points at the same database.
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long,
+        env = "CHAT_POSTGRES_URL",
+        hide_env_values = true,
+        conflicts_with = "memory"
+    )]
+    postgres_url: Option<String>,
+    /// PostgreSQL schema to use (default: public).
+    #[cfg(feature = "postgres")]
+    #[arg(long, env = "CHAT_POSTGRES_SCHEMA")]
+    postgres_schema: Option<String>,
+    /// Most PostgreSQL connections this server opens.
+    #[cfg(feature = "postgres")]
+    #[arg(long, env = "CHAT_POSTGRES_POOL", default_value_t = 16)]
+    postgres_pool: usize,
     /// Token signing secret (32+ bytes), shared by every server of a
     /// deployment. Default: a random secret kept in DATA_DIR/token.secret.
     #[arg(long, env = "CHAT_TOKEN_SECRET", hide_env_values = true)]
@@ -153,6 +172,34 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Plugs the configured storage into the builder: memory, PostgreSQL, or
+/// the embedded store (the default).
+fn storage(
+    builder: chat_server::ServerBuilder,
+    args: &Args,
+) -> Result<chat_server::ServerBuilder, Box<dyn std::error::Error>> {
+    if args.memory {
+        tracing::warn!("--memory: nothing is kept after exit");
+        return Ok(builder);
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(url) = &args.postgres_url {
+        use chat_store::postgres::{PostgresConfig, PostgresStore};
+        let mut config = PostgresConfig::new(url.clone()).with_pool_size(args.postgres_pool);
+        if let Some(schema) = &args.postgres_schema {
+            config = config.with_schema(schema.clone());
+        }
+        // Lazy: the server starts while the database is down and answers
+        // `unavailable` until it is back; migrations run on first use.
+        let store = PostgresStore::connect_lazy(config)?;
+        tracing::info!("PostgreSQL storage");
+        return Ok(builder.storage(Arc::new(store)));
+    }
+    let store = chat_store::embedded::EmbeddedStore::open(&args.data_dir)?;
+    tracing::info!(data_dir = %args.data_dir.display(), "embedded store open");
+    Ok(builder.storage(Arc::new(store)))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -187,14 +234,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         push_preview: args.push_preview,
         ..defaults
     };
-    let mut builder = ChatServer::builder(config);
-    if args.memory {
-        tracing::warn!("--memory: nothing is kept after exit");
-    } else {
-        let store = chat_store::embedded::EmbeddedStore::open(&args.data_dir)?;
-        tracing::info!(data_dir = %args.data_dir.display(), "embedded store open");
-        builder = builder.storage(Arc::new(store));
-    }
+    let builder = storage(ChatServer::builder(config), &args)?;
     let server = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();

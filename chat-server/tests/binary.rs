@@ -1,6 +1,6 @@
-//! The reference binary: starts on the embedded store, serves, shuts down
-//! cleanly on SIGTERM, and a restart on the same data directory keeps users,
-//! messages and the token secret.
+//! The reference binary: starts on the embedded store (or PostgreSQL), serves,
+//! shuts down cleanly on SIGTERM, and a restart on the same storage keeps
+//! users, messages and the token secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -18,11 +18,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(port: u16, data: &std::path::Path) -> Child {
+fn spawn(port: u16, data: &std::path::Path, extra: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_chat-server"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data)
+        .args(extra)
         .env("RUST_LOG", "warn")
         // Cheap password hashing is not a flag; the defaults are what users get.
         .stdout(Stdio::null())
@@ -64,11 +65,43 @@ fn terminate(mut child: Child) {
 
 #[tokio::test]
 async fn binary_serves_stops_on_sigterm_and_restarts_with_its_data() {
+    restart_scenario(&[]).await;
+}
+
+#[tokio::test]
+async fn binary_on_postgres_restarts_with_its_data() {
+    let url = std::env::var("CHAT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let schema = format!("chat_bin_{}", uuid::Uuid::new_v4().simple());
+    restart_scenario(&[
+        "--postgres-url".into(),
+        url.clone(),
+        "--postgres-schema".into(),
+        schema.clone(),
+    ])
+    .await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The data really went to PostgreSQL.
+    let rows = client
+        .query_one(&format!("SELECT count(*) FROM {schema}.messages"), &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 1);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+async fn restart_scenario(extra: &[String]) {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
 
-    let child = spawn(port, data.path());
+    let child = spawn(port, data.path(), extra);
     wait_healthy(&base).await;
     let http = ChatClient::new(&base).unwrap();
     let alice = http.signup("alice", "alice-password", None).await.unwrap();
@@ -87,7 +120,7 @@ async fn binary_serves_stops_on_sigterm_and_restarts_with_its_data() {
     conn.close().await;
     terminate(child);
 
-    let child = spawn(port, data.path());
+    let child = spawn(port, data.path(), extra);
     wait_healthy(&base).await;
     // The old token still works: the secret was kept in the data directory.
     let me = alice.me().await.unwrap();

@@ -1,6 +1,11 @@
-//! History append and page latency: memory and the embedded (fjall) store.
+//! History append and page latency: memory, the embedded (fjall) store, and
+//! with `--features postgres` PostgreSQL.
 //!
 //! `cargo bench -p chat-store --bench store`
+//! `cargo bench -p chat-store --features postgres --bench store`
+//! (PostgreSQL at `CHAT_TEST_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, in a schema `chat_bench`
+//! that is dropped and recreated)
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -30,9 +35,13 @@ struct Backend {
     inbox: Arc<dyn Inbox>,
 }
 
-fn backends(dir: &std::path::Path) -> Vec<Backend> {
+fn backends(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Vec<Backend> {
     let embedded = Arc::new(EmbeddedStore::open(dir).expect("open store"));
+    #[cfg(not(feature = "postgres"))]
+    let _ = rt;
     vec![
+        #[cfg(feature = "postgres")]
+        postgres(rt),
         Backend {
             name: "memory",
             history: Arc::new(MemoryHistory::default()),
@@ -46,6 +55,32 @@ fn backends(dir: &std::path::Path) -> Vec<Backend> {
     ]
 }
 
+#[cfg(feature = "postgres")]
+fn postgres(rt: &tokio::runtime::Runtime) -> Backend {
+    use chat_store::postgres::{PostgresConfig, PostgresStore};
+    let url = std::env::var("CHAT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let store = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(conn);
+        client
+            .batch_execute("DROP SCHEMA IF EXISTS chat_bench CASCADE")
+            .await
+            .expect("drop bench schema");
+        PostgresStore::connect(PostgresConfig::new(url).with_schema("chat_bench"))
+            .await
+            .expect("connect store")
+    });
+    let store = Arc::new(store);
+    Backend {
+        name: "postgres",
+        history: store.clone(),
+        inbox: store,
+    }
+}
+
 fn store(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -55,7 +90,7 @@ fn store(c: &mut Criterion) {
     let group: Vec<UserId> = (0..100).map(|_| UserId::new_random()).collect();
 
     let mut g = c.benchmark_group("history");
-    for be in backends(dir.path()) {
+    for be in backends(dir.path(), &rt) {
         let channel = ChannelId::new_random();
         g.bench_function(format!("append/{}", be.name), |b| {
             b.to_async(&rt).iter_batched(

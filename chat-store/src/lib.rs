@@ -7,12 +7,18 @@
 //!   struct implementing [`HistoryStore`], [`Inbox`] and [`Directory`] on a
 //!   local directory, durable and with no service to run. It is the default
 //!   storage of the reference server.
+//! * `postgres` (feature `postgres`, off by default): `PostgresStore`, the
+//!   same three traits on a PostgreSQL database shared by any number of chat
+//!   servers, with versioned migrations, a bounded connection pool, and
+//!   errors that say whether a retry can help. See the module docs for the
+//!   schema and the indexes.
 //! * [`conformance`] (always compiled): public async functions that take a
 //!   backend as a trait object and assert every clause of the trait
 //!   contracts in `chat-core`, in the style of `object_store`'s integration
 //!   suite. A new backend calls [`conformance::run_all`] from its own tests;
 //!   this crate runs it against the in-memory backends of
-//!   [`chat_core::memory`] and against [`EmbeddedStore`].
+//!   [`chat_core::memory`], against [`EmbeddedStore`], and (with the
+//!   `postgres` feature and a server) against `PostgresStore`.
 //!
 //! ```no_run
 //! # #[cfg(feature = "embedded")]
@@ -69,3 +75,5 @@
 pub mod conformance;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "postgres")]
+pub mod postgres;

@@ -1,0 +1,183 @@
+//! [`HistoryStore`] for [`PostgresStore`].
+
+use async_trait::async_trait;
+use chat_core::rules::{check_duplicate, select_page};
+use chat_core::{Appended, ChannelId, Error, HistoryStore, Message, MessageId, Page, Result};
+
+use super::{
+    id_to_sql, limit_to_sql, message_columns, message_from_row, messages_from_rows, pg_error,
+    time_to_sql, PostgresStore,
+};
+
+/// Stores a message unless either unique index (the id in its channel, or
+/// the idempotency key) already holds it. Inserts one row or none.
+pub(super) const INSERT: &str = concat!(
+    "INSERT INTO messages (",
+    message_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
+);
+
+/// The message stored under an idempotency key.
+pub(super) const BY_KEY: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE sender = $1 AND client_msg_id = $2"
+);
+
+/// One message by id: one lookup in `messages_pkey`.
+pub(super) const GET: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE channel_id = $1 AND message_id = $2"
+);
+
+/// The oldest `$4` messages with stored ids in `[$2, $3]`: a forward range
+/// scan of `messages_pkey`.
+pub(super) const FORWARD: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE channel_id = $1 AND message_id BETWEEN $2 AND $3",
+    " ORDER BY message_id LIMIT $4"
+);
+
+/// The newest `$4` messages with stored ids in `[$2, $3]`, newest first: a
+/// backward range scan of `messages_pkey`.
+pub(super) const BACKWARD: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE channel_id = $1 AND message_id BETWEEN $2 AND $3",
+    " ORDER BY message_id DESC LIMIT $4"
+);
+
+/// The inclusive id range a page's exclusive bounds leave, or `None` if no
+/// id fits between them.
+fn id_range(page: &Page) -> Option<(MessageId, MessageId)> {
+    let lo = match page.after {
+        Some(a) => a.0.checked_add(1)?,
+        None => 0,
+    };
+    let hi = match page.before {
+        Some(b) => b.0.checked_sub(1)?,
+        None => u64::MAX,
+    };
+    (lo <= hi).then_some((MessageId(lo), MessageId(hi)))
+}
+
+#[async_trait]
+impl HistoryStore for PostgresStore {
+    async fn append(&self, message: Message) -> Result<Appended> {
+        self.run(move |client| {
+            Box::pin(async move {
+                let insert = client.prepare_cached(INSERT).await.map_err(pg_error)?;
+                let inserted = client
+                    .execute(
+                        &insert,
+                        &[
+                            &message.channel_id.0,
+                            &id_to_sql(message.id),
+                            &message.sender.0,
+                            &message.content,
+                            &time_to_sql(message.created_at),
+                            &message.client_msg_id.as_str(),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                if inserted == 1 {
+                    return Ok(Appended::Stored(message));
+                }
+                // Nothing inserted: a conflicting row is committed (the
+                // insert waited for any concurrent writer of it), and this
+                // statement's fresh snapshot sees it.
+                let by_key = client.prepare_cached(BY_KEY).await.map_err(pg_error)?;
+                match client
+                    .query_opt(
+                        &by_key,
+                        &[&message.sender.0, &message.client_msg_id.as_str()],
+                    )
+                    .await
+                    .map_err(pg_error)?
+                {
+                    Some(row) => check_duplicate(&message_from_row(&row)?, &message),
+                    None => Err(Error::conflict(format!(
+                        "message id {} already used in this channel",
+                        message.id
+                    ))),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn get(&self, channel: ChannelId, id: MessageId) -> Result<Option<Message>> {
+        self.run(move |client| {
+            Box::pin(async move {
+                let get = client.prepare_cached(GET).await.map_err(pg_error)?;
+                client
+                    .query_opt(&get, &[&channel.0, &id_to_sql(id)])
+                    .await
+                    .map_err(pg_error)?
+                    .map(|row| message_from_row(&row))
+                    .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
+        if page.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let Some((lo, hi)) = id_range(&page) else {
+            return Ok(Vec::new());
+        };
+        self.run(move |client| {
+            Box::pin(async move {
+                // Read only the `limit` rows the page can contain, in the
+                // direction it reads; then let the shared rule decide.
+                let forward = page.after.is_some();
+                let sql = if forward { FORWARD } else { BACKWARD };
+                let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+                let rows = client
+                    .query(
+                        &statement,
+                        &[
+                            &channel.0,
+                            &id_to_sql(lo),
+                            &id_to_sql(hi),
+                            &limit_to_sql(page.limit),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let mut candidates = messages_from_rows(&rows)?;
+                if !forward {
+                    candidates.reverse();
+                }
+                Ok(select_page(candidates.iter(), page))
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_range_handles_edges() {
+        let p = |after: Option<u64>, before: Option<u64>| Page {
+            after: after.map(MessageId),
+            before: before.map(MessageId),
+            limit: 1,
+        };
+        let r = |lo: u64, hi: u64| Some((MessageId(lo), MessageId(hi)));
+        assert_eq!(id_range(&p(None, None)), r(0, u64::MAX));
+        assert_eq!(id_range(&p(Some(5), Some(7))), r(6, 6));
+        assert_eq!(id_range(&p(Some(5), Some(6))), None);
+        assert_eq!(id_range(&p(Some(7), Some(5))), None);
+        assert_eq!(id_range(&p(None, Some(0))), None);
+        assert_eq!(id_range(&p(Some(u64::MAX), None)), None);
+    }
+}
