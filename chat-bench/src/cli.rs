@@ -1,0 +1,216 @@
+//! Command-line arguments (clap derive). The library's [`crate::run`] takes
+//! a parsed [`Cli`], so tests drive the tool exactly as a user would.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+use crate::target::{ServeArgs, TargetArgs};
+
+/// Load tool for the chat server: drives a server through the real protocol
+/// and reports throughput, latency, connection counts and memory, checking
+/// that every acknowledged message is delivered exactly once.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-bench", version, about)]
+pub struct Cli {
+    /// Write a machine-readable JSON report to this file.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// No progress line while running.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The scenarios.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Open N authenticated, heartbeating connections and hold them; report
+    /// how many held, the connect rate and the server's memory per
+    /// connection.
+    Connections(ConnectionsArgs),
+    /// P sender/recipient pairs on direct channels: messages per second and
+    /// end-to-end latency, every acknowledged message delivered once.
+    OneToOne(OneToOneArgs),
+    /// Fan-out to groups (100 members by default): deliveries per second and
+    /// latency.
+    Group(GroupArgs),
+    /// Connect N clients, drop them all at once, send to them while away,
+    /// reconnect all: time until every one is back and synced, nothing lost.
+    ReconnectStorm(ReconnectArgs),
+    /// The one-to-one workload against a bare WebSocket relay started in this
+    /// process: what the WebSocket stack alone does on this machine.
+    Baseline(BaselineArgs),
+    /// Run a chat server tuned for benchmarks (cheap password hashing, no
+    /// rate limit) until Ctrl-C; prints `listening http://ADDR`.
+    Serve(ServeArgs),
+}
+
+/// How load connections are made (shared by every scenario).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Loopback source addresses to bind, round-robin, e.g.
+    /// 127.0.0.1,127.0.0.2: each gives its own ~28,000 ephemeral ports.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Sign-ups in flight at once (each hashes a password on the server).
+    #[arg(long, default_value_t = 16)]
+    pub signup_concurrency: usize,
+    /// Timeout of each connect step (TCP, handshake, welcome), seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+}
+
+impl LoadArgs {
+    /// The parsed source addresses (empty: the kernel chooses).
+    pub fn source_ips(&self) -> Result<Vec<IpAddr>> {
+        match &self.source_ips {
+            Some(list) => crate::net::parse_source_ips(list),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// [`LoadArgs::connect_timeout`] as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        secs(self.connect_timeout)
+    }
+}
+
+/// A duration from seconds (negative and NaN count as zero).
+pub fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)
+}
+
+/// Options of `connections`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionsArgs {
+    /// The server.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Connection options.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Connections to open.
+    #[arg(short = 'n', long = "connections", default_value_t = 1000)]
+    pub n: u64,
+    /// Seconds to hold them after the last one opened.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+    /// Devices (connections) per user; the server allows 10 by default.
+    #[arg(long, default_value_t = 10)]
+    pub conns_per_user: u64,
+    /// Split the connections over this many load processes (this program
+    /// re-executed), for more than one process's open-file limit.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Internal: run as one of the processes of `--processes`.
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+/// Message workload options (shared by one-to-one, group and baseline).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MessageArgs {
+    /// Seconds to send.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Target rate over all senders, messages per second (default: as fast
+    /// as the window allows).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Sends in flight per sending connection.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    /// Message content size, bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Longest wait after the duration for the last replies and deliveries,
+    /// seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+}
+
+/// Options of `one-to-one`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OneToOneArgs {
+    /// The server.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Connection options.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Workload.
+    #[command(flatten)]
+    pub messages: MessageArgs,
+    /// Sender/recipient pairs.
+    #[arg(long, default_value_t = 50)]
+    pub pairs: u64,
+    /// Also run the same workload against the bare relay and print the ratio.
+    #[arg(long)]
+    pub baseline: bool,
+}
+
+/// Options of `group`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GroupArgs {
+    /// The server.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Connection options.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Workload.
+    #[command(flatten)]
+    pub messages: MessageArgs,
+    /// Groups.
+    #[arg(long, default_value_t = 5)]
+    pub groups: u64,
+    /// Members per group (the server's default limit is 100).
+    #[arg(long, default_value_t = 100)]
+    pub members: u64,
+    /// Sending members per group.
+    #[arg(long, default_value_t = 1)]
+    pub senders: u64,
+}
+
+/// Options of `reconnect-storm`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReconnectArgs {
+    /// The server.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Connection options.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Clients.
+    #[arg(short = 'n', long = "clients", default_value_t = 1000)]
+    pub n: u64,
+    /// Devices (clients) per user.
+    #[arg(long, default_value_t = 5)]
+    pub conns_per_user: u64,
+    /// Messages sent to each user while its clients are away.
+    #[arg(long, default_value_t = 2)]
+    pub away: u64,
+}
+
+/// Options of `baseline`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BaselineArgs {
+    /// Connection options.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Workload.
+    #[command(flatten)]
+    pub messages: MessageArgs,
+    /// Sender/recipient pairs.
+    #[arg(long, default_value_t = 50)]
+    pub pairs: u64,
+}

@@ -1,0 +1,297 @@
+//! The message scenarios: `one-to-one`, `group` and `baseline`, built on the
+//! engine in [`crate::traffic`].
+
+use std::sync::Arc;
+
+use chat_core::DeviceId;
+
+use crate::cli::{secs, BaselineArgs, GroupArgs, LoadArgs, MessageArgs, OneToOneArgs};
+use crate::error::{BenchError, Result};
+use crate::limits::{check_file_budget, check_ports};
+use crate::net::SourceIps;
+use crate::progress::Progress;
+use crate::relay::Relay;
+use crate::report::{Ratio, ServerStats, TargetInfo, TrafficReport};
+use crate::setup::{create_groups, open_directs, run_prefix, signup_users};
+use crate::stats::Counters;
+use crate::target::Target;
+use crate::traffic::{self, ConnSpec, SendSpec, SendTo, TrafficOpts, Wire};
+
+fn opts(wire: Wire, load: &LoadArgs, m: &MessageArgs) -> TrafficOpts {
+    TrafficOpts {
+        wire,
+        duration: secs(m.duration),
+        window: m.window.max(1),
+        size: m.size,
+        connect_concurrency: load.connect_concurrency.max(1),
+        drain: secs(m.drain),
+        connect_timeout: load.connect_timeout(),
+    }
+}
+
+/// Checks open files and ports for `connections` in this process.
+fn preflight(
+    connections: u64,
+    fds_per_connection: u64,
+    load: &LoadArgs,
+) -> Result<Vec<std::net::IpAddr>> {
+    let ips = load.source_ips()?;
+    check_file_budget(connections, fds_per_connection).map_err(BenchError::Plan)?;
+    check_ports(connections, ips.len().max(1)).map_err(BenchError::Plan)?;
+    Ok(ips)
+}
+
+fn fds_for(target: &crate::target::TargetArgs) -> u64 {
+    if target.embedded_server.is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+fn check_workload(m: &MessageArgs, channels: u64) -> Result<()> {
+    if channels == 0 {
+        return Err(BenchError::plan("nothing to do: zero pairs or groups"));
+    }
+    if !(m.duration > 0.0 && m.duration <= 3600.0) {
+        return Err(BenchError::plan("--duration must be in (0, 3600] seconds"));
+    }
+    if m.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err(BenchError::plan("--rate must be positive"));
+    }
+    if m.size > 90_000 {
+        return Err(BenchError::plan("--size must be at most 90,000 bytes"));
+    }
+    Ok(())
+}
+
+/// `one-to-one`: P pairs on direct channels; with `--baseline`, the same
+/// workload against the bare relay afterwards, and the ratio.
+pub async fn one_to_one(args: &OneToOneArgs, quiet: bool) -> Result<(TrafficReport, TargetInfo)> {
+    let p = args.pairs;
+    check_workload(&args.messages, p)?;
+    let mut need = fds_for(&args.target);
+    if args.baseline {
+        need = need.max(2);
+    }
+    let ips = preflight(2 * p, need, &args.load)?;
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start(quiet, "one-to-one", counters.clone());
+    progress.phase("starting the server");
+    let target = Target::start(&args.target).await?;
+    let info = TargetInfo::from(&target);
+    let result = async {
+        progress.phase("signing up");
+        let prefix = run_prefix();
+        let users = signup_users(
+            &target.client,
+            &prefix,
+            (2 * p) as usize,
+            args.load.signup_concurrency,
+            &counters,
+        )
+        .await?;
+        let (senders, recipients) = users.split_at(p as usize);
+        let pairs: Vec<_> = senders.iter().zip(recipients).collect();
+        progress.phase("opening channels");
+        let channels = open_directs(&pairs, args.load.signup_concurrency).await?;
+        let sources = SourceIps::new(ips.clone());
+        let rate = args.messages.rate.map(|r| r / p as f64);
+        let mut specs = Vec::with_capacity(2 * p as usize);
+        for (i, ((s, r), ch)) in pairs.iter().zip(&channels).enumerate() {
+            specs.push(ConnSpec {
+                url: crate::wire::chat_url(&target.ws_url, DeviceId::new_random(), &s.token),
+                addr: target.ws_addr,
+                source: sources.next(),
+                send: Some(SendSpec {
+                    sender: i as u32,
+                    to: SendTo::Channel(*ch),
+                    rate,
+                }),
+                expects_from: Vec::new(),
+            });
+            specs.push(ConnSpec {
+                url: crate::wire::chat_url(&target.ws_url, DeviceId::new_random(), &r.token),
+                addr: target.ws_addr,
+                source: sources.next(),
+                send: None,
+                expects_from: vec![i as u32],
+            });
+        }
+        progress.phase("sending");
+        traffic::run(
+            specs,
+            &opts(Wire::Chat, &args.load, &args.messages),
+            counters.clone(),
+        )
+        .await
+        .map(|outcome| (outcome, target.server().map(ServerStats::of)))
+    }
+    .await;
+    progress.stop();
+    target.stop().await;
+    let (outcome, server_stats) = result?;
+    let mut report = TrafficReport {
+        wire: Wire::Chat,
+        channels: p,
+        members: 2,
+        senders: p,
+        target_rate: args.messages.rate,
+        window: args.messages.window,
+        size: args.messages.size,
+        outcome,
+        server_stats,
+        baseline: None,
+        ratio: None,
+    };
+    if args.baseline {
+        let base = relay_run(p, &args.load, &args.messages, &ips, quiet).await?;
+        report.ratio = Some(Ratio::of(&report.outcome, &base.outcome));
+        report.baseline = Some(Box::new(base));
+    }
+    Ok((report, info))
+}
+
+/// `baseline`: the one-to-one workload against the bare relay.
+pub async fn baseline(args: &BaselineArgs, quiet: bool) -> Result<TrafficReport> {
+    check_workload(&args.messages, args.pairs)?;
+    let ips = preflight(2 * args.pairs, 2, &args.load)?;
+    relay_run(args.pairs, &args.load, &args.messages, &ips, quiet).await
+}
+
+async fn relay_run(
+    p: u64,
+    load: &LoadArgs,
+    m: &MessageArgs,
+    ips: &[std::net::IpAddr],
+    quiet: bool,
+) -> Result<TrafficReport> {
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start(quiet, "baseline relay", counters.clone());
+    let relay = Relay::start().await?;
+    let sources = SourceIps::new(ips.to_vec());
+    let rate = m.rate.map(|r| r / p as f64);
+    let mut specs = Vec::with_capacity(2 * p as usize);
+    for i in 0..p as u32 {
+        specs.push(ConnSpec {
+            url: relay.url(i),
+            addr: relay.addr(),
+            source: sources.next(),
+            send: Some(SendSpec {
+                sender: i,
+                to: SendTo::Peer(p as u32 + i),
+                rate,
+            }),
+            expects_from: Vec::new(),
+        });
+        specs.push(ConnSpec {
+            url: relay.url(p as u32 + i),
+            addr: relay.addr(),
+            source: sources.next(),
+            send: None,
+            expects_from: vec![i],
+        });
+    }
+    progress.phase("sending");
+    let result = traffic::run(specs, &opts(Wire::Relay, load, m), counters).await;
+    progress.stop();
+    relay.stop().await;
+    Ok(TrafficReport {
+        wire: Wire::Relay,
+        channels: p,
+        members: 2,
+        senders: p,
+        target_rate: m.rate,
+        window: m.window,
+        size: m.size,
+        outcome: result?,
+        server_stats: None,
+        baseline: None,
+        ratio: None,
+    })
+}
+
+/// `group`: G groups of M members, S senders in each; every other member
+/// receives every message.
+pub async fn group(args: &GroupArgs, quiet: bool) -> Result<(TrafficReport, TargetInfo)> {
+    let (g, m) = (args.groups, args.members);
+    check_workload(&args.messages, g)?;
+    if m < 2 {
+        return Err(BenchError::plan("--members must be at least 2"));
+    }
+    let s = args.senders.clamp(1, m);
+    let ips = preflight(g * m, fds_for(&args.target), &args.load)?;
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start(quiet, "group", counters.clone());
+    progress.phase("starting the server");
+    let target = Target::start(&args.target).await?;
+    let info = TargetInfo::from(&target);
+    let result = async {
+        progress.phase("signing up");
+        let prefix = run_prefix();
+        let users = signup_users(
+            &target.client,
+            &prefix,
+            (g * m) as usize,
+            args.load.signup_concurrency,
+            &counters,
+        )
+        .await?;
+        progress.phase("creating groups");
+        let slices: Vec<&[crate::setup::BenchUser]> = users.chunks(m as usize).collect();
+        let channels = create_groups(&slices, &prefix, args.load.signup_concurrency).await?;
+        let sources = SourceIps::new(ips.clone());
+        let rate = args.messages.rate.map(|r| r / (g * s) as f64);
+        let mut specs = Vec::with_capacity((g * m) as usize);
+        for (gi, (members, ch)) in slices.iter().zip(&channels).enumerate() {
+            let group_senders: Vec<u32> = (0..s).map(|k| (gi as u64 * s + k) as u32).collect();
+            for (mi, user) in members.iter().enumerate() {
+                let me = (mi as u64) < s;
+                let sender_id = (gi as u64 * s + mi as u64) as u32;
+                specs.push(ConnSpec {
+                    url: crate::wire::chat_url(&target.ws_url, DeviceId::new_random(), &user.token),
+                    addr: target.ws_addr,
+                    source: sources.next(),
+                    send: me.then_some(SendSpec {
+                        sender: sender_id,
+                        to: SendTo::Channel(*ch),
+                        rate,
+                    }),
+                    expects_from: group_senders
+                        .iter()
+                        .copied()
+                        .filter(|x| !(me && *x == sender_id))
+                        .collect(),
+                });
+            }
+        }
+        progress.phase("sending");
+        traffic::run(
+            specs,
+            &opts(Wire::Chat, &args.load, &args.messages),
+            counters.clone(),
+        )
+        .await
+        .map(|outcome| (outcome, target.server().map(ServerStats::of)))
+    }
+    .await;
+    progress.stop();
+    target.stop().await;
+    let (outcome, server_stats) = result?;
+    Ok((
+        TrafficReport {
+            wire: Wire::Chat,
+            channels: g,
+            members: m,
+            senders: g * s,
+            target_rate: args.messages.rate,
+            window: args.messages.window,
+            size: args.messages.size,
+            outcome,
+            server_stats,
+            baseline: None,
+            ratio: None,
+        },
+        info,
+    ))
+}
