@@ -46,8 +46,8 @@ fn page_bounds(page: &Page) -> (std::ops::Bound<MessageId>, std::ops::Bound<Mess
 #[derive(Debug, Default)]
 struct HistoryState {
     channels: HashMap<ChannelId, BTreeMap<MessageId, Message>>,
-    /// `(sender, client_msg_id)` → `(channel, id)`
-    dedup: HashMap<(UserId, ClientMsgId), (ChannelId, MessageId)>,
+    /// `(channel, sender, client_msg_id)` → id
+    dedup: HashMap<(ChannelId, UserId, ClientMsgId), MessageId>,
 }
 
 /// Chat history in memory.
@@ -60,11 +60,15 @@ pub struct MemoryHistory {
 impl HistoryStore for MemoryHistory {
     async fn append(&self, message: Message) -> Result<Appended> {
         let mut st = lock(&self.state);
-        let key = (message.sender, message.client_msg_id.clone());
-        if let Some(&(channel, id)) = st.dedup.get(&key) {
+        let key = (
+            message.channel_id,
+            message.sender,
+            message.client_msg_id.clone(),
+        );
+        if let Some(&id) = st.dedup.get(&key) {
             let existing = st
                 .channels
-                .get(&channel)
+                .get(&message.channel_id)
                 .and_then(|c| c.get(&id))
                 .ok_or_else(|| Error::backend("memory", "dangling idempotency record"))?;
             return check_duplicate(existing, &message);
@@ -77,7 +81,7 @@ impl HistoryStore for MemoryHistory {
             )));
         }
         channel.insert(message.id, message.clone());
-        st.dedup.insert(key, (message.channel_id, message.id));
+        st.dedup.insert(key, message.id);
         Ok(Appended::Stored(message))
     }
 

@@ -7,9 +7,10 @@ use crate::id::{ChannelId, UserId};
 use crate::store::{Appended, Page};
 use crate::types::{validate_username, Channel, ChannelKind, Message};
 
-/// Decides an append against the stored idempotency record, the one rule
-/// every history backend shares: same key with the same channel and content
-/// is a duplicate, anything else under that key is a conflict.
+/// Decides an append against the message stored under the same idempotency
+/// key `(channel, sender, client_msg_id)`, the one rule every history
+/// backend shares: the same content is a duplicate, other content is a
+/// conflict.
 pub fn check_duplicate(existing: &Message, new: &Message) -> Result<Appended> {
     if existing.channel_id == new.channel_id && existing.content == new.content {
         Ok(Appended::Duplicate(existing.clone()))

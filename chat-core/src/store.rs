@@ -101,11 +101,16 @@ impl Appended {
 ///   backends: a crash after `Ok` loses neither. An `append` that returns
 ///   `Err` stored nothing visible, or stored the whole message (the caller
 ///   cannot tell, and must retry with the same client message id).
-/// * **Idempotency**: the key is `(sender, client_msg_id)`. Appending a
-///   message whose key is already stored returns
-///   [`Appended::Duplicate`] with the *original* message if the channel and
-///   content match, and [`Error::Conflict`](crate::Error::Conflict) otherwise;
+/// * **Idempotency**: the key is `(channel, sender, client_msg_id)`.
+///   Appending a message whose key is already stored returns
+///   [`Appended::Duplicate`] with the *original* message if the content
+///   matches, and [`Error::Conflict`](crate::Error::Conflict) otherwise;
 ///   neither writes anything. The id of the repeated message is ignored.
+///   The key is scoped to the channel so that a channel's idempotency
+///   records live in the channel's own partition, written atomically with
+///   its messages: a backend (or a deployment sharded by channel) never
+///   needs a write across partitions. The same client message id in
+///   another channel is another message.
 ///   A `Duplicate` is only answered for an original that is itself durable
 ///   (a retry must never be acknowledged on the strength of a write a crash
 ///   could still lose).

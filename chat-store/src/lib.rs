@@ -12,6 +12,10 @@
 //!   servers, with versioned migrations, a bounded connection pool, and
 //!   errors that say whether a retry can help. See the module docs for the
 //!   schema and the indexes.
+//! * [`sharded`] (always compiled): [`sharded::ShardedHistory`] spreads
+//!   chat history over N stores of any backend by a stable hash of the
+//!   channel id (one channel, one shard, its order kept), and
+//!   [`sharded::ShardedInbox`] inboxes by user.
 //! * [`conformance`] (always compiled): public async functions that take a
 //!   backend as a trait object and assert every clause of the trait
 //!   contracts in `chat-core`, in the style of `object_store`'s integration
@@ -77,3 +81,4 @@ pub mod conformance;
 pub mod embedded;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod sharded;

@@ -330,6 +330,53 @@ fn a_store_of_another_format_is_refused() {
 }
 
 #[tokio::test]
+async fn a_format_1_store_is_upgraded_and_keeps_its_idempotency_records() {
+    use chat_core::{Appended, ChannelId, ClientMsgId, HistoryStore, Message, MessageId};
+    let dir = tempfile::tempdir().unwrap();
+    let original = Message {
+        id: MessageId(1 << 40),
+        channel_id: ChannelId::new_random(),
+        sender: UserId::new_random(),
+        content: "written by format 1".into(),
+        created_at: 1_700_000_000_000,
+        client_msg_id: ClientMsgId::new("c-1").unwrap(),
+    };
+    {
+        // Format 1, by hand: the message, and its idempotency record keyed
+        // `sender ++ client_msg_id` in the old partition.
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let open = |name: &str| {
+            keyspace
+                .open_partition(name, fjall::PartitionCreateOptions::default())
+                .unwrap()
+        };
+        let (meta, history, idem) = (open("meta"), open("history"), open("idempotency"));
+        let location: Vec<u8> = [
+            original.channel_id.as_bytes().as_slice(),
+            &original.id.to_be_bytes(),
+        ]
+        .concat();
+        history
+            .insert(&location, serde_json::to_vec(&original).unwrap())
+            .unwrap();
+        let old_key: Vec<u8> = [original.sender.as_bytes().as_slice(), b"c-1"].concat();
+        idem.insert(old_key, &location).unwrap();
+        meta.insert("format", "1").unwrap();
+        keyspace.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    for _ in 0..2 {
+        // Upgraded at the first open; the second finds format 2.
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut retry = original.clone();
+        retry.id = MessageId(1 << 41);
+        assert_eq!(
+            store.append(retry).await.unwrap(),
+            Appended::Duplicate(original.clone())
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_oversized_username_is_refused_and_the_store_stays_usable() {
     use chat_core::{Directory, Profile, User, UserRecord};
     let dir = tempfile::tempdir().unwrap();

@@ -84,6 +84,74 @@ impl Drop for TestSchema {
     }
 }
 
+/// A database of its own with a random name, created on the test server
+/// and dropped (`WITH (FORCE)`, closing the stores' connections) on drop:
+/// the shards of a sharded store are separate databases.
+struct TestDatabase {
+    name: String,
+}
+
+impl TestDatabase {
+    async fn create() -> Self {
+        let name = format!("chat_shard_{}", Uuid::new_v4().simple());
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        Self { name }
+    }
+
+    /// The server URL with this database instead of the default one.
+    fn url(&self) -> String {
+        let base = url();
+        let (server, _db) = base.rsplit_once('/').expect("a URL ending in /database");
+        format!("{server}/{}", self.name)
+    }
+
+    async fn store(&self) -> PostgresStore {
+        PostgresStore::connect(PostgresConfig::new(self.url()).with_pool_size(4))
+            .await
+            .unwrap()
+    }
+
+    /// Rows of `messages` in this database, and in how many channels.
+    async fn message_rows(&self) -> (i64, i64) {
+        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT count(*), count(DISTINCT channel_id) FROM messages",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                admin()
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
 /// A plain connection, outside any store's pool.
 async fn admin() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
@@ -123,6 +191,59 @@ async fn postgres_store_passes_the_conformance_suite_repeatedly() {
     conformance::run_all(&store, &store, &store).await;
     assert_eq!(store.schema(), schema.name);
     assert!(format!("{store:?}").contains("PostgresStore"));
+}
+
+/// Chat history (and inboxes) sharded over two PostgreSQL databases pass
+/// the whole suite; every channel lives on exactly one of them, and both
+/// hold some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_sharded_over_two_databases_passes_the_conformance_suite() {
+    use chat_store::sharded::{shard_index, ShardedHistory, ShardedInbox};
+    let dbs = [TestDatabase::create().await, TestDatabase::create().await];
+    let stores = [dbs[0].store().await, dbs[1].store().await];
+    let history = ShardedHistory::new(
+        stores
+            .iter()
+            .map(|s| Arc::new(s.clone()) as Arc<dyn HistoryStore>)
+            .collect(),
+    )
+    .unwrap();
+    let inbox = ShardedInbox::new(
+        stores
+            .iter()
+            .map(|s| Arc::new(s.clone()) as Arc<dyn Inbox>)
+            .collect(),
+    )
+    .unwrap();
+    conformance::run_all(&history, &inbox, &stores[0]).await;
+    conformance::concurrency_suite(&history, &inbox, &stores[1]).await;
+
+    // Where the messages went: one channel, one database.
+    let channels: Vec<ChannelId> = (0..40).map(|_| ChannelId::new_random()).collect();
+    for (k, c) in channels.iter().enumerate() {
+        for i in 0..3u64 {
+            let m = message(*c, UserId::new_random(), 1_000 + 10 * k as u64 + i, "x");
+            history.append(m).await.unwrap();
+        }
+    }
+    for c in &channels {
+        let home = shard_index(c.as_bytes(), 2);
+        assert_eq!(
+            stores[home].page(*c, Page::latest(10)).await.unwrap().len(),
+            3
+        );
+        assert!(stores[1 - home]
+            .page(*c, Page::latest(10))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(history.page(*c, Page::latest(10)).await.unwrap().len(), 3);
+    }
+    let (rows0, channels0) = dbs[0].message_rows().await;
+    let (rows1, channels1) = dbs[1].message_rows().await;
+    assert!(channels0 > 0 && channels1 > 0, "both shards hold channels");
+    assert!(rows0 + rows1 >= 120);
+    drop(stores);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,8 +17,9 @@ use super::{ids_of, message, ok, Ids};
 /// * a retry under the same `(sender, client_msg_id)` returns `Duplicate`
 ///   with the *original* message (original id and time, even when the retry
 ///   carries a new id) and writes nothing;
-/// * the same key with different content or another channel is a
-///   `Conflict` and writes nothing;
+/// * the same key with different content is a `Conflict` and writes
+///   nothing; the same client message id in another channel is another
+///   key (a new message);
 /// * the key is per sender: another sender may use the same client message
 ///   id, and the same sender may send the same content twice.
 ///
@@ -463,30 +464,37 @@ async fn conflict_writes_nothing(store: &dyn HistoryStore) {
         "a conflict writes nothing"
     );
 
-    let mut moved = original.clone();
-    moved.id = ids.at(3);
-    moved.channel_id = other_channel;
-    assert_err!(
-        store.append(moved.clone()).await,
-        Error::Conflict { .. },
-        "same (sender, client_msg_id) in another channel"
-    );
-    assert!(
-        page(store, other_channel, Page::latest(100))
-            .await
-            .is_empty(),
-        "a conflict writes nothing to the other channel"
-    );
-    assert_eq!(
-        ok(store.get(other_channel, moved.id).await, "get"),
-        None,
-        "a conflict writes nothing to the other channel"
-    );
     assert_eq!(
         page(store, channel, Page::latest(100)).await,
         vec![original.clone()],
         "a conflict leaves the original alone"
     );
+
+    // The key is scoped to the channel: the same client message id in
+    // another channel is another message, and leaves the first alone.
+    let mut elsewhere = original.clone();
+    elsewhere.id = ids.at(3);
+    elsewhere.channel_id = other_channel;
+    elsewhere.content = "elsewhere".into();
+    match ok(
+        store.append(elsewhere.clone()).await,
+        "same (sender, client_msg_id) in another channel",
+    ) {
+        Appended::Stored(m) => assert_eq!(m, elsewhere),
+        other => panic!("another channel's key is a new message, got {other:?}"),
+    }
+    assert_eq!(
+        page(store, other_channel, Page::latest(100)).await,
+        vec![elsewhere.clone()],
+        "the other channel holds its own message"
+    );
+    match ok(
+        store.append(elsewhere.clone()).await,
+        "retry in the other channel",
+    ) {
+        Appended::Duplicate(m) => assert_eq!(m, elsewhere),
+        other => panic!("a retry in the other channel is a Duplicate, got {other:?}"),
+    }
     match ok(
         store.append(original.clone()).await,
         "retry after conflicts",
@@ -511,6 +519,6 @@ async fn keys_are_per_sender(store: &dyn HistoryStore) {
     assert_eq!(
         page(store, channel, Page::latest(100)).await,
         vec![first, second, third],
-        "the idempotency key is (sender, client_msg_id), not content"
+        "the idempotency key is (channel, sender, client_msg_id), not content"
     );
 }

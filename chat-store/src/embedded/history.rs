@@ -54,7 +54,8 @@ impl Inner {
     }
 
     fn append(&self, message: Message) -> Result<Appended> {
-        let idem_key = keys::idempotency(message.sender, &message.client_msg_id);
+        let idem_key =
+            keys::idempotency(message.channel_id, message.sender, &message.client_msg_id);
         let history_key = keys::history(message.channel_id, message.id);
         let _guards = self.stripes.lock(&[
             StripeKey::new(Kind::Idempotency, &idem_key),

@@ -14,13 +14,29 @@ pub(super) fn inbox(user: UserId, id: MessageId) -> [u8; 24] {
     id_key(user.as_bytes(), id)
 }
 
-/// `sender ++ client_msg_id` (the client message id's ASCII bytes; the
-/// sender is fixed-width, so no separator is needed).
-pub(super) fn idempotency(sender: UserId, client_msg_id: &ClientMsgId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16 + client_msg_id.as_str().len());
+/// `channel_id ++ sender ++ client_msg_id` (the client message id's ASCII
+/// bytes; the ids are fixed-width, so no separator is needed): the
+/// idempotency key is scoped to the channel, like the history key.
+pub(super) fn idempotency(
+    channel: ChannelId,
+    sender: UserId,
+    client_msg_id: &ClientMsgId,
+) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32 + client_msg_id.as_str().len());
+    key.extend_from_slice(channel.as_bytes());
     key.extend_from_slice(sender.as_bytes());
     key.extend_from_slice(client_msg_id.as_str().as_bytes());
     key
+}
+
+/// The format-1 idempotency key `sender ++ client_msg_id` rewritten as
+/// [`idempotency`] with the channel of its record's value.
+pub(super) fn upgrade_idempotency_v1(old_key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+    let (channel, _) = split_id_key(value, "format-1 idempotency record")?;
+    let mut key = Vec::with_capacity(16 + old_key.len());
+    key.extend_from_slice(&channel);
+    key.extend_from_slice(old_key);
+    Ok(key)
 }
 
 /// The idempotency record's value: where the original message is,
@@ -106,6 +122,19 @@ mod tests {
         let other = ChannelId::new_random();
         let (lo, hi) = if c < other { (c, other) } else { (other, c) };
         assert!(history(lo, MessageId::MAX) < history(hi, MessageId::ZERO));
+    }
+
+    #[test]
+    fn format_1_idempotency_keys_upgrade_to_channel_scoped_keys() {
+        let (c, u) = (ChannelId::new_random(), UserId::new_random());
+        let cmid = ClientMsgId::new("abc").unwrap();
+        let old: Vec<u8> = [u.as_bytes().as_slice(), b"abc"].concat();
+        let value = idempotency_value(c, MessageId(7));
+        assert_eq!(
+            upgrade_idempotency_v1(&old, &value).unwrap(),
+            idempotency(c, u, &cmid)
+        );
+        assert!(upgrade_idempotency_v1(&old, &value[..10]).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | partition | key | value |
 //! |---|---|---|
 //! | `history` | `channel_id ++ message_id` | the [`Message`] |
-//! | `idempotency` | `sender ++ client_msg_id` (ASCII) | `channel_id ++ message_id` (raw, 24 bytes) |
+//! | `channel_idempotency` | `channel_id ++ sender ++ client_msg_id` (ASCII) | `channel_id ++ message_id` (raw, 24 bytes) |
 //! | `inbox` | `user_id ++ message_id` | the [`Message`] |
 //! | `cursors` | `user_id ++ device_id` | the cursor, 8 bytes big-endian |
 //! | `users` | `user_id` | the user and its password hash |
@@ -21,13 +21,17 @@
 //! | `channels` | `channel_id` | the [`Channel`] with its sorted members |
 //! | `memberships` | `user_id ++ channel_id` | empty |
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
-//! | `meta` | `format` | the layout version, `1` |
+//! | `meta` | `format` | the layout version, `2` |
 //!
 //! So a channel's history is one contiguous key range ordered by id (a page
 //! is a bounded range scan, backward for "latest" and "before", forward for
 //! "after", and never reads another channel); a user's inbox, friends,
 //! channels and devices are each one prefix range, already sorted by id.
 //! Messages and idempotency records are never deleted or expired.
+//!
+//! Format 1 kept idempotency records in a partition `idempotency` keyed
+//! `sender ++ client_msg_id`, before the key was scoped to the channel;
+//! [`EmbeddedStore::open`] upgrades such a store in one atomic batch.
 //!
 //! Every key is bounded well below fjall's 64 KiB key limit: ids are fixed
 //! width, client message ids are at most 64 bytes by construction, and
@@ -106,8 +110,14 @@ const BACKEND: &str = "fjall";
 const DURABILITY: PersistMode = PersistMode::SyncAll;
 
 /// Version of the key layout in the module docs, kept in the `meta`
-/// partition; a store written by another layout is refused at open.
-const FORMAT_VERSION: &[u8] = b"1";
+/// partition; a store of format 1 is upgraded at open, another is refused.
+const FORMAT_VERSION: &[u8] = b"2";
+
+/// Format 1, whose idempotency keys were not scoped to the channel.
+const FORMAT_1: &[u8] = b"1";
+
+/// The partition of format 1's idempotency records.
+const IDEMPOTENCY_V1: &str = "idempotency";
 
 /// The embedded, durable store: chat history, inboxes and cursors, and the
 /// directory, in one local directory.
@@ -166,8 +176,10 @@ impl EmbeddedStore {
                 .map_err(db)
         };
         let meta = open("meta")?;
+        let idempotency = open("channel_idempotency")?;
         match meta.get("format").map_err(db)? {
             Some(v) if &*v == FORMAT_VERSION => {}
+            Some(v) if &*v == FORMAT_1 => upgrade_from_format_1(&keyspace, &meta, &idempotency)?,
             Some(v) => {
                 return Err(Error::backend(
                     BACKEND,
@@ -187,7 +199,7 @@ impl EmbeddedStore {
         }
         let inner = Inner {
             history: open("history")?,
-            idempotency: open("idempotency")?,
+            idempotency,
             inbox: open("inbox")?,
             cursors: open("cursors")?,
             users: open("users")?,
@@ -225,6 +237,36 @@ impl EmbeddedStore {
             Err(e) => Err(Error::temporary(BACKEND, e)),
         }
     }
+}
+
+/// Upgrades a format-1 store: rewrites every idempotency record under its
+/// channel-scoped key and records format 2, in one atomic batch (a crash
+/// leaves format 1, upgraded again at the next open), then drops the old
+/// partition.
+fn upgrade_from_format_1(
+    keyspace: &Keyspace,
+    meta: &PartitionHandle,
+    idempotency: &PartitionHandle,
+) -> Result<()> {
+    let old = keyspace
+        .open_partition(IDEMPOTENCY_V1, PartitionCreateOptions::default())
+        .map_err(db)?;
+    let mut batch = keyspace.batch().durability(Some(DURABILITY));
+    let mut upgraded = 0u64;
+    for entry in old.iter() {
+        let (key, value) = entry.map_err(db)?;
+        batch.insert(
+            idempotency,
+            keys::upgrade_idempotency_v1(&key, &value)?,
+            value,
+        );
+        upgraded += 1;
+    }
+    batch.insert(meta, "format", FORMAT_VERSION);
+    batch.commit().map_err(db)?;
+    tracing::info!(upgraded, "embedded store upgraded from format 1 to 2");
+    keyspace.delete_partition(old).map_err(db)?;
+    Ok(())
 }
 
 impl Inner {

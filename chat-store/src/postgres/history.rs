@@ -21,7 +21,7 @@ pub(super) const INSERT: &str = concat!(
 pub(super) const BY_KEY: &str = concat!(
     "SELECT ",
     message_columns!(),
-    " FROM messages WHERE sender = $1 AND client_msg_id = $2"
+    " FROM messages WHERE channel_id = $1 AND sender = $2 AND client_msg_id = $3"
 );
 
 /// One message by id: one lookup in `messages_pkey`.
@@ -93,7 +93,11 @@ impl HistoryStore for PostgresStore {
                 match client
                     .query_opt(
                         &by_key,
-                        &[&message.sender.0, &message.client_msg_id.as_str()],
+                        &[
+                            &message.channel_id.0,
+                            &message.sender.0,
+                            &message.client_msg_id.as_str(),
+                        ],
                     )
                     .await
                     .map_err(pg_error)?

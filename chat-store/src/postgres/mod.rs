@@ -29,7 +29,7 @@
 //!
 //! | table | columns | keys and indexes |
 //! |---|---|---|
-//! | `messages` | `channel_id uuid, message_id bigint, sender uuid, content text, created_at bigint, client_msg_id text` | `PRIMARY KEY (channel_id, message_id)`; `UNIQUE (sender, client_msg_id)` |
+//! | `messages` | `channel_id uuid, message_id bigint, sender uuid, content text, created_at bigint, client_msg_id text` | `PRIMARY KEY (channel_id, message_id)`; `UNIQUE (channel_id, sender, client_msg_id)` |
 //! | `inbox` | `user_id uuid, message_id bigint`, and a copy of the message's other columns | `PRIMARY KEY (user_id, message_id)` |
 //! | `cursors` | `user_id uuid, device_id uuid, cursor bigint` | `PRIMARY KEY (user_id, device_id)` |
 //! | `users` | `user_id uuid, username text, display_name text, about text, created_at bigint, password_hash text` | `PRIMARY KEY (user_id)`; `UNIQUE (username)` |
@@ -69,8 +69,10 @@
 //!   lookup.
 //! * A channel's messages are one contiguous range of `messages_pkey`, so
 //!   no page ever reads another channel's entries.
-//! * **Idempotency**: the unique index on `(sender, client_msg_id)` is the
-//!   idempotency record. Two servers racing on the same retry both run
+//! * **Idempotency**: the unique index on `(channel_id, sender,
+//!   client_msg_id)` is the idempotency record; it leads with the channel,
+//!   so a channel's records stay with its messages (on its shard, when
+//!   history is sharded). Two servers racing on the same retry both run
 //!   `INSERT ... ON CONFLICT DO NOTHING`; the database lets exactly one in,
 //!   the other waits for it to commit, then reads the original through that
 //!   index and applies [`rules::check_duplicate`](chat_core::rules::check_duplicate).

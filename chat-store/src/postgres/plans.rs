@@ -104,7 +104,7 @@ async fn hot_statements_are_index_range_scans() {
     let id = id_to_sql(MessageId(120));
     let plan = explain(&admin, history::GET, &[&c, &id]).await;
     assert_range_scan(&plan, "messages_pkey", "jump to an id");
-    let plan = explain(&admin, history::BY_KEY, &[&c, &"key"]).await;
+    let plan = explain(&admin, history::BY_KEY, &[&c, &c, &"key"]).await;
     assert_range_scan(&plan, "messages_idempotency_key", "idempotency lookup");
     let cursor = id_to_sql(MessageId(500));
     let plan = explain(&admin, inbox::READ, &[&users[3].0, &cursor, &limit]).await;

@@ -23,10 +23,11 @@ struct Migration {
 }
 
 /// Every migration this build knows, in version order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "messages, inbox, cursors, users, friends, channels, members, devices",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "messages, inbox, cursors, users, friends, channels, members, devices",
+        sql: r#"
 CREATE TABLE {schema}.messages (
     channel_id    uuid   NOT NULL,
     message_id    bigint NOT NULL, -- u64 id with the sign bit flipped: bigint order = u64 order
@@ -107,7 +108,20 @@ CREATE TABLE {schema}.devices (
     CONSTRAINT devices_user_fk FOREIGN KEY (user_id) REFERENCES {schema}.users (user_id)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "idempotency key scoped to the channel",
+        // The key lives with the channel's messages (a sharded history keeps
+        // it on the channel's shard); the unique index leads with
+        // channel_id like the primary key.
+        sql: r#"
+ALTER TABLE {schema}.messages DROP CONSTRAINT messages_idempotency_key;
+ALTER TABLE {schema}.messages
+    ADD CONSTRAINT messages_idempotency_key UNIQUE (channel_id, sender, client_msg_id);
+"#,
+    },
+];
 
 /// The newest version this build knows.
 pub(super) fn latest_version() -> i32 {
