@@ -39,10 +39,24 @@ struct Args {
     #[cfg(feature = "postgres")]
     #[arg(long, env = "CHAT_POSTGRES_SCHEMA")]
     postgres_schema: Option<String>,
-    /// Most PostgreSQL connections this server opens.
+    /// Most PostgreSQL connections this server opens (per database).
     #[cfg(feature = "postgres")]
     #[arg(long, env = "CHAT_POSTGRES_POOL", default_value_t = 16)]
     postgres_pool: usize,
+    /// Spread chat history over these PostgreSQL databases (repeat the flag,
+    /// or a comma-separated list in the environment), by a stable hash of
+    /// the channel id; the directory, inboxes and cursors stay in
+    /// --postgres-url. Every server must list the same databases in the same
+    /// order; see docs/storage.md before changing the list.
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long = "history-shard-url",
+        env = "CHAT_HISTORY_SHARD_URLS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        requires = "postgres_url"
+    )]
+    history_shard_urls: Vec<String>,
     /// Token signing secret (32+ bytes), shared by every server of a
     /// deployment. Default: a random secret kept in DATA_DIR/token.secret.
     #[arg(long, env = "CHAT_TOKEN_SECRET", hide_env_values = true)]
@@ -185,15 +199,30 @@ fn storage(
     #[cfg(feature = "postgres")]
     if let Some(url) = &args.postgres_url {
         use chat_store::postgres::{PostgresConfig, PostgresStore};
-        let mut config = PostgresConfig::new(url.clone()).with_pool_size(args.postgres_pool);
-        if let Some(schema) = &args.postgres_schema {
-            config = config.with_schema(schema.clone());
-        }
-        // Lazy: the server starts while the database is down and answers
+        // Lazy: the server starts while a database is down and answers
         // `unavailable` until it is back; migrations run on first use.
-        let store = PostgresStore::connect_lazy(config)?;
-        tracing::info!("PostgreSQL storage");
-        return Ok(builder.storage(Arc::new(store)));
+        let open = |url: &str| {
+            let mut config = PostgresConfig::new(url).with_pool_size(args.postgres_pool);
+            if let Some(schema) = &args.postgres_schema {
+                config = config.with_schema(schema.clone());
+            }
+            PostgresStore::connect_lazy(config)
+        };
+        let builder = builder.storage(Arc::new(open(url)?));
+        if args.history_shard_urls.is_empty() {
+            tracing::info!("PostgreSQL storage");
+            return Ok(builder);
+        }
+        let mut shards: Vec<Arc<dyn chat_core::HistoryStore>> = Vec::new();
+        for url in &args.history_shard_urls {
+            shards.push(Arc::new(open(url)?));
+        }
+        tracing::info!(
+            shards = shards.len(),
+            "PostgreSQL storage, chat history sharded"
+        );
+        let history = chat_store::sharded::ShardedHistory::new(shards)?;
+        return Ok(builder.history(Arc::new(history)));
     }
     let store = chat_store::embedded::EmbeddedStore::open(&args.data_dir)?;
     tracing::info!(data_dir = %args.data_dir.display(), "embedded store open");

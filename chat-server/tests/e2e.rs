@@ -483,6 +483,7 @@ async fn a_restart_on_the_embedded_store_keeps_messages_and_cursors() {
         http: format!("http://{addr}"),
         shutdown,
         task,
+        schema: None,
     };
 
     // Everything acknowledged before is there: users (log in again),
@@ -596,7 +597,7 @@ async fn push_goes_to_offline_recipients_only() {
 
 #[tokio::test(start_paused = true)]
 async fn presence_follows_heartbeats_without_flapping() {
-    let ts = start(test_config()).await;
+    let ts = start_memory(test_config()).await;
     let alice = signup(&ts, "alice").await;
     let bob = signup(&ts, "bob").await;
     alice.add_friend(bob.user_id()).await.unwrap();

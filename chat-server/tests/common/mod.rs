@@ -38,6 +38,8 @@ pub struct TestServer {
     pub http: String,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The PostgreSQL schema of this server's data, dropped with it.
+    pub schema: Option<PgSchema>,
 }
 
 impl TestServer {
@@ -69,12 +71,86 @@ pub async fn start_with(builder: ServerBuilder) -> TestServer {
         http: format!("http://{addr}"),
         shutdown,
         task,
+        schema: None,
     }
 }
 
-/// Starts an in-memory server with `config`.
+/// Starts a server with `config` on the test storage: in memory, or with
+/// `CHAT_TEST_STORAGE=postgres` on PostgreSQL (`CHAT_TEST_PG_URL`, default
+/// the local server), in a fresh schema dropped when the server is. CI runs
+/// the end-to-end tests both ways.
 pub async fn start(config: ServerConfig) -> TestServer {
+    match std::env::var("CHAT_TEST_STORAGE").as_deref() {
+        #[cfg(feature = "postgres")]
+        Ok("postgres") => start_on_postgres(config).await,
+        Ok("memory") | Err(_) => start_memory(config).await,
+        Ok(other) => panic!("CHAT_TEST_STORAGE={other}: expected memory or postgres"),
+    }
+}
+
+/// Starts an in-memory server with `config`, whatever `CHAT_TEST_STORAGE`
+/// says (for tests on paused time, where no real I/O may wait).
+pub async fn start_memory(config: ServerConfig) -> TestServer {
     start_with(ChatServer::builder(config)).await
+}
+
+/// Starts a server with `config` on PostgreSQL in a fresh schema.
+#[cfg(feature = "postgres")]
+pub async fn start_on_postgres(config: ServerConfig) -> TestServer {
+    let schema = PgSchema::new();
+    let store = schema.store(&pg_url()).await;
+    let mut ts = start_with(ChatServer::builder(config).storage(Arc::new(store))).await;
+    ts.schema = Some(schema);
+    ts
+}
+
+/// The PostgreSQL server of the tests.
+pub fn pg_url() -> String {
+    std::env::var("CHAT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A schema with a random name, dropped (with everything in it) on drop.
+pub struct PgSchema {
+    pub name: String,
+}
+
+impl PgSchema {
+    pub fn new() -> Self {
+        Self {
+            name: format!("chat_srv_{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// A store on `url` in this schema, migrated.
+    #[cfg(feature = "postgres")]
+    pub async fn store(&self, url: &str) -> chat_store::postgres::PostgresStore {
+        use chat_store::postgres::{PostgresConfig, PostgresStore};
+        let config = PostgresConfig::new(url)
+            .with_schema(&self.name)
+            .with_pool_size(4);
+        PostgresStore::connect(config).await.unwrap()
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // On a thread of its own: this may run inside a test's runtime.
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        let url = pg_url();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                client.batch_execute(&sql).await
+            })
+        })
+        .join();
+    }
 }
 
 /// Plain HTTP calls for test setup.
