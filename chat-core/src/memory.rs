@@ -19,7 +19,7 @@ use crate::discovery::{ServerInfo, ServiceDiscovery};
 use crate::error::{Error, Result};
 use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 use crate::presence::PresenceTracker;
-use crate::push::{PushNotification, PushNotifier};
+use crate::push::{DeliveryOutcome, PushNotification, PushNotifier, PushReport};
 use crate::rules::{
     apply_membership, check_duplicate, select_page, validate_new_channel, validate_new_user,
 };
@@ -400,28 +400,37 @@ impl PresenceTracker for MemoryPresence {
 }
 
 /// A notifier that writes one log line per notification: the default when no
-/// push provider is configured.
+/// push provider is configured. It reports every device as skipped.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LoggingNotifier;
 
 #[async_trait]
 impl PushNotifier for LoggingNotifier {
-    async fn notify(&self, n: &PushNotification) -> Result<()> {
+    async fn notify(&self, n: &PushNotification) -> Result<PushReport> {
         tracing::info!(
             recipient = %n.recipient,
             devices = n.devices.len(),
             channel = %n.channel_id,
             message = %n.message_id,
+            count = n.count,
             "push notification (logging notifier)"
         );
-        Ok(())
+        Ok(PushReport::all(
+            n,
+            DeliveryOutcome::Skipped {
+                reason: "no push provider configured".into(),
+            },
+        ))
     }
 }
 
-/// A notifier that records what it was asked to send, for tests.
+/// A notifier that records what it was asked to send, for tests. Every
+/// device is reported delivered, except those whose token was marked with
+/// [`MemoryNotifier::invalidate_token`].
 #[derive(Debug, Default)]
 pub struct MemoryNotifier {
     sent: Mutex<Vec<PushNotification>>,
+    invalid: Mutex<HashSet<String>>,
 }
 
 impl MemoryNotifier {
@@ -429,13 +438,31 @@ impl MemoryNotifier {
     pub fn sent(&self) -> Vec<PushNotification> {
         lock(&self.sent).clone()
     }
+
+    /// From now on, reports devices with this push token as
+    /// [`DeliveryOutcome::InvalidToken`], as a platform does for an
+    /// uninstalled app.
+    pub fn invalidate_token(&self, token: impl Into<String>) {
+        lock(&self.invalid).insert(token.into());
+    }
 }
 
 #[async_trait]
 impl PushNotifier for MemoryNotifier {
-    async fn notify(&self, n: &PushNotification) -> Result<()> {
+    async fn notify(&self, n: &PushNotification) -> Result<PushReport> {
         lock(&self.sent).push(n.clone());
-        Ok(())
+        let invalid = lock(&self.invalid);
+        let mut report = PushReport::new();
+        for d in &n.devices {
+            let outcome = match &d.push_token {
+                Some(t) if invalid.contains(t) => DeliveryOutcome::InvalidToken {
+                    reason: "invalidated by the test".into(),
+                },
+                _ => DeliveryOutcome::Delivered,
+            };
+            report.record(d.id, outcome);
+        }
+        Ok(report)
     }
 }
 

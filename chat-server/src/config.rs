@@ -67,8 +67,15 @@ pub struct ServerConfig {
     pub discovery_ttl: Duration,
     /// How long shutdown waits for connections to drain.
     pub drain_timeout: Duration,
-    /// Queued push notifications before new ones are dropped (and counted).
+    /// Queued push jobs (one per message) before new ones are dropped (and
+    /// counted in `Stats::pushes_dropped`).
     pub push_queue: usize,
+    /// Notifications handed to the notifier at the same time, so that one
+    /// slow platform call does not hold up the rest.
+    pub push_concurrency: usize,
+    /// Most queued jobs the push worker takes at once to collapse bursts
+    /// (per recipient and channel) into one notification.
+    pub push_batch: usize,
     /// Include message text in push notifications (off: a preview hands the
     /// content to a third party).
     pub push_preview: bool,
@@ -105,6 +112,8 @@ impl Default for ServerConfig {
             discovery_ttl: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(10),
             push_queue: 10_000,
+            push_concurrency: 16,
+            push_batch: 1_000,
             push_preview: false,
         }
     }
@@ -127,6 +136,9 @@ impl ServerConfig {
                 "node_id must be at most {}",
                 chat_core::Snowflake::MAX_NODE
             ));
+        }
+        if self.push_concurrency == 0 || self.push_batch == 0 {
+            return Err("push_concurrency and push_batch must be positive".into());
         }
         if self.outbound_queue == 0 || self.max_connections == 0 || self.sync_page == 0 {
             return Err("outbound_queue, max_connections and sync_page must be positive".into());

@@ -106,9 +106,96 @@ struct Args {
     /// Frames queued per connection before it is cut off as a slow consumer.
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = 256)]
     outbound_queue: usize,
-    /// Put message text in push notifications.
+    /// Put message text in push notifications (off by default: a preview
+    /// hands message content to Google, Apple or the webhook's owner).
     #[arg(long, env = "CHAT_PUSH_PREVIEW")]
     push_preview: bool,
+    /// Push jobs queued before new ones are dropped (and counted).
+    #[arg(long, env = "CHAT_PUSH_QUEUE", default_value_t = 10_000)]
+    push_queue: usize,
+    /// Push notifications in flight at once.
+    #[arg(long, env = "CHAT_PUSH_CONCURRENCY", default_value_t = 16)]
+    push_concurrency: usize,
+    #[command(flatten)]
+    push: PushArgs,
+}
+
+/// Push providers (see docs/push.md). Android devices go to FCM, iOS devices
+/// to APNs, and every other device, or any device whose platform has no
+/// provider configured, to the webhook. With none configured, pushes are
+/// only logged.
+#[derive(Debug, clap::Args)]
+struct PushArgs {
+    /// FCM: the Google service-account key file (JSON) of the Firebase project.
+    #[cfg(feature = "push-fcm")]
+    #[arg(long, env = "CHAT_FCM_CREDENTIALS", value_name = "FILE")]
+    fcm_credentials: Option<PathBuf>,
+    /// FCM: API base URL (default https://fcm.googleapis.com).
+    #[cfg(feature = "push-fcm")]
+    #[arg(long, env = "CHAT_FCM_BASE_URL", requires = "fcm_credentials")]
+    fcm_base_url: Option<String>,
+    /// FCM: OAuth2 token URL (default: the credentials' token_uri).
+    #[cfg(feature = "push-fcm")]
+    #[arg(long, env = "CHAT_FCM_TOKEN_URI", requires = "fcm_credentials")]
+    fcm_token_uri: Option<String>,
+    /// APNs: the token-signing key file (.p8) from the Apple developer account.
+    #[cfg(feature = "push-apns")]
+    #[arg(
+        long,
+        env = "CHAT_APNS_KEY",
+        value_name = "FILE",
+        requires_all = ["apns_key_id", "apns_team_id", "apns_topic"]
+    )]
+    apns_key: Option<PathBuf>,
+    /// APNs: the key's 10-character id.
+    #[cfg(feature = "push-apns")]
+    #[arg(long, env = "CHAT_APNS_KEY_ID", requires = "apns_key")]
+    apns_key_id: Option<String>,
+    /// APNs: the developer team id.
+    #[cfg(feature = "push-apns")]
+    #[arg(long, env = "CHAT_APNS_TEAM_ID", requires = "apns_key")]
+    apns_team_id: Option<String>,
+    /// APNs: the app's bundle id (apns-topic).
+    #[cfg(feature = "push-apns")]
+    #[arg(long, env = "CHAT_APNS_TOPIC", requires = "apns_key")]
+    apns_topic: Option<String>,
+    /// APNs: use the sandbox (development builds of the app).
+    #[cfg(feature = "push-apns")]
+    #[arg(long, env = "CHAT_APNS_SANDBOX", requires = "apns_key")]
+    apns_sandbox: bool,
+    /// APNs: base URL, overriding production and sandbox.
+    #[cfg(feature = "push-apns")]
+    #[arg(
+        long,
+        env = "CHAT_APNS_BASE_URL",
+        requires = "apns_key",
+        conflicts_with = "apns_sandbox"
+    )]
+    apns_base_url: Option<String>,
+    /// Webhook: the URL that receives signed JSON POSTs.
+    #[cfg(feature = "push-webhook")]
+    #[arg(long, env = "CHAT_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Webhook: the HMAC signing secret.
+    #[cfg(feature = "push-webhook")]
+    #[arg(
+        long,
+        env = "CHAT_WEBHOOK_SECRET",
+        hide_env_values = true,
+        requires = "webhook_url",
+        conflicts_with = "webhook_secret_file"
+    )]
+    webhook_secret: Option<String>,
+    /// Webhook: a file holding the signing secret (surrounding whitespace
+    /// is ignored).
+    #[cfg(feature = "push-webhook")]
+    #[arg(
+        long,
+        env = "CHAT_WEBHOOK_SECRET_FILE",
+        value_name = "FILE",
+        requires = "webhook_url"
+    )]
+    webhook_secret_file: Option<PathBuf>,
 }
 
 /// File descriptors kept for the store, logs and HTTP calls.
@@ -229,6 +316,72 @@ fn storage(
     Ok(builder.storage(Arc::new(store)))
 }
 
+/// The push notifier from the flags: the providers configured, behind a
+/// router by platform; `None` when none is (the server then logs pushes).
+#[allow(unused_variables, unused_mut)] // with no push feature compiled in
+fn push(
+    args: &PushArgs,
+) -> Result<Option<Arc<dyn chat_core::PushNotifier>>, Box<dyn std::error::Error>> {
+    let mut router = chat_store::push::PlatformRouter::new();
+    #[cfg(feature = "push-fcm")]
+    if let Some(path) = &args.fcm_credentials {
+        use chat_store::push::fcm::{FcmConfig, FcmNotifier, ServiceAccount};
+        let mut config = FcmConfig::new(ServiceAccount::from_file(path)?);
+        if let Some(url) = &args.fcm_base_url {
+            config = config.with_base_url(url);
+        }
+        if let Some(url) = &args.fcm_token_uri {
+            config = config.with_token_uri(url);
+        }
+        tracing::info!(project = %config.service_account.project_id, "FCM push enabled");
+        router = router.with_android(Arc::new(FcmNotifier::new(config)?));
+    }
+    #[cfg(feature = "push-apns")]
+    if let (Some(key), Some(key_id), Some(team_id), Some(topic)) = (
+        &args.apns_key,
+        &args.apns_key_id,
+        &args.apns_team_id,
+        &args.apns_topic,
+    ) {
+        use chat_store::push::apns::{ApnsConfig, ApnsNotifier};
+        let pem = std::fs::read_to_string(key)
+            .map_err(|e| format!("cannot read the APNs key {}: {e}", key.display()))?;
+        let mut config = ApnsConfig::new(pem, key_id, team_id, topic);
+        if args.apns_sandbox {
+            config = config.sandbox();
+        }
+        if let Some(url) = &args.apns_base_url {
+            config = config.with_base_url(url);
+        }
+        tracing::info!(topic = %topic, base = %config.base_url, "APNs push enabled");
+        router = router.with_ios(Arc::new(ApnsNotifier::new(config)?));
+    }
+    #[cfg(feature = "push-webhook")]
+    if let Some(url) = &args.webhook_url {
+        use chat_store::push::webhook::{WebhookConfig, WebhookNotifier};
+        let secret = match (&args.webhook_secret, &args.webhook_secret_file) {
+            (Some(secret), _) => secret.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the webhook secret {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => {
+                return Err("--webhook-url needs --webhook-secret or --webhook-secret-file".into())
+            }
+        };
+        tracing::info!(url = %url, "webhook push enabled");
+        router = router.with_fallback(Arc::new(WebhookNotifier::new(WebhookConfig::new(
+            url.clone(),
+            secret.into_bytes(),
+        ))?));
+    }
+    if router.is_empty() {
+        tracing::info!("no push provider configured; push notifications are logged only");
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(router)))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -261,9 +414,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_connections,
         outbound_queue: args.outbound_queue,
         push_preview: args.push_preview,
+        push_queue: args.push_queue,
+        push_concurrency: args.push_concurrency,
         ..defaults
     };
-    let builder = storage(ChatServer::builder(config), &args)?;
+    let mut builder = storage(ChatServer::builder(config), &args)?;
+    if let Some(notifier) = push(&args.push)? {
+        builder = builder.push(notifier);
+    }
     let server = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();

@@ -14,8 +14,7 @@ use chat_core::protocol::{ErrorCode, Event, WireError};
 use chat_core::{
     Channel, ChannelId, ClientMsgId, Clock, DeliveryBus, DeviceId, Directory, Envelope,
     HistoryStore, Inbox, Message, MessageId, MessageIdGenerator, Page, Presence, PresenceTracker,
-    PushNotification, PushNotifier, ServerInfo, ServiceDiscovery, Snowflake, TokioClock, UserId,
-    MAX_PAGE,
+    PushNotifier, ServerInfo, ServiceDiscovery, Snowflake, TokioClock, UserId, MAX_PAGE,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Passwords, Tokens};
 use crate::config::ServerConfig;
+use crate::push::{PushJob, PushQueue};
 use crate::sessions::{LocalDelivery, Sessions};
 
 /// Result of an operation as the client sees it.
@@ -152,7 +152,7 @@ impl ServerBuilder {
             sessions: sessions.clone(),
         }))
         .await?;
-        let (push_tx, push_rx) = mpsc::channel(config.push_queue.max(1));
+        let (push_queue, push_rx) = PushQueue::new(config.push_queue);
         let inner = Arc::new(Inner {
             passwords: Passwords::new(config.argon2_memory_kib, config.argon2_iterations)?,
             tokens: Tokens::new(&config.token_secret)?,
@@ -173,7 +173,7 @@ impl ServerBuilder {
             ids,
             clock,
             sessions,
-            push_tx,
+            push_queue,
             stats: Stats::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -193,12 +193,20 @@ pub struct Stats {
     pub messages_stored: AtomicU64,
     /// Sends answered with the original id of an earlier identical send.
     pub duplicate_sends: AtomicU64,
-    /// Push notifications handed to the notifier.
+    /// Push notifications handed to the notifier (one per offline
+    /// recipient and burst of messages in a channel).
     pub pushes_sent: AtomicU64,
-    /// Push notifications dropped because the push queue was full.
+    /// Push jobs dropped because the push queue was full.
     pub pushes_dropped: AtomicU64,
-    /// Push notifications the notifier failed to deliver.
+    /// Failed pushes: notifications the notifier could not attempt at all,
+    /// plus devices whose push failed after the notifier's retries.
     pub push_failures: AtomicU64,
+    /// Devices the platforms accepted a push for.
+    pub pushes_delivered: AtomicU64,
+    /// Messages merged into another notification of the same burst.
+    pub pushes_collapsed: AtomicU64,
+    /// Push tokens removed because the platform reported them invalid.
+    pub push_tokens_removed: AtomicU64,
     /// Connections closed because their outbound queue filled.
     pub slow_consumers: AtomicU64,
 }
@@ -220,7 +228,8 @@ pub(crate) struct Inner {
     pub(crate) sessions: Arc<Sessions>,
     /// Caps WebSocket connections (each holds a file descriptor).
     pub(crate) conn_limit: Arc<Semaphore>,
-    push_tx: mpsc::Sender<PushJob>,
+    /// Jobs for the push worker, off the send path.
+    push_queue: PushQueue,
     pub(crate) stats: Stats,
     /// Cancelled when the server shuts down; every session watches it.
     pub(crate) shutdown: CancellationToken,
@@ -228,13 +237,6 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     /// This server's entry in discovery, once it advertises itself.
     advertised: Mutex<Option<ServerInfo>>,
-}
-
-/// A recipient set to notify about one message, handled off the send path.
-#[derive(Debug)]
-struct PushJob {
-    recipients: Vec<UserId>,
-    message: Message,
 }
 
 /// A running chat node. Cheap to clone; all clones are the same node.
@@ -394,10 +396,7 @@ impl ChatServer {
                 recipients,
                 message: message.clone(),
             };
-            if inner.push_tx.try_send(job).is_err() {
-                inner.stats.pushes_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("push queue full; notification dropped");
-            }
+            inner.push_queue.offer(job, &inner.stats);
         }
         Ok(SendOutcome {
             message,
@@ -481,7 +480,7 @@ impl ChatServer {
         }
     }
 
-    fn spawn_background(&self, mut push_rx: mpsc::Receiver<PushJob>) {
+    fn spawn_background(&self, push_rx: mpsc::Receiver<PushJob>) {
         let inner = &self.inner;
         // Presence expiry.
         let server = self.clone();
@@ -504,56 +503,8 @@ impl ChatServer {
                 }
             }
         });
-        // Push worker: off the send path, one job at a time, bounded queue.
-        let server = self.clone();
-        let shutdown = inner.shutdown.clone();
-        inner.tasks.spawn(async move {
-            loop {
-                let job = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    job = push_rx.recv() => match job { Some(j) => j, None => break },
-                };
-                server.deliver_push(job).await;
-            }
-        });
-    }
-
-    async fn deliver_push(&self, job: PushJob) {
-        let inner = &self.inner;
-        let connected = match inner.presence.connected(&job.recipients).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "presence unavailable; skipping push");
-                return;
-            }
-        };
-        for recipient in job.recipients.iter().filter(|r| !connected.contains(r)) {
-            let devices = match inner.directory.devices(*recipient).await {
-                Ok(d) => d.into_iter().filter(|d| d.push_token.is_some()).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load devices for push");
-                    continue;
-                }
-            };
-            let notification = PushNotification {
-                recipient: *recipient,
-                devices,
-                channel_id: job.message.channel_id,
-                message_id: job.message.id,
-                sender: job.message.sender,
-                preview: inner
-                    .config
-                    .push_preview
-                    .then(|| job.message.content.chars().take(200).collect()),
-            };
-            match inner.push.notify(&notification).await {
-                Ok(()) => inner.stats.pushes_sent.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
-                    tracing::warn!(error = %e, "push notification failed");
-                    inner.stats.push_failures.fetch_add(1, Ordering::Relaxed)
-                }
-            };
-        }
+        // Push worker: off the send path, bounded queue and concurrency.
+        self.spawn_push_worker(push_rx);
     }
 
     /// Registers this server in discovery with its public URLs and keeps the

@@ -547,6 +547,10 @@ async fn push_goes_to_offline_recipients_only() {
     bob.register_device(bob_phone, Platform::Android, Some("fcm-token-bob"))
         .await
         .unwrap();
+    carol
+        .register_device(DeviceId::new_random(), Platform::Web, Some("web-carol"))
+        .await
+        .unwrap();
     let group = alice
         .create_group("g", &[bob.user_id(), carol.user_id()])
         .await

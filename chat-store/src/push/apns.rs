@@ -1,0 +1,414 @@
+//! Push through the Apple Push Notification service (feature `push-apns`).
+//!
+//! * **Authentication** is token-based: a provider token, a JWT signed with
+//!   the team's APNs signing key (a `.p8` file, ES256; header `kid` the key
+//!   id, claims `iss` the team id and `iat`). Apple refuses tokens older
+//!   than an hour and throttles renewals more often than every 20 minutes,
+//!   so the token is reused and renewed every
+//!   [`token_refresh`](ApnsConfig::token_refresh) (50 minutes), and once
+//!   more if APNs answers 403 `ExpiredProviderToken`.
+//! * **Send**: one `POST {base}/3/device/{token}` per device over HTTP/2
+//!   (ALPN over TLS; prior knowledge for a plain `http://` base, as test
+//!   servers use), with the headers `authorization: bearer <token>`,
+//!   `apns-topic` (the app's bundle id), `apns-push-type` (`alert`, or
+//!   `background`), `apns-priority` (10, or 5 for background pushes),
+//!   `apns-expiration` and `apns-collapse-id` (the channel id), and the body
+//!   `{"aps": {"alert": {"title", "body"}, "sound": "default", "thread-id":
+//!   <channel>}, "type", "channel_id", "message_id", "sender", "recipient",
+//!   "count"}`.
+//! * **Errors**, as Apple documents them: 410 (`Unregistered`,
+//!   `ExpiredToken`) and 400 `BadDeviceToken` / `DeviceTokenNotForTopic`
+//!   report the token invalid; 429 `TooManyRequests`, 500 and 503 are
+//!   retried with backoff; anything else is a permanent failure. A token
+//!   that is not hexadecimal is reported invalid without a request.
+//!
+//! Note that `BadDeviceToken` is also what APNs answers for a sandbox token
+//! sent to production and the other way round, and `DeviceTokenNotForTopic`
+//! for a wrong topic: check [`ApnsConfig::base_url`] and
+//! [`ApnsConfig::topic`] before going live, or valid tokens will be removed.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_core::{DeliveryOutcome, Device, PushNotification, PushNotifier, PushReport, Result};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::http::{self, RetryPolicy, Step};
+use super::jwt::Signer;
+
+/// Apple's production endpoint.
+pub const APNS_PRODUCTION: &str = "https://api.push.apple.com";
+
+/// Apple's development (sandbox) endpoint, for apps built with a development
+/// provisioning profile.
+pub const APNS_SANDBOX: &str = "https://api.sandbox.push.apple.com";
+
+/// The longest collapse id APNs accepts, in bytes.
+const MAX_COLLAPSE_ID: usize = 64;
+
+/// The longest device token accepted (today's tokens are 64 hex digits).
+const MAX_TOKEN: usize = 200;
+
+/// How to reach APNs.
+#[derive(Clone)]
+pub struct ApnsConfig {
+    /// The APNs signing key, PEM (PKCS#8, the content of the `.p8` file).
+    pub key_pem: String,
+    /// The key's 10-character id (the JWT's `kid`).
+    pub key_id: String,
+    /// The developer team id (the JWT's `iss`).
+    pub team_id: String,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// [`APNS_PRODUCTION`], [`APNS_SANDBOX`], or a test server.
+    pub base_url: String,
+    /// Retries of temporary failures.
+    pub retry: RetryPolicy,
+    /// Deadline of one request, connection included.
+    pub request_timeout: Duration,
+    /// The notification title.
+    pub title: String,
+    /// How long APNs keeps trying an offline device (`apns-expiration` is
+    /// now plus this; zero means one attempt only).
+    pub expiration: Duration,
+    /// Send silent background pushes (`content-available`, priority 5) that
+    /// wake the app to sync, instead of visible alerts (priority 10).
+    pub background: bool,
+    /// How long one provider token is used (Apple: between 20 and 60
+    /// minutes).
+    pub token_refresh: Duration,
+}
+
+impl std::fmt::Debug for ApnsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApnsConfig")
+            .field("key_pem", &"<redacted>")
+            .field("key_id", &self.key_id)
+            .field("team_id", &self.team_id)
+            .field("topic", &self.topic)
+            .field("base_url", &self.base_url)
+            .field("retry", &self.retry)
+            .field("request_timeout", &self.request_timeout)
+            .field("title", &self.title)
+            .field("expiration", &self.expiration)
+            .field("background", &self.background)
+            .field("token_refresh", &self.token_refresh)
+            .finish()
+    }
+}
+
+impl ApnsConfig {
+    /// Production, alerts, the default retry policy, a 10 s timeout, the
+    /// title "New message", a one-day expiration and a 50-minute token.
+    pub fn new(
+        key_pem: impl Into<String>,
+        key_id: impl Into<String>,
+        team_id: impl Into<String>,
+        topic: impl Into<String>,
+    ) -> Self {
+        Self {
+            key_pem: key_pem.into(),
+            key_id: key_id.into(),
+            team_id: team_id.into(),
+            topic: topic.into(),
+            base_url: APNS_PRODUCTION.to_owned(),
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(10),
+            title: http::DEFAULT_TITLE.to_owned(),
+            expiration: Duration::from_secs(24 * 3600),
+            background: false,
+            token_refresh: Duration::from_secs(50 * 60),
+        }
+    }
+
+    /// Uses the sandbox endpoint.
+    pub fn sandbox(mut self) -> Self {
+        self.base_url = APNS_SANDBOX.to_owned();
+        self
+    }
+
+    /// Sends to another base URL.
+    pub fn with_base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = url.into();
+        self
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
+/// The APNs provider. See the [module docs](self).
+#[derive(Debug)]
+pub struct ApnsNotifier {
+    base: String,
+    key_id: String,
+    team_id: String,
+    topic: String,
+    signer: Signer,
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    title: String,
+    expiration: Duration,
+    background: bool,
+    token_refresh: Duration,
+    /// The provider token in use and when it was made. Signing does not
+    /// await, so a plain mutex serves.
+    token: Mutex<Option<(String, Instant)>>,
+}
+
+impl ApnsNotifier {
+    /// A notifier for `config`; fails on an unusable key, URL or topic.
+    pub fn new(config: ApnsConfig) -> Result<Self> {
+        let signer = Signer::es256_from_pem(&config.key_pem)
+            .map_err(|e| chat_core::Error::invalid(format!("APNs key: {e}")))?;
+        let base = http::base_url(&config.base_url, "APNs base URL")?;
+        for (name, value) in [
+            ("key id", &config.key_id),
+            ("team id", &config.team_id),
+            ("topic", &config.topic),
+        ] {
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(chat_core::Error::invalid(format!(
+                    "APNs {name} {value:?} must be non-empty printable ASCII"
+                )));
+            }
+        }
+        Ok(Self {
+            client: http::client(config.request_timeout, &base, true)?,
+            base,
+            key_id: config.key_id,
+            team_id: config.team_id,
+            topic: config.topic,
+            signer,
+            retry: config.retry,
+            title: config.title,
+            expiration: config.expiration,
+            background: config.background,
+            token_refresh: config.token_refresh,
+            token: Mutex::new(None),
+        })
+    }
+
+    /// The provider token: the current one, or a new one once it is
+    /// `token_refresh` old.
+    fn provider_token(&self) -> std::result::Result<String, String> {
+        let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, made)) = cached.as_ref() {
+            if made.elapsed() < self.token_refresh {
+                return Ok(token.clone());
+            }
+        }
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            iss: &'a str,
+            iat: u64,
+        }
+        let token = self.signer.jwt(
+            Some(&self.key_id),
+            &Claims {
+                iss: &self.team_id,
+                iat: http::unix_now(),
+            },
+        )?;
+        *cached = Some((token.clone(), Instant::now()));
+        Ok(token)
+    }
+
+    /// Forgets `rejected` if it is still the current provider token.
+    fn forget_token(&self, rejected: &str) {
+        let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.as_ref().is_some_and(|(t, _)| t == rejected) {
+            *cached = None;
+        }
+    }
+
+    /// The JSON payload.
+    fn payload(&self, n: &PushNotification) -> serde_json::Value {
+        let channel = n.channel_id.to_string();
+        let aps = if self.background {
+            json!({ "content-available": 1, "thread-id": channel })
+        } else {
+            json!({
+                "alert": { "title": self.title, "body": http::body_text(n) },
+                "sound": "default",
+                "thread-id": channel,
+            })
+        };
+        json!({
+            "aps": aps,
+            "type": "message",
+            "channel_id": channel,
+            "message_id": n.message_id.to_string(),
+            "sender": n.sender.to_string(),
+            "recipient": n.recipient.to_string(),
+            "count": n.count,
+        })
+    }
+
+    /// Sends to one device, with retries.
+    async fn send(&self, n: &PushNotification, device: &Device, body: &[u8]) -> DeliveryOutcome {
+        let Some(token) = device.push_token.as_deref() else {
+            return DeliveryOutcome::Skipped {
+                reason: "device has no push token".into(),
+            };
+        };
+        if token.is_empty()
+            || token.len() > MAX_TOKEN
+            || !token.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return DeliveryOutcome::InvalidToken {
+                reason: "BadDeviceToken (not a hexadecimal APNs token)".into(),
+            };
+        }
+        let url = format!("{}/3/device/{token}", self.base);
+        let collapse_id = collapse_id(&n.channel_id.to_string());
+        http::with_retries(&self.retry, |_| self.send_once(&url, &collapse_id, body))
+            .await
+            .unwrap_or_else(|failed| failed)
+    }
+
+    async fn send_once(&self, url: &str, collapse_id: &str, body: &[u8]) -> Step {
+        let provider_token = match self.provider_token() {
+            Ok(t) => t,
+            Err(e) => {
+                return Step::Done(DeliveryOutcome::Failed {
+                    reason: e,
+                    temporary: false,
+                })
+            }
+        };
+        let expiration = if self.expiration.is_zero() {
+            0
+        } else {
+            http::unix_now().saturating_add(self.expiration.as_secs())
+        };
+        let (push_type, priority) = if self.background {
+            ("background", "5")
+        } else {
+            ("alert", "10")
+        };
+        let response = self
+            .client
+            .post(url)
+            .header("authorization", format!("bearer {provider_token}"))
+            .header("apns-topic", &self.topic)
+            .header("apns-push-type", push_type)
+            .header("apns-priority", priority)
+            .header("apns-expiration", expiration.to_string())
+            .header("apns-collapse-id", collapse_id)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => return http::transport_error(&e),
+        };
+        let status = response.status();
+        let retry_after = http::retry_after(response.headers());
+        let apns_id = response
+            .headers()
+            .get("apns-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if status == StatusCode::OK {
+            tracing::debug!(apns_id = apns_id.as_deref().unwrap_or(""), "APNs accepted");
+            return Step::Done(DeliveryOutcome::Delivered);
+        }
+        let body = match http::read_body(response).await {
+            Ok(b) => b,
+            Err(e) => return http::transport_error(&e),
+        };
+        #[derive(Deserialize, Default)]
+        struct ApnsError {
+            #[serde(default)]
+            reason: String,
+        }
+        let reason = serde_json::from_slice::<ApnsError>(&body)
+            .unwrap_or_default()
+            .reason;
+        let described = format!(
+            "APNs answered {status}: {}",
+            if reason.is_empty() {
+                http::excerpt(&body)
+            } else {
+                reason.clone()
+            }
+        );
+        match (status.as_u16(), reason.as_str()) {
+            (410, _) | (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => {
+                Step::Done(DeliveryOutcome::InvalidToken {
+                    reason: if reason.is_empty() {
+                        "Unregistered".into()
+                    } else {
+                        reason
+                    },
+                })
+            }
+            (403, "ExpiredProviderToken" | "InvalidProviderToken") => {
+                self.forget_token(&provider_token);
+                Step::AuthRejected { reason: described }
+            }
+            _ if http::is_retryable(status) => Step::Retry {
+                reason: described,
+                retry_after,
+            },
+            _ => Step::Done(DeliveryOutcome::Failed {
+                reason: described,
+                temporary: false,
+            }),
+        }
+    }
+}
+
+/// A collapse id of at most [`MAX_COLLAPSE_ID`] bytes, cut at a character
+/// boundary.
+fn collapse_id(id: &str) -> String {
+    let mut end = id.len().min(MAX_COLLAPSE_ID);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    id.get(..end).unwrap_or_default().to_owned()
+}
+
+#[async_trait]
+impl PushNotifier for ApnsNotifier {
+    async fn notify(&self, n: &PushNotification) -> Result<PushReport> {
+        if n.devices.is_empty() {
+            return Ok(PushReport::new());
+        }
+        self.provider_token()
+            .map_err(|e| chat_core::Error::backend("apns", e))?;
+        let body = serde_json::to_vec(&self.payload(n))
+            .map_err(|e| chat_core::Error::backend("apns", e))?;
+        let outcomes =
+            futures::future::join_all(n.devices.iter().map(|d| self.send(n, d, &body))).await;
+        let mut report = PushReport::new();
+        for (device, outcome) in n.devices.iter().zip(outcomes) {
+            report.record(device.id, outcome);
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapse_ids_fit_apns_limit() {
+        assert_eq!(collapse_id("abc"), "abc");
+        assert_eq!(collapse_id(&"x".repeat(100)).len(), 64);
+        let long = "é".repeat(40); // 80 bytes, 2 per character
+        let cut = collapse_id(&long);
+        assert_eq!(cut.len(), 64);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}

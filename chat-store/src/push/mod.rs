@@ -1,0 +1,49 @@
+//! Push notification providers behind [`chat_core::PushNotifier`].
+//!
+//! | provider | feature | module |
+//! |---|---|---|
+//! | a signed HTTP webhook | `push-webhook` | `webhook` |
+//! | Firebase Cloud Messaging, HTTP v1 | `push-fcm` | `fcm` |
+//! | Apple Push Notification service, token auth over HTTP/2 | `push-apns` | `apns` |
+//!
+//! (`push` turns on all three.) [`PlatformRouter`] is always compiled: it
+//! sends each device to the notifier for its platform (Android to FCM, iOS
+//! to APNs, the rest to a webhook), so one server can use all three at once.
+//!
+//! Every provider:
+//!
+//! * takes its base URL from its configuration, so tests and self-hosted
+//!   gateways can stand in for the platform;
+//! * retries temporary failures (429, 5xx, a lost connection) with
+//!   exponential backoff and jitter, honours `Retry-After`, and stops after
+//!   `RetryPolicy::max_attempts`;
+//! * reports each device's outcome in a [`chat_core::PushReport`], with the
+//!   tokens the platform called unregistered or invalid as
+//!   [`chat_core::DeliveryOutcome::InvalidToken`], which the server then
+//!   removes;
+//! * sends what the [`chat_core::PushNotification`] holds and nothing more:
+//!   no message text unless the server was configured to include a preview.
+//!
+//! One crypto library, `ring`, serves TLS (rustls), the JWTs that FCM (RS256)
+//! and APNs (ES256) require, and the webhook's HMAC-SHA256.
+//!
+//! See `docs/push.md` for configuration and wire formats.
+
+mod router;
+
+pub use router::PlatformRouter;
+
+#[cfg(any(feature = "push-webhook", feature = "push-fcm", feature = "push-apns"))]
+mod http;
+#[cfg(any(feature = "push-fcm", feature = "push-apns"))]
+mod jwt;
+
+#[cfg(any(feature = "push-webhook", feature = "push-fcm", feature = "push-apns"))]
+pub use http::RetryPolicy;
+
+#[cfg(feature = "push-apns")]
+pub mod apns;
+#[cfg(feature = "push-fcm")]
+pub mod fcm;
+#[cfg(feature = "push-webhook")]
+pub mod webhook;
