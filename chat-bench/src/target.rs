@@ -111,7 +111,18 @@ pub fn bench_server_config() -> ServerConfig {
         .soft
         .map(|s| s.saturating_sub(FD_RESERVE).max(1) as usize)
         .unwrap_or(100_000);
+    let defaults = ServerConfig::default();
+    // Experiments: CHAT_BENCH_WS_READ_BUFFER / CHAT_BENCH_WS_WRITE_BUFFER
+    // (bytes) override the server's WebSocket buffers.
+    let env_bytes = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
     ServerConfig {
+        ws_read_buffer: env_bytes("CHAT_BENCH_WS_READ_BUFFER", defaults.ws_read_buffer),
+        ws_write_buffer: env_bytes("CHAT_BENCH_WS_WRITE_BUFFER", defaults.ws_write_buffer),
         token_secret: rand::random::<[u8; 32]>().to_vec(),
         argon2_memory_kib: 1024,
         argon2_iterations: 1,
@@ -119,7 +130,7 @@ pub fn bench_server_config() -> ServerConfig {
         rate_limit_burst: 10_000_000,
         max_connections_per_user: 10_000,
         max_connections,
-        ..ServerConfig::default()
+        ..defaults
     }
 }
 

@@ -51,7 +51,11 @@ pub struct ServerConfig {
     /// Frames queued for one connection before it counts as a slow consumer
     /// and is disconnected.
     pub outbound_queue: usize,
-    /// WebSocket read buffer per connection, bytes.
+    /// WebSocket read buffer per connection, bytes. Allocated (and
+    /// zeroed) for every connection for its whole life, so it is most of an
+    /// idle connection's memory: 4 KiB holds a burst of ordinary chat
+    /// frames, and larger frames are read in several chunks.
+    /// (tungstenite's default is 128 KiB.)
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection, bytes.
     pub ws_write_buffer: usize,
@@ -104,7 +108,7 @@ impl Default for ServerConfig {
             max_connections_per_user: 10,
             max_connections: 10_000,
             outbound_queue: 256,
-            ws_read_buffer: 8 * 1024,
+            ws_read_buffer: 4 * 1024,
             ws_write_buffer: 8 * 1024,
             send_timeout: Duration::from_secs(5),
             settle_window: Duration::from_secs(10),

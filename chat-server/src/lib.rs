@@ -27,6 +27,7 @@
 mod auth;
 mod config;
 mod http;
+mod outbox;
 mod push;
 mod server;
 mod sessions;

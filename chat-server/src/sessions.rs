@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
+use axum::extract::ws::Utf8Bytes;
 use chat_core::protocol::ServerFrame;
 use chat_core::{DeviceId, Envelope, EnvelopeHandler, UserId};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::outbox::{Outbox, Pushed};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -28,7 +29,7 @@ pub(crate) struct SessionHandle {
     pub(crate) id: u64,
     pub(crate) device: DeviceId,
     /// The bounded outbound queue drained by the connection's writer.
-    pub(crate) tx: mpsc::Sender<WsMessage>,
+    pub(crate) outbox: Arc<Outbox>,
     /// Cancelled when the session must close because it fell behind.
     pub(crate) slow: CancellationToken,
 }
@@ -37,14 +38,14 @@ impl SessionHandle {
     /// Queues a frame without waiting. A full queue means the client is not
     /// reading: the session is marked slow and will be closed, so one slow
     /// client never holds up anyone else.
-    pub(crate) fn offer(&self, frame: WsMessage) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+    pub(crate) fn offer(&self, frame: Utf8Bytes) -> bool {
+        match self.outbox.push(frame) {
+            Pushed::Queued => true,
+            Pushed::Full => {
                 self.slow.cancel();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Pushed::Closed => false,
         }
     }
 }
@@ -136,7 +137,7 @@ impl EnvelopeHandler for LocalDelivery {
                 }
                 let text =
                     text.get_or_insert_with(|| encode(&ServerFrame::Event(envelope.event.clone())));
-                h.offer(WsMessage::Text(text.clone()));
+                h.offer(text.clone());
             }
         }
     }

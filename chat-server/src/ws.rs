@@ -2,6 +2,7 @@
 //! writer and a bounded outbound queue.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -16,11 +17,15 @@ use chat_core::protocol::{
 use chat_core::{DeviceId, Page, UserId};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
+use crate::outbox::Outbox;
 use crate::server::{clamp_limit, err, wire, ApiResult, ChatServer};
 use crate::sessions::{encode, Registered, SessionHandle};
+
+/// Most frames written per flush.
+const WRITE_BATCH: usize = 64;
 
 /// Longest accepted request id, in bytes.
 const MAX_REQUEST_ID: usize = 64;
@@ -148,14 +153,14 @@ async fn run_session(
     device: DeviceId,
     _permit: OwnedSemaphorePermit,
 ) {
-    let cfg = server.config().clone();
+    let cfg = server.config();
     let (mut sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel::<WsMessage>(cfg.outbound_queue);
+    let outbox = Arc::new(Outbox::new(cfg.outbound_queue));
     let slow = CancellationToken::new();
     let handle = SessionHandle {
         id: server.inner.sessions.next_id(),
         device,
-        tx,
+        outbox: outbox.clone(),
         slow: slow.clone(),
     };
     let session_id = handle.id;
@@ -195,7 +200,7 @@ async fn run_session(
     let (goodbye_tx, goodbye_rx) = oneshot::channel();
     let writer = tokio::spawn(write_loop(
         sink,
-        rx,
+        outbox,
         slow.clone(),
         broken.clone(),
         goodbye_rx,
@@ -203,7 +208,7 @@ async fn run_session(
 
     let end = read_loop(
         &server,
-        &cfg,
+        cfg,
         user,
         device,
         &handle,
@@ -252,11 +257,20 @@ async fn run_session(
 /// in order, so a client sees an event published before its reply first.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
-    mut rx: mpsc::Receiver<WsMessage>,
+    outbox: Arc<Outbox>,
     slow: CancellationToken,
     broken: CancellationToken,
     mut goodbye: oneshot::Receiver<Option<WsMessage>>,
 ) {
+    /// Closes the queue however the writer ends: later frames are refused.
+    struct CloseOnDrop(Arc<Outbox>);
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let outbox = CloseOnDrop(outbox);
+    let outbox = &outbox.0;
     loop {
         tokio::select! {
             biased;
@@ -266,8 +280,8 @@ async fn write_loop(
                 // more than a short wait.
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
                     if !slow.is_cancelled() {
-                        while let Ok(m) = rx.try_recv() {
-                            sink.feed(m).await?;
+                        while let Some(frame) = outbox.try_pop() {
+                            sink.feed(WsMessage::Text(frame)).await?;
                         }
                     }
                     if let Ok(Some(m)) = bye {
@@ -278,10 +292,19 @@ async fn write_loop(
                 .await;
                 return;
             }
-            msg = rx.recv(), if !slow.is_cancelled() => {
-                let Some(msg) = msg else { return };
+            frame = outbox.pop(), if !slow.is_cancelled() => {
+                // Frames queued meanwhile go out with this one, in one
+                // flush (a bounded batch, so the first is never held long).
+                let write = async {
+                    sink.feed(WsMessage::Text(frame)).await?;
+                    for _ in 1..WRITE_BATCH {
+                        let Some(more) = outbox.try_pop() else { break };
+                        sink.feed(WsMessage::Text(more)).await?;
+                    }
+                    sink.flush().await
+                };
                 tokio::select! {
-                    r = sink.send(msg) => if r.is_err() {
+                    r = write => if r.is_err() {
                         broken.cancel();
                         return;
                     },
@@ -325,7 +348,7 @@ async fn read_loop(
         presence_timeout_ms: cfg.presence_timeout.as_millis() as u64,
         cursor,
     });
-    handle.offer(WsMessage::Text(encode(&welcome)));
+    handle.offer(encode(&welcome));
 
     let shutdown = server.shutdown_token();
     let mut limiter = RateLimit::new(cfg.rate_limit_per_sec, cfg.rate_limit_burst);
@@ -355,7 +378,10 @@ async fn read_loop(
         let reply = match msg {
             WsMessage::Text(text) => {
                 if limiter.allow() {
-                    handle_text(server, user, device, &text).await
+                    // Boxed: the request's state (the whole send pipeline)
+                    // lives on the heap only while it runs, not in every
+                    // idle session's future.
+                    Box::pin(handle_text(server, user, device, &text)).await
                 } else {
                     Reply::err(
                         request_id(&text),
@@ -373,7 +399,7 @@ async fn read_loop(
                 ),
             ),
         };
-        handle.offer(WsMessage::Text(encode(&ServerFrame::Reply(reply))));
+        handle.offer(encode(&ServerFrame::Reply(reply)));
     }
 }
 

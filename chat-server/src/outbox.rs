@@ -1,0 +1,148 @@
+//! The per-connection outbound queue.
+//!
+//! A bounded FIFO of encoded frames, filled by any task (the connection's
+//! reader with replies, the bus with events) and drained by the
+//! connection's writer. Its storage grows with use and is released when a
+//! burst has drained, so an idle connection's queue holds no buffer: at a
+//! million connections per server, a channel that preallocates its slots
+//! (tokio's mpsc allocates 32 at creation, over 2 KiB with its padding)
+//! would cost more than the rest of the idle connection.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Notify;
+
+/// Storage kept after a burst drains; more is released.
+const KEEP: usize = 16;
+
+/// What [`Outbox::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued for the writer.
+    Queued,
+    /// The queue holds `capacity` frames: the client is not reading.
+    Full,
+    /// The writer is gone.
+    Closed,
+}
+
+/// A bounded outbound queue for one connection. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Utf8Bytes>,
+    closed: bool,
+}
+
+impl Outbox {
+    /// An empty queue of at most `capacity` frames (at least 1).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame without waiting.
+    pub(crate) fn push(&self, frame: Utf8Bytes) -> Pushed {
+        let mut st = self.lock();
+        if st.closed {
+            return Pushed::Closed;
+        }
+        if st.frames.len() >= self.capacity {
+            return Pushed::Full;
+        }
+        st.frames.push_back(frame);
+        drop(st);
+        // Stores a permit if the writer is not waiting yet: no lost wake-up.
+        self.ready.notify_one();
+        Pushed::Queued
+    }
+
+    /// The oldest queued frame, if any, without waiting.
+    pub(crate) fn try_pop(&self) -> Option<Utf8Bytes> {
+        let mut st = self.lock();
+        let frame = st.frames.pop_front();
+        if st.frames.is_empty() && st.frames.capacity() > KEEP {
+            st.frames = VecDeque::new();
+        }
+        frame
+    }
+
+    /// The oldest queued frame, waiting for one.
+    pub(crate) async fn pop(&self) -> Utf8Bytes {
+        loop {
+            if let Some(frame) = self.try_pop() {
+                return frame;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Refuses every later push (the writer is gone) and drops what is
+    /// queued.
+    pub(crate) fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.frames = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn frames_come_out_in_order_up_to_the_bound() {
+        let q = Outbox::new(3);
+        for t in ["a", "b", "c"] {
+            assert_eq!(q.push(Utf8Bytes::from_static(t)), Pushed::Queued);
+        }
+        assert_eq!(q.push(Utf8Bytes::from_static("d")), Pushed::Full);
+        assert_eq!(q.pop().await.as_str(), "a");
+        assert_eq!(q.push(Utf8Bytes::from_static("e")), Pushed::Queued);
+        let rest: Vec<_> = std::iter::from_fn(|| q.try_pop()).collect();
+        assert_eq!(rest, ["b", "c", "e"].map(Utf8Bytes::from_static));
+        assert!(q.try_pop().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_for_a_push_from_another_task() {
+        let q = Arc::new(Outbox::new(8));
+        let writer = tokio::spawn({
+            let q = q.clone();
+            async move { q.pop().await }
+        });
+        tokio::task::yield_now().await;
+        q.push(Utf8Bytes::from_static("x"));
+        assert_eq!(writer.await.unwrap().as_str(), "x");
+    }
+
+    #[test]
+    fn storage_is_released_after_a_burst_and_closing_refuses_pushes() {
+        let q = Outbox::new(1_000);
+        for _ in 0..500 {
+            q.push(Utf8Bytes::from_static("burst"));
+        }
+        while q.try_pop().is_some() {}
+        assert_eq!(q.lock().frames.capacity(), 0);
+        q.push(Utf8Bytes::from_static("kept"));
+        q.close();
+        assert_eq!(q.push(Utf8Bytes::from_static("late")), Pushed::Closed);
+        assert!(q.try_pop().is_none());
+    }
+}
