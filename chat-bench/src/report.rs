@@ -115,6 +115,7 @@ pub struct ConnectionsReport {
     /// Limits the run is likely to hit, said up front.
     pub warnings: Vec<String>,
     /// Close codes of failed and dropped connections, by code.
+    #[serde(deserialize_with = "code_keys")]
     pub close_codes: BTreeMap<u16, u64>,
     /// A few error messages.
     pub errors: Vec<String>,
@@ -261,6 +262,7 @@ pub struct ReconnectReport {
     /// Per client: from the reconnect signal to synced.
     pub back_latency: LatencySummary,
     /// Close codes of refused attempts, by code.
+    #[serde(deserialize_with = "code_keys")]
     pub close_codes: BTreeMap<u16, u64>,
     /// A few error messages.
     pub errors: Vec<String>,
@@ -650,5 +652,41 @@ impl Table {
             }
         }
         out
+    }
+}
+
+/// Reads a map keyed by close code. JSON keys are strings, and inside the
+/// report's flattened, tagged enum serde no longer turns them back into
+/// numbers by itself.
+fn code_keys<'de, D>(d: D) -> Result<BTreeMap<u16, u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    BTreeMap::<String, u64>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| {
+            k.parse::<u16>()
+                .map(|k| (k, v))
+                .map_err(|_| serde::de::Error::custom(format!("close code {k:?} is not a number")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_survive_the_json_round_trip_of_a_load_process_report() {
+        let mut report = ConnectionsReport::default();
+        report.close_codes.insert(4004, 3);
+        report.close_codes.insert(1006, 1);
+        let run = RunReport::new(Report::Connections(report), None, 0);
+        let text = serde_json::to_string(&run).unwrap();
+        let back: RunReport = serde_json::from_str(&text).unwrap();
+        let Report::Connections(c) = back.report else {
+            panic!("not a connections report")
+        };
+        assert_eq!(c.close_codes, BTreeMap::from([(1006, 1), (4004, 3)]));
     }
 }
