@@ -45,6 +45,14 @@ pub struct UserRecord {
 /// * **Devices** are keyed by `(user, device id)`; registering again replaces
 ///   platform and push token. [`devices`](Self::devices) lists them sorted
 ///   by device id.
+/// * **Clearing a push token is a compare-and-clear**:
+///   [`clear_push_token`](Self::clear_push_token) removes the device's push
+///   token only if the device exists and still holds exactly the given
+///   token, atomically with respect to `register_device` and
+///   `remove_device` of the same device: it never overwrites a token
+///   registered meanwhile and never re-creates a removed device. It returns
+///   whether it cleared the token; the device, its platform and its
+///   registration time are otherwise unchanged.
 /// * **Expiry**: none.
 #[async_trait]
 pub trait Directory: Send + Sync + Debug + 'static {
@@ -97,4 +105,9 @@ pub trait Directory: Send + Sync + Debug + 'static {
 
     /// Removes a device (no-op if absent).
     async fn remove_device(&self, user: UserId, device: DeviceId) -> Result<()>;
+
+    /// Clears the push token of `user`'s `device` if the device exists and
+    /// its token is exactly `token` (see the contract); `Ok(true)` if it
+    /// did. Used when a push platform reports `token` invalid.
+    async fn clear_push_token(&self, user: UserId, device: DeviceId, token: &str) -> Result<bool>;
 }

@@ -62,7 +62,9 @@ pub use error::{BoxError, Error, Result};
 pub use id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 pub use idgen::{ChannelSequence, MessageIdGenerator, Snowflake};
 pub use presence::PresenceTracker;
-pub use push::{DeliveryOutcome, DeviceOutcome, PushNotification, PushNotifier, PushReport};
+pub use push::{
+    DeliveryOutcome, DeviceOutcome, PushNotification, PushNotifier, PushReport, MAX_PUSH_DEVICES,
+};
 pub use store::{Appended, HistoryStore, Inbox, Page, MAX_PAGE};
 pub use types::{
     Channel, ChannelKind, Device, Message, Platform, Presence, PresenceStatus, Profile, User,

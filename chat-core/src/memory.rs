@@ -703,6 +703,18 @@ impl Directory for MemoryDirectory {
         }
         Ok(())
     }
+
+    async fn clear_push_token(&self, user: UserId, device: DeviceId, token: &str) -> Result<bool> {
+        let mut st = lock(&self.state);
+        let Some(d) = st.devices.get_mut(&user).and_then(|d| d.get_mut(&device)) else {
+            return Ok(false);
+        };
+        if d.push_token.as_deref() != Some(token) {
+            return Ok(false);
+        }
+        d.push_token = None;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

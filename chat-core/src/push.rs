@@ -16,13 +16,20 @@ use crate::error::Result;
 use crate::id::{ChannelId, DeviceId, MessageId, UserId};
 use crate::types::Device;
 
+/// Most devices one [`PushNotification`] is sent to: the server picks the
+/// recipient's most recently registered devices that have a push token, so
+/// a user with hundreds of registrations cannot make one message fan out
+/// into hundreds of platform requests.
+pub const MAX_PUSH_DEVICES: usize = 32;
+
 /// One notification for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushNotification {
     /// Who is notified.
     pub recipient: UserId,
     /// The recipient's registered devices that have a push token, at most
-    /// one per distinct token.
+    /// one per distinct token and at most [`MAX_PUSH_DEVICES`] (the most
+    /// recently registered).
     pub devices: Vec<Device>,
     /// Where the message was posted. Notifiers use it as the collapse key:
     /// a newer notification for the same channel replaces an older one on
@@ -36,7 +43,9 @@ pub struct PushNotification {
     /// default: a preview hands message content to a third party).
     pub preview: Option<String>,
     /// How many messages in this channel the notification stands for (at
-    /// least 1): a burst is collapsed into one notification.
+    /// least 1): the messages since the previous notification for this
+    /// recipient and channel, of which this is the latest. A burst is
+    /// collapsed into one notification.
     pub count: u32,
 }
 
@@ -152,9 +161,10 @@ impl PushReport {
 ///
 /// * The server calls `notify` off the send path, only for recipients with
 ///   no connected device, never for the sender, and with each push token at
-///   most once per notification. A burst of messages to one recipient in one
-///   channel may arrive as one notification with
-///   [`count`](PushNotification::count) above 1. A slow or failing notifier
+///   most once per notification, to at most [`MAX_PUSH_DEVICES`] devices.
+///   A burst of messages to one recipient in one channel may arrive as one
+///   notification with [`count`](PushNotification::count) above 1. A slow
+///   or failing notifier
 ///   delays no message and loses none (the message is in the inbox).
 /// * Notifications may be in flight concurrently (the server bounds how
 ///   many), so implementations must be safe to call from several tasks.

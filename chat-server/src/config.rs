@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// The longest [`ServerConfig::push_collapse_window`]: holding a
+/// notification back longer defeats its purpose.
+const MAX_PUSH_COLLAPSE_WINDOW: Duration = Duration::from_secs(600);
+
 /// Everything tunable about a chat server. [`ServerConfig::default`] gives the
 /// design's defaults; the binary maps flags and environment onto it.
 #[derive(Debug, Clone)]
@@ -77,9 +81,15 @@ pub struct ServerConfig {
     /// Notifications handed to the notifier at the same time, so that one
     /// slow platform call does not hold up the rest.
     pub push_concurrency: usize,
-    /// Most queued jobs the push worker takes at once to collapse bursts
-    /// (per recipient and channel) into one notification.
+    /// Most queued jobs the push worker takes from the queue at once.
     pub push_batch: usize,
+    /// How long further messages to a recipient in a channel are held after
+    /// a push about that channel: the first message pushes at once, the
+    /// ones within this window go out together as one follow-up
+    /// notification (for the latest, with their count) when it ends. Zero
+    /// holds nothing back, merging only what is queued together. At most
+    /// ten minutes.
+    pub push_collapse_window: Duration,
     /// Include message text in push notifications (off: a preview hands the
     /// content to a third party).
     pub push_preview: bool,
@@ -118,6 +128,7 @@ impl Default for ServerConfig {
             push_queue: 10_000,
             push_concurrency: 16,
             push_batch: 1_000,
+            push_collapse_window: Duration::from_secs(2),
             push_preview: false,
         }
     }
@@ -143,6 +154,9 @@ impl ServerConfig {
         }
         if self.push_concurrency == 0 || self.push_batch == 0 {
             return Err("push_concurrency and push_batch must be positive".into());
+        }
+        if self.push_collapse_window > MAX_PUSH_COLLAPSE_WINDOW {
+            return Err("push_collapse_window must be at most ten minutes".into());
         }
         if self.outbound_queue == 0 || self.max_connections == 0 || self.sync_page == 0 {
             return Err("outbound_queue, max_connections and sync_page must be positive".into());

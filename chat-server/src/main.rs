@@ -116,6 +116,11 @@ struct Args {
     /// Push notifications in flight at once.
     #[arg(long, env = "CHAT_PUSH_CONCURRENCY", default_value_t = 16)]
     push_concurrency: usize,
+    /// Milliseconds further messages to a recipient in a channel are held
+    /// after a push, then sent as one notification (0: hold nothing back;
+    /// at most 600000).
+    #[arg(long, env = "CHAT_PUSH_COLLAPSE_WINDOW_MS", default_value_t = 2_000)]
+    push_collapse_window_ms: u64,
     #[command(flatten)]
     push: PushArgs,
 }
@@ -176,7 +181,9 @@ struct PushArgs {
     #[cfg(feature = "push-webhook")]
     #[arg(long, env = "CHAT_WEBHOOK_URL")]
     webhook_url: Option<String>,
-    /// Webhook: the HMAC signing secret.
+    /// Webhook: the HMAC signing secret, at least 32 bytes. On the command
+    /// line it is visible to every local user (`ps`): prefer
+    /// --webhook-secret-file or the environment.
     #[cfg(feature = "push-webhook")]
     #[arg(
         long,
@@ -186,8 +193,8 @@ struct PushArgs {
         conflicts_with = "webhook_secret_file"
     )]
     webhook_secret: Option<String>,
-    /// Webhook: a file holding the signing secret (surrounding whitespace
-    /// is ignored).
+    /// Webhook: a file holding the signing secret, at least 32 bytes
+    /// (surrounding whitespace is ignored).
     #[cfg(feature = "push-webhook")]
     #[arg(
         long,
@@ -416,6 +423,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         push_preview: args.push_preview,
         push_queue: args.push_queue,
         push_concurrency: args.push_concurrency,
+        push_collapse_window: Duration::from_millis(args.push_collapse_window_ms),
         ..defaults
     };
     let mut builder = storage(ChatServer::builder(config), &args)?;

@@ -392,10 +392,7 @@ impl ChatServer {
             .filter(|m| *m != sender)
             .collect();
         if !recipients.is_empty() {
-            let job = PushJob {
-                recipients,
-                message: message.clone(),
-            };
+            let job = PushJob::new(recipients, &message, inner.config.push_preview);
             inner.push_queue.offer(job, &inner.stats);
         }
         Ok(SendOutcome {

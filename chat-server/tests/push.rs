@@ -1,7 +1,10 @@
 //! Push end to end: the real server, the real client SDK, and the real FCM,
 //! APNs and webhook providers talking HTTP to local stand-ins for the
 //! platforms (chat-store's `push_mock`, which checks every request against
-//! the platforms' documented formats).
+//! the platforms' documented formats). The collapse windows and the
+//! clearing of invalid tokens are also driven through the server's own API
+//! with in-memory backends and a recording notifier, on tokio's paused
+//! clock where time matters.
 
 #![cfg(all(feature = "push-webhook", feature = "push-fcm", feature = "push-apns"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,15 +13,19 @@ mod common;
 #[path = "../../chat-store/tests/push_mock/mod.rs"]
 mod push_mock;
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chat_client::{
     ChatClient, ClientEvent, ConnectOptions, Connection, MemoryCursorStore, Session,
 };
-use chat_core::memory::MemoryDirectory;
-use chat_core::{DeviceId, Directory, Platform, PushNotifier};
+use chat_core::memory::{MemoryDirectory, MemoryNotifier};
+use chat_core::{
+    Channel, ChannelId, ClientMsgId, DeliveryOutcome, Device, DeviceId, Directory, Platform,
+    Profile, PushNotification, PushNotifier, PushReport, User, UserId, UserRecord,
+};
 use chat_server::{ChatServer, ServerConfig};
 use chat_store::push::apns::ApnsNotifier;
 use chat_store::push::fcm::FcmNotifier;
@@ -28,6 +35,15 @@ use common::{start_with, test_config, TestServer};
 use push_mock::{Kind, MockPush, Reply, Seen};
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The test configuration with a short collapse window, so that tests that
+/// send several messages to one channel do not wait two seconds each.
+fn push_config() -> ServerConfig {
+    ServerConfig {
+        push_collapse_window: Duration::from_millis(200),
+        ..test_config()
+    }
+}
 
 /// All three providers, pointed at the stand-in.
 fn router(mock: &MockPush) -> Arc<dyn PushNotifier> {
@@ -105,7 +121,7 @@ fn fcm_data<'a>(seen: &'a Seen, key: &str) -> &'a str {
 #[tokio::test]
 async fn offline_recipients_get_one_push_per_device_and_online_ones_none() {
     let mock = MockPush::start().await;
-    let (ts, _) = server(&mock, test_config()).await;
+    let (ts, _) = server(&mock, push_config()).await;
     let alice = signup(&ts, "alice").await;
     let bob = signup(&ts, "bob").await;
     let carol = signup(&ts, "carol").await;
@@ -169,9 +185,10 @@ async fn offline_recipients_get_one_push_per_device_and_online_ones_none() {
     );
     assert!(!String::from_utf8_lossy(&hooks[0].raw).contains("secret"));
 
-    // Bob comes online: the next message pushes to Carol only. Her push is
-    // made in the same pass that skips Bob, so once it is here Bob's turn
-    // has passed.
+    // Bob comes online: the next message pushes to Carol only (held for
+    // the end of her collapse window, then sent). Bob is left out when the
+    // message is taken, before Carol's is held, so once hers is here Bob's
+    // turn has passed.
     let _b = connect(&bob).await;
     a.send(group.id, "bob is here").await.unwrap();
     mock.wait_for(2, |s| s.token == "carol-fcm").await;
@@ -193,7 +210,7 @@ async fn offline_recipients_get_one_push_per_device_and_online_ones_none() {
 #[tokio::test]
 async fn an_unregistered_token_is_removed_and_not_pushed_again() {
     let mock = MockPush::start().await;
-    let (ts, directory) = server(&mock, test_config()).await;
+    let (ts, directory) = server(&mock, push_config()).await;
     let alice = signup(&ts, "alice").await;
     let bob = signup(&ts, "bob").await;
     let (gone_phone, old_iphone) = (DeviceId::new_random(), DeviceId::new_random());
@@ -254,11 +271,12 @@ async fn an_unregistered_token_is_removed_and_not_pushed_again() {
 }
 
 #[tokio::test]
-async fn a_burst_collapses_into_one_notification_with_a_count() {
+async fn a_burst_pushes_the_first_message_at_once_and_the_rest_as_one_follow_up() {
     let mock = MockPush::start().await;
+    let window = Duration::from_millis(500);
     let config = ServerConfig {
-        push_concurrency: 1,
         push_preview: true,
+        push_collapse_window: window,
         ..test_config()
     };
     let (ts, _) = server(&mock, config).await;
@@ -270,39 +288,544 @@ async fn a_burst_collapses_into_one_notification_with_a_count() {
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
     let a = connect(&alice).await;
 
-    // The platform is slow to answer the first push; meanwhile four more
-    // messages arrive. They wait for the one delivery slot and go out as one
-    // notification for the latest message, with a count of 4.
-    mock.hold(true);
+    // The first message is pushed at once.
     a.send(direct.id, "m1").await.unwrap();
-    mock.wait_for(1, |s| s.token == "bob-fcm").await;
+    let first = mock.wait_for(1, |s| s.token == "bob-fcm").await;
+    let first = &first[0].body["message"];
+    assert_eq!(first["data"]["count"], "1");
+    assert_eq!(first["notification"]["body"], "m1");
+    // Four more within the window are held and sent as one follow-up when
+    // it ends, for the latest message, counting the four. (Counts, not
+    // timing: on a machine slow enough to spread the sends over several
+    // windows, they add up the same.)
     let mut last = None;
     for i in 2..=5 {
         last = Some(a.send(direct.id, format!("m{i}")).await.unwrap());
     }
-    mock.hold(false);
-    let pushes = mock.wait_for(2, |s| s.token == "bob-fcm").await;
-    let first = &pushes[0].body["message"];
-    assert_eq!(first["data"]["count"], "1");
-    assert_eq!(first["notification"]["body"], "m1");
-    let burst = &pushes[1].body["message"];
-    assert_eq!(burst["data"]["count"], "4");
+    let last = last.unwrap();
+    let count_of = |s: &Seen| -> u32 { fcm_data(s, "count").parse().unwrap() };
+    let total = || -> u32 { mock.seen_token("bob-fcm").iter().map(count_of).sum() };
+    wait_until(|| total() >= 5).await;
+    let pushes = mock.seen_token("bob-fcm");
+    assert_eq!(total(), 5, "every message is counted once");
+    let burst = &pushes.last().unwrap().body["message"];
+    let count = count_of(pushes.last().unwrap());
     assert_eq!(
         burst["data"]["message_id"],
-        last.unwrap().message_id.to_string().as_str()
+        last.message_id.to_string().as_str()
     );
-    assert_eq!(burst["notification"]["body"], "m5 (+3 more)");
+    let body = if count == 1 {
+        "m5".to_owned()
+    } else {
+        format!("m5 (+{} more)", count - 1)
+    };
+    assert_eq!(burst["notification"]["body"], body.as_str());
     assert_eq!(
         burst["android"]["collapse_key"],
         direct.id.to_string().as_str()
     );
-    // All five messages are accounted for by these two pushes, so no other
-    // can follow.
+    // Typically exactly two pushes: m1, then m5 counting 4.
+    let follow_ups = pushes.len() as u64 - 1;
     assert_eq!(
         ts.server.stats().pushes_collapsed.load(Ordering::Relaxed),
-        3
+        4 - follow_ups,
+        "messages merged into a follow-up"
     );
-    assert_eq!(mock.seen_token("bob-fcm").len(), 2);
+    // Nothing else follows: every message is accounted for.
+    tokio::time::sleep(window * 2).await;
+    assert_eq!(mock.seen_token("bob-fcm").len(), pushes.len());
     mock.assert_well_formed();
     ts.stop().await;
+}
+
+/// A user in `directory`.
+async fn user(directory: &dyn Directory, name: &str) -> UserId {
+    let id = UserId::new_random();
+    directory
+        .create_user(UserRecord {
+            user: User {
+                id,
+                username: name.to_owned(),
+                profile: Profile {
+                    display_name: name.to_owned(),
+                    about: String::new(),
+                },
+                created_at: 0,
+            },
+            password_hash: "$argon2id$v=19$m=256,t=1,p=1$c2FsdA$test".into(),
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn android(user: UserId, id: DeviceId, token: &str) -> Device {
+    Device {
+        id,
+        user,
+        platform: Platform::Android,
+        push_token: Some(token.to_owned()),
+        created_at: 0,
+    }
+}
+
+/// Lets the server's tasks run (on the paused clock, 1 ms passes).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn collapse_windows_follow_the_clock() {
+    let directory = Arc::new(MemoryDirectory::default());
+    let notifier = Arc::new(MemoryNotifier::default());
+    let config = ServerConfig {
+        push_preview: true,
+        ..test_config()
+    };
+    let window = config.push_collapse_window;
+    assert_eq!(window, Duration::from_secs(2), "the default window");
+    let server = ChatServer::builder(config)
+        .directory(directory.clone())
+        .push(notifier.clone())
+        .build()
+        .await
+        .unwrap();
+    let (alice, bob, carol) = (
+        user(&*directory, "alice").await,
+        user(&*directory, "bob").await,
+        user(&*directory, "carol").await,
+    );
+    directory
+        .register_device(android(bob, DeviceId::new_random(), "bob-token"))
+        .await
+        .unwrap();
+    let from_alice = directory
+        .create_channel(Channel::direct(alice, bob, 0))
+        .await
+        .unwrap();
+    let from_carol = directory
+        .create_channel(Channel::direct(carol, bob, 0))
+        .await
+        .unwrap();
+    let send = |from: UserId, channel: ChannelId, text: &str| {
+        let server = server.clone();
+        let text = text.to_owned();
+        async move {
+            server
+                .send(
+                    from,
+                    DeviceId::new_random(),
+                    channel,
+                    ClientMsgId::new_random(),
+                    text,
+                )
+                .await
+                .unwrap()
+                .message
+                .id
+        }
+    };
+    let summary = |n: &PushNotification| (n.channel_id, n.message_id, n.count, n.preview.clone());
+
+    // The first message pushes at once.
+    let m1 = send(alice, from_alice.id, "m1").await;
+    let opened = tokio::time::Instant::now();
+    settle().await;
+    assert_eq!(
+        notifier.sent().iter().map(summary).collect::<Vec<_>>(),
+        [(from_alice.id, m1, 1, Some("m1".into()))]
+    );
+    // Three more within the window are held; m4 is sent before m3 is
+    // taken, and the held message is replaced by each newer one.
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let _m2 = send(alice, from_alice.id, "m2").await;
+    settle().await;
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let _m3 = send(alice, from_alice.id, "m3").await;
+    let m4 = send(alice, from_alice.id, "m4").await;
+    settle().await;
+    assert_eq!(notifier.sent().len(), 1, "held within the window");
+    // Another channel to the same recipient has its own window.
+    let c1 = send(carol, from_carol.id, "c1").await;
+    settle().await;
+    assert_eq!(notifier.sent().len(), 2);
+    assert_eq!(
+        summary(&notifier.sent()[1]),
+        (from_carol.id, c1, 1, Some("c1".into()))
+    );
+
+    // Until the window ends nothing more goes out; then ONE follow-up for
+    // the latest message, counting the three not yet notified.
+    tokio::time::sleep_until(opened + window - Duration::from_millis(10)).await;
+    settle().await;
+    assert_eq!(notifier.sent().len(), 2);
+    tokio::time::sleep_until(opened + window).await;
+    settle().await;
+    let sent = notifier.sent();
+    assert_eq!(sent.len(), 3);
+    assert_eq!(summary(&sent[2]), (from_alice.id, m4, 3, Some("m4".into())));
+    assert_eq!(sent[2].recipient, bob);
+    assert_eq!(sent[2].sender, alice);
+
+    // The follow-up opened a new window: what arrives in it is held and
+    // counted afresh.
+    let reopened = tokio::time::Instant::now();
+    let _m5 = send(alice, from_alice.id, "m5").await;
+    tokio::time::advance(Duration::from_millis(500)).await;
+    let m6 = send(alice, from_alice.id, "m6").await;
+    settle().await;
+    assert_eq!(notifier.sent().len(), 3);
+    tokio::time::sleep_until(reopened + window).await;
+    settle().await;
+    let sent = notifier.sent();
+    assert_eq!(sent.len(), 4);
+    assert_eq!(summary(&sent[3]), (from_alice.id, m6, 2, Some("m6".into())));
+
+    // A window that ends with nothing held closes: the next message pushes
+    // at once again.
+    tokio::time::sleep(window * 2).await;
+    let m7 = send(alice, from_alice.id, "m7").await;
+    settle().await;
+    let sent = notifier.sent();
+    assert_eq!(sent.len(), 5);
+    assert_eq!(summary(&sent[4]), (from_alice.id, m7, 1, Some("m7".into())));
+    // Merged into a follow-up: m3 and m4 into m2's, m6 into m5's.
+    let stats = server.stats();
+    assert_eq!(stats.pushes_collapsed.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.pushes_sent.load(Ordering::Relaxed), 5);
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn previews_are_cut_and_absent_when_off() {
+    for preview in [true, false] {
+        let directory = Arc::new(MemoryDirectory::default());
+        let notifier = Arc::new(MemoryNotifier::default());
+        let config = ServerConfig {
+            push_preview: preview,
+            ..test_config()
+        };
+        let server = ChatServer::builder(config)
+            .directory(directory.clone())
+            .push(notifier.clone())
+            .build()
+            .await
+            .unwrap();
+        let (alice, bob) = (
+            user(&*directory, "alice").await,
+            user(&*directory, "bob").await,
+        );
+        directory
+            .register_device(android(bob, DeviceId::new_random(), "bob-token"))
+            .await
+            .unwrap();
+        let direct = directory
+            .create_channel(Channel::direct(alice, bob, 0))
+            .await
+            .unwrap();
+        let text = "x".repeat(100_000);
+        server
+            .send(
+                alice,
+                DeviceId::new_random(),
+                direct.id,
+                ClientMsgId::new_random(),
+                text,
+            )
+            .await
+            .unwrap();
+        settle().await;
+        let sent = notifier.sent();
+        assert_eq!(sent.len(), 1);
+        match preview {
+            true => assert_eq!(sent[0].preview.as_deref(), Some("x".repeat(200).as_str())),
+            false => assert_eq!(sent[0].preview, None),
+        }
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_32_devices_are_pushed_the_most_recent() {
+    let directory = Arc::new(MemoryDirectory::default());
+    let notifier = Arc::new(MemoryNotifier::default());
+    let server = ChatServer::builder(test_config())
+        .directory(directory.clone())
+        .push(notifier.clone())
+        .build()
+        .await
+        .unwrap();
+    let (alice, bob) = (
+        user(&*directory, "alice").await,
+        user(&*directory, "bob").await,
+    );
+    for i in 0..100u64 {
+        let mut d = android(bob, DeviceId::new_random(), &format!("t{i}"));
+        d.created_at = 1_000 + i;
+        directory.register_device(d).await.unwrap();
+    }
+    let direct = directory
+        .create_channel(Channel::direct(alice, bob, 0))
+        .await
+        .unwrap();
+    server
+        .send(
+            alice,
+            DeviceId::new_random(),
+            direct.id,
+            ClientMsgId::new_random(),
+            "hi".into(),
+        )
+        .await
+        .unwrap();
+    settle().await;
+    let sent = notifier.sent();
+    assert_eq!(sent.len(), 1);
+    let mut tokens: Vec<u64> = sent[0]
+        .devices
+        .iter()
+        .map(|d| d.push_token.as_deref().unwrap()[1..].parse().unwrap())
+        .collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, (68..100).collect::<Vec<_>>(), "the 32 most recent");
+    server.shutdown().await;
+}
+
+/// What lands in the directory right after the server next reads a user's
+/// devices, as a concurrent `PUT` or `DELETE /v1/devices/{id}` could.
+#[derive(Debug)]
+enum Race {
+    Register(Device),
+    Remove(UserId, DeviceId),
+}
+
+/// An in-memory directory with a [`Race`] to spring.
+#[derive(Debug, Default)]
+struct RacingDirectory {
+    inner: MemoryDirectory,
+    race: Mutex<Option<Race>>,
+    clears: AtomicUsize,
+}
+
+impl RacingDirectory {
+    fn arm(&self, race: Race) {
+        *self.race.lock().unwrap() = Some(race);
+    }
+}
+
+#[async_trait]
+impl Directory for RacingDirectory {
+    async fn create_user(&self, record: UserRecord) -> chat_core::Result<User> {
+        self.inner.create_user(record).await
+    }
+    async fn user(&self, id: UserId) -> chat_core::Result<Option<User>> {
+        self.inner.user(id).await
+    }
+    async fn user_by_name(&self, username: &str) -> chat_core::Result<Option<UserRecord>> {
+        self.inner.user_by_name(username).await
+    }
+    async fn update_profile(&self, id: UserId, profile: Profile) -> chat_core::Result<User> {
+        self.inner.update_profile(id, profile).await
+    }
+    async fn add_friend(&self, a: UserId, b: UserId) -> chat_core::Result<()> {
+        self.inner.add_friend(a, b).await
+    }
+    async fn remove_friend(&self, a: UserId, b: UserId) -> chat_core::Result<()> {
+        self.inner.remove_friend(a, b).await
+    }
+    async fn friends(&self, user: UserId) -> chat_core::Result<Vec<UserId>> {
+        self.inner.friends(user).await
+    }
+    async fn create_channel(&self, channel: Channel) -> chat_core::Result<Channel> {
+        self.inner.create_channel(channel).await
+    }
+    async fn channel(&self, id: ChannelId) -> chat_core::Result<Option<Channel>> {
+        self.inner.channel(id).await
+    }
+    async fn add_member(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+        max_members: usize,
+    ) -> chat_core::Result<Channel> {
+        self.inner.add_member(channel, user, max_members).await
+    }
+    async fn remove_member(&self, channel: ChannelId, user: UserId) -> chat_core::Result<Channel> {
+        self.inner.remove_member(channel, user).await
+    }
+    async fn channels_of(&self, user: UserId) -> chat_core::Result<Vec<Channel>> {
+        self.inner.channels_of(user).await
+    }
+    async fn register_device(&self, device: Device) -> chat_core::Result<Device> {
+        self.inner.register_device(device).await
+    }
+    async fn devices(&self, user: UserId) -> chat_core::Result<Vec<Device>> {
+        let devices = self.inner.devices(user).await?;
+        let race = self.race.lock().unwrap().take();
+        match race {
+            Some(Race::Register(device)) => {
+                self.inner.register_device(device).await?;
+            }
+            Some(Race::Remove(user, device)) => self.inner.remove_device(user, device).await?,
+            None => {}
+        }
+        Ok(devices)
+    }
+    async fn remove_device(&self, user: UserId, device: DeviceId) -> chat_core::Result<()> {
+        self.inner.remove_device(user, device).await
+    }
+    async fn clear_push_token(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        token: &str,
+    ) -> chat_core::Result<bool> {
+        let cleared = self.inner.clear_push_token(user, device, token).await;
+        self.clears.fetch_add(1, Ordering::SeqCst);
+        cleared
+    }
+}
+
+/// Reports tokens starting with "old" invalid, and springs the next race
+/// on the directory when it does (so it lands in the server's clearing).
+#[derive(Debug)]
+struct InvalidatingNotifier {
+    directory: Arc<RacingDirectory>,
+    race: Mutex<Option<Race>>,
+}
+
+#[async_trait]
+impl PushNotifier for InvalidatingNotifier {
+    async fn notify(&self, n: &PushNotification) -> chat_core::Result<PushReport> {
+        if let Some(race) = self.race.lock().unwrap().take() {
+            self.directory.arm(race);
+        }
+        let mut report = PushReport::new();
+        for d in &n.devices {
+            let invalid = d
+                .push_token
+                .as_deref()
+                .is_some_and(|t| t.starts_with("old"));
+            report.record(
+                d.id,
+                if invalid {
+                    DeliveryOutcome::InvalidToken {
+                        reason: "UNREGISTERED".into(),
+                    }
+                } else {
+                    DeliveryOutcome::Delivered
+                },
+            );
+        }
+        Ok(report)
+    }
+}
+
+#[tokio::test]
+async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_device() {
+    let directory = Arc::new(RacingDirectory::default());
+    let notifier = Arc::new(InvalidatingNotifier {
+        directory: directory.clone(),
+        race: Mutex::new(None),
+    });
+    let config = ServerConfig {
+        push_collapse_window: Duration::ZERO,
+        ..test_config()
+    };
+    let server = ChatServer::builder(config)
+        .directory(directory.clone())
+        .push(notifier.clone())
+        .build()
+        .await
+        .unwrap();
+    let (alice, bob) = (
+        user(&*directory, "alice").await,
+        user(&*directory, "bob").await,
+    );
+    let direct = directory
+        .create_channel(Channel::direct(alice, bob, 0))
+        .await
+        .unwrap();
+    let stats = server.stats();
+    let clears = || directory.clears.load(Ordering::SeqCst);
+    let devices = || {
+        let directory = directory.clone();
+        async move {
+            let mut d = directory.devices(bob).await.unwrap();
+            d.sort_by_key(|d| d.push_token.clone());
+            d
+        }
+    };
+    let send = || {
+        let server = server.clone();
+        async move {
+            server
+                .send(
+                    alice,
+                    DeviceId::new_random(),
+                    direct.id,
+                    ClientMsgId::new_random(),
+                    "hi".into(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    // 1. The app registers a new token between the server's read of the
+    // devices and its write: the new token stays.
+    let (d1, d2, d3, d4, d5) = (
+        DeviceId::new_random(),
+        DeviceId::new_random(),
+        DeviceId::new_random(),
+        DeviceId::new_random(),
+        DeviceId::new_random(),
+    );
+    directory
+        .register_device(android(bob, d1, "old-1"))
+        .await
+        .unwrap();
+    *notifier.race.lock().unwrap() = Some(Race::Register(android(bob, d1, "new-1")));
+    send().await;
+    wait_until(|| clears() >= 1).await;
+    assert_eq!(devices().await, [android(bob, d1, "new-1")]);
+
+    // 2. The device is removed in between: it stays removed.
+    directory
+        .register_device(android(bob, d2, "old-2"))
+        .await
+        .unwrap();
+    *notifier.race.lock().unwrap() = Some(Race::Remove(bob, d2));
+    send().await;
+    wait_until(|| clears() >= 2).await;
+    assert_eq!(devices().await, [android(bob, d1, "new-1")]);
+    assert_eq!(stats.push_tokens_removed.load(Ordering::Relaxed), 0);
+
+    // 3. Without a race the token is cleared, from every device holding it
+    // (two devices sharing a token are pushed once); the devices stay.
+    directory
+        .register_device(android(bob, d3, "old-3"))
+        .await
+        .unwrap();
+    directory
+        .register_device(android(bob, d4, "old-4"))
+        .await
+        .unwrap();
+    directory
+        .register_device(android(bob, d5, "old-4"))
+        .await
+        .unwrap();
+    send().await;
+    wait_until(|| stats.push_tokens_removed.load(Ordering::Relaxed) >= 3).await;
+    let after = devices().await;
+    assert_eq!(after.len(), 4);
+    for d in &after {
+        if d.id == d1 {
+            assert_eq!(d.push_token.as_deref(), Some("new-1"));
+        } else {
+            assert_eq!(d.push_token, None, "{d:?}");
+        }
+    }
+    assert_eq!(stats.push_tokens_removed.load(Ordering::Relaxed), 3);
+    server.shutdown().await;
 }

@@ -1197,4 +1197,7 @@ impl Directory for TwoServers {
     async fn remove_device(&self, user: UserId, device: DeviceId) -> Result<()> {
         self.pick().remove_device(user, device).await
     }
+    async fn clear_push_token(&self, user: UserId, device: DeviceId, token: &str) -> Result<bool> {
+        self.pick().clear_push_token(user, device, token).await
+    }
 }

@@ -159,6 +159,21 @@ async fn fcm_retries_temporary_errors_until_the_bound() {
 }
 
 #[tokio::test]
+async fn fcm_quota_without_retry_after_is_a_temporary_failure_at_once() {
+    let mock = MockPush::start().await;
+    let fcm = FcmNotifier::new(mock.fcm_config()).unwrap();
+    let user = UserId::new_random();
+    let d = device(user, Platform::Android, "fcm-quota");
+    // FCM's quota is per minute: a retry within the call would be refused
+    // again, so none is made.
+    mock.script("fcm-quota", std::iter::repeat_n(Reply::fcm_quota(), 5));
+    let report = fcm.notify(&notification(vec![d.clone()])).await.unwrap();
+    assert!(is_failed(report.outcome(d.id), true), "{report:?}");
+    assert_eq!(mock.seen_token("fcm-quota").len(), 1, "not retried");
+    mock.assert_well_formed();
+}
+
+#[tokio::test]
 async fn fcm_reports_unregistered_and_invalid_tokens_without_retrying() {
     let mock = MockPush::start().await;
     let fcm = FcmNotifier::new(mock.fcm_config()).unwrap();
@@ -207,6 +222,38 @@ async fn fcm_reports_unregistered_and_invalid_tokens_without_retrying() {
 }
 
 #[tokio::test]
+async fn fcm_a_plain_404_is_a_permanent_failure_not_an_invalid_token() {
+    let mock = MockPush::start().await;
+    let fcm = FcmNotifier::new(mock.fcm_config()).unwrap();
+    let user = UserId::new_random();
+    let d = device(user, Platform::Android, "fcm-404");
+    // What a wrong base URL or a proxy gives: a 404 page, no FCM error.
+    mock.script(
+        "fcm-404",
+        [Reply::new(404, "<html><body>404 Not Found</body></html>")],
+    );
+    let report = fcm.notify(&notification(vec![d.clone()])).await.unwrap();
+    assert!(is_failed(report.outcome(d.id), false), "{report:?}");
+    assert_eq!(report.invalid_tokens().count(), 0, "the token is kept");
+    assert_eq!(mock.seen_token("fcm-404").len(), 1, "not retried");
+    // A 404 that says NOT_FOUND without UNREGISTERED: the same.
+    mock.script(
+        "fcm-404",
+        [Reply::new(
+            404,
+            r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}"#,
+        )],
+    );
+    let report = fcm.notify(&notification(vec![d.clone()])).await.unwrap();
+    assert!(is_failed(report.outcome(d.id), false), "{report:?}");
+    // Only UNREGISTERED reports the token invalid.
+    mock.script("fcm-404", [Reply::fcm_unregistered()]);
+    let report = fcm.notify(&notification(vec![d.clone()])).await.unwrap();
+    assert!(is_invalid(report.outcome(d.id)), "{report:?}");
+    mock.assert_well_formed();
+}
+
+#[tokio::test]
 async fn fcm_renews_a_rejected_access_token_once() {
     let mock = MockPush::start().await;
     let fcm = FcmNotifier::new(mock.fcm_config()).unwrap();
@@ -240,6 +287,32 @@ async fn fcm_renews_a_rejected_access_token_once() {
 }
 
 #[tokio::test]
+async fn fcm_third_party_auth_error_is_permanent_without_a_token_exchange() {
+    let mock = MockPush::start().await;
+    let fcm = FcmNotifier::new(mock.fcm_config()).unwrap();
+    let user = UserId::new_random();
+    let d = device(user, Platform::Android, "fcm-3p");
+    mock.script(
+        "fcm-3p",
+        std::iter::repeat_n(
+            Reply::fcm(
+                401,
+                "UNAUTHENTICATED",
+                "THIRD_PARTY_AUTH_ERROR",
+                "Auth error from APNS or Web Push Service",
+            ),
+            3,
+        ),
+    );
+    let report = fcm.notify(&notification(vec![d.clone()])).await.unwrap();
+    assert!(is_failed(report.outcome(d.id), false), "{report:?}");
+    assert_eq!(mock.seen_token("fcm-3p").len(), 1, "not retried");
+    assert_eq!(mock.tokens_issued(), 1, "the access token was not renewed");
+    assert_eq!(mock.seen_kind(Kind::Oauth).len(), 1);
+    mock.assert_well_formed();
+}
+
+#[tokio::test]
 async fn fcm_token_endpoint_outage_fails_the_notification_after_bounded_retries() {
     let mock = MockPush::start().await;
     // A failed exchange is remembered for the policy's maximum backoff.
@@ -250,22 +323,108 @@ async fn fcm_token_endpoint_outage_fails_the_notification_after_bounded_retries(
     let fcm = FcmNotifier::new(mock.fcm_config().with_retry(retry)).unwrap();
     mock.script(
         "oauth",
-        std::iter::repeat_n(Reply::new(503, r#"{"error":"backend_error"}"#), 3),
+        std::iter::repeat_n(Reply::new(503, r#"{"error":"backend_error"}"#), 2),
     );
     let user = UserId::new_random();
     let n = notification(vec![device(user, Platform::Android, "fcm-x")]);
     let err = fcm.notify(&n).await.unwrap_err();
     assert!(err.is_temporary(), "{err}");
-    assert_eq!(mock.seen_kind(Kind::Oauth).len(), 3);
+    // The exchange holds the token lock that every send waits for, so it
+    // makes 2 attempts, not the sends' 3.
+    assert_eq!(mock.seen_kind(Kind::Oauth).len(), 2);
     assert!(mock.seen_kind(Kind::Fcm).is_empty());
     // Right after, sends fail at once instead of each retrying the
     // exchange; once the hold-off has passed and the endpoint is back, the
     // next notification goes through.
     assert!(fcm.notify(&n).await.is_err());
-    assert_eq!(mock.seen_kind(Kind::Oauth).len(), 3);
+    assert_eq!(mock.seen_kind(Kind::Oauth).len(), 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fcm.notify(&n).await.unwrap().delivered(), 1);
     mock.assert_well_formed();
+}
+
+#[tokio::test]
+async fn fcm_token_exchange_does_not_wait_out_a_long_retry_after() {
+    let mock = MockPush::start().await;
+    // The sends would honour a Retry-After of up to 60 s; the exchange,
+    // which every send waits for, only up to 5 s.
+    let retry = RetryPolicy {
+        max_retry_after: Duration::from_secs(60),
+        ..push_mock::fast_retry()
+    };
+    let fcm = FcmNotifier::new(mock.fcm_config().with_retry(retry)).unwrap();
+    mock.script(
+        "oauth",
+        [Reply::new(503, r#"{"error":"backend_error"}"#).retry_after("30")],
+    );
+    let user = UserId::new_random();
+    let n = notification(vec![device(user, Platform::Android, "fcm-y")]);
+    let err = fcm.notify(&n).await.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert_eq!(mock.seen_kind(Kind::Oauth).len(), 1, "no 30 s wait");
+    mock.assert_well_formed();
+}
+
+/// Sends `n` while the platform holds its answers: exactly 8 requests are
+/// in flight however long one waits, then all complete.
+async fn assert_at_most_8_in_flight(
+    mock: &MockPush,
+    notifier: &dyn PushNotifier,
+    n: &PushNotification,
+    kind: Kind,
+) {
+    mock.hold(true);
+    let total = n.devices.len();
+    let send = notifier.notify(n);
+    let check = async {
+        mock.wait_for(8, |s| s.kind == kind).await;
+        // Nothing more may arrive while the 8 are unanswered; waiting
+        // longer only makes a violation likelier to show.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            mock.seen_kind(kind).len(),
+            8,
+            "at most 8 requests in flight"
+        );
+        mock.hold(false);
+    };
+    let (report, ()) = tokio::join!(send, check);
+    let report = report.unwrap();
+    assert_eq!(report.outcomes.len(), total);
+    assert_eq!(report.delivered(), total, "{report:?}");
+    assert_eq!(mock.seen_kind(kind).len(), total);
+    mock.assert_well_formed();
+}
+
+#[tokio::test]
+async fn fcm_sends_to_many_devices_at_most_8_at_a_time() {
+    let mock = MockPush::start().await;
+    let fcm = FcmNotifier::new(mock.fcm_config()).unwrap();
+    let user = UserId::new_random();
+    let n = notification(
+        (0..20)
+            .map(|i| device(user, Platform::Android, &format!("fcm-many-{i}")))
+            .collect(),
+    );
+    assert_at_most_8_in_flight(&mock, &fcm, &n, Kind::Fcm).await;
+    // The report follows the notification's device order.
+    let report = fcm.notify(&n).await.unwrap();
+    let order: Vec<_> = report.outcomes.iter().map(|o| o.device).collect();
+    let want: Vec<_> = n.devices.iter().map(|d| d.id).collect();
+    assert_eq!(order, want);
+}
+
+#[tokio::test]
+async fn apns_sends_to_many_devices_at_most_8_at_a_time() {
+    let mock = MockPush::start().await;
+    let apns = ApnsNotifier::new(mock.apns_config()).unwrap();
+    let user = UserId::new_random();
+    let n = notification(
+        (0..20)
+            .map(|i| device(user, Platform::Ios, &apns_token(0x40 + i)))
+            .collect(),
+    );
+    assert_at_most_8_in_flight(&mock, &apns, &n, Kind::Apns).await;
 }
 
 #[tokio::test]
@@ -377,33 +536,35 @@ async fn apns_retries_temporary_errors_and_reports_invalid_tokens() {
 }
 
 #[tokio::test]
-async fn apns_renews_an_expired_provider_token_once() {
+async fn apns_does_not_renew_a_refused_provider_token_within_20_minutes() {
     let mock = MockPush::start().await;
     let apns = ApnsNotifier::new(mock.apns_config()).unwrap();
     let user = UserId::new_random();
     let token = apns_token(9);
     let d = device(user, Platform::Ios, &token);
-    mock.script(&token, [Reply::apns(403, "ExpiredProviderToken")]);
-    let report = apns.notify(&notification(vec![d.clone()])).await.unwrap();
-    assert_eq!(report.outcome(d.id), Some(&DeliveryOutcome::Delivered));
-    let tries = mock.seen_token(&token);
-    assert_eq!(tries.len(), 2);
-    assert_ne!(
-        tries[0].headers["authorization"], tries[1].headers["authorization"],
-        "a new provider token after ExpiredProviderToken"
-    );
-
-    mock.script(
-        &token,
-        std::iter::repeat_n(Reply::apns(403, "ExpiredProviderToken"), 5),
-    );
-    let report = apns.notify(&notification(vec![d.clone()])).await.unwrap();
-    assert!(is_failed(report.outcome(d.id), false), "{report:?}");
+    // Apple allows one provider token update per 20 minutes (429
+    // TooManyProviderTokenUpdates): a token refused when it is younger is
+    // kept, and the push fails for good instead of signing a new one. (The
+    // renewal of an older token is a unit test of the apns module, which
+    // can move time.)
+    for reason in ["ExpiredProviderToken", "InvalidProviderToken"] {
+        mock.script(&token, [Reply::apns(403, reason)]);
+        let report = apns.notify(&notification(vec![d.clone()])).await.unwrap();
+        assert!(is_failed(report.outcome(d.id), false), "{report:?}");
+    }
     assert_eq!(
         mock.seen_token(&token).len(),
-        4,
-        "renewed once, not forever"
+        2,
+        "no retry with a new token"
     );
+    let report = apns.notify(&notification(vec![d.clone()])).await.unwrap();
+    assert_eq!(report.outcome(d.id), Some(&DeliveryOutcome::Delivered));
+    let auth: std::collections::HashSet<_> = mock
+        .seen_token(&token)
+        .iter()
+        .map(|s| s.headers["authorization"].clone())
+        .collect();
+    assert_eq!(auth.len(), 1, "one provider token throughout");
     mock.assert_well_formed();
 }
 
@@ -504,6 +665,30 @@ async fn webhook_retries_then_reports_what_the_receiver_found_invalid() {
 }
 
 #[tokio::test]
+async fn webhook_url_is_used_as_given() {
+    let mock = MockPush::start().await;
+    let user = UserId::new_random();
+    let n = notification(vec![device(user, Platform::Web, "sub-slash")]);
+    let mut config = mock.webhook_config();
+    config.url = format!("{}/webhook/", mock.base);
+    let hook = WebhookNotifier::new(config).unwrap();
+    assert_eq!(hook.notify(&n).await.unwrap().delivered(), 1);
+    let hook = WebhookNotifier::new(mock.webhook_config()).unwrap();
+    assert_eq!(hook.notify(&n).await.unwrap().delivered(), 1);
+    let paths: Vec<_> = mock
+        .seen_kind(Kind::Webhook)
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(
+        paths,
+        ["/webhook/", "/webhook"],
+        "the trailing slash is kept"
+    );
+    mock.assert_well_formed();
+}
+
+#[tokio::test]
 async fn router_sends_each_platform_to_its_provider() {
     let mock = MockPush::start().await;
     let router = PlatformRouter::new()
@@ -550,6 +735,18 @@ fn misconfiguration_is_refused_up_front() {
     let mut hook = mock.webhook_config();
     hook.secret.clear();
     assert!(WebhookNotifier::new(hook).is_err());
+    // The secret must be at least 32 bytes.
+    let mut hook = mock.webhook_config();
+    hook.secret = vec![b'k'; 31];
+    assert!(WebhookNotifier::new(hook.clone()).is_err());
+    hook.secret.push(b'k');
+    assert!(WebhookNotifier::new(hook).is_ok());
+    // APNs provider tokens live 20 to 60 minutes.
+    for minutes in [10, 60, 90] {
+        let mut apns = mock.apns_config();
+        apns.token_refresh = Duration::from_secs(minutes * 60);
+        assert!(ApnsNotifier::new(apns).is_err(), "{minutes} minutes");
+    }
     let mut hook = mock.webhook_config();
     hook.url = "ftp://example.invalid/hook".into();
     assert!(WebhookNotifier::new(hook).is_err());

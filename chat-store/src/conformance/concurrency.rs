@@ -1,8 +1,11 @@
 //! The read-modify-write clauses under concurrent callers.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use chat_core::{
-    Appended, Channel, ChannelId, ChannelKind, DeviceId, Directory, Error, HistoryStore, Inbox,
-    MessageId, Page, UserId,
+    Appended, Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, Error, HistoryStore,
+    Inbox, MessageId, Page, Platform, UserId,
 };
 
 use super::{join_all, message, new_user, ok, user_record, Ids};
@@ -23,7 +26,10 @@ const RACERS: u64 = 32;
 ///   rest are `AlreadyExists`;
 /// * concurrent `add_member` to a group with room for fewer: exactly as
 ///   many succeed as there are seats, the rest are `LimitExceeded`, and
-///   `channels_of` agrees with the final members.
+///   `channels_of` agrees with the final members;
+/// * `clear_push_token` of a device's old token racing a registration of a
+///   new token: the new token survives whichever lands first; racing the
+///   device's removal: the device stays removed.
 ///
 /// # Panics
 ///
@@ -38,6 +44,7 @@ pub async fn concurrency_suite(
     racing_pushes(inbox).await;
     racing_usernames(directory).await;
     racing_members(directory).await;
+    racing_token_clears(directory).await;
 }
 
 async fn racing_appends(history: &dyn HistoryStore) {
@@ -219,5 +226,73 @@ async fn racing_members(directory: &dyn Directory) {
             admitted.contains(&user),
             "channels_of agrees with the group's members"
         );
+    }
+}
+
+async fn racing_token_clears(directory: &dyn Directory) {
+    let user = new_user(directory, "rtok").await;
+    let device = |id, token: String| Device {
+        id,
+        user,
+        platform: Platform::Android,
+        push_token: Some(token),
+        created_at: 1_700_000_000_000,
+    };
+    let ids: Vec<DeviceId> = (0..RACERS).map(|_| DeviceId::new_random()).collect();
+    for (k, id) in ids.iter().enumerate() {
+        ok(
+            directory
+                .register_device(device(*id, format!("old-{k}")))
+                .await,
+            "register_device",
+        );
+    }
+    // Even devices get a new token while their old one is cleared; odd
+    // devices are removed while their old token is cleared.
+    let results = join_all(ids.iter().enumerate().flat_map(|(k, id)| {
+        let id = *id;
+        let old = format!("old-{k}");
+        let fresh = device(id, format!("new-{k}"));
+        let clear = async move {
+            ok(
+                directory.clear_push_token(user, id, &old).await,
+                "concurrent clear_push_token",
+            );
+        };
+        let write = async move {
+            if k % 2 == 0 {
+                ok(
+                    directory.register_device(fresh).await,
+                    "concurrent register_device",
+                );
+            } else {
+                ok(
+                    directory.remove_device(user, id).await,
+                    "concurrent remove_device",
+                );
+            }
+        };
+        [
+            Box::pin(clear) as Pin<Box<dyn Future<Output = ()> + Send + '_>>,
+            Box::pin(write),
+        ]
+    }))
+    .await;
+    assert_eq!(results.len(), ids.len() * 2);
+    let devices = ok(directory.devices(user).await, "devices");
+    for (k, id) in ids.iter().enumerate() {
+        let found = devices.iter().find(|d| d.id == *id);
+        if k % 2 == 0 {
+            assert_eq!(
+                found.and_then(|d| d.push_token.as_deref()),
+                Some(format!("new-{k}").as_str()),
+                "a clear_push_token of the old token never erases a new one registered concurrently"
+            );
+        } else {
+            assert!(
+                found.is_none(),
+                "a clear_push_token racing remove_device never re-creates the device"
+            );
+        }
     }
 }

@@ -24,7 +24,10 @@ use super::{fresh_username, new_user, ok, sorted, user_record};
 ///   an unknown channel is `NotFound`; `channels_of` follows every change,
 ///   sorted by id;
 /// * devices: keyed by `(user, device id)`, registering again replaces
-///   platform and push token, removal is idempotent.
+///   platform and push token, removal is idempotent;
+/// * `clear_push_token` clears only a device that exists and still holds
+///   exactly the given token, reports whether it did, changes nothing else,
+///   and never creates a device.
 ///
 /// # Panics
 ///
@@ -35,6 +38,7 @@ pub async fn directory_suite(directory: &dyn Directory) {
     channels(directory).await;
     membership(directory).await;
     devices(directory).await;
+    push_tokens(directory).await;
     edges(directory).await;
 }
 
@@ -516,6 +520,104 @@ async fn devices(directory: &dyn Directory) {
         ok(directory.devices(b).await, "devices"),
         vec![other],
         "removing a device leaves another user's same-id device alone"
+    );
+}
+
+async fn push_tokens(directory: &dyn Directory) {
+    let a = new_user(directory, "pa").await;
+    let b = new_user(directory, "pb").await;
+    let (d1, d2) = (DeviceId::new_random(), DeviceId::new_random());
+    let device = |user, id, token: Option<&str>| Device {
+        id,
+        user,
+        platform: Platform::Android,
+        push_token: token.map(str::to_owned),
+        created_at: 1_700_000_000_000,
+    };
+    let with_token = device(a, d1, Some("tok-1"));
+    ok(
+        directory.register_device(with_token.clone()).await,
+        "register_device",
+    );
+    let same_id_other_user = device(b, d1, Some("tok-1"));
+    ok(
+        directory.register_device(same_id_other_user.clone()).await,
+        "register_device",
+    );
+
+    assert!(
+        !ok(
+            directory.clear_push_token(a, d1, "tok-2").await,
+            "clear_push_token"
+        ),
+        "clear_push_token with another token clears nothing"
+    );
+    assert!(
+        !ok(
+            directory.clear_push_token(a, d1, "tok").await,
+            "clear_push_token"
+        ),
+        "clear_push_token compares the whole token, not a prefix"
+    );
+    assert_eq!(
+        ok(directory.devices(a).await, "devices"),
+        vec![with_token.clone()],
+        "a refused clear_push_token changes nothing"
+    );
+    assert!(
+        ok(
+            directory.clear_push_token(a, d1, "tok-1").await,
+            "clear_push_token"
+        ),
+        "clear_push_token clears the token the device holds"
+    );
+    assert_eq!(
+        ok(directory.devices(a).await, "devices"),
+        vec![device(a, d1, None)],
+        "clear_push_token removes the token and keeps the device as it was"
+    );
+    assert!(
+        !ok(
+            directory.clear_push_token(a, d1, "tok-1").await,
+            "clear_push_token again"
+        ),
+        "clearing a token twice clears it once"
+    );
+    assert_eq!(
+        ok(directory.devices(b).await, "devices"),
+        vec![same_id_other_user],
+        "clear_push_token leaves another user's device with the same id alone"
+    );
+
+    // A device that does not exist (never registered, or removed) is not
+    // created by a clear.
+    assert!(
+        !ok(
+            directory.clear_push_token(a, d2, "tok-1").await,
+            "clear_push_token of an unknown device"
+        ),
+        "clear_push_token of an unknown device clears nothing"
+    );
+    ok(directory.remove_device(a, d1).await, "remove_device");
+    assert!(
+        !ok(
+            directory.clear_push_token(a, d1, "tok-1").await,
+            "clear_push_token of a removed device"
+        ),
+        "clear_push_token of a removed device clears nothing"
+    );
+    assert!(
+        ok(directory.devices(a).await, "devices").is_empty(),
+        "clear_push_token never re-creates a device"
+    );
+    assert!(
+        !ok(
+            directory
+                .clear_push_token(UserId::new_random(), d1, "tok-1")
+                .await,
+            "clear_push_token of an unknown user"
+        ),
+        "clear_push_token of an unknown user clears nothing"
     );
 }
 

@@ -19,8 +19,8 @@
 //! |---|---|
 //! | [`history_suite`] | [`HistoryStore`]: append/get, every [`Page`](chat_core::Page) mode, ordering by numeric id, channel isolation, idempotent retries returning the original message, conflicts that write nothing, per-sender keys |
 //! | [`inbox_suite`] | [`Inbox`]: fan-out to several inboxes, reads after a cursor with a limit, idempotent pushes, per-user isolation, monotonic per-device cursors |
-//! | [`directory_suite`] | [`Directory`]: unique usernames, users and profiles, symmetric idempotent friendships, direct and group channels, membership limits, `channels_of`, devices |
-//! | [`concurrency_suite`] | the read-modify-write clauses under concurrent callers: one winner per idempotency key, username, group seat; cursors keep the maximum |
+//! | [`directory_suite`] | [`Directory`]: unique usernames, users and profiles, symmetric idempotent friendships, direct and group channels, membership limits, `channels_of`, devices, compare-and-clear of push tokens |
+//! | [`concurrency_suite`] | the read-modify-write clauses under concurrent callers: one winner per idempotency key, username, group seat; cursors keep the maximum; a push-token clear never erases a newer token or re-creates a removed device |
 //! | [`durability_check_write`] / [`durability_check_read`] | everything acknowledged before a restart (or a crash) is there after it |
 //! | [`run_all`] | all of the above but the restart |
 //!

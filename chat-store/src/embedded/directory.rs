@@ -241,12 +241,10 @@ impl Inner {
 
     fn register_device(&self, device: Device) -> Result<Device> {
         self.require_user(device.user)?;
+        let key = keys::pair(device.user.as_bytes(), device.id.as_bytes());
+        let _guards = self.stripes.lock(&[StripeKey::new(Kind::Device, &key)]);
         let mut batch = self.batch();
-        batch.insert(
-            &self.devices,
-            keys::pair(device.user.as_bytes(), device.id.as_bytes()),
-            encode(&device)?,
-        );
+        batch.insert(&self.devices, key, encode(&device)?);
         commit(batch)?;
         Ok(device)
     }
@@ -263,12 +261,33 @@ impl Inner {
 
     fn remove_device(&self, user: UserId, device: DeviceId) -> Result<()> {
         let key = keys::pair(user.as_bytes(), device.as_bytes());
+        let _guards = self.stripes.lock(&[StripeKey::new(Kind::Device, &key)]);
         if !self.devices.contains_key(key).map_err(db)? {
             return Ok(());
         }
         let mut batch = self.batch();
         batch.remove(&self.devices, key);
         commit(batch)
+    }
+
+    /// Compare-and-clear under the device's stripe, which every device
+    /// write takes: between the read and the commit no registration or
+    /// removal of this device can land.
+    fn clear_push_token(&self, user: UserId, device: DeviceId, token: &str) -> Result<bool> {
+        let key = keys::pair(user.as_bytes(), device.as_bytes());
+        let _guards = self.stripes.lock(&[StripeKey::new(Kind::Device, &key)]);
+        let Some(value) = self.devices.get(key).map_err(db)? else {
+            return Ok(false);
+        };
+        let mut stored: Device = decode(&value, "device")?;
+        if stored.push_token.as_deref() != Some(token) {
+            return Ok(false);
+        }
+        stored.push_token = None;
+        let mut batch = self.batch();
+        batch.insert(&self.devices, key, encode(&stored)?);
+        commit(batch)?;
+        Ok(true)
     }
 }
 
@@ -341,5 +360,11 @@ impl Directory for EmbeddedStore {
 
     async fn remove_device(&self, user: UserId, device: DeviceId) -> Result<()> {
         self.blocking(move |s| s.remove_device(user, device)).await
+    }
+
+    async fn clear_push_token(&self, user: UserId, device: DeviceId, token: &str) -> Result<bool> {
+        let token = token.to_owned();
+        self.blocking(move |s| s.clear_push_token(user, device, &token))
+            .await
     }
 }

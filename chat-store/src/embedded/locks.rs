@@ -30,6 +30,8 @@ pub(super) enum Kind {
     Username,
     /// A channel record and its membership.
     Channel,
+    /// `(user, device)` of a device record.
+    Device,
 }
 
 /// The hashed identity of one guarded key.

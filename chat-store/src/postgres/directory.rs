@@ -77,6 +77,11 @@ const REGISTER_DEVICE: &str = "INSERT INTO devices \
 const DEVICES: &str = "SELECT device_id, user_id, platform, push_token, created_at \
      FROM devices WHERE user_id = $1 ORDER BY device_id";
 const REMOVE_DEVICE: &str = "DELETE FROM devices WHERE user_id = $1 AND device_id = $2";
+/// Compare-and-clear of a push token: one statement, so no registration
+/// can land between the comparison and the write, and a removed device
+/// (no row) is not re-created.
+const CLEAR_PUSH_TOKEN: &str = "UPDATE devices SET push_token = NULL \
+     WHERE user_id = $1 AND device_id = $2 AND push_token = $3";
 
 /// Decodes `user_id, username, display_name, about, created_at`.
 fn user_from_row(row: &Row) -> Result<User> {
@@ -512,6 +517,24 @@ impl Directory for PostgresStore {
                     .await
                     .map_err(pg_error)?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn clear_push_token(&self, user: UserId, device: DeviceId, token: &str) -> Result<bool> {
+        let token = token.to_owned();
+        self.run(move |client| {
+            Box::pin(async move {
+                let clear = client
+                    .prepare_cached(CLEAR_PUSH_TOKEN)
+                    .await
+                    .map_err(pg_error)?;
+                let cleared = client
+                    .execute(&clear, &[&user.0, &device.0, &token])
+                    .await
+                    .map_err(pg_error)?;
+                Ok(cleared > 0)
             })
         })
         .await

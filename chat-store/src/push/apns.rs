@@ -3,19 +3,27 @@
 //! * **Authentication** is token-based: a provider token, a JWT signed with
 //!   the team's APNs signing key (a `.p8` file, ES256; header `kid` the key
 //!   id, claims `iss` the team id and `iat`). Apple refuses tokens older
-//!   than an hour and throttles renewals more often than every 20 minutes,
-//!   so the token is reused and renewed every
-//!   [`token_refresh`](ApnsConfig::token_refresh) (50 minutes), and once
-//!   more if APNs answers 403 `ExpiredProviderToken`.
-//! * **Send**: one `POST {base}/3/device/{token}` per device over HTTP/2
-//!   (ALPN over TLS; prior knowledge for a plain `http://` base, as test
-//!   servers use), with the headers `authorization: bearer <token>`,
+//!   than an hour and answers 429 `TooManyProviderTokenUpdates` to renewals
+//!   more often than every 20 minutes, so the token is reused and renewed
+//!   every [`token_refresh`](ApnsConfig::token_refresh) (50 minutes; from
+//!   20 up to, not including, 60 are accepted). A 403
+//!   `ExpiredProviderToken` or `InvalidProviderToken` renews it early, and
+//!   retries the device once, only if it is at least [`MIN_TOKEN_AGE`] old;
+//!   a younger token is kept and the device's push is reported as a
+//!   permanent failure (a key or team id that APNs refuses is a
+//!   configuration error that a new token would not fix, and renewing on
+//!   every such answer would run into the throttle).
+//! * **Send**: one `POST {base}/3/device/{token}` per device (at most 8 in
+//!   flight per notification) over HTTP/2 (ALPN over TLS; prior knowledge
+//!   for a plain `http://` base, as test servers use), with the headers
+//!   `authorization: bearer <token>`,
 //!   `apns-topic` (the app's bundle id), `apns-push-type` (`alert`, or
 //!   `background`), `apns-priority` (10, or 5 for background pushes),
 //!   `apns-expiration` and `apns-collapse-id` (the channel id), and the body
 //!   `{"aps": {"alert": {"title", "body"}, "sound": "default", "thread-id":
 //!   <channel>}, "type", "channel_id", "message_id", "sender", "recipient",
-//!   "count"}`.
+//!   "count"}` (for a background push, `"aps": {"content-available": 1,
+//!   "thread-id": <channel>}`).
 //! * **Errors**, as Apple documents them: 410 (`Unregistered`,
 //!   `ExpiredToken`) and 400 `BadDeviceToken` / `DeviceTokenNotForTopic`
 //!   report the token invalid; 429 `TooManyRequests`, 500 and 503 are
@@ -53,6 +61,13 @@ const MAX_COLLAPSE_ID: usize = 64;
 /// The longest device token accepted (today's tokens are 64 hex digits).
 const MAX_TOKEN: usize = 200;
 
+/// The youngest provider token that is renewed when APNs refuses it: Apple
+/// allows one provider token update per 20 minutes.
+pub const MIN_TOKEN_AGE: Duration = Duration::from_secs(20 * 60);
+
+/// The oldest provider token APNs accepts.
+const MAX_TOKEN_AGE: Duration = Duration::from_secs(60 * 60);
+
 /// How to reach APNs.
 #[derive(Clone)]
 pub struct ApnsConfig {
@@ -78,8 +93,9 @@ pub struct ApnsConfig {
     /// Send silent background pushes (`content-available`, priority 5) that
     /// wake the app to sync, instead of visible alerts (priority 10).
     pub background: bool,
-    /// How long one provider token is used (Apple: between 20 and 60
-    /// minutes).
+    /// How long one provider token is used: at least 20 minutes and under
+    /// 60 (Apple refuses older tokens and throttles more frequent updates);
+    /// [`ApnsNotifier::new`] refuses anything else.
     pub token_refresh: Duration,
 }
 
@@ -164,8 +180,16 @@ pub struct ApnsNotifier {
 }
 
 impl ApnsNotifier {
-    /// A notifier for `config`; fails on an unusable key, URL or topic.
+    /// A notifier for `config`; fails on an unusable key, URL or topic, or
+    /// a `token_refresh` outside 20 to 60 minutes.
     pub fn new(config: ApnsConfig) -> Result<Self> {
+        if !(MIN_TOKEN_AGE..MAX_TOKEN_AGE).contains(&config.token_refresh) {
+            return Err(chat_core::Error::invalid(format!(
+                "APNs token_refresh is {} s; Apple needs 20 minutes (1200 s) or more \
+                 and under 60 minutes (3600 s)",
+                config.token_refresh.as_secs()
+            )));
+        }
         let signer = Signer::es256_from_pem(&config.key_pem)
             .map_err(|e| chat_core::Error::invalid(format!("APNs key: {e}")))?;
         let base = http::base_url(&config.base_url, "APNs base URL")?;
@@ -221,11 +245,25 @@ impl ApnsNotifier {
         Ok(token)
     }
 
-    /// Forgets `rejected` if it is still the current provider token.
-    fn forget_token(&self, rejected: &str) {
+    /// What to do after APNs refused `rejected` with a 403
+    /// `ExpiredProviderToken` or `InvalidProviderToken`: `true` to retry
+    /// with a newer token, `false` to give up on this device. A token at
+    /// least [`MIN_TOKEN_AGE`] old is forgotten so that the next attempt
+    /// signs a new one; a younger one is kept (Apple throttles updates). If
+    /// `rejected` is no longer the current token, another request renewed
+    /// it already: retry with that one.
+    fn token_rejected(&self, rejected: &str) -> bool {
         let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
-        if cached.as_ref().is_some_and(|(t, _)| t == rejected) {
-            *cached = None;
+        match cached.as_ref() {
+            Some((token, made)) if token == rejected => {
+                if made.elapsed() >= MIN_TOKEN_AGE {
+                    *cached = None;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => true,
         }
     }
 
@@ -353,8 +391,18 @@ impl ApnsNotifier {
                 })
             }
             (403, "ExpiredProviderToken" | "InvalidProviderToken") => {
-                self.forget_token(&provider_token);
-                Step::AuthRejected { reason: described }
+                if self.token_rejected(&provider_token) {
+                    Step::AuthRejected { reason: described }
+                } else {
+                    Step::Done(DeliveryOutcome::Failed {
+                        reason: format!(
+                            "{described} (the provider token is under 20 minutes old, so it is \
+                             not renewed: Apple allows one update per 20 minutes; check the key \
+                             id, the team id and the key)"
+                        ),
+                        temporary: false,
+                    })
+                }
             }
             _ if http::is_retryable(status) => Step::Retry {
                 reason: described,
@@ -388,19 +436,68 @@ impl PushNotifier for ApnsNotifier {
             .map_err(|e| chat_core::Error::backend("apns", e))?;
         let body = serde_json::to_vec(&self.payload(n))
             .map_err(|e| chat_core::Error::backend("apns", e))?;
-        let outcomes =
-            futures::future::join_all(n.devices.iter().map(|d| self.send(n, d, &body))).await;
-        let mut report = PushReport::new();
-        for (device, outcome) in n.devices.iter().zip(outcomes) {
-            report.record(device.id, outcome);
-        }
-        Ok(report)
+        Ok(http::send_each(&n.devices, |d| self.send(n, d, &body)).await)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fresh P-256 key as PKCS#8 PEM, like an APNs `.p8` file.
+    fn test_pem() -> String {
+        use base64::Engine;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
+        )
+    }
+
+    fn config(token_refresh: Duration) -> ApnsConfig {
+        ApnsConfig {
+            token_refresh,
+            ..ApnsConfig::new(test_pem(), "KEY1234567", "TEAM123456", "com.example.app")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_provider_token_is_renewed_only_after_20_minutes() {
+        let apns = ApnsNotifier::new(config(Duration::from_secs(50 * 60))).unwrap();
+        let first = apns.provider_token().unwrap();
+        // Refused at once: kept, and the device is given up on.
+        assert!(!apns.token_rejected(&first));
+        assert_eq!(apns.provider_token().unwrap(), first);
+        tokio::time::advance(MIN_TOKEN_AGE - Duration::from_secs(1)).await;
+        assert!(!apns.token_rejected(&first));
+        assert_eq!(apns.provider_token().unwrap(), first);
+        // Twenty minutes on, a refusal renews it.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(apns.token_rejected(&first));
+        let second = apns.provider_token().unwrap();
+        assert_ne!(second, first);
+        // A late refusal of the old token retries with the new one and
+        // leaves it alone.
+        assert!(apns.token_rejected(&first));
+        assert_eq!(apns.provider_token().unwrap(), second);
+        assert!(!apns.token_rejected(&second));
+    }
+
+    #[test]
+    fn token_refresh_must_be_within_apples_range() {
+        for bad in [0, 60, 19 * 60 + 59, 60 * 60, 2 * 3600] {
+            let err = ApnsNotifier::new(config(Duration::from_secs(bad))).unwrap_err();
+            assert!(err.to_string().contains("token_refresh"), "{bad}: {err}");
+        }
+        for good in [20 * 60, 50 * 60, 59 * 60 + 59] {
+            assert!(ApnsNotifier::new(config(Duration::from_secs(good))).is_ok());
+        }
+    }
 
     #[test]
     fn collapse_ids_fit_apns_limit() {

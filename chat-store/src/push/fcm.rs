@@ -10,18 +10,29 @@
 //!   (`grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`) for an OAuth2
 //!   access token. The token is cached and shared by every send until five
 //!   minutes before it expires; one exchange runs at a time, however many
-//!   sends wait for it. A 401 from FCM renews it once.
+//!   sends wait for it, so the exchange has its own short retry policy (at
+//!   most 2 attempts, 10 s each, `Retry-After` waits of at most 5 s; see
+//!   [`token_retry_policy`]). A 401 from FCM renews it once.
 //! * **Send**: one `POST {base}/v1/projects/{project_id}/messages:send` per
-//!   device token, the devices of one notification concurrently, with a
+//!   device token, the devices of one notification concurrently (at most 8
+//!   requests in flight per notification), with a
 //!   `notification` (title and body), string-valued `data` (`type`,
 //!   `channel_id`, `message_id`, `sender`, `recipient`, `count`) and the
 //!   channel as collapse key (`android.collapse_key`,
 //!   `android.notification.tag`, `apns.headers.apns-collapse-id`).
 //! * **Errors**, as FCM documents them: `UNREGISTERED` (HTTP 404),
 //!   `SENDER_ID_MISMATCH` (403), and `INVALID_ARGUMENT` (400) about the
-//!   token report the token invalid; `QUOTA_EXCEEDED` (429), `UNAVAILABLE`
-//!   (503), `INTERNAL` (500) and other 5xx are retried with backoff,
-//!   honouring `Retry-After`; anything else is a permanent failure.
+//!   token report the token invalid. Only those: any other 404 (say an HTML
+//!   page from a wrong base URL) is a permanent failure that keeps the
+//!   token. `UNAVAILABLE` (503), `INTERNAL` (500) and other 5xx are retried
+//!   with backoff, honouring `Retry-After`. `QUOTA_EXCEEDED` (429) is
+//!   retried only after the `Retry-After` FCM sends with it; without one it
+//!   is reported as a temporary failure at once, since the quota is per
+//!   minute and a retry within seconds would only count against it again.
+//!   `THIRD_PARTY_AUTH_ERROR` (401: FCM's APNs or Web Push credentials were
+//!   refused) is a permanent failure, not an expired access token; any
+//!   other 401 renews the access token once. Anything else is a permanent
+//!   failure.
 
 use std::path::Path;
 use std::time::Duration;
@@ -50,6 +61,29 @@ const ASSERTION_LIFETIME: u64 = 3600;
 
 /// Renew an access token this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// Deadline of one token request (at most the configured request timeout).
+const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest `Retry-After` honoured by a token exchange.
+const TOKEN_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Longest backoff between two token exchange attempts.
+const TOKEN_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The retry policy of the OAuth token exchange, derived from the sends'
+/// `policy` but short: every send waits for the exchange (it holds the
+/// token lock), so it must end within seconds, not minutes. At most 2
+/// attempts, backoff at most 2 s, `Retry-After` at most 5 s (a longer one
+/// ends the exchange as a temporary failure).
+pub fn token_retry_policy(policy: &RetryPolicy) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: policy.max_attempts.clamp(1, 2),
+        initial_backoff: policy.initial_backoff.min(TOKEN_MAX_BACKOFF),
+        max_backoff: policy.max_backoff.min(TOKEN_MAX_BACKOFF),
+        max_retry_after: policy.max_retry_after.min(TOKEN_MAX_RETRY_AFTER),
+    }
+}
 
 /// The fields of a Google service-account key file that FCM needs.
 #[derive(Clone, Deserialize)]
@@ -122,7 +156,8 @@ pub struct FcmConfig {
     pub base_url: String,
     /// Replaces the service account's `token_uri` (also as the JWT's `aud`).
     pub token_uri: Option<String>,
-    /// Retries of temporary failures (sends and token exchanges alike).
+    /// Retries of temporary failures of sends. Token exchanges use a
+    /// shorter policy derived from it ([`token_retry_policy`]).
     pub retry: RetryPolicy,
     /// Deadline of one request, connection included.
     pub request_timeout: Duration,
@@ -185,6 +220,10 @@ pub struct FcmNotifier {
     signer: Signer,
     client: reqwest::Client,
     retry: RetryPolicy,
+    /// [`token_retry_policy`] of `retry`.
+    token_retry: RetryPolicy,
+    /// Deadline of one token request.
+    token_timeout: Duration,
     title: String,
     ttl: Duration,
     /// The cached token; the lock is held across an exchange so that only
@@ -236,6 +275,8 @@ impl FcmNotifier {
             client_email: sa.client_email,
             key_id: sa.private_key_id,
             signer,
+            token_retry: token_retry_policy(&config.retry),
+            token_timeout: config.request_timeout.min(TOKEN_REQUEST_TIMEOUT),
             retry: config.retry,
             title: config.title,
             ttl: config.ttl,
@@ -283,10 +324,11 @@ impl FcmNotifier {
         }
     }
 
-    /// Signs an assertion and exchanges it for an access token, with
-    /// retries; fails with the reason and whether it is temporary.
+    /// Signs an assertion and exchanges it for an access token, with the
+    /// short retries of [`token_retry_policy`]; fails with the reason and
+    /// whether it is temporary.
     async fn exchange(&self) -> std::result::Result<AccessToken, (String, bool)> {
-        let outcome = http::with_retries(&self.retry, |_| self.exchange_once()).await;
+        let outcome = http::with_retries(&self.token_retry, |_| self.exchange_once()).await;
         match outcome.and_then(|r| r) {
             Ok(token) => Ok(token),
             Err(DeliveryOutcome::Failed { reason, temporary }) => Err((reason, temporary)),
@@ -331,6 +373,7 @@ impl FcmNotifier {
         let response = self
             .client
             .post(&self.token_uri)
+            .timeout(self.token_timeout)
             .form(&[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
                 ("assertion", assertion.as_str()),
@@ -471,6 +514,18 @@ impl FcmNotifier {
             Class::InvalidToken => Step::Done(DeliveryOutcome::InvalidToken {
                 reason: error.code().unwrap_or("INVALID_ARGUMENT").to_owned(),
             }),
+            // FCM's quota is per minute: without a Retry-After, a retry
+            // within this call (seconds) would only be refused again.
+            Class::Retry
+                if retry_after.is_none()
+                    && (status == StatusCode::TOO_MANY_REQUESTS
+                        || error.code() == Some("QUOTA_EXCEEDED")) =>
+            {
+                Step::Done(DeliveryOutcome::Failed {
+                    reason: format!("{reason} (no Retry-After; not retried)"),
+                    temporary: true,
+                })
+            }
             Class::Retry => Step::Retry {
                 reason,
                 retry_after,
@@ -575,12 +630,15 @@ fn classify(status: StatusCode, error: &FcmError) -> Class {
         Some("UNREGISTERED" | "SENDER_ID_MISMATCH") => return Class::InvalidToken,
         Some("INVALID_ARGUMENT") if error.about_token() => return Class::InvalidToken,
         Some("QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL") => return Class::Retry,
+        // The APNs certificate or Web Push key in the Firebase project was
+        // refused: no new access token changes that.
+        Some("THIRD_PARTY_AUTH_ERROR") => return Class::Permanent,
         _ => {}
     }
-    if status == StatusCode::NOT_FOUND {
-        // v1 answers 404 for a token that is no longer registered.
-        Class::InvalidToken
-    } else if status == StatusCode::UNAUTHORIZED {
+    // A 404 without UNREGISTERED (an HTML page from a wrong base URL, a
+    // wrong project) says nothing about the token: it falls through to a
+    // permanent failure, and the token is kept.
+    if status == StatusCode::UNAUTHORIZED {
         Class::Auth
     } else if http::is_retryable(status) {
         Class::Retry
@@ -597,12 +655,7 @@ impl PushNotifier for FcmNotifier {
         }
         // One token for all devices; without one nothing can be sent.
         self.access_token().await?;
-        let outcomes = futures::future::join_all(n.devices.iter().map(|d| self.send(n, d))).await;
-        let mut report = PushReport::new();
-        for (device, outcome) in n.devices.iter().zip(outcomes) {
-            report.record(device.id, outcome);
-        }
-        Ok(report)
+        Ok(http::send_each(&n.devices, |d| self.send(n, d)).await)
     }
 }
 
@@ -660,6 +713,33 @@ mod tests {
             classify(StatusCode::FORBIDDEN, &error("{}")),
             Class::Permanent
         ));
+        // Only UNREGISTERED makes a 404 an invalid token.
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, &error("<html>Not Found</html>")),
+            Class::Permanent
+        ));
+        let not_found =
+            error(r#"{"error":{"code":404,"message":"Not found","status":"NOT_FOUND"}}"#);
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, &not_found),
+            Class::Permanent
+        ));
+        let third_party = error(
+            r#"{"error":{"code":401,"status":"UNAUTHENTICATED","details":[{"errorCode":"THIRD_PARTY_AUTH_ERROR"}]}}"#,
+        );
+        assert!(matches!(
+            classify(StatusCode::UNAUTHORIZED, &third_party),
+            Class::Permanent
+        ));
+    }
+
+    #[test]
+    fn the_token_exchange_retries_briefly() {
+        let p = token_retry_policy(&RetryPolicy::default());
+        assert_eq!(p.max_attempts, 2);
+        assert!(p.max_backoff <= Duration::from_secs(2));
+        assert!(p.max_retry_after <= Duration::from_secs(5));
+        assert_eq!(token_retry_policy(&RetryPolicy::none()).max_attempts, 1);
     }
 
     #[test]

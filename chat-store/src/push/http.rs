@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chat_core::{DeliveryOutcome, PushNotification};
+use chat_core::{DeliveryOutcome, Device, PushNotification, PushReport};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use ring::rand::SecureRandom;
 
@@ -13,7 +13,9 @@ use ring::rand::SecureRandom;
 ///
 /// Attempt `n + 1` waits for the `Retry-After` the platform sent, or else
 /// for `initial_backoff * 2^(n-1)` capped at `max_backoff`, less up to half
-/// of it at random (jitter, so that many servers do not retry in step).
+/// of it at random (jitter, so that many servers do not retry in step): with
+/// the defaults, 0.25–0.5 s before the second attempt, 0.5–1 s before the
+/// third and 1–2 s before the fourth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (at least 1; 1 means no retry).
@@ -29,8 +31,8 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Four attempts, 500 ms then 1 s then 2 s apart (with jitter), and
-    /// `Retry-After` up to 60 s.
+    /// Four attempts, 0.25–0.5 s, then 0.5–1 s, then 1–2 s apart (500 ms
+    /// doubling, with jitter of up to half), and `Retry-After` up to 60 s.
     fn default() -> Self {
         Self {
             max_attempts: 4,
@@ -325,9 +327,10 @@ pub(crate) fn client(
         .map_err(|e| chat_core::Error::invalid(format!("cannot build an HTTP client: {e}")))
 }
 
-/// Checks that a configured base URL is absolute http(s) and drops a
-/// trailing slash.
-pub(crate) fn base_url(url: &str, what: &str) -> chat_core::Result<String> {
+/// Checks that a configured URL is absolute http(s), and returns it
+/// unchanged (a trailing slash, a query, all kept): for an endpoint that is
+/// used as given, like the webhook's.
+pub(crate) fn endpoint_url(url: &str, what: &str) -> chat_core::Result<String> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| chat_core::Error::invalid(format!("{what} {url:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -335,7 +338,51 @@ pub(crate) fn base_url(url: &str, what: &str) -> chat_core::Result<String> {
             "{what} {url:?} must be an http:// or https:// URL"
         )));
     }
-    Ok(url.trim_end_matches('/').to_owned())
+    Ok(url.to_owned())
+}
+
+/// Checks that a configured base URL is absolute http(s) and drops a
+/// trailing slash, for a base that paths are appended to (FCM, APNs).
+#[cfg_attr(
+    not(any(feature = "push-fcm", feature = "push-apns")),
+    allow(dead_code)
+)]
+pub(crate) fn base_url(url: &str, what: &str) -> chat_core::Result<String> {
+    Ok(endpoint_url(url, what)?.trim_end_matches('/').to_owned())
+}
+
+/// Most requests one notification has in flight at once (FCM and APNs send
+/// one request per device).
+#[cfg_attr(
+    not(any(feature = "push-fcm", feature = "push-apns")),
+    allow(dead_code)
+)]
+pub(crate) const MAX_CONCURRENT_SENDS: usize = 8;
+
+/// Runs `send` for each device, at most [`MAX_CONCURRENT_SENDS`] at a
+/// time, and collects the outcomes into a report in device order.
+#[cfg_attr(
+    not(any(feature = "push-fcm", feature = "push-apns")),
+    allow(dead_code)
+)]
+pub(crate) async fn send_each<'a, F, Fut>(devices: &'a [Device], send: F) -> PushReport
+where
+    F: Fn(&'a Device) -> Fut,
+    Fut: Future<Output = DeliveryOutcome> + 'a,
+{
+    use futures::StreamExt;
+    // The futures are made up front (not started: they run as `buffered`
+    // polls them), so that no closure is held across the await.
+    let sends: Vec<Fut> = devices.iter().map(send).collect();
+    let outcomes: Vec<DeliveryOutcome> = futures::stream::iter(sends)
+        .buffered(MAX_CONCURRENT_SENDS)
+        .collect()
+        .await;
+    let mut report = PushReport::new();
+    for (device, outcome) in devices.iter().zip(outcomes) {
+        report.record(device.id, outcome);
+    }
+    report
 }
 
 #[cfg(test)]

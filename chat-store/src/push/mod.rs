@@ -16,11 +16,15 @@
 //!   gateways can stand in for the platform;
 //! * retries temporary failures (429, 5xx, a lost connection) with
 //!   exponential backoff and jitter, honours `Retry-After`, and stops after
-//!   `RetryPolicy::max_attempts`;
+//!   `RetryPolicy::max_attempts` (FCM retries a 429 only after its
+//!   `Retry-After`: its quota is per minute);
+//! * sends FCM and APNs requests (one per device) at most 8 at a time per
+//!   notification;
 //! * reports each device's outcome in a [`chat_core::PushReport`], with the
 //!   tokens the platform called unregistered or invalid as
 //!   [`chat_core::DeliveryOutcome::InvalidToken`], which the server then
-//!   removes;
+//!   removes; only the platform's documented answers count (an FCM 404
+//!   page without `UNREGISTERED` is a plain failure);
 //! * sends what the [`chat_core::PushNotification`] holds and nothing more:
 //!   no message text unless the server was configured to include a preview.
 //!

@@ -26,7 +26,7 @@
 //! use std::time::Duration;
 //! use chat_store::push::webhook::{sign_webhook, verify_webhook_signature};
 //!
-//! let secret = b"whsec_test";
+//! let secret = b"whsec_0123456789abcdef0123456789abcdef";
 //! let body = br#"{"version":1}"#;
 //! let header = sign_webhook(secret, 1_700_000_000, body);
 //! let ok = verify_webhook_signature(secret, &header, body, 1_700_000_030, Duration::from_secs(300));
@@ -50,6 +50,10 @@ use super::http::{self, RetryPolicy, Step};
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "X-Chat-Signature";
+
+/// The shortest signing secret [`WebhookNotifier::new`] accepts, in bytes
+/// (the HMAC-SHA256 output size; `openssl rand -hex 32` gives 64).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The header that carries the payload's [`id`](WebhookPayload::id).
 pub const ID_HEADER: &str = "X-Chat-Webhook-Id";
@@ -129,9 +133,10 @@ pub struct WebhookResponse {
 /// Where and how to send webhook pushes.
 #[derive(Clone)]
 pub struct WebhookConfig {
-    /// The receiver's URL (http or https).
+    /// The receiver's URL (http or https), used exactly as given (a
+    /// trailing slash is kept).
     pub url: String,
-    /// The shared signing secret.
+    /// The shared signing secret, at least [`MIN_SECRET_BYTES`] long.
     pub secret: Vec<u8>,
     /// Retries of temporary failures.
     pub retry: RetryPolicy,
@@ -178,12 +183,17 @@ pub struct WebhookNotifier {
 }
 
 impl WebhookNotifier {
-    /// A notifier for `config`; fails on an unusable URL or an empty secret.
+    /// A notifier for `config`; fails on an unusable URL or a secret
+    /// shorter than [`MIN_SECRET_BYTES`].
     pub fn new(config: WebhookConfig) -> Result<Self> {
-        if config.secret.is_empty() {
-            return Err(chat_core::Error::invalid("the webhook secret is empty"));
+        if config.secret.len() < MIN_SECRET_BYTES {
+            return Err(chat_core::Error::invalid(format!(
+                "the webhook secret must be at least {MIN_SECRET_BYTES} bytes (it is {}); \
+                 make one with `openssl rand -hex 32`",
+                config.secret.len()
+            )));
         }
-        let url = http::base_url(&config.url, "webhook URL")?;
+        let url = http::endpoint_url(&config.url, "webhook URL")?;
         Ok(Self {
             client: http::client(config.request_timeout, &url, false)?,
             key: hmac::Key::new(hmac::HMAC_SHA256, &config.secret),

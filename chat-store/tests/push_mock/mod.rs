@@ -13,8 +13,9 @@
 //!   ES256 provider token (signature, `kid`, `iss`, `iat`), the `apns-*`
 //!   headers and the payload; answers 200 with `apns-id` or
 //!   `{"reason": ...}`.
-//! * A webhook receiver (`POST /webhook`): checks the HMAC signature
-//!   independently of the crate's own verifier.
+//! * A webhook receiver (`POST /webhook`, and `POST /webhook/` to tell the
+//!   two apart): checks the HMAC signature independently of the crate's own
+//!   verifier.
 //!
 //! Every request is recorded; anything off-format is recorded as a
 //! violation (tests assert there is none) and refused with an error that
@@ -58,7 +59,8 @@ pub const FCM_KID: &str = "test-key-1";
 pub const APNS_KEY_ID: &str = "ABC123DEFG";
 pub const APNS_TEAM_ID: &str = "DEF123GHIJ";
 pub const APNS_TOPIC: &str = "com.example.chat";
-pub const WEBHOOK_SECRET: &[u8] = b"whsec_test_only";
+/// 32 bytes or more, as `WebhookNotifier` requires.
+pub const WEBHOOK_SECRET: &[u8] = b"whsec_test_only_0123456789abcdef0123";
 const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 
 /// Which endpoint a request hit.
@@ -77,6 +79,8 @@ pub struct Seen {
     pub at: Instant,
     /// The device token (FCM, APNs); empty otherwise.
     pub token: String,
+    /// The request path (webhooks); empty otherwise.
+    pub path: String,
     pub headers: HeaderMap,
     pub raw: Bytes,
     /// The body as JSON (`Null` for the form-encoded token request).
@@ -274,6 +278,7 @@ impl MockPush {
             .route("/v1/projects/{project}/messages:send", post(fcm))
             .route("/3/device/{token}", post(apns))
             .route("/webhook", post(webhook))
+            .route("/webhook/", post(webhook))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -413,11 +418,24 @@ impl Shared {
     }
 
     fn record(&self, kind: Kind, token: &str, headers: &HeaderMap, raw: &Bytes, status: u16) {
+        self.record_at("", kind, token, headers, raw, status);
+    }
+
+    fn record_at(
+        &self,
+        path: &str,
+        kind: Kind,
+        token: &str,
+        headers: &HeaderMap,
+        raw: &Bytes,
+        status: u16,
+    ) {
         let body = serde_json::from_slice(raw).unwrap_or(Value::Null);
         self.lock().seen.push(Seen {
             kind,
             at: Instant::now(),
             token: token.to_owned(),
+            path: path.to_owned(),
             headers: headers.clone(),
             raw: raw.clone(),
             body,
@@ -810,7 +828,13 @@ async fn apns(
     }
 }
 
-async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, raw: Bytes) -> Response {
+async fn webhook(
+    State(s): State<Arc<Shared>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
     let mut errors = Vec::new();
     let signature = headers
         .get("x-chat-signature")
@@ -859,12 +883,12 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, raw: Bytes) -
         for e in &errors {
             s.violation(format!("webhook: {e}"));
         }
-        s.record(Kind::Webhook, "", &headers, &raw, 401);
+        s.record_at(&path, Kind::Webhook, "", &headers, &raw, 401);
         return respond(Reply::new(401, "{}"), &[]);
     }
     let reply = s.next_reply("webhook");
     let status = reply.as_ref().map_or(200, |r| r.status);
-    s.record(Kind::Webhook, "", &headers, &raw, status);
+    s.record_at(&path, Kind::Webhook, "", &headers, &raw, status);
     s.wait_released().await;
     match reply {
         Some(reply) => respond(reply, &[]),
