@@ -43,58 +43,74 @@ fn page_bounds(page: &Page) -> (std::ops::Bound<MessageId>, std::ops::Bound<Mess
     )
 }
 
+/// One channel's history and idempotency records (the key is scoped to the
+/// channel, so they live together).
 #[derive(Debug, Default)]
-struct HistoryState {
-    channels: HashMap<ChannelId, BTreeMap<MessageId, Message>>,
-    /// `(channel, sender, client_msg_id)` → id
-    dedup: HashMap<(ChannelId, UserId, ClientMsgId), MessageId>,
+struct ChannelHistory {
+    messages: BTreeMap<MessageId, Message>,
+    /// `(sender, client_msg_id)` → id
+    dedup: HashMap<(UserId, ClientMsgId), MessageId>,
 }
 
+/// Lock stripes of [`MemoryHistory`]: channels are spread over them, so
+/// sends to different channels rarely wait for each other, and no single
+/// map grows so large that resizing it stalls every send.
+const HISTORY_STRIPES: usize = 16;
+
 /// Chat history in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryHistory {
-    state: Mutex<HistoryState>,
+    stripes: Vec<Mutex<HashMap<ChannelId, ChannelHistory>>>,
+}
+
+impl Default for MemoryHistory {
+    fn default() -> Self {
+        Self {
+            stripes: (0..HISTORY_STRIPES).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl MemoryHistory {
+    fn stripe(&self, channel: ChannelId) -> MutexGuard<'_, HashMap<ChannelId, ChannelHistory>> {
+        let b = channel.as_bytes();
+        lock(&self.stripes[(b[15] ^ b[7]) as usize % HISTORY_STRIPES])
+    }
 }
 
 #[async_trait]
 impl HistoryStore for MemoryHistory {
     async fn append(&self, message: Message) -> Result<Appended> {
-        let mut st = lock(&self.state);
-        let key = (
-            message.channel_id,
-            message.sender,
-            message.client_msg_id.clone(),
-        );
-        if let Some(&id) = st.dedup.get(&key) {
-            let existing = st
-                .channels
-                .get(&message.channel_id)
-                .and_then(|c| c.get(&id))
+        let mut stripe = self.stripe(message.channel_id);
+        let channel = stripe.entry(message.channel_id).or_default();
+        let key = (message.sender, message.client_msg_id.clone());
+        if let Some(id) = channel.dedup.get(&key) {
+            let existing = channel
+                .messages
+                .get(id)
                 .ok_or_else(|| Error::backend("memory", "dangling idempotency record"))?;
             return check_duplicate(existing, &message);
         }
-        let channel = st.channels.entry(message.channel_id).or_default();
-        if channel.contains_key(&message.id) {
+        if channel.messages.contains_key(&message.id) {
             return Err(Error::conflict(format!(
                 "message id {} already used in this channel",
                 message.id
             )));
         }
-        channel.insert(message.id, message.clone());
-        st.dedup.insert(key, message.id);
+        channel.messages.insert(message.id, message.clone());
+        channel.dedup.insert(key, message.id);
         Ok(Appended::Stored(message))
     }
 
     async fn get(&self, channel: ChannelId, id: MessageId) -> Result<Option<Message>> {
-        Ok(lock(&self.state)
-            .channels
+        Ok(self
+            .stripe(channel)
             .get(&channel)
-            .and_then(|c| c.get(&id))
+            .and_then(|c| c.messages.get(&id))
             .cloned())
     }
 
     async fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
-        let st = lock(&self.state);
         // An empty range (`after >= before`) is an empty page; BTreeMap::range
         // would panic on it.
         if let (Some(after), Some(before)) = (page.after, page.before) {
@@ -102,9 +118,9 @@ impl HistoryStore for MemoryHistory {
                 return Ok(Vec::new());
             }
         }
-        Ok(match st.channels.get(&channel) {
+        Ok(match self.stripe(channel).get(&channel) {
             // Only the page's bounds are walked, not the whole channel.
-            Some(c) => select_page(c.range(page_bounds(&page)).map(|(_, m)| m), page),
+            Some(c) => select_page(c.messages.range(page_bounds(&page)).map(|(_, m)| m), page),
             None => Vec::new(),
         })
     }

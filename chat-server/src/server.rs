@@ -385,11 +385,13 @@ impl ChatServer {
             // The message is durable in every inbox; recipients get it on sync.
             tracing::warn!(error = %e, "live delivery failed; recipients will sync");
         }
+        // Recipients connected to this node are online: no push, and no work
+        // for the push worker. Others are checked against presence there.
         let recipients: Vec<UserId> = channel
             .members
             .iter()
             .copied()
-            .filter(|m| *m != sender)
+            .filter(|m| *m != sender && !inner.sessions.has_user(*m))
             .collect();
         if !recipients.is_empty() {
             let job = PushJob::new(recipients, &message, inner.config.push_preview);

@@ -115,6 +115,11 @@ impl Sessions {
             .is_some_and(|list| list.iter().any(|s| s.device == device))
     }
 
+    /// Whether `user` has any session on this node (is online here).
+    pub(crate) fn has_user(&self, user: UserId) -> bool {
+        lock(&self.by_user).contains_key(&user)
+    }
+
     fn handles(&self, user: UserId) -> Vec<SessionHandle> {
         lock(&self.by_user).get(&user).cloned().unwrap_or_default()
     }

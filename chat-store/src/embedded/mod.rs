@@ -40,12 +40,16 @@
 //!
 //! # Durability
 //!
-//! Every write is one fjall [`Batch`] (atomic across
-//! partitions: a message and its idempotency record, a channel and its
-//! membership index, both directions of a friendship) committed with
-//! durability [`PersistMode::SyncAll`]: the journal is `fsync`ed before
-//! `commit` returns, and so before any method returns `Ok`. A crash of the
-//! process or of the machine after `Ok` loses nothing acknowledged.
+//! Every write is one atomic batch (across partitions: a message and its
+//! idempotency record, a channel and its membership index, both directions
+//! of a friendship), and **no method returns `Ok` before a journal `fsync`
+//! ([`PersistMode::SyncAll`]) covers it**. A crash of the process or of the
+//! machine after `Ok` loses nothing acknowledged.
+//!
+//! The syncs are shared (*group commit*, see `group.rs`): one committer
+//! thread merges the batches of every writer waiting at that moment into
+//! one fjall batch, commits it with `SyncAll`, and answers them all. One
+//! `fsync` thus acknowledges the writes of every concurrent sender.
 //!
 //! `SyncAll` (`fsync`) rather than `SyncData` (`fdatasync`): the journal is
 //! append-only, so every sync changes the file length and `fdatasync` has to
@@ -60,9 +64,9 @@
 //! in every inbox, or a cursor that does not move, all report state that is
 //! on disk.
 //!
-//! The price is one `fsync` per acknowledged write, serialised by fjall's
-//! journal lock: write throughput is bounded by the disk's sync rate
-//! (typically hundreds to a few thousand per second). Reads do not wait.
+//! A failed commit poisons the store (every later write fails until it is
+//! reopened): after a failed `fsync` the kernel may have dropped the
+//! unwritten pages, so a later successful `fsync` would prove nothing.
 //!
 //! # Concurrency
 //!
@@ -89,6 +93,7 @@
 //! [`Device`]: chat_core::Device
 
 mod directory;
+mod group;
 mod history;
 mod keys;
 mod locks;
@@ -97,10 +102,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chat_core::{Error, Result};
-use fjall::{Batch, Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use group::GroupCommit;
 use locks::Stripes;
 
 /// Name of the backend in [`Error::Backend`].
@@ -153,6 +159,7 @@ struct Inner {
     memberships: PartitionHandle,
     devices: PartitionHandle,
     stripes: Stripes,
+    group: GroupCommit,
 }
 
 impl EmbeddedStore {
@@ -209,6 +216,7 @@ impl EmbeddedStore {
             memberships: open("memberships")?,
             devices: open("devices")?,
             stripes: Stripes::default(),
+            group: GroupCommit::start(keyspace.clone())?,
             path,
             keyspace,
         };
@@ -270,9 +278,13 @@ fn upgrade_from_format_1(
 }
 
 impl Inner {
-    /// A batch that is persisted with [`DURABILITY`] on commit.
-    fn batch(&self) -> Batch {
-        self.keyspace.batch().durability(Some(DURABILITY))
+    /// A batch for [`commit`], which writes it durably through the group
+    /// commit.
+    fn batch(&self) -> Batch<'_> {
+        Batch {
+            inner: group::Batch::default(),
+            group: &self.group,
+        }
     }
 
     /// Snapshots of two partitions at the same instant (the last fully
@@ -288,11 +300,31 @@ impl Inner {
 }
 
 /// Commits a batch (durably: every batch comes from [`Inner::batch`]).
-fn commit(batch: Batch) -> Result<()> {
+fn commit(batch: Batch<'_>) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
-    batch.commit().map_err(db)
+    let Batch { inner, group } = batch;
+    group.commit(inner)
+}
+
+/// One atomic write of the store, committed durably by [`commit`].
+struct Batch<'a> {
+    inner: group::Batch,
+    group: &'a GroupCommit,
+}
+
+impl std::ops::Deref for Batch<'_> {
+    type Target = group::Batch;
+    fn deref(&self) -> &group::Batch {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Batch<'_> {
+    fn deref_mut(&mut self) -> &mut group::Batch {
+        &mut self.inner
+    }
 }
 
 /// Maps a fjall (or lsm-tree) error into the shared error type.
