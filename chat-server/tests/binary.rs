@@ -133,3 +133,126 @@ async fn restart_scenario(extra: &[String]) {
     http.login("bob", "bob-password").await.unwrap();
     terminate(child);
 }
+
+/// `--history-shard-url` twice: history goes to two databases by channel,
+/// the directory and inboxes stay in `--postgres-url`, and every channel's
+/// messages are on the shard `shard_index` names.
+#[tokio::test]
+async fn binary_spreads_history_over_shard_databases() {
+    let url = std::env::var("CHAT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (server_part, _) = url.rsplit_once('/').unwrap();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let schema = format!("chat_bin_{run}");
+    let shard_dbs: Vec<String> = (0..2).map(|i| format!("chat_bin_shard{i}_{run}")).collect();
+    let connect = |url: String| async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let admin = connect(url.clone()).await;
+    for db in &shard_dbs {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+    }
+    let shard_urls: Vec<String> = shard_dbs
+        .iter()
+        .map(|db| format!("{server_part}/{db}"))
+        .collect();
+
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut args = vec![
+        "--postgres-url".to_string(),
+        url.clone(),
+        "--postgres-schema".into(),
+        schema.clone(),
+    ];
+    for u in &shard_urls {
+        args.push("--history-shard-url".into());
+        args.push(u.clone());
+    }
+    let child = spawn(port, data.path(), &args);
+    wait_healthy(&base).await;
+    let http = ChatClient::new(&base).unwrap();
+    let alice = http.signup("alice", "alice-password", None).await.unwrap();
+    let mut conn = alice
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+    while !matches!(conn.next_event().await, Some(ClientEvent::Synced { .. })) {}
+    let mut channels = Vec::new();
+    for i in 0..8 {
+        let peer = http
+            .signup(&format!("peer{i}"), "peer-password", None)
+            .await
+            .unwrap();
+        let direct = alice.open_direct(peer.user_id()).await.unwrap();
+        conn.send(direct.id, &format!("to peer {i}")).await.unwrap();
+        let history = peer.history(direct.id, &Default::default()).await.unwrap();
+        assert_eq!(history.len(), 1, "the peer reads its channel's history");
+        channels.push(direct.id);
+    }
+    conn.close().await;
+    terminate(child);
+
+    let shards = [
+        connect(shard_urls[0].clone()).await,
+        connect(shard_urls[1].clone()).await,
+    ];
+    assert_eq!(
+        count(&admin, &schema, None).await,
+        0,
+        "no history in the main database"
+    );
+    let mut per_shard = [0i64; 2];
+    for c in &channels {
+        let home = chat_store::sharded::shard_index(c.as_bytes(), 2);
+        assert_eq!(count(&shards[home], &schema, Some(c.0)).await, 1);
+        assert_eq!(count(&shards[1 - home], &schema, Some(c.0)).await, 0);
+        per_shard[home] += 1;
+    }
+    assert_eq!(per_shard[0] + per_shard[1], 8);
+    assert_eq!(
+        count(&shards[0], &schema, None).await + count(&shards[1], &schema, None).await,
+        8
+    );
+    drop(shards);
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+    for db in &shard_dbs {
+        admin
+            .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+            .await
+            .unwrap();
+    }
+}
+
+/// Rows of `schema.messages`, of one channel or all.
+async fn count(client: &tokio_postgres::Client, schema: &str, channel: Option<uuid::Uuid>) -> i64 {
+    let row = match channel {
+        Some(c) => client
+            .query_one(
+                &format!("SELECT count(*) FROM {schema}.messages WHERE channel_id = $1"),
+                &[&c],
+            )
+            .await
+            .unwrap(),
+        None => client
+            .query_one(&format!("SELECT count(*) FROM {schema}.messages"), &[])
+            .await
+            .unwrap(),
+    };
+    row.get(0)
+}
