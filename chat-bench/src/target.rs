@@ -30,6 +30,8 @@ pub enum StoreKind {
     Memory,
     /// The embedded durable store (fjall) in a temporary directory.
     Embedded,
+    /// PostgreSQL (`--postgres-url`), in a fresh schema dropped afterwards.
+    Postgres,
 }
 
 impl StoreKind {
@@ -37,6 +39,43 @@ impl StoreKind {
         match self {
             StoreKind::Memory => "memory",
             StoreKind::Embedded => "embedded",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// The PostgreSQL server of `--embedded-server postgres` /
+/// `--spawn-server postgres`.
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A PostgreSQL schema the tool created for one run.
+#[derive(Debug, Clone)]
+pub struct PgSchema {
+    /// Connection URL.
+    pub url: String,
+    /// Schema name.
+    pub schema: String,
+}
+
+impl PgSchema {
+    fn fresh(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            schema: format!("chat_bench_{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Drops the schema and everything in it.
+    async fn drop_schema(&self) {
+        match tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+                if let Err(e) = client.batch_execute(&sql).await {
+                    eprintln!("chat-bench: could not drop schema {}: {e}", self.schema);
+                }
+            }
+            Err(e) => eprintln!("chat-bench: could not drop schema {}: {e}", self.schema),
         }
     }
 }
@@ -62,6 +101,10 @@ pub struct TargetArgs {
     /// Known without it for servers the tool starts.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// PostgreSQL for `--embedded-server postgres` / `--spawn-server
+    /// postgres` (each run in a fresh schema, dropped afterwards).
+    #[arg(long, env = "CHAT_BENCH_PG_URL", default_value = DEFAULT_PG_URL)]
+    pub postgres_url: String,
 }
 
 /// How the server under load was found.
@@ -93,6 +136,7 @@ pub struct Target {
     pub client: ChatClient,
     in_process: Option<InProcess>,
     child: Option<tokio::process::Child>,
+    pg: Option<PgSchema>,
 }
 
 #[derive(Debug)]
@@ -140,9 +184,21 @@ async fn start_server(
     kind: StoreKind,
     listener: tokio::net::TcpListener,
     data_dir: Option<PathBuf>,
+    pg: Option<&PgSchema>,
 ) -> Result<InProcess> {
     let mut builder = ChatServer::builder(bench_server_config());
     let mut dir = None;
+    if kind == StoreKind::Postgres {
+        use chat_store::postgres::{PostgresConfig, PostgresStore};
+        let pg = pg.ok_or_else(|| BenchError::plan("the postgres store needs a URL and schema"))?;
+        let config = PostgresConfig::new(pg.url.clone())
+            .with_schema(pg.schema.clone())
+            .with_pool_size(16);
+        let store = PostgresStore::connect(config)
+            .await
+            .map_err(|e| BenchError::setup(format!("cannot open PostgreSQL: {e}")))?;
+        builder = builder.storage(Arc::new(store));
+    }
     if kind == StoreKind::Embedded {
         let path = match data_dir {
             Some(p) => p,
@@ -179,10 +235,12 @@ impl Target {
     /// Finds or starts the server `args` names and asks it (`route`) for its
     /// WebSocket URL. Every address must be loopback.
     pub async fn start(args: &TargetArgs) -> Result<Target> {
+        let wanted = args.embedded_server.or(args.spawn_server);
+        let pg = (wanted == Some(StoreKind::Postgres)).then(|| PgSchema::fresh(&args.postgres_url));
         let (http_url, kind, in_process, child, pid) = if let Some(store) = args.embedded_server {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
-            let srv = start_server(store, listener, None).await?;
+            let srv = start_server(store, listener, None, pg.as_ref()).await?;
             (
                 format!("http://{addr}"),
                 TargetKind::InProcess(store),
@@ -191,7 +249,7 @@ impl Target {
                 Some(std::process::id()),
             )
         } else if let Some(store) = args.spawn_server {
-            let (child, url) = spawn_child(store).await?;
+            let (child, url) = spawn_child(store, pg.as_ref()).await?;
             let pid = child.id();
             (url, TargetKind::Child(store), None, Some(child), pid)
         } else {
@@ -224,6 +282,7 @@ impl Target {
             client,
             in_process,
             child,
+            pg,
         })
     }
 
@@ -258,13 +317,23 @@ impl Target {
                 let _ = child.kill().await;
             }
         }
+        if let Some(pg) = self.pg.take() {
+            pg.drop_schema().await;
+        }
     }
 }
 
-async fn spawn_child(store: StoreKind) -> Result<(tokio::process::Child, String)> {
+async fn spawn_child(
+    store: StoreKind,
+    pg: Option<&PgSchema>,
+) -> Result<(tokio::process::Child, String)> {
     let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
-        .args(["serve", "--stdin-eof", "--store", store.as_arg()])
+    let mut command = tokio::process::Command::new(exe);
+    command.args(["serve", "--stdin-eof", "--store", store.as_arg()]);
+    if let Some(pg) = pg {
+        command.args(["--postgres-url", &pg.url, "--postgres-schema", &pg.schema]);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -302,6 +371,12 @@ pub struct ServeArgs {
     /// Also stop when stdin closes (how a parent `chat-bench` stops it).
     #[arg(long, hide = true)]
     pub stdin_eof: bool,
+    /// PostgreSQL URL for `--store postgres`.
+    #[arg(long, env = "CHAT_BENCH_PG_URL", default_value = DEFAULT_PG_URL)]
+    pub postgres_url: String,
+    /// Schema for `--store postgres` (default: a fresh one, left in place).
+    #[arg(long)]
+    pub postgres_schema: Option<String>,
 }
 
 /// Runs a chat server configured for benchmarks ([`bench_server_config`])
@@ -316,7 +391,14 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    let srv = start_server(args.store, listener, args.data_dir.clone()).await?;
+    let pg = PgSchema {
+        url: args.postgres_url.clone(),
+        schema: args
+            .postgres_schema
+            .clone()
+            .unwrap_or_else(|| PgSchema::fresh(&args.postgres_url).schema),
+    };
+    let srv = start_server(args.store, listener, args.data_dir.clone(), Some(&pg)).await?;
     println!("listening http://{addr}");
     use std::io::Write as _;
     std::io::stdout().flush()?;

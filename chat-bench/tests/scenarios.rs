@@ -112,6 +112,29 @@ async fn one_to_one_at_a_rate_on_the_durable_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_on_postgres_in_a_schema_of_its_own() {
+    // The local PostgreSQL (CHAT_BENCH_PG_URL to point elsewhere); the
+    // run's schema is dropped when it ends.
+    let r = passing(&[
+        "one-to-one",
+        "--embedded-server",
+        "postgres",
+        "--pairs",
+        "5",
+        "--duration",
+        "1",
+    ])
+    .await;
+    let Report::OneToOne(t) = &r.report else {
+        panic!("not a one-to-one report")
+    };
+    let o = &t.outcome;
+    assert!(o.acked > 0);
+    assert_eq!(o.delivered + o.recovered_by_sync, o.acked);
+    assert_eq!((o.lost, o.duplicated, o.unanswered), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_fans_out_to_every_member_once() {
     let r = passing(&[
         "group",
