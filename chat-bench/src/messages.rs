@@ -15,7 +15,7 @@ use crate::report::{Ratio, ServerStats, TargetInfo, TrafficReport};
 use crate::setup::{create_groups, open_directs, run_prefix, signup_users};
 use crate::stats::Counters;
 use crate::target::Target;
-use crate::traffic::{self, ConnSpec, SendSpec, SendTo, TrafficOpts, Wire};
+use crate::traffic::{self, ConnSpec, SendSpec, SendTo, TrafficOpts, TrafficOutcome, Wire};
 
 fn opts(wire: Wire, load: &LoadArgs, m: &MessageArgs) -> TrafficOpts {
     TrafficOpts {
@@ -30,6 +30,43 @@ fn opts(wire: Wire, load: &LoadArgs, m: &MessageArgs) -> TrafficOpts {
 }
 
 /// Checks open files and ports for `connections` in this process.
+/// Runs chat-protocol traffic against `target` and reads the counters of
+/// a server in this process before it is stopped.
+async fn send_chat(
+    specs: Vec<ConnSpec>,
+    load: &LoadArgs,
+    m: &MessageArgs,
+    counters: &Arc<Counters>,
+    target: &Target,
+) -> Result<(TrafficOutcome, Option<ServerStats>)> {
+    let outcome = traffic::run(specs, &opts(Wire::Chat, load, m), counters.clone()).await?;
+    Ok((outcome, target.server().map(ServerStats::of)))
+}
+
+/// A report of one workload, `(channels, members, senders)`, without a
+/// baseline.
+fn report(
+    wire: Wire,
+    (channels, members, senders): (u64, u64, u64),
+    m: &MessageArgs,
+    outcome: TrafficOutcome,
+    server_stats: Option<ServerStats>,
+) -> TrafficReport {
+    TrafficReport {
+        wire,
+        channels,
+        members,
+        senders,
+        target_rate: m.rate,
+        window: m.window,
+        size: m.size,
+        outcome,
+        server_stats,
+        baseline: None,
+        ratio: None,
+    }
+}
+
 fn preflight(
     connections: u64,
     fds_per_connection: u64,
@@ -119,31 +156,13 @@ pub async fn one_to_one(args: &OneToOneArgs, quiet: bool) -> Result<(TrafficRepo
             });
         }
         progress.phase("sending");
-        traffic::run(
-            specs,
-            &opts(Wire::Chat, &args.load, &args.messages),
-            counters.clone(),
-        )
-        .await
-        .map(|outcome| (outcome, target.server().map(ServerStats::of)))
+        send_chat(specs, &args.load, &args.messages, &counters, &target).await
     }
     .await;
     progress.stop();
     target.stop().await;
     let (outcome, server_stats) = result?;
-    let mut report = TrafficReport {
-        wire: Wire::Chat,
-        channels: p,
-        members: 2,
-        senders: p,
-        target_rate: args.messages.rate,
-        window: args.messages.window,
-        size: args.messages.size,
-        outcome,
-        server_stats,
-        baseline: None,
-        ratio: None,
-    };
+    let mut report = report(Wire::Chat, (p, 2, p), &args.messages, outcome, server_stats);
     if args.baseline {
         let base = relay_run(p, &args.load, &args.messages, &ips, quiet).await?;
         report.ratio = Some(Ratio::of(&report.outcome, &base.outcome));
@@ -196,19 +215,7 @@ async fn relay_run(
     let result = traffic::run(specs, &opts(Wire::Relay, load, m), counters).await;
     progress.stop();
     relay.stop().await;
-    Ok(TrafficReport {
-        wire: Wire::Relay,
-        channels: p,
-        members: 2,
-        senders: p,
-        target_rate: m.rate,
-        window: m.window,
-        size: m.size,
-        outcome: result?,
-        server_stats: None,
-        baseline: None,
-        ratio: None,
-    })
+    Ok(report(Wire::Relay, (p, 2, p), m, result?, None))
 }
 
 /// `group`: G groups of M members, S senders in each; every other member
@@ -266,32 +273,20 @@ pub async fn group(args: &GroupArgs, quiet: bool) -> Result<(TrafficReport, Targ
             }
         }
         progress.phase("sending");
-        traffic::run(
-            specs,
-            &opts(Wire::Chat, &args.load, &args.messages),
-            counters.clone(),
-        )
-        .await
-        .map(|outcome| (outcome, target.server().map(ServerStats::of)))
+        send_chat(specs, &args.load, &args.messages, &counters, &target).await
     }
     .await;
     progress.stop();
     target.stop().await;
     let (outcome, server_stats) = result?;
     Ok((
-        TrafficReport {
-            wire: Wire::Chat,
-            channels: g,
-            members: m,
-            senders: g * s,
-            target_rate: args.messages.rate,
-            window: args.messages.window,
-            size: args.messages.size,
+        report(
+            Wire::Chat,
+            (g, m, g * s),
+            &args.messages,
             outcome,
             server_stats,
-            baseline: None,
-            ratio: None,
-        },
+        ),
         info,
     ))
 }

@@ -62,24 +62,9 @@ impl TestSchema {
 
 impl Drop for TestSchema {
     fn drop(&mut self) {
-        // On its own thread and runtime: this may run while a test's
-        // runtime is unwinding.
-        let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let admin = admin().await;
-                admin
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                    .await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test schema {}: {dropped:?}", self.name);
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        if let Err(e) = admin_sql_on_own_runtime(sql) {
+            eprintln!("could not drop test schema {}: {e}", self.name);
         }
     }
 }
@@ -132,24 +117,26 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                admin()
-                    .await
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        if let Err(e) = admin_sql_on_own_runtime(sql) {
+            eprintln!("could not drop test database {}: {e}", self.name);
         }
     }
+}
+
+/// Runs `sql` as the admin on a thread and runtime of its own: the drops
+/// above may run while a test's runtime is unwinding.
+fn admin_sql_on_own_runtime(sql: String) -> std::result::Result<(), String> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move { admin().await.batch_execute(&sql).await })
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the thread panicked".to_owned())?
 }
 
 /// A plain connection, outside any store's pool.

@@ -186,22 +186,24 @@ fn committer(shared: &Shared, keyspace: &Keyspace) {
             st.queue.drain(..n).collect()
         };
         let mut batch = keyspace.batch().durability(Some(PersistMode::SyncAll));
-        for pending in &group {
-            for (partition, key, value) in &pending.batch.ops {
+        let mut waiting = Vec::with_capacity(group.len());
+        for Pending { batch: ops, done } in group {
+            for (partition, key, value) in ops.ops {
                 match value {
-                    Some(v) => batch.insert(partition, key.clone(), v.clone()),
-                    None => batch.remove(partition, key.clone()),
+                    Some(v) => batch.insert(&partition, key, v),
+                    None => batch.remove(&partition, key),
                 }
             }
+            waiting.push(done);
         }
         let result = batch.commit().map_err(|e| db(e).to_string());
         if let Err(why) = &result {
             tracing::error!(error = %why, "journal commit failed; the store is poisoned");
             shared.lock().failed = Some(why.clone());
         }
-        for pending in group {
+        for done in waiting {
             // A writer that gave up waiting is fine to ignore.
-            let _ = pending.done.send(result.clone());
+            let _ = done.send(result.clone());
         }
     }
 }

@@ -332,7 +332,7 @@ impl ApnsNotifier {
         } else {
             ("alert", "10")
         };
-        let response = self
+        let request = self
             .client
             .post(url)
             .header("authorization", format!("bearer {provider_token}"))
@@ -342,17 +342,17 @@ impl ApnsNotifier {
             .header("apns-expiration", expiration.to_string())
             .header("apns-collapse-id", collapse_id)
             .header("content-type", "application/json")
-            .body(body.to_vec())
-            .send()
-            .await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => return http::transport_error(&e),
+            .body(body.to_vec());
+        let http::Reply {
+            status,
+            retry_after,
+            headers,
+            body,
+        } = match http::exchange(request, http::SuccessBody::Optional).await {
+            Ok(reply) => reply,
+            Err(step) => return step,
         };
-        let status = response.status();
-        let retry_after = http::retry_after(response.headers());
-        let apns_id = response
-            .headers()
+        let apns_id = headers
             .get("apns-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
@@ -360,10 +360,6 @@ impl ApnsNotifier {
             tracing::debug!(apns_id = apns_id.as_deref().unwrap_or(""), "APNs accepted");
             return Step::Done(DeliveryOutcome::Delivered);
         }
-        let body = match http::read_body(response).await {
-            Ok(b) => b,
-            Err(e) => return http::transport_error(&e),
-        };
         #[derive(Deserialize, Default)]
         struct ApnsError {
             #[serde(default)]

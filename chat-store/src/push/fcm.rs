@@ -370,25 +370,22 @@ impl FcmNotifier {
             Err(e) => return fail(e),
         };
         let started = Instant::now();
-        let response = self
+        let request = self
             .client
             .post(&self.token_uri)
             .timeout(self.token_timeout)
             .form(&[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
                 ("assertion", assertion.as_str()),
-            ])
-            .send()
-            .await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => return http::transport_error(&e),
-        };
-        let status = response.status();
-        let retry_after = http::retry_after(response.headers());
-        let body = match http::read_body(response).await {
-            Ok(b) => b,
-            Err(e) => return http::transport_error(&e),
+            ]);
+        let http::Reply {
+            status,
+            retry_after,
+            body,
+            ..
+        } = match http::exchange(request, http::SuccessBody::Needed).await {
+            Ok(reply) => reply,
+            Err(step) => return step,
         };
         if status.is_success() {
             return match serde_json::from_slice::<TokenResponse>(&body) {
@@ -484,26 +481,19 @@ impl FcmNotifier {
                 })
             }
         };
-        let response = self
+        let request = self
             .client
             .post(&self.send_url)
             .bearer_auth(&access)
-            .json(body)
-            .send()
-            .await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => return http::transport_error(&e),
-        };
-        let status = response.status();
-        let retry_after = http::retry_after(response.headers());
-        let body = match http::read_body(response).await {
-            Ok(b) => b,
-            Err(e) if status.is_success() => {
-                tracing::debug!(error = %e, "FCM answer unreadable after success");
-                return Step::Done(DeliveryOutcome::Delivered);
-            }
-            Err(e) => return http::transport_error(&e),
+            .json(body);
+        let http::Reply {
+            status,
+            retry_after,
+            body,
+            ..
+        } = match http::exchange(request, http::SuccessBody::Optional).await {
+            Ok(reply) => reply,
+            Err(step) => return step,
         };
         if status.is_success() {
             return Step::Done(DeliveryOutcome::Delivered);

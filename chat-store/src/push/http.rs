@@ -229,8 +229,58 @@ pub(crate) fn is_retryable(status: reqwest::StatusCode) -> bool {
         || status.is_server_error()
 }
 
+/// What an endpoint answered: its status, its `Retry-After`, its headers
+/// and at most [`MAX_BODY`] bytes of its body.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: reqwest::StatusCode,
+    pub(crate) retry_after: Option<Duration>,
+    /// Read by APNs (its `apns-id`).
+    #[cfg_attr(not(feature = "push-apns"), allow(dead_code))]
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
+}
+
+/// What a success whose body cannot be read means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SuccessBody {
+    /// The body is the answer (a token): unreadable, it is a retry.
+    #[cfg_attr(not(feature = "push-fcm"), allow(dead_code))]
+    Needed,
+    /// The endpoint took the request; only its optional answer is lost:
+    /// an empty body.
+    Optional,
+}
+
+/// Sends `request` and reads the answer, the one way every provider does.
+/// A transport failure, or a body that cannot be read (after a success,
+/// as `on_success` says), is a [`Step::Retry`].
+pub(crate) async fn exchange<T>(
+    request: reqwest::RequestBuilder,
+    on_success: SuccessBody,
+) -> Result<Reply, Step<T>> {
+    let response = request.send().await.map_err(|e| transport_error(&e))?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let headers = response.headers().clone();
+    let body = match read_body(response).await {
+        Ok(b) => b,
+        Err(e) if status.is_success() && on_success == SuccessBody::Optional => {
+            tracing::debug!(error = %e, %status, "answer body unreadable after a success");
+            Vec::new()
+        }
+        Err(e) => return Err(transport_error(&e)),
+    };
+    Ok(Reply {
+        status,
+        retry_after,
+        headers,
+        body,
+    })
+}
+
 /// A request that failed before an answer came: a retry with the reason.
-pub(crate) fn transport_error<T>(e: &reqwest::Error) -> Step<T> {
+fn transport_error<T>(e: &reqwest::Error) -> Step<T> {
     Step::Retry {
         reason: format!("request failed: {}", error_chain(e)),
         retry_after: None,
@@ -254,7 +304,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 const MAX_BODY: usize = 64 * 1024;
 
 /// Reads at most [`MAX_BODY`] bytes of a response body.
-pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = MAX_BODY.saturating_sub(body.len());

@@ -206,29 +206,21 @@ impl WebhookNotifier {
     /// with a permanent failure.
     async fn attempt(&self, body: &[u8], id: &str) -> Step<Answer> {
         let header = sign_with(&self.key, http::unix_now(), body);
-        let response = self
+        let request = self
             .client
             .post(&self.url)
             .header(CONTENT_TYPE, "application/json")
             .header(SIGNATURE_HEADER, header)
             .header(ID_HEADER, id)
-            .body(body.to_vec())
-            .send()
-            .await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => return http::transport_error(&e),
-        };
-        let status = response.status();
-        let retry_after = http::retry_after(response.headers());
-        let body = match http::read_body(response).await {
-            Ok(b) => b,
-            Err(e) if status.is_success() => {
-                // The receiver took it; only its optional answer is lost.
-                tracing::debug!(error = %e, "webhook answer unreadable");
-                Vec::new()
-            }
-            Err(e) => return http::transport_error(&e),
+            .body(body.to_vec());
+        let http::Reply {
+            status,
+            retry_after,
+            body,
+            ..
+        } = match http::exchange(request, http::SuccessBody::Optional).await {
+            Ok(reply) => reply,
+            Err(step) => return step,
         };
         if status.is_success() {
             let answer: WebhookResponse = serde_json::from_slice(&body).unwrap_or_default();
