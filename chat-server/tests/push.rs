@@ -829,3 +829,102 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
     assert_eq!(stats.push_tokens_removed.load(Ordering::Relaxed), 3);
     server.shutdown().await;
 }
+
+/// The reference binary's push configuration: FCM credentials, the APNs
+/// key and the webhook secret from files, URLs and ids from flags and the
+/// environment. Bob offline gets one push per device over each provider;
+/// the webhook's signature verifies with the secret from the file.
+#[tokio::test]
+async fn the_binary_configures_every_provider_from_files_and_environment() {
+    let mock = MockPush::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let apns_key = dir.path().join("AuthKey.p8");
+    std::fs::write(&apns_key, &mock.apns_key_pem).unwrap();
+    let secret_file = dir.path().join("webhook.secret");
+    std::fs::write(&secret_file, push_mock::WEBHOOK_SECRET).unwrap();
+    let fcm_credentials = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../chat-store/tests/fixtures/test-only-fcm-service-account.json"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--memory"])
+        .args(["--fcm-credentials", fcm_credentials])
+        .args(["--fcm-base-url", &mock.base])
+        .args(["--fcm-token-uri", &format!("{}/token", mock.base)])
+        .arg("--apns-key")
+        .arg(&apns_key)
+        .args(["--apns-base-url", &mock.base])
+        .env("CHAT_APNS_KEY_ID", push_mock::APNS_KEY_ID)
+        .env("CHAT_APNS_TEAM_ID", push_mock::APNS_TEAM_ID)
+        .env("CHAT_APNS_TOPIC", push_mock::APNS_TOPIC)
+        .env("CHAT_WEBHOOK_URL", mock.webhook_url())
+        .env("CHAT_WEBHOOK_SECRET_FILE", &secret_file)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    /// Stops the server however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = ChatClient::new(&base).unwrap();
+    let alice = {
+        let mut last = None;
+        for _ in 0..400 {
+            match client.signup("alice", "password123", None).await {
+                Ok(s) => {
+                    last = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        last.expect("the binary starts")
+    };
+    let bob = client.signup("bob", "password123", None).await.unwrap();
+    let bob_ios = apns_token(0xb1);
+    for (platform, token) in [
+        (Platform::Android, "bob-fcm"),
+        (Platform::Ios, bob_ios.as_str()),
+        (Platform::Web, "bob-web"),
+    ] {
+        bob.register_device(DeviceId::new_random(), platform, Some(token))
+            .await
+            .unwrap();
+    }
+    let direct = alice.open_direct(bob.user_id()).await.unwrap();
+    let a = connect(&alice).await;
+    a.send(direct.id, "hello bob").await.unwrap();
+    mock.wait_for(3, |s| s.kind != Kind::Oauth && s.status == 200)
+        .await;
+    mock.assert_well_formed();
+    assert_eq!(mock.seen_token("bob-fcm").len(), 1);
+    assert_eq!(mock.seen_token(&bob_ios).len(), 1);
+    let hooks = mock.seen_kind(Kind::Webhook);
+    assert_eq!(hooks.len(), 1);
+    use chat_store::push::webhook::{verify_webhook_signature, SIGNATURE_HEADER};
+    let signature = hooks[0].headers[SIGNATURE_HEADER].to_str().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    verify_webhook_signature(
+        push_mock::WEBHOOK_SECRET,
+        signature,
+        &hooks[0].raw,
+        now,
+        Duration::from_secs(300),
+    )
+    .expect("the signature verifies with the secret from the file");
+}
