@@ -5,19 +5,47 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::id::{DeviceId, UserId};
-use crate::protocol::Event;
+use crate::types::{Message, Presence};
 
-/// An event on its way to a user's connected devices.
-#[derive(Debug, Clone, PartialEq)]
+/// An event on its way to users' connected devices, on whichever node holds
+/// them.
+///
+/// Envelopes cross process boundaries on a broker-backed bus, so they are
+/// plain serde data; a bus encodes them with any serde format and must hand
+/// the receiving node's handler an envelope equal to the one published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     /// What to deliver.
-    pub event: Event,
+    pub event: BusEvent,
     /// A device *not* to deliver to: the device that sent the message, which
     /// learns of it from its reply instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_device: Option<DeviceId>,
+}
+
+/// What an [`Envelope`] carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BusEvent {
+    /// A stored message, and where it sits in each recipient's inbox (a
+    /// node tells each of its users their own position, so their devices
+    /// can move their cursors past it).
+    Message {
+        /// The message.
+        message: Message,
+        /// `(recipient, inbox position)` for every recipient.
+        positions: Vec<(UserId, u64)>,
+    },
+    /// A user came online or went offline.
+    Presence {
+        /// The new presence.
+        presence: Presence,
+    },
 }
 
 /// Receives envelopes for users subscribed on this node.

@@ -54,7 +54,7 @@ pub mod rules;
 pub mod store;
 pub mod types;
 
-pub use bus::{DeliveryBus, Envelope, EnvelopeHandler};
+pub use bus::{BusEvent, DeliveryBus, Envelope, EnvelopeHandler};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use directory::{Directory, UserRecord};
 pub use discovery::{pick_server, ServerInfo, ServiceDiscovery};

@@ -780,7 +780,7 @@ mod tests {
         b.subscribe(u).await.unwrap();
         b.subscribe(u).await.unwrap();
         let env = Envelope {
-            event: crate::protocol::Event::Presence {
+            event: crate::bus::BusEvent::Presence {
                 presence: Presence {
                     user: u,
                     status: PresenceStatus::Online,

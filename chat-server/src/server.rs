@@ -10,9 +10,9 @@ use chat_core::memory::{
     LoggingNotifier, MemoryBus, MemoryDirectory, MemoryDiscovery, MemoryHistory, MemoryInbox,
     MemoryPresence,
 };
-use chat_core::protocol::{ErrorCode, Event, WireError};
+use chat_core::protocol::{ErrorCode, WireError};
 use chat_core::{
-    Channel, ChannelId, ClientMsgId, Clock, DeliveryBus, DeviceId, Directory, Envelope,
+    BusEvent, Channel, ChannelId, ClientMsgId, Clock, DeliveryBus, DeviceId, Directory, Envelope,
     HistoryStore, Inbox, Message, MessageId, MessageIdGenerator, Page, Presence, PresenceTracker,
     PushNotifier, ServerInfo, ServiceDiscovery, Snowflake, TokioClock, UserId, MAX_PAGE,
 };
@@ -376,8 +376,9 @@ impl ChatServer {
         }
         inner.stats.messages_stored.fetch_add(1, Ordering::Relaxed);
         let envelope = Envelope {
-            event: Event::Message {
+            event: BusEvent::Message {
                 message: message.clone(),
+                positions: Vec::new(),
             },
             skip_device: Some(device),
         };
@@ -471,7 +472,7 @@ impl ChatServer {
             return;
         }
         let envelope = Envelope {
-            event: Event::Presence { presence },
+            event: BusEvent::Presence { presence },
             skip_device: None,
         };
         if let Err(e) = self.inner.bus.publish(&friends, envelope).await {

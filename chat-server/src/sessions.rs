@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use chat_core::protocol::ServerFrame;
-use chat_core::{DeviceId, Envelope, EnvelopeHandler, UserId};
+use chat_core::protocol::{Event, ServerFrame};
+use chat_core::{BusEvent, DeviceId, Envelope, EnvelopeHandler, UserId};
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{Outbox, Pushed};
@@ -133,6 +133,18 @@ pub(crate) struct LocalDelivery {
 
 impl EnvelopeHandler for LocalDelivery {
     fn deliver(&self, users: &[UserId], envelope: &Envelope) {
+        let event = match &envelope.event {
+            BusEvent::Message { message, .. } => Event::Message {
+                message: message.clone(),
+            },
+            BusEvent::Presence { presence } => Event::Presence {
+                presence: *presence,
+            },
+            other => {
+                tracing::debug!(?other, "bus event this node does not deliver");
+                return;
+            }
+        };
         // Encoded once per envelope on this node, however many sessions get it.
         let mut text: Option<Utf8Bytes> = None;
         for user in users {
@@ -140,8 +152,7 @@ impl EnvelopeHandler for LocalDelivery {
                 if Some(h.device) == envelope.skip_device {
                     continue;
                 }
-                let text =
-                    text.get_or_insert_with(|| encode(&ServerFrame::Event(envelope.event.clone())));
+                let text = text.get_or_insert_with(|| encode(&ServerFrame::Event(event.clone())));
                 h.offer(text.clone());
             }
         }
