@@ -137,7 +137,10 @@ async fn main() -> Result<(), Error> {
 
     // 8. History stays available over HTTP.
     let history = bob.history(group.id, &Default::default()).await?;
-    println!("the group's history has {} messages", history.len());
+    println!(
+        "the group's history has {} messages",
+        history.messages.len()
+    );
 
     bob_laptop.close().await;
     carol_tablet.close().await;

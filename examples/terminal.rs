@@ -155,7 +155,11 @@ impl Ui {
             }
             "/history" => match self.current.clone() {
                 Some(c) => {
-                    for m in self.conn.history(c.id, None, None, Some(20)).await? {
+                    let query = chat_client::HistoryQuery {
+                        limit: Some(20),
+                        ..Default::default()
+                    };
+                    for m in self.conn.history(c.id, &query).await?.messages {
                         self.show(&m).await;
                     }
                 }

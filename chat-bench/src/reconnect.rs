@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::protocol::{Event, ReplyBody, ServerFrame};
-use chat_core::{ChannelId, DeviceId, MessageId};
+use chat_core::{ChannelId, DeviceId, Seq};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
@@ -42,7 +42,7 @@ const ATTEMPTS: u32 = 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
     Run,
-    /// Take the cursor: a heartbeat's `stable` after a complete sync.
+    /// Take the cursor: the last inbox position received with none missing.
     Prepare,
     /// Drop the connection without a close frame.
     Drop,
@@ -53,7 +53,10 @@ enum Stage {
 #[derive(Debug, Default)]
 struct ClientResult {
     user: usize,
+    /// Message ids received (by sync or live).
     have: HashSet<u64>,
+    /// Their inbox positions.
+    positions: HashSet<u64>,
     back: Option<Duration>,
     retries: u64,
     synced_messages: u64,
@@ -417,18 +420,16 @@ async fn client(
     };
     Counters::add(&counters.connected, 1);
     Counters::add(&counters.open, 1);
-    let mut cursor = MessageId::ZERO;
-    let mut stable = match sync(&mut ws, cursor, &mut res, &counters, false).await {
-        Ok(s) => s,
-        Err(e) => return fail(res, &counters, e),
-    };
+    if let Err(e) = sync(&mut ws, Seq::ZERO, &mut res, &counters, false).await {
+        return fail(res, &counters, e);
+    }
     // Live until told to take the cursor.
     let mut next_hb = Instant::now() + hb;
     while *stage.borrow() < Stage::Prepare {
         tokio::select! {
             _ = stage.changed() => {}
             m = ws.next() => {
-                if let Err(e) = on_frame(m, &mut res, &counters, None) {
+                if let Err(e) = on_frame(m, &mut res, &counters) {
                     return fail(res, &counters, e);
                 }
             }
@@ -440,26 +441,11 @@ async fn client(
             }
         }
     }
-    // Synced and connected since: the cursor may move to stable - 1.
-    if let Err(e) = ws.send(heartbeat_with_id()).await {
-        return fail(res, &counters, ConnError::Handshake(e.to_string()));
+    // The cursor: every position up to it received (by sync or live).
+    let mut cursor = Seq::ZERO;
+    while res.positions.contains(&(cursor.0 + 1)) {
+        cursor = cursor.next();
     }
-    let deadline = Instant::now() + PHASE;
-    loop {
-        let m = match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(m) => m,
-            Err(_) => return fail(res, &counters, ConnError::Timeout("heartbeat reply")),
-        };
-        match on_frame(m, &mut res, &counters, Some("hb")) {
-            Ok(Some(s)) => {
-                stable = stable.max(s);
-                break;
-            }
-            Ok(None) => {}
-            Err(e) => return fail(res, &counters, e),
-        }
-    }
-    cursor = MessageId(stable.0.saturating_sub(1));
     Counters::add(&counters.done, 1);
     while *stage.borrow_and_update() < Stage::Drop {
         if stage.changed().await.is_err() {
@@ -503,10 +489,6 @@ fn fail(mut res: ClientResult, counters: &Counters, e: ConnError) -> ClientResul
     res
 }
 
-fn heartbeat_with_id() -> WsMessage {
-    WsMessage::Text(r#"{"id":"hb","type":"heartbeat"}"#.into())
-}
-
 async fn connect_retrying(
     spec: &ClientSpec,
     res: &mut ClientResult,
@@ -535,54 +517,44 @@ async fn connect_retrying(
     }
 }
 
-/// Handles one frame: live messages go into `have`; returns the `stable` of
-/// the heartbeat reply with id `want`, if this is it.
+/// Handles one frame: live messages' inbox positions go into `have`.
 fn on_frame(
     m: Option<std::result::Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
     res: &mut ClientResult,
     counters: &Counters,
-    want: Option<&str>,
-) -> Result<Option<MessageId>, ConnError> {
+) -> Result<(), ConnError> {
     let text = match m {
         Some(Ok(WsMessage::Text(t))) => t,
         Some(Ok(WsMessage::Close(f))) => return Err(wire::closed(f)),
-        Some(Ok(_)) => return Ok(None),
+        Some(Ok(_)) => return Ok(()),
         Some(Err(e)) => return Err(ConnError::Handshake(e.to_string())),
         None => return Err(wire::closed(None)),
     };
-    match wire::decode(&text) {
-        Some(ServerFrame::Event(Event::Message { message })) => {
-            Counters::add(
-                &counters.delivered,
-                u64::from(res.have.insert(message.id.0)),
-            );
-        }
-        Some(ServerFrame::Reply(r)) if want.is_some() && r.id.as_deref() == want => {
-            if let Ok(ReplyBody::Heartbeat { stable, .. }) = r.into_result() {
-                return Ok(Some(stable));
-            }
-        }
-        _ => {}
+    if let Some(ServerFrame::Event(Event::Message { seq, message })) = wire::decode(&text) {
+        res.positions.insert(seq.0);
+        Counters::add(
+            &counters.delivered,
+            u64::from(res.have.insert(message.id.0)),
+        );
     }
-    Ok(None)
+    Ok(())
 }
 
-/// Pages the inbox after `after` until the end; returns the last `stable`.
+/// Pages the inbox after position `after` until the end.
 async fn sync(
     ws: &mut Ws,
-    mut after: MessageId,
+    mut after: Seq,
     res: &mut ClientResult,
     counters: &Counters,
     count: bool,
-) -> Result<MessageId, ConnError> {
+) -> Result<(), ConnError> {
     let deadline = Instant::now() + PHASE;
-    let mut stable = MessageId::ZERO;
     for page in 0..10_000u32 {
         let id = format!("y{page}");
         ws.send(wire::sync_frame(id.clone(), after, 200))
             .await
             .map_err(|e| ConnError::Handshake(e.to_string()))?;
-        let (messages, has_more, st) = loop {
+        let (entries, has_more) = loop {
             let m = tokio::time::timeout_at(deadline, ws.next())
                 .await
                 .map_err(|_| ConnError::Timeout("sync reply"))?;
@@ -596,16 +568,13 @@ async fn sync(
             match wire::decode(&text) {
                 Some(ServerFrame::Reply(r)) if r.id.as_deref() == Some(id.as_str()) => {
                     match r.into_result() {
-                        Ok(ReplyBody::Synced {
-                            messages,
-                            has_more,
-                            stable,
-                        }) => break (messages, has_more, stable),
+                        Ok(ReplyBody::Synced { entries, has_more }) => break (entries, has_more),
                         Ok(_) => return Err(ConnError::Protocol("unexpected sync reply".into())),
                         Err(e) => return Err(ConnError::Protocol(format!("sync refused: {e}"))),
                     }
                 }
-                Some(ServerFrame::Event(Event::Message { message })) => {
+                Some(ServerFrame::Event(Event::Message { seq, message })) => {
+                    res.positions.insert(seq.0);
                     Counters::add(
                         &counters.delivered,
                         u64::from(res.have.insert(message.id.0)),
@@ -614,21 +583,21 @@ async fn sync(
                 _ => {}
             }
         };
-        stable = stable.max(st);
-        for m in &messages {
+        for e in &entries {
+            res.positions.insert(e.seq.0);
             if count {
                 res.synced_messages += 1;
-                if !res.have.insert(m.id.0) {
+                if !res.have.insert(e.message.id.0) {
                     res.already_had += 1;
                 }
             } else {
-                res.have.insert(m.id.0);
+                res.have.insert(e.message.id.0);
             }
-            after = m.id;
+            after = e.seq;
         }
-        if !has_more || messages.is_empty() {
+        if !has_more || entries.is_empty() {
             break;
         }
     }
-    Ok(stable)
+    Ok(())
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::protocol::{Event, ReplyBody, ServerFrame};
-use chat_core::{ChannelId, MessageId};
+use chat_core::{ChannelId, Seq};
 use futures::stream::{self, StreamExt};
 use futures::SinkExt;
 use serde::{Deserialize, Serialize};
@@ -633,16 +633,43 @@ struct Receiver {
     counts: HashMap<u32, Vec<u8>>,
     /// Set once the expectation is known: acknowledged messages not yet seen.
     missing: Option<HashSet<(u32, u32)>>,
+    /// The inbox positions received (chat protocol): a missing message is
+    /// past the first gap.
+    inbox: Contiguous,
+}
+
+/// Inbox positions received: every one up to `through`, and some above.
+#[derive(Debug, Default)]
+struct Contiguous {
+    through: u64,
+    above: std::collections::BTreeSet<u64>,
+}
+
+impl Contiguous {
+    fn insert(&mut self, seq: u64) {
+        if seq == self.through + 1 {
+            self.through = seq;
+            while self.above.remove(&(self.through + 1)) {
+                self.through += 1;
+            }
+        } else if seq > self.through {
+            self.above.insert(seq);
+        }
+    }
 }
 
 impl Receiver {
     fn delivered(
         &mut self,
+        seq: Option<u64>,
         content: &str,
         ctx: &Ctx,
         res: &mut ConnResult,
         lat: &mut LatencyBuffer,
     ) {
+        if let Some(seq) = seq {
+            self.inbox.insert(seq);
+        }
         let Some(stamp) = payload::decode(content) else {
             return;
         };
@@ -693,8 +720,9 @@ enum Incoming {
     /// Answer to send `seq`: `Ok((message id, duplicate))` or
     /// `Err((retryable, rate_limited, message))`.
     SendReply(u32, std::result::Result<(u64, bool), (bool, bool, String)>),
-    /// A delivered message's content (and its id on the chat protocol).
-    Delivery(String),
+    /// A delivered message's inbox position (on the chat protocol) and
+    /// content.
+    Delivery(Option<u64>, String),
     /// A sync page: `(messages (id, content), has_more)` or an error.
     SyncReply(
         String,
@@ -718,7 +746,7 @@ fn classify(
     let seq_of = |id: &str| id.strip_prefix('s').and_then(|s| s.parse::<u32>().ok());
     match wire_kind {
         Wire::Relay => match relay::parse(&text) {
-            Some(RelayFrame::Deliver(p)) => Incoming::Delivery(p.to_owned()),
+            Some(RelayFrame::Deliver(p)) => Incoming::Delivery(None, p.to_owned()),
             Some(RelayFrame::Ack(id)) => match seq_of(id) {
                 Some(seq) => Incoming::SendReply(seq, Ok((0, false))),
                 None => Incoming::Other,
@@ -732,8 +760,8 @@ fn classify(
             _ => Incoming::Other,
         },
         Wire::Chat => match wire::decode(&text) {
-            Some(ServerFrame::Event(Event::Message { message })) => {
-                Incoming::Delivery(message.content)
+            Some(ServerFrame::Event(Event::Message { seq, message })) => {
+                Incoming::Delivery(Some(seq.0), message.content)
             }
             Some(ServerFrame::Reply(reply)) => {
                 let Some(id) = reply.id.clone() else {
@@ -760,10 +788,11 @@ fn classify(
                     Incoming::SendReply(seq, r)
                 } else if id.starts_with('y') {
                     let r = match reply.into_result() {
-                        Ok(ReplyBody::Synced {
-                            messages, has_more, ..
-                        }) => Ok((
-                            messages.into_iter().map(|m| (m.id.0, m.content)).collect(),
+                        Ok(ReplyBody::Synced { entries, has_more }) => Ok((
+                            entries
+                                .into_iter()
+                                .map(|e| (e.seq.0, e.message.content))
+                                .collect(),
                             has_more,
                         )),
                         Ok(_) => Err("unexpected reply to a sync".into()),
@@ -802,6 +831,7 @@ async fn conn_task(
     let mut receiver = Receiver {
         counts: spec.expects_from.iter().map(|s| (*s, Vec::new())).collect(),
         missing: None,
+        inbox: Contiguous::default(),
     };
     let mut lat = ctx.latency.buffer();
     let mut ack_lat = ctx.ack_latency.buffer();
@@ -903,7 +933,7 @@ async fn conn_task(
                             s.answered(seq, r, &ctx, &mut res, &mut ack_lat);
                         }
                     }
-                    Incoming::Delivery(content) => receiver.delivered(&content, &ctx, &mut res, &mut lat),
+                    Incoming::Delivery(seq, content) => receiver.delivered(seq, &content, &ctx, &mut res, &mut lat),
                     Incoming::Closed(e) => lost_connection(&ctx, &mut ws, &mut res, e),
                     Incoming::SyncReply(..) | Incoming::Other => {}
                 }
@@ -971,7 +1001,7 @@ async fn reconnect(ctx: &Ctx, spec: &ConnSpec) -> Option<(Ws, Option<Duration>)>
     None
 }
 
-/// Syncs the inbox from just below the oldest missing message and marks
+/// Syncs the inbox from the first position not received live and marks
 /// what it finds as recovered.
 async fn sync_missing(
     ws: &mut Ws,
@@ -984,13 +1014,8 @@ async fn sync_missing(
     let Some(missing) = receiver.missing.clone() else {
         return;
     };
-    let oldest = missing
-        .iter()
-        .filter_map(|(s, q)| expected.get(s)?.get(*q as usize).map(|e| e.msg_id))
-        .filter(|id| *id > 0)
-        .min();
-    let Some(oldest) = oldest else { return };
-    let mut after = MessageId(oldest - 1);
+    let _ = expected;
+    let mut after = Seq(receiver.inbox.through);
     let mut missing = missing;
     let deadline = Instant::now() + Duration::from_secs(30);
     for page in 0..MAX_SYNC_PAGES {
@@ -1012,7 +1037,9 @@ async fn sync_missing(
             };
             match classify(ctx.wire, m) {
                 Incoming::SyncReply(rid, r) if rid == id => break r,
-                Incoming::Delivery(content) => receiver.delivered(&content, ctx, res, lat),
+                Incoming::Delivery(seq, content) => {
+                    receiver.delivered(seq, &content, ctx, res, lat)
+                }
                 Incoming::Closed(_) => return,
                 _ => {}
             }
@@ -1021,13 +1048,13 @@ async fn sync_missing(
             res.error("sync failed while checking delivery");
             return;
         };
-        for (id, content) in &messages {
+        for (seq, content) in &messages {
             if let Some(st) = payload::decode(content) {
                 if missing.remove(&(st.sender, st.seq)) {
                     res.recovered.insert((st.sender, st.seq));
                 }
             }
-            after = MessageId(*id);
+            after = Seq(*seq);
         }
         if !has_more || messages.is_empty() {
             break;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use chat_core::protocol::{ClientFrame, Request, ServerFrame, Welcome};
-use chat_core::{ChannelId, ClientMsgId, DeviceId, MessageId};
+use chat_core::{ChannelId, ClientMsgId, DeviceId, Seq};
 use futures::StreamExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -126,7 +126,10 @@ pub async fn open_ws(
 /// The URL of the chat WebSocket for one device.
 pub fn chat_url(ws_url: &str, device: DeviceId, token: &str) -> String {
     let sep = if ws_url.contains('?') { '&' } else { '?' };
-    format!("{ws_url}{sep}device={device}&token={token}&v=1")
+    format!(
+        "{ws_url}{sep}device={device}&token={token}&v={}",
+        chat_core::protocol::PROTOCOL_VERSION
+    )
 }
 
 /// Opens an authenticated chat connection and waits for its `welcome`.
@@ -199,8 +202,8 @@ pub fn send_frame(
     })
 }
 
-/// A `sync` request after `after`, pages of `limit`.
-pub fn sync_frame(req_id: String, after: MessageId, limit: u32) -> WsMessage {
+/// A `sync` request after inbox position `after`, pages of `limit`.
+pub fn sync_frame(req_id: String, after: Seq, limit: u32) -> WsMessage {
     encode(&ClientFrame {
         id: req_id,
         request: Request::Sync {

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use chat_core::api::{HistoryQuery, MessagePage};
 use chat_core::protocol::{ReplyBody, Request};
-use chat_core::{ChannelId, ClientMsgId, DeviceId, Message, MessageId, Presence, UserId};
+use chat_core::{ChannelId, ClientMsgId, DeviceId, Message, MessageId, Presence, Seq, UserId};
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -103,8 +104,8 @@ pub enum ClientEvent {
     /// this point has been delivered (as [`ClientEvent::Message`] before this
     /// event). `cursor` is the device cursor after it.
     Synced {
-        /// The device cursor.
-        cursor: MessageId,
+        /// The device cursor: the inbox position of the last entry handled.
+        cursor: Seq,
     },
     /// A message, from sync or live; each message is delivered once.
     ///
@@ -141,6 +142,9 @@ pub struct SendReceipt {
     pub duplicate: bool,
     /// The idempotency key the message was sent with.
     pub client_msg_id: ClientMsgId,
+    /// The message's position in the user's inbox (absent only for a
+    /// duplicate whose positions the server no longer knows).
+    pub seq: Option<Seq>,
 }
 
 /// The stream of [`ClientEvent`]s of a connection.
@@ -177,7 +181,7 @@ impl Stream for Events {
 pub(crate) struct Shared {
     pub(crate) cmd_tx: mpsc::Sender<Command>,
     pub(crate) cancel: CancellationToken,
-    pub(crate) cursor: watch::Receiver<MessageId>,
+    pub(crate) cursor: watch::Receiver<Seq>,
     pub(crate) done: watch::Receiver<bool>,
     /// Why the task stopped, once it has.
     pub(crate) final_error: Arc<Mutex<Option<ClientError>>>,
@@ -333,12 +337,14 @@ impl ConnectionHandle {
                     message_id,
                     created_at,
                     duplicate,
+                    seq,
                 }) => {
                     return Ok(SendReceipt {
                         message_id,
                         created_at,
                         duplicate,
                         client_msg_id,
+                        seq,
                     })
                 }
                 Ok(other) => return Err(unexpected("sent", &other)),
@@ -359,29 +365,24 @@ impl ConnectionHandle {
         }
     }
 
-    /// A page of a channel's history over the socket, ascending. With
-    /// `after`: the oldest `limit` messages above it; without: the newest
-    /// `limit` below `before` (or overall). Not retried.
-    pub async fn history(
-        &self,
-        channel: ChannelId,
-        before: Option<MessageId>,
-        after: Option<MessageId>,
-        limit: Option<u32>,
-    ) -> Result<Vec<Message>> {
+    /// A page of a channel's history over this connection (members
+    /// only): the same query and answer as [`Session::history`] over HTTP.
+    /// Pages stop at the query's `limit` or the server's byte limit;
+    /// `has_more` says whether to ask on (from the last id).
+    pub async fn history(&self, channel: ChannelId, query: &HistoryQuery) -> Result<MessagePage> {
         let request = Request::History {
             channel,
-            before,
-            after,
-            limit,
+            before: query.before,
+            after: query.after,
+            limit: query.limit,
         };
         match self.request(request, self.request_deadline()).await? {
-            ReplyBody::History { messages } => Ok(messages),
+            ReplyBody::History { messages, has_more } => Ok(MessagePage { messages, has_more }),
             other => Err(unexpected("history", &other)),
         }
     }
 
-    /// Presence of `users` over the socket, in the asked order. Not retried.
+    /// The presence of `users`, over this connection.
     pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>> {
         let request = Request::Presence {
             users: users.to_vec(),
@@ -392,9 +393,9 @@ impl ConnectionHandle {
         }
     }
 
-    /// The device cursor: every message with an id up to it has been
-    /// delivered.
-    pub fn cursor(&self) -> MessageId {
+    /// The device cursor: every entry of the user's inbox up to this
+    /// position has been delivered (or was this device's own message).
+    pub fn cursor(&self) -> Seq {
         *self.shared.cursor.borrow()
     }
 

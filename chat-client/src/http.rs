@@ -12,7 +12,7 @@ use chat_core::api::{
 };
 use chat_core::protocol::{ErrorCode, WireError};
 use chat_core::{
-    Channel, ChannelId, Device, DeviceId, Message, Platform, Presence, ServerInfo, User, UserId,
+    Channel, ChannelId, Device, DeviceId, Platform, Presence, ServerInfo, User, UserId,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -354,7 +354,7 @@ impl Session {
     /// `GET /v1/channels/{id}/messages`: a page of history, ascending. With
     /// `after`: the oldest `limit` messages above it; without: the newest
     /// `limit` below `before` (or overall).
-    pub async fn history(&self, channel: ChannelId, query: &HistoryQuery) -> Result<Vec<Message>> {
+    pub async fn history(&self, channel: ChannelId, query: &HistoryQuery) -> Result<MessagePage> {
         let mut params: Vec<(&str, String)> = Vec::new();
         if let Some(before) = query.before {
             params.push(("before", before.to_string()));
@@ -368,8 +368,7 @@ impl Session {
         let req = self
             .authed(Method::GET, &format!("/v1/channels/{channel}/messages"))
             .query(&params);
-        let page: MessagePage = self.client.call(req).await?;
-        Ok(page.messages)
+        self.client.call(req).await
     }
 
     /// `PUT /v1/devices/{device}`: registers (or updates) a device.

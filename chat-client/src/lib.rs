@@ -54,18 +54,21 @@
 //!
 //! ## Delivery guarantees
 //!
-//! The device cursor means "every message with an id up to here has been
-//! delivered". On every connection the server subscribes the session to live
-//! delivery before it sends `welcome`; the client then pages its inbox from
-//! the cursor while buffering live messages, emits the synced messages, then
-//! the buffered ones it has not emitted yet. The cursor moves only up to the
-//! server's settled watermark (`stable - 1`): after a complete sync, on
-//! heartbeats while the connection stays up, and during a long sync up to
-//! the end of each page received (so a sync cut short keeps its progress).
-//! Ids emitted above the cursor are remembered (and stored with it) so
-//! nothing is emitted twice. When the cursor moves it is saved to the
-//! [`CursorStore`] and acked to the server (during a long sync, at most once
-//! a second).
+//! Every entry of the user's inbox has a position, 1, 2, 3, ... with no
+//! gaps, assigned by the server when the message is stored; the device
+//! cursor is the position of the last entry handled. On every connection
+//! the server subscribes the session to live delivery before it sends
+//! `welcome`; the client then pages its inbox from the cursor. Live
+//! messages and sync pages both carry positions, and the connection hands
+//! messages to the application strictly in position order, each once: an
+//! entry waits until the ones before it have arrived (two senders' events
+//! can overtake each other), and if one is still missing after half a
+//! second (a lost event) the connection syncs from its cursor. So the
+//! application sees every message of the inbox once, in order, and each
+//! channel's messages in id order. This device's own messages are not
+//! repeated as events: [`Connection::send`]'s receipt stands for them.
+//! When the cursor moves it is saved to the [`CursorStore`] and acked to
+//! the server, at most once a second and at the end of every sync.
 //!
 //! ## Reading events
 //!
@@ -88,7 +91,8 @@ mod store;
 mod sync;
 mod worker;
 
-pub use chat_core::api::{HistoryQuery, UpdateProfileRequest};
+pub use chat_core::api::{HistoryQuery, MessagePage, UpdateProfileRequest};
+pub use chat_core::Seq;
 pub use connection::{
     ClientEvent, ConnectOptions, Connection, ConnectionHandle, Events, SendReceipt,
 };

@@ -7,25 +7,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use chat_core::{DeviceId, MessageId, UserId};
+use chat_core::{DeviceId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
 
-/// A device's sync state: its cursor, and the ids above the cursor it has
-/// already received.
-///
-/// The cursor means "every message with an id up to here has been received".
-/// `seen` holds ids above the cursor that were received too (they arrived live
-/// or in a sync before the server's settled watermark passed them), so a
-/// later sync does not deliver them twice.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A device's sync state: its cursor, the position in the user's inbox of
+/// the last entry it has handled. Every entry up to it has been delivered
+/// to the application (or was this device's own message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceState {
-    /// Every message with an id `<=` this has been received.
-    pub cursor: MessageId,
-    /// Ids above `cursor` that have been received, ascending.
-    #[serde(default)]
-    pub seen: Vec<MessageId>,
+    /// Every inbox entry with a position `<=` this has been handled.
+    pub cursor: Seq,
 }
 
 /// Persists [`DeviceState`] per user and device.
@@ -73,7 +66,7 @@ impl CursorStore for MemoryCursorStore {
             .states
             .lock()
             .map_err(|_| ClientError::store("memory cursor store lock poisoned"))?;
-        states.insert((user, device), state.clone());
+        states.insert((user, device), *state);
         Ok(())
     }
 }
@@ -107,20 +100,51 @@ impl FileCursorStore {
     }
 }
 
+/// The file format: the state and its version (2: the cursor is an inbox
+/// position). Version-less files were written for protocol 1, whose
+/// cursors were message ids.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    v: u32,
+    #[serde(flatten)]
+    state: DeviceState,
+}
+
+/// The version [`FileCursorStore`] writes.
+const FILE_VERSION: u32 = 2;
+
 fn load_file(path: &Path) -> Result<Option<DeviceState>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ClientError::store(e)),
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(ClientError::store)
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(ClientError::store)?;
+    if value.get("v").is_none() && value.get("cursor").is_some_and(|c| c.is_string()) {
+        // Protocol 1's cursor counts message ids, not positions: start from
+        // the server's copy of this device's cursor, which the server
+        // converted when it upgraded.
+        tracing::info!(path = %path.display(), "a cursor file from protocol 1: using the server's cursor");
+        return Ok(None);
+    }
+    let file: StateFile = serde_json::from_value(value).map_err(ClientError::store)?;
+    if file.v != FILE_VERSION {
+        return Err(ClientError::store(format!(
+            "{} has cursor file version {}, this build reads {FILE_VERSION}",
+            path.display(),
+            file.v
+        )));
+    }
+    Ok(Some(file.state))
 }
 
 fn save_file(dir: &Path, path: &Path, state: &DeviceState) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(ClientError::store)?;
-    let json = serde_json::to_vec(state).map_err(ClientError::store)?;
+    let json = serde_json::to_vec(&StateFile {
+        v: FILE_VERSION,
+        state: *state,
+    })
+    .map_err(ClientError::store)?;
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -160,7 +184,7 @@ impl CursorStore for FileCursorStore {
     async fn save(&self, user: UserId, device: DeviceId, state: &DeviceState) -> Result<()> {
         let dir = self.dir.clone();
         let path = self.path_for(user, device);
-        let state = state.clone();
+        let state = *state;
         tokio::task::spawn_blocking(move || save_file(&dir, &path, &state))
             .await
             .map_err(ClientError::store)?
@@ -171,10 +195,9 @@ impl CursorStore for FileCursorStore {
 mod tests {
     use super::*;
 
-    fn state(cursor: u64, seen: &[u64]) -> DeviceState {
+    fn state(cursor: u64) -> DeviceState {
         DeviceState {
-            cursor: MessageId(cursor),
-            seen: seen.iter().copied().map(MessageId).collect(),
+            cursor: Seq(cursor),
         }
     }
 
@@ -183,8 +206,8 @@ mod tests {
         let store = MemoryCursorStore::new();
         let (u, d) = (UserId::new_random(), DeviceId::new_random());
         assert_eq!(store.load(u, d).await.unwrap(), None);
-        store.save(u, d, &state(5, &[7, 9])).await.unwrap();
-        assert_eq!(store.load(u, d).await.unwrap(), Some(state(5, &[7, 9])));
+        store.save(u, d, &state(5)).await.unwrap();
+        assert_eq!(store.load(u, d).await.unwrap(), Some(state(5)));
         assert_eq!(store.load(u, DeviceId::new_random()).await.unwrap(), None);
     }
 
@@ -196,19 +219,13 @@ mod tests {
         let (u, d) = (UserId::new_random(), DeviceId::new_random());
         assert_eq!(store.load(u, d).await.unwrap(), None);
 
-        store
-            .save(u, d, &state(u64::MAX - 1, &[u64::MAX]))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.load(u, d).await.unwrap(),
-            Some(state(u64::MAX - 1, &[u64::MAX]))
-        );
+        store.save(u, d, &state(u64::MAX - 1)).await.unwrap();
+        assert_eq!(store.load(u, d).await.unwrap(), Some(state(u64::MAX - 1)));
 
         // Overwrite: the new state replaces the old one and no temporary
         // file is left behind.
-        store.save(u, d, &state(10, &[])).await.unwrap();
-        assert_eq!(store.load(u, d).await.unwrap(), Some(state(10, &[])));
+        store.save(u, d, &state(10)).await.unwrap();
+        assert_eq!(store.load(u, d).await.unwrap(), Some(state(10)));
         let files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -218,7 +235,22 @@ mod tests {
 
         // A second store on the same directory sees the saved state.
         let again = FileCursorStore::new(&dir);
-        assert_eq!(again.load(u, d).await.unwrap(), Some(state(10, &[])));
+        assert_eq!(again.load(u, d).await.unwrap(), Some(state(10)));
+    }
+
+    #[tokio::test]
+    async fn a_protocol_1_file_is_left_to_the_servers_cursor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileCursorStore::new(tmp.path());
+        let (u, d) = (UserId::new_random(), DeviceId::new_random());
+        std::fs::write(
+            store.path_for(u, d),
+            br#"{"cursor":"1234567890123","seen":["1234567890124"]}"#,
+        )
+        .unwrap();
+        assert_eq!(store.load(u, d).await.unwrap(), None);
+        store.save(u, d, &state(3)).await.unwrap();
+        assert_eq!(store.load(u, d).await.unwrap(), Some(state(3)));
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use chat_core::protocol::{
     close, ClientFrame, ErrorCode, Event, ReplyBody, Request, ServerFrame, Welcome, WireError,
     PROTOCOL_VERSION,
 };
-use chat_core::{DeviceId, MessageId};
+use chat_core::{ChannelId, ClientMsgId, DeviceId, Seq};
 use futures::{SinkExt, StreamExt};
 use reqwest::Url;
 use tokio::net::TcpStream;
@@ -40,12 +40,16 @@ use crate::sync::{Next, SyncState};
 /// The socket type.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Most live messages buffered during one sync pass.
-const LIVE_BUFFER_LIMIT: usize = 10_000;
+/// Most inbox entries held while waiting for an earlier one.
+const PENDING_LIMIT: usize = 10_000;
+/// How long entries may wait for an earlier one (overtaken on its way)
+/// before the device syncs to fetch it.
+const GAP_GRACE: Duration = Duration::from_millis(500);
 /// How long a graceful close may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// During a long sync, the cursor is saved and acked at most this often.
-const MID_SYNC_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// The cursor is saved and acked at most this often (and at the end of
+/// every sync, and when the connection stops).
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Pauses of the socket reader shorter than this do not extend deadlines.
 const PAUSE_GRACE: Duration = Duration::from_millis(50);
 
@@ -75,12 +79,18 @@ struct Queued {
 enum Waiter {
     /// A handle.
     User(oneshot::Sender<Result<ReplyBody>>),
-    /// A sync page after this id.
-    Sync(MessageId),
+    /// A handle's send of `key` in `channel`.
+    Send {
+        reply: oneshot::Sender<Result<ReplyBody>>,
+        channel: ChannelId,
+        key: ClientMsgId,
+    },
+    /// A sync page after this position.
+    Sync(Seq),
     /// A heartbeat.
     Heartbeat,
     /// An ack of this cursor.
-    Ack(MessageId),
+    Ack(Seq),
 }
 
 /// A request written to the socket, waiting for its reply.
@@ -249,7 +259,7 @@ pub(crate) struct WorkerParts {
     pub(crate) cmd_rx: mpsc::Receiver<Command>,
     pub(crate) events_tx: mpsc::Sender<ClientEvent>,
     pub(crate) cancel: CancellationToken,
-    pub(crate) cursor_tx: watch::Sender<MessageId>,
+    pub(crate) cursor_tx: watch::Sender<Seq>,
     pub(crate) done_tx: watch::Sender<bool>,
     pub(crate) final_error: Arc<Mutex<Option<ClientError>>>,
 }
@@ -279,7 +289,7 @@ pub(crate) struct Worker {
     /// Since when `outq` has been non-empty (the reader is paused).
     paused_since: Option<Instant>,
     cancel: CancellationToken,
-    cursor_tx: watch::Sender<MessageId>,
+    cursor_tx: watch::Sender<Seq>,
     final_error: Arc<Mutex<Option<ClientError>>>,
     /// The local state before the first welcome (`None`: ask the server).
     restored: Option<DeviceState>,
@@ -295,7 +305,11 @@ pub(crate) struct Worker {
     /// Delays between retries of a sync page that failed retryably.
     sync_backoff: Backoff,
     /// A sync page to ask for again at a time (after a retryable error).
-    sync_retry: Option<(Instant, MessageId)>,
+    sync_retry: Option<(Instant, Seq)>,
+    /// A sync is under way on this connection (a page requested or due).
+    syncing: bool,
+    /// When to sync because entries still wait for an earlier one.
+    gap_at: Option<Instant>,
     /// When the cursor was last saved and acked.
     last_commit: Option<Instant>,
     /// The cursor moved since it was last saved and acked.
@@ -344,6 +358,8 @@ impl Worker {
             sync_limit,
             sync_backoff,
             sync_retry: None,
+            syncing: false,
+            gap_at: None,
             last_commit: None,
             uncommitted: false,
             _done: DoneGuard(parts.done_tx),
@@ -558,13 +574,15 @@ impl Worker {
 
     fn connection_lost(&mut self, error: ClientError, code: Option<u16>, reason: String) {
         info!(?code, %reason, "connection lost");
-        if let Some(sync) = &mut self.sync {
-            sync.disconnected();
-        }
         self.sync_retry = None;
+        self.syncing = false;
+        self.gap_at = None;
         for (_, p) in self.pending.drain() {
-            if let Waiter::User(tx) = p.waiter {
-                let _ = tx.send(Err(error.clone()));
+            match p.waiter {
+                Waiter::User(tx) | Waiter::Send { reply: tx, .. } => {
+                    let _ = tx.send(Err(error.clone()));
+                }
+                _ => {}
             }
         }
         self.emit(ClientEvent::Disconnected { code, reason });
@@ -587,9 +605,15 @@ impl Worker {
             None => {
                 let state = self.restored.take().unwrap_or(DeviceState {
                     cursor: welcome.cursor,
-                    seen: Vec::new(),
                 });
-                SyncState::new(state, LIVE_BUFFER_LIMIT)
+                SyncState::new(
+                    self.session.user_id(),
+                    state.cursor,
+                    PENDING_LIMIT,
+                    self.options
+                        .send_deadline
+                        .saturating_add(Duration::from_secs(60)),
+                )
             }
         };
         let local_cursor = sync.cursor();
@@ -599,7 +623,7 @@ impl Worker {
             server_id: welcome.server_id.clone(),
         });
 
-        // Sync from the cursor; meanwhile live messages are buffered.
+        // Sync from the cursor; live messages meanwhile wait in order.
         self.start_sync(ws).await.map_err(lost)?;
         if local_cursor > welcome.cursor {
             // The server is behind this device's local state.
@@ -622,7 +646,7 @@ impl Worker {
                 let _ = q.reply.send(Err(ClientError::Timeout));
                 continue;
             }
-            self.write_request(ws, q.request, Waiter::User(q.reply))
+            self.write_user_request(ws, q.request, q.reply)
                 .await
                 .map_err(lost)?;
         }
@@ -642,6 +666,9 @@ impl Worker {
             let retry_at = self
                 .sync_retry
                 .map(|(at, _)| at)
+                .unwrap_or_else(|| deadline_in(Duration::from_secs(3600)));
+            let gap_at = self
+                .gap_at
                 .unwrap_or_else(|| deadline_in(Duration::from_secs(3600)));
             // Unbiased: replies, commands and timers get their turns.
             tokio::select! {
@@ -664,10 +691,21 @@ impl Worker {
                         self.request_page(ws, after).await.map_err(lost)?;
                     }
                 }
+                _ = tokio::time::sleep_until(gap_at), if self.gap_at.is_some() => {
+                    // Entries still wait for an earlier one: fetch it.
+                    self.gap_at = None;
+                    if !self.syncing {
+                        debug!("a gap in live delivery; syncing");
+                        self.start_sync(ws).await.map_err(lost)?;
+                    }
+                }
                 _ = tick.tick() => {
                     self.expire_outbox();
                     if self.outq.is_empty() {
                         self.expire_pending().map_err(lost)?;
+                    }
+                    if self.uncommitted && self.commit_due() {
+                        self.cursor_advanced(ws).await.map_err(lost)?;
                     }
                 }
                 cmd = self.cmd_rx.recv() => match cmd {
@@ -679,7 +717,7 @@ impl Worker {
                             let _ = reply.send(Err(ClientError::Timeout));
                             continue;
                         }
-                        self.write_request(ws, request, Waiter::User(reply))
+                        self.write_user_request(ws, request, reply)
                             .await
                             .map_err(lost)?;
                     }
@@ -749,7 +787,7 @@ impl Worker {
                 continue;
             };
             match p.waiter {
-                Waiter::User(tx) => {
+                Waiter::User(tx) | Waiter::Send { reply: tx, .. } => {
                     let _ = tx.send(Err(ClientError::Timeout));
                 }
                 Waiter::Sync(_) | Waiter::Heartbeat => dead = true,
@@ -767,15 +805,71 @@ impl Worker {
             return Ok(());
         };
         let after = sync.start_sync();
+        self.syncing = true;
+        self.gap_at = None;
         self.request_page(ws, after).await
     }
 
-    async fn request_page(&mut self, ws: &mut Ws, after: MessageId) -> Result<()> {
+    async fn request_page(&mut self, ws: &mut Ws, after: Seq) -> Result<()> {
         let request = Request::Sync {
             after: Some(after),
             limit: Some(self.sync_limit),
         };
         self.write_request(ws, request, Waiter::Sync(after)).await
+    }
+
+    /// Writes a handle's request; a send is remembered so that the
+    /// message, coming back by sync, is known as this device's own.
+    async fn write_user_request(
+        &mut self,
+        ws: &mut Ws,
+        request: Request,
+        reply: oneshot::Sender<Result<ReplyBody>>,
+    ) -> Result<()> {
+        let waiter = match &request {
+            Request::Send {
+                channel,
+                client_msg_id,
+                ..
+            } => {
+                if let Some(sync) = &mut self.sync {
+                    sync.sending(*channel, client_msg_id.clone());
+                }
+                Waiter::Send {
+                    reply,
+                    channel: *channel,
+                    key: client_msg_id.clone(),
+                }
+            }
+            _ => Waiter::User(reply),
+        };
+        self.write_request(ws, request, waiter).await
+    }
+
+    /// Hands released messages to the application, and notes whether
+    /// entries still wait for an earlier one and whether the cursor moved.
+    fn released(&mut self, messages: Vec<chat_core::Message>, before: Seq) {
+        for m in messages {
+            self.emit(ClientEvent::Message(m));
+        }
+        let Some(sync) = &self.sync else {
+            return;
+        };
+        if sync.cursor() != before {
+            self.uncommitted = true;
+            self.cursor_tx.send_replace(sync.cursor());
+        }
+        if !sync.has_gap() {
+            self.gap_at = None;
+        } else if self.gap_at.is_none() && !self.syncing {
+            self.gap_at = Some(deadline_in(GAP_GRACE));
+        }
+    }
+
+    /// Whether the cursor may be saved and acked now.
+    fn commit_due(&self) -> bool {
+        self.last_commit
+            .is_none_or(|t| t.elapsed() >= COMMIT_INTERVAL)
     }
 
     /// Handles one text frame. Malformed frames are logged and skipped.
@@ -795,17 +889,27 @@ impl Worker {
                 return Ok(());
             }
         };
+        let before = self.sync.as_ref().map(|s| s.cursor()).unwrap_or_default();
         match frame {
             ServerFrame::Welcome(_) => warn!("second welcome on one connection, ignored"),
-            ServerFrame::Event(Event::Message { message }) => {
+            ServerFrame::Event(Event::Message { seq, message }) => {
                 if let Some(sync) = &mut self.sync {
-                    if let Some(m) = sync.on_live(message) {
-                        self.emit(ClientEvent::Message(m));
-                    }
+                    let out = sync.on_live(seq, message);
+                    self.released(out, before);
+                }
+                if self.uncommitted && self.commit_due() {
+                    self.cursor_advanced(ws).await.map_err(lost)?;
                 }
             }
             ServerFrame::Event(Event::Presence { presence }) => {
                 self.emit(ClientEvent::Presence(presence));
+            }
+            ServerFrame::Event(Event::Resync {}) => {
+                // The server's live delivery may have missed events.
+                if !self.syncing {
+                    debug!("the server asks for a sync");
+                    self.start_sync(ws).await.map_err(lost)?;
+                }
             }
             ServerFrame::Event(other) => debug!(?other, "unknown event, ignored"),
             ServerFrame::Reply(reply) => {
@@ -820,25 +924,28 @@ impl Worker {
                 let result = reply.into_result();
                 match pending.waiter {
                     Waiter::User(tx) => {
-                        if let (Ok(ReplyBody::Sent { message_id, .. }), Some(sync)) =
+                        let _ = tx.send(result.map_err(ClientError::Api));
+                    }
+                    Waiter::Send {
+                        reply,
+                        channel,
+                        key,
+                    } => {
+                        if let (Ok(ReplyBody::Sent { seq, .. }), Some(sync)) =
                             (&result, &mut self.sync)
                         {
-                            // The receipt stands for the message on this device.
-                            sync.mark_seen(*message_id);
+                            // The receipt stands for the message on this
+                            // device: its position is handled silently.
+                            let out = sync.sent(channel, &key, *seq);
+                            self.released(out, before);
                         }
-                        let _ = tx.send(result.map_err(ClientError::Api));
+                        let _ = reply.send(result.map_err(ClientError::Api));
                     }
                     Waiter::Sync(after) => {
                         self.on_sync_reply(ws, after, result).await.map_err(lost)?
                     }
                     Waiter::Heartbeat => match result {
-                        Ok(ReplyBody::Heartbeat { stable, .. }) => {
-                            let advanced =
-                                self.sync.as_mut().is_some_and(|s| s.on_watermark(stable));
-                            if advanced {
-                                self.cursor_advanced(ws).await.map_err(lost)?;
-                            }
-                        }
+                        Ok(ReplyBody::Heartbeat { .. }) => {}
                         Ok(other) => warn!(kind = reply_kind(&other), "unexpected heartbeat reply"),
                         Err(e) => warn!(error = %e, "heartbeat failed"),
                     },
@@ -856,15 +963,11 @@ impl Worker {
     async fn on_sync_reply(
         &mut self,
         ws: &mut Ws,
-        after: MessageId,
+        after: Seq,
         result: std::result::Result<ReplyBody, WireError>,
     ) -> Result<()> {
-        let (messages, has_more, stable) = match result {
-            Ok(ReplyBody::Synced {
-                messages,
-                has_more,
-                stable,
-            }) => (messages, has_more, stable),
+        let (entries, has_more) = match result {
+            Ok(ReplyBody::Synced { entries, has_more }) => (entries, has_more),
             Ok(other) => {
                 let e = ClientError::decode(format!(
                     "expected a synced reply, got {}",
@@ -892,7 +995,8 @@ impl Worker {
         let Some(sync) = &mut self.sync else {
             return Ok(());
         };
-        let outcome = match sync.on_page(after, messages, has_more, stable) {
+        let before = sync.cursor();
+        let outcome = match sync.on_page(after, entries, has_more) {
             Ok(o) => o,
             Err(_) => {
                 let e = ClientError::decode("sync page with has_more but no progress");
@@ -900,25 +1004,14 @@ impl Worker {
                 return Err(e);
             }
         };
-        for m in outcome.emit {
-            self.emit(ClientEvent::Message(m));
+        let done = outcome.next == Next::Done;
+        if done {
+            self.syncing = false;
         }
-        if outcome.advanced {
-            // Mid-sync progress is committed at most once per interval;
-            // the end of the sync always commits.
-            let due = outcome.next == Next::Done
-                || self
-                    .last_commit
-                    .is_none_or(|t| t.elapsed() >= MID_SYNC_COMMIT_INTERVAL);
-            if let Some(sync) = &self.sync {
-                self.cursor_tx.send_replace(sync.cursor());
-            }
-            if due {
-                self.cursor_advanced(ws).await?;
-            } else {
-                self.uncommitted = true;
-            }
-        } else if outcome.next == Next::Done && self.uncommitted {
+        self.released(outcome.emit, before);
+        // Progress is committed at most once per interval; the end of a
+        // sync always commits.
+        if self.uncommitted && (done || self.commit_due()) {
             self.cursor_advanced(ws).await?;
         }
         match outcome.next {
@@ -936,10 +1029,10 @@ impl Worker {
 
     /// Persists the state and acks the new cursor.
     async fn cursor_advanced(&mut self, ws: &mut Ws) -> Result<()> {
-        let Some(state) = self.sync.as_ref().map(|s| s.snapshot()) else {
+        let Some(cursor) = self.sync.as_ref().map(|s| s.cursor()) else {
             return Ok(());
         };
-        let cursor = state.cursor;
+        let state = DeviceState { cursor };
         self.cursor_tx.send_replace(cursor);
         self.last_commit = Some(Instant::now());
         self.uncommitted = false;
@@ -971,11 +1064,12 @@ impl Worker {
             let _ = q.reply.send(Err(error.clone()));
         }
         for (_, p) in self.pending.drain() {
-            if let Waiter::User(tx) = p.waiter {
+            if let Waiter::User(tx) | Waiter::Send { reply: tx, .. } = p.waiter {
                 let _ = tx.send(Err(error.clone()));
             }
         }
-        if let Some(state) = self.sync.as_ref().map(|s| s.snapshot()) {
+        if let Some(cursor) = self.sync.as_ref().map(|s| s.cursor()) {
+            let state = DeviceState { cursor };
             if let Err(e) = self
                 .store
                 .save(self.session.user_id(), self.device, &state)

@@ -1,7 +1,8 @@
 //! The connection task against a small scripted mock of the server (not the
 //! real chat server, whose end-to-end tests live in `chat-server/tests`):
-//! sync and live delivery, heartbeat watermarks, reconnects, send retries
-//! with the same client message id, and fatal close codes.
+//! sync and live delivery in inbox-position order (overtaken and lost
+//! events, the server's resync request), reconnects, send retries with the
+//! same client message id, and fatal close codes.
 
 // Test scaffolding: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -15,13 +16,14 @@ use chat_client::{
     ChatClient, ClientError, ClientEvent, ConnectOptions, Connection, CursorStore, DeviceState,
     MemoryCursorStore, Session,
 };
+use chat_core::api::HistoryQuery;
 use chat_core::api::{AuthResponse, RouteResponse};
 use chat_core::protocol::{
     ClientFrame, ErrorCode, Event, Reply, ReplyBody, Request, ServerFrame, Welcome, WireError,
 };
 use chat_core::{
-    ChannelId, ClientMsgId, DeviceId, Message, MessageId, Presence, PresenceStatus, ServerInfo,
-    User, UserId,
+    ChannelId, ClientMsgId, DeviceId, InboxEntry, Message, MessageId, Presence, PresenceStatus,
+    Seq, ServerInfo, User, UserId,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,11 +44,10 @@ enum Control {
 
 #[derive(Debug, Default)]
 struct State {
+    /// The user's inbox: position = key; message ids equal positions.
     inbox: BTreeMap<u64, Message>,
     next_id: u64,
     by_client_id: HashMap<String, u64>,
-    /// `None`: everything stored is settled.
-    stable: Option<u64>,
     acked: u64,
     routes: u32,
     connections: u32,
@@ -63,10 +64,6 @@ struct State {
 }
 
 impl State {
-    fn stable(&self) -> u64 {
-        self.stable.unwrap_or(self.next_id + 1)
-    }
-
     fn store(&mut self, channel: ChannelId, sender: UserId, cid: ClientMsgId, text: &str) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
@@ -187,13 +184,13 @@ impl Mock {
             // Subscribed before welcome, as the real server does.
             st.live.push(tx);
             ServerFrame::Welcome(Welcome {
-                protocol: 1,
+                protocol: chat_core::protocol::PROTOCOL_VERSION,
                 server_id: format!("mock-{}", st.connections),
                 user: self.user.id,
                 device: DeviceId::new_random(),
                 heartbeat_interval_ms: 5000,
                 presence_timeout_ms: 30000,
-                cursor: MessageId(st.acked),
+                cursor: Seq(st.acked),
             })
         };
         if ws.send(text(&welcome)).await.is_err() {
@@ -276,6 +273,7 @@ impl Mock {
                     message_id: MessageId(message_id),
                     created_at: message_id,
                     duplicate,
+                    seq: Some(Seq(message_id)),
                 }
             }
             Request::Sync { after, limit } => {
@@ -289,28 +287,27 @@ impl Mock {
                 }
                 let after = after.map(|a| a.0).unwrap_or(st.acked);
                 let limit = limit.unwrap_or(100) as usize;
-                let all: Vec<Message> = st
+                let all: Vec<InboxEntry> = st
                     .inbox
                     .range(after + 1..)
-                    .map(|(_, m)| m.clone())
+                    .map(|(seq, m)| InboxEntry {
+                        seq: Seq(*seq),
+                        message: m.clone(),
+                    })
                     .collect();
                 let has_more = all.len() > limit;
                 ReplyBody::Synced {
-                    messages: all.into_iter().take(limit).collect(),
+                    entries: all.into_iter().take(limit).collect(),
                     has_more,
-                    stable: MessageId(st.stable()),
                 }
             }
             Request::Ack { cursor } => {
                 st.acked = st.acked.max(cursor.0);
                 ReplyBody::Acked {
-                    cursor: MessageId(st.acked),
+                    cursor: Seq(st.acked),
                 }
             }
-            Request::Heartbeat {} => ReplyBody::Heartbeat {
-                server_time: 0,
-                stable: MessageId(st.stable()),
-            },
+            Request::Heartbeat {} => ReplyBody::Heartbeat { server_time: 0 },
             Request::History { channel, .. } => ReplyBody::History {
                 messages: st
                     .inbox
@@ -318,6 +315,7 @@ impl Mock {
                     .filter(|m| m.channel_id == channel)
                     .cloned()
                     .collect(),
+                has_more: false,
             },
             Request::Presence { users } => ReplyBody::Presence {
                 users: users
@@ -336,21 +334,29 @@ impl Mock {
 
     /// Stores a message from someone else and sends it live.
     fn deliver(&self, content: &str) -> u64 {
+        let id = self.store_quietly(content);
+        self.send_live(id);
+        id
+    }
+
+    /// Sends stored message `seq` live (again, or late).
+    fn send_live(&self, seq: u64) {
         let mut st = self.state.lock().unwrap();
-        let id = st.store(
-            self.channel,
-            UserId::new_random(),
-            ClientMsgId::new_random(),
-            content,
-        );
-        let message = st.inbox[&id].clone();
+        let message = st.inbox[&seq].clone();
         st.live.retain(|tx| {
             tx.send(Control::Frame(ServerFrame::Event(Event::Message {
+                seq: Seq(seq),
                 message: message.clone(),
             })))
             .is_ok()
         });
-        id
+    }
+
+    /// Sends a server frame to every connection.
+    fn broadcast(&self, frame: ServerFrame) {
+        let mut st = self.state.lock().unwrap();
+        st.live
+            .retain(|tx| tx.send(Control::Frame(frame.clone())).is_ok());
     }
 
     /// Stores a message without live delivery (it happened while offline).
@@ -438,7 +444,7 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[tokio::test]
-async fn sync_then_live_then_watermark_moves_the_cursor() {
+async fn sync_then_live_moves_the_cursor() {
     let mock = Mock::start().await;
     for i in 0..5 {
         mock.store_quietly(&format!("old {i}"));
@@ -455,24 +461,30 @@ async fn sync_then_live_then_watermark_moves_the_cursor() {
         ClientEvent::Connected { .. }
     ));
     assert_eq!(until_synced(&mut conn).await, [1, 2, 3, 4, 5]);
-    assert_eq!(conn.cursor(), MessageId(5));
+    assert_eq!(conn.cursor(), Seq(5));
 
     let id = mock.deliver("live");
     assert_eq!(next_message(&mut conn).await, id);
-    // A heartbeat's watermark moves the cursor past the live message; it is
-    // saved and acked.
-    eventually("cursor 6", || conn.cursor() == MessageId(6)).await;
+    // The live message moves the cursor; it is saved and acked.
+    eventually("cursor 6", || conn.cursor() == Seq(6)).await;
     eventually("ack 6", || mock.with(|s| s.acked) == 6).await;
     let user = mock.user.id;
     let saved = store.load(user, device).await.unwrap().unwrap();
-    assert_eq!(saved.cursor, MessageId(6));
+    assert_eq!(saved.cursor, Seq(6));
 
     // Requests over the socket.
     let history = conn
-        .history(mock.channel, None, None, Some(10))
+        .history(
+            mock.channel,
+            &HistoryQuery {
+                limit: Some(10),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(history.len(), 6);
+    assert_eq!(history.messages.len(), 6);
+    assert!(!history.has_more);
     let presence = conn.presence(&[user]).await.unwrap();
     assert_eq!(presence[0].status, PresenceStatus::Online);
 
@@ -499,8 +511,6 @@ async fn sync_then_live_then_watermark_moves_the_cursor() {
 #[tokio::test]
 async fn reconnects_after_a_retryable_close_and_syncs_without_duplicates() {
     let mock = Mock::start().await;
-    // Nothing settles, so the cursor cannot move past what arrives live.
-    mock.with(|s| s.stable = Some(1));
     let mut conn = mock
         .session()
         .connect(
@@ -571,14 +581,7 @@ async fn a_restored_cursor_skips_what_the_device_already_has() {
     let store = Arc::new(MemoryCursorStore::new());
     let device = DeviceId::new_random();
     store
-        .save(
-            mock.user.id,
-            device,
-            &DeviceState {
-                cursor: MessageId(3),
-                seen: vec![MessageId(5)],
-            },
-        )
+        .save(mock.user.id, device, &DeviceState { cursor: Seq(3) })
         .await
         .unwrap();
     let mut conn = mock
@@ -586,7 +589,7 @@ async fn a_restored_cursor_skips_what_the_device_already_has() {
         .connect(device, store, options())
         .await
         .unwrap();
-    assert_eq!(until_synced(&mut conn).await, [4, 6]);
+    assert_eq!(until_synced(&mut conn).await, [4, 5, 6]);
     // The server learns the local cursor.
     eventually("ack", || mock.with(|s| s.acked) >= 6).await;
 }
@@ -626,7 +629,6 @@ async fn a_send_cut_off_by_a_disconnect_is_retried_with_the_same_id() {
 #[tokio::test]
 async fn own_sends_are_not_delivered_back_as_events() {
     let mock = Mock::start().await;
-    mock.with(|s| s.stable = Some(1));
     let mut conn = mock
         .session()
         .connect(
@@ -638,12 +640,65 @@ async fn own_sends_are_not_delivered_back_as_events() {
         .unwrap();
     until_synced(&mut conn).await;
     let mine = conn.send(mock.channel, "mine").await.unwrap();
-    // Reconnect: the sync finds the sent message in the inbox but it is
-    // not emitted; a later message is.
+    assert_eq!(mine.seq, Some(Seq(1)));
+    // The receipt stands for position 1: the cursor moves past it.
+    eventually("cursor past my own message", || conn.cursor() == Seq(1)).await;
+    // Reconnect: the sync does not bring it back; a later message comes.
     mock.close_all(4000);
     let other = mock.store_quietly("theirs");
     assert_eq!(until_synced(&mut conn).await, [other]);
     assert!(mine.message_id.0 < other);
+    // A reply lost with its connection: the sync finds the message first,
+    // and knows it as this device's own by its client message id.
+    mock.with(|s| s.drop_next_send = true);
+    let key = ClientMsgId::new("lost-reply").unwrap();
+    let receipt = conn
+        .send_with_id(mock.channel, key, "mine again")
+        .await
+        .unwrap();
+    assert!(receipt.duplicate);
+    let last = mock.deliver("after");
+    assert_eq!(
+        next_message(&mut conn).await,
+        last,
+        "not my own message first"
+    );
+}
+
+/// Live events that overtake one another are handed over in inbox order;
+/// an event that never comes (lost) is fetched by a sync after a short
+/// wait; the server's resync request makes the client sync at once.
+#[tokio::test]
+async fn overtaken_lost_and_resynced_events_arrive_in_order() {
+    let mock = Mock::start().await;
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options(),
+        )
+        .await
+        .unwrap();
+    until_synced(&mut conn).await;
+    // 2 overtakes 1.
+    let one = mock.store_quietly("one");
+    let two = mock.deliver("two");
+    mock.send_live(one);
+    assert_eq!(next_message(&mut conn).await, one);
+    assert_eq!(next_message(&mut conn).await, two);
+    // 3 is lost; 4 arrives and waits; a sync brings 3, then 4 follows.
+    let syncs = mock.with(|s| s.sync_requests);
+    let three = mock.store_quietly("three");
+    let four = mock.deliver("four");
+    assert_eq!(next_message(&mut conn).await, three);
+    assert_eq!(next_message(&mut conn).await, four);
+    assert!(mock.with(|s| s.sync_requests) > syncs, "a gap sync ran");
+    // Stored without an event, then the server asks for a sync.
+    let five = mock.store_quietly("five");
+    mock.broadcast(ServerFrame::Event(Event::Resync {}));
+    assert_eq!(next_message(&mut conn).await, five);
+    assert_eq!(conn.cursor(), Seq(five));
 }
 
 #[tokio::test]

@@ -56,6 +56,7 @@ fn frames(c: &mut Criterion) {
     let mut g = c.benchmark_group("frames");
     for len in [100usize, 10_000] {
         let event = ServerFrame::Event(Event::Message {
+            seq: chat_core::Seq(123_456),
             message: message(len),
         });
         let text = serde_json::to_string(&event).expect("encode");

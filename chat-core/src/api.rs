@@ -95,7 +95,8 @@ pub struct HistoryQuery {
     /// Exclusive lower bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<MessageId>,
-    /// Page size (default 50, at most 1,000).
+    /// Page size (default 50, at most 1,000; a page also stops at the
+    /// server's byte limit, 256 KiB by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
 }
@@ -105,6 +106,10 @@ pub struct HistoryQuery {
 pub struct MessagePage {
     /// Messages in ascending id order.
     pub messages: Vec<Message>,
+    /// Whether more messages follow in the page's reading direction (the
+    /// page stopped at its `limit` or at the server's byte limit).
+    #[serde(default)]
+    pub has_more: bool,
 }
 
 /// `PUT /v1/devices/{device_id}`

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::id::{DeviceId, UserId};
+use crate::store::Seq;
 use crate::types::{Message, Presence};
 
 /// An event on its way to users' connected devices, on whichever node holds
@@ -38,8 +39,9 @@ pub enum BusEvent {
     Message {
         /// The message.
         message: Message,
-        /// `(recipient, inbox position)` for every recipient.
-        positions: Vec<(UserId, u64)>,
+        /// `(recipient, inbox position)` for every recipient, sorted by
+        /// recipient.
+        positions: Vec<(UserId, Seq)>,
     },
     /// A user came online or went offline.
     Presence {

@@ -4,14 +4,17 @@
 //!
 //! * [`Snowflake`]: 64-bit ids of `41 bits milliseconds | 10 bits node |
 //!   12 bits sequence`, unique across nodes and ordered by time across every
-//!   channel. This is what the reference server uses, because a recipient's
-//!   inbox mixes messages from many channels and is read "after my cursor".
+//!   channel. The reference server's default.
 //! * [`ChannelSequence`]: a dense local sequence per channel (1, 2, 3, ...),
 //!   unique only within the channel (Tinode's per-topic `seq`, Centrifugo's
-//!   per-channel offset). Simpler to reason about for per-channel streams, but
-//!   its ids cannot order an inbox that spans channels, so
-//!   [`MessageIdGenerator::floor_at`] returns `None` for it and the server
-//!   refuses it.
+//!   per-channel offset). Simpler to reason about for per-channel streams;
+//!   its ids carry no time, so [`MessageIdGenerator::floor_at`] returns
+//!   `None` for it.
+//!
+//! Either works for the server: inboxes are ordered by positions the store
+//! assigns at commit ([`crate::Seq`]), not by message ids, and the store
+//! raises a proposed id that is not above its channel's last one
+//! ([`crate::MessageStore`]), so ids always increase per channel.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -205,6 +208,7 @@ impl MessageIdGenerator for ChannelSequence {
                     .history
                     .page(channel, crate::store::Page::latest(1))
                     .await?
+                    .items
                     .first()
                     .map(|m| m.id.0)
                     .unwrap_or(0);
@@ -367,11 +371,11 @@ mod tests {
 
     #[tokio::test]
     async fn channel_sequence_is_dense_per_channel_and_resumes_from_history() {
-        use crate::memory::MemoryHistory;
+        use crate::memory::MemoryStore;
         use crate::store::HistoryStore;
         use crate::types::Message;
 
-        let history = Arc::new(MemoryHistory::default());
+        let history = Arc::new(MemoryStore::default());
         let seq = ChannelSequence::new(history.clone());
         let c1 = ChannelId::new_random();
         let c2 = ChannelId::new_random();

@@ -7,8 +7,10 @@
 //! | trait | what it stores or does |
 //! |---|---|
 //! | [`MessageIdGenerator`] | unique, time-ordered message ids ([`Snowflake`], [`ChannelSequence`]) |
+//! | [`MessageStore`] | the send path: one atomic commit of a message to history and every member's inbox |
 //! | [`HistoryStore`] | chat history, partitioned by channel, ordered by id |
-//! | [`Inbox`] | the per-recipient message sync queue and device cursors |
+//! | [`Inbox`] | the per-recipient message sync queue, ordered by positions ([`Seq`]), and device cursors |
+//! | [`FanoutStore`] | the coordinating half of a sharded history (a transactional outbox) |
 //! | [`DeliveryBus`] | live events to the chat server holding a connection |
 //! | [`PresenceTracker`] | heartbeats → online / offline |
 //! | [`PushNotifier`] | notifications for recipients with no connected device |
@@ -16,25 +18,39 @@
 //! | [`Directory`] | users, credentials, friends, channels, members, devices |
 //!
 //! ```
-//! use chat_core::{memory::MemoryHistory, HistoryStore, Page, Snowflake, MessageIdGenerator};
-//! use chat_core::{ChannelId, ClientMsgId, Message, UserId};
+//! use std::time::Duration;
+//! use chat_core::memory::{MemoryDirectory, MemoryStore};
+//! use chat_core::{Channel, Directory, Inbox, MessageStore, NewMessage, Seq, Snowflake};
+//! use chat_core::{ClientMsgId, MessageIdGenerator, User, UserId, UserRecord};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! # async fn user(d: &MemoryDirectory, name: &str) -> UserId {
+//! #     let user = User { id: UserId::new_random(), username: name.into(),
+//! #         profile: Default::default(), created_at: 0 };
+//! #     d.create_user(UserRecord { user, password_hash: String::new() }).await.unwrap().id
+//! # }
+//! let store = MemoryStore::default();
+//! let directory = store.directory();
+//! let (alice, bob) = (user(&directory, "alice").await, user(&directory, "bob").await);
+//! let channel = directory.create_channel(Channel::direct(alice, bob, 0)).await.unwrap();
+//!
 //! let ids = Snowflake::new(1).unwrap();
-//! let history = MemoryHistory::default();
-//! let channel = ChannelId::new_random();
-//! let message = Message {
-//!     id: ids.next_id(channel).await.unwrap(),
-//!     channel_id: channel,
-//!     sender: UserId::new_random(),
+//! let send = NewMessage {
+//!     id: ids.next_id(channel.id).await.unwrap(),
+//!     channel_id: channel.id,
+//!     sender: alice,
 //!     content: "hello".into(),
 //!     created_at: 0,
 //!     client_msg_id: ClientMsgId::new_random(),
+//!     timeout: Duration::from_secs(5),
 //! };
-//! history.append(message.clone()).await.unwrap();
+//! // History and both inboxes, in one atomic commit.
+//! let committed = store.commit(send.clone()).await.unwrap();
+//! assert_eq!(committed.position_of(bob), Some(Seq(1)));
 //! // A retry with the same client message id stores nothing new.
-//! assert!(history.append(message).await.unwrap().is_duplicate());
-//! assert_eq!(history.page(channel, Page::latest(10)).await.unwrap().len(), 1);
+//! assert!(store.commit(send).await.unwrap().duplicate);
+//! let page = store.read(bob, Seq::ZERO, 100, usize::MAX).await.unwrap();
+//! assert_eq!(page.items.len(), 1);
 //! # });
 //! ```
 
@@ -65,7 +81,10 @@ pub use presence::PresenceTracker;
 pub use push::{
     DeliveryOutcome, DeviceOutcome, PushNotification, PushNotifier, PushReport, MAX_PUSH_DEVICES,
 };
-pub use store::{Appended, HistoryStore, Inbox, Page, MAX_PAGE};
+pub use store::{
+    entry_bytes, take_within, Appended, Committed, Fanout, FanoutStore, Health, HistoryStore,
+    Inbox, InboxEntry, MessageStore, NewMessage, Page, Paged, Seq, ENTRY_OVERHEAD, MAX_PAGE,
+};
 pub use types::{
     Channel, ChannelKind, Device, Message, Platform, Presence, PresenceStatus, Profile, User,
 };

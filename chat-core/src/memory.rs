@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -21,9 +22,12 @@ use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 use crate::presence::PresenceTracker;
 use crate::push::{DeliveryOutcome, PushNotification, PushNotifier, PushReport};
 use crate::rules::{
-    apply_membership, check_duplicate, select_page, validate_new_channel, validate_new_user,
+    apply_membership, check_duplicate, next_channel_id, validate_new_channel, validate_new_user,
 };
-use crate::store::{Appended, HistoryStore, Inbox, Page};
+use crate::store::{
+    entry_bytes, take_within, Appended, Committed, Fanout, FanoutStore, HistoryStore, Inbox,
+    InboxEntry, MessageStore, NewMessage, Page, Paged, Seq,
+};
 use crate::types::{
     Channel, ChannelKind, Device, Message, Presence, PresenceStatus, Profile, User,
 };
@@ -43,148 +47,309 @@ fn page_bounds(page: &Page) -> (std::ops::Bound<MessageId>, std::ops::Bound<Mess
     )
 }
 
-/// One channel's history and idempotency records (the key is scoped to the
-/// channel, so they live together).
+/// What a channel keeps besides its messages: the idempotency records and
+/// the last id, both written with each commit.
 #[derive(Debug, Default)]
-struct ChannelHistory {
+struct ChannelLog {
     messages: BTreeMap<MessageId, Message>,
-    /// `(sender, client_msg_id)` → id
-    dedup: HashMap<(UserId, ClientMsgId), MessageId>,
+    /// `(sender, client_msg_id)` → the message's id and its inbox positions.
+    dedup: HashMap<(UserId, ClientMsgId), Sent>,
+    /// The largest id ever committed to the channel (history or outbox).
+    last_id: MessageId,
 }
 
-/// Lock stripes of [`MemoryHistory`]: channels are spread over them, so
-/// sends to different channels rarely wait for each other, and no single
-/// map grows so large that resizing it stalls every send.
-const HISTORY_STRIPES: usize = 16;
+/// An idempotency record.
+#[derive(Debug, Clone)]
+struct Sent {
+    id: MessageId,
+    positions: Vec<(UserId, Seq)>,
+    /// For a fan-out commit (`FanoutStore`): the message and when it was
+    /// committed, until drained.
+    outbox: Option<(Message, Instant)>,
+}
 
-/// Chat history in memory.
+/// Lock stripes of [`MemoryStore`]: channels and inboxes are spread over
+/// them, so sends to different channels rarely wait for each other, and no
+/// single map grows so large that resizing it stalls every send.
+const STRIPES: usize = 16;
+
+fn stripe_of(bytes: &[u8; 16]) -> usize {
+    (bytes[15] ^ bytes[7]) as usize % STRIPES
+}
+
+#[derive(Debug, Default)]
+struct Inboxes {
+    /// user → entries; the entry at index `i` has position `i + 1`.
+    entries: HashMap<UserId, Vec<InboxEntry>>,
+}
+
+/// Chat history, inboxes and device cursors in memory: a [`MessageStore`]
+/// (and a [`FanoutStore`]) whose channels and members come from a
+/// [`MemoryDirectory`].
+///
+/// A commit holds its channel's lock while it appends to each member's
+/// inbox (taking each inbox's lock in turn), so the messages of one channel
+/// enter every inbox in id order and each inbox's positions stay dense.
 #[derive(Debug)]
-pub struct MemoryHistory {
-    stripes: Vec<Mutex<HashMap<ChannelId, ChannelHistory>>>,
+pub struct MemoryStore {
+    directory: Arc<MemoryDirectory>,
+    channels: Vec<Mutex<HashMap<ChannelId, ChannelLog>>>,
+    inboxes: Vec<Mutex<Inboxes>>,
+    cursors: Mutex<HashMap<(UserId, DeviceId), Seq>>,
 }
 
-impl Default for MemoryHistory {
+impl Default for MemoryStore {
+    /// A store with a directory of its own ([`MemoryStore::directory`]).
     fn default() -> Self {
-        Self {
-            stripes: (0..HISTORY_STRIPES).map(|_| Mutex::default()).collect(),
-        }
+        Self::new(Arc::new(MemoryDirectory::default()))
     }
 }
 
-impl MemoryHistory {
-    fn stripe(&self, channel: ChannelId) -> MutexGuard<'_, HashMap<ChannelId, ChannelHistory>> {
-        let b = channel.as_bytes();
-        lock(&self.stripes[(b[15] ^ b[7]) as usize % HISTORY_STRIPES])
+impl MemoryStore {
+    /// A store whose channels and members are those of `directory`.
+    pub fn new(directory: Arc<MemoryDirectory>) -> Self {
+        Self {
+            directory,
+            channels: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            inboxes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            cursors: Mutex::default(),
+        }
+    }
+
+    /// The directory this store reads channel members from.
+    pub fn directory(&self) -> Arc<MemoryDirectory> {
+        self.directory.clone()
+    }
+
+    fn channel_stripe(&self, channel: ChannelId) -> MutexGuard<'_, HashMap<ChannelId, ChannelLog>> {
+        lock(&self.channels[stripe_of(channel.as_bytes())])
+    }
+
+    fn inbox_stripe(&self, user: UserId) -> MutexGuard<'_, Inboxes> {
+        lock(&self.inboxes[stripe_of(user.as_bytes())])
+    }
+
+    /// The shared commit: to history (`outbox: false`) or to the outbox.
+    fn commit_to(&self, new: NewMessage, outbox: bool) -> Result<Fanout> {
+        let started = Instant::now();
+        let mut stripe = self.channel_stripe(new.channel_id);
+        // Members as of now: membership changes serialize with this commit
+        // through the directory's lock, read while the channel is held.
+        let channel = self
+            .directory
+            .channel_now(new.channel_id)
+            .ok_or(Error::not_found("channel"))?;
+        if !channel.is_member(new.sender) {
+            return Err(Error::forbidden("not a member of this channel"));
+        }
+        let log = stripe.entry(new.channel_id).or_default();
+        let key = (new.sender, new.client_msg_id.clone());
+        if let Some(sent) = log.dedup.get(&key) {
+            let existing = match (&sent.outbox, log.messages.get(&sent.id)) {
+                (Some((m, _)), _) | (None, Some(m)) => m.clone(),
+                (None, None) => {
+                    return Ok(Fanout::Drained {
+                        id: sent.id,
+                        positions: sent.positions.clone(),
+                    })
+                }
+            };
+            let message = check_duplicate(&existing, &new.to_message(existing.id))?
+                .message()
+                .clone();
+            return Ok(Fanout::Committed(Committed {
+                message,
+                duplicate: true,
+                positions: sent.positions.clone(),
+            }));
+        }
+        if started.elapsed() > new.timeout {
+            return Err(Error::temporary(
+                "memory",
+                "the commit did not start in time",
+            ));
+        }
+        let id = next_channel_id(new.id, log.last_id)?;
+        let message = new.to_message(id);
+        let mut positions = Vec::with_capacity(channel.members.len());
+        for member in &channel.members {
+            let mut inboxes = self.inbox_stripe(*member);
+            let inbox = inboxes.entries.entry(*member).or_default();
+            let seq = Seq(inbox.len() as u64 + 1);
+            inbox.push(InboxEntry {
+                seq,
+                message: message.clone(),
+            });
+            positions.push((*member, seq));
+        }
+        log.last_id = id;
+        log.dedup.insert(
+            key,
+            Sent {
+                id,
+                positions: positions.clone(),
+                outbox: outbox.then(|| (message.clone(), Instant::now())),
+            },
+        );
+        if !outbox {
+            log.messages.insert(id, message.clone());
+        }
+        Ok(Fanout::Committed(Committed {
+            message,
+            duplicate: false,
+            positions,
+        }))
     }
 }
 
 #[async_trait]
-impl HistoryStore for MemoryHistory {
+impl HistoryStore for MemoryStore {
     async fn append(&self, message: Message) -> Result<Appended> {
-        let mut stripe = self.stripe(message.channel_id);
-        let channel = stripe.entry(message.channel_id).or_default();
+        let mut stripe = self.channel_stripe(message.channel_id);
+        let log = stripe.entry(message.channel_id).or_default();
         let key = (message.sender, message.client_msg_id.clone());
-        if let Some(id) = channel.dedup.get(&key) {
-            let existing = channel
-                .messages
-                .get(id)
-                .ok_or_else(|| Error::backend("memory", "dangling idempotency record"))?;
-            return check_duplicate(existing, &message);
+        if let Some(sent) = log.dedup.get(&key) {
+            if let Some(existing) = log.messages.get(&sent.id) {
+                return check_duplicate(existing, &message);
+            }
         }
-        if channel.messages.contains_key(&message.id) {
+        if log.messages.contains_key(&message.id) {
             return Err(Error::conflict(format!(
                 "message id {} already used in this channel",
                 message.id
             )));
         }
-        channel.messages.insert(message.id, message.clone());
-        channel.dedup.insert(key, message.id);
+        log.last_id = log.last_id.max(message.id);
+        log.messages.insert(message.id, message.clone());
+        log.dedup.entry(key).or_insert(Sent {
+            id: message.id,
+            positions: Vec::new(),
+            outbox: None,
+        });
         Ok(Appended::Stored(message))
     }
 
     async fn get(&self, channel: ChannelId, id: MessageId) -> Result<Option<Message>> {
         Ok(self
-            .stripe(channel)
+            .channel_stripe(channel)
             .get(&channel)
             .and_then(|c| c.messages.get(&id))
             .cloned())
     }
 
-    async fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
+    async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
         // An empty range (`after >= before`) is an empty page; BTreeMap::range
         // would panic on it.
         if let (Some(after), Some(before)) = (page.after, page.before) {
             if after >= before {
-                return Ok(Vec::new());
+                return Ok(Paged::empty());
             }
         }
-        Ok(match self.stripe(channel).get(&channel) {
-            // Only the page's bounds are walked, not the whole channel.
-            Some(c) => select_page(c.messages.range(page_bounds(&page)).map(|(_, m)| m), page),
-            None => Vec::new(),
-        })
+        let stripe = self.channel_stripe(channel);
+        let Some(log) = stripe.get(&channel) else {
+            return Ok(Paged::empty());
+        };
+        // Only the page's bounds are walked, not the whole channel.
+        let range = log
+            .messages
+            .range(page_bounds(&page))
+            .map(|(_, m)| Ok(m.clone()));
+        if page.is_forward() {
+            take_within(range, page.limit, page.max_bytes, entry_bytes)
+        } else {
+            let mut p = take_within(range.rev(), page.limit, page.max_bytes, entry_bytes)?;
+            p.items.reverse();
+            Ok(p)
+        }
     }
-}
-
-#[derive(Debug, Default)]
-struct InboxState {
-    inboxes: HashMap<UserId, BTreeMap<MessageId, Message>>,
-    cursors: HashMap<(UserId, DeviceId), MessageId>,
-}
-
-/// Inboxes and device cursors in memory.
-#[derive(Debug, Default)]
-pub struct MemoryInbox {
-    state: Mutex<InboxState>,
 }
 
 #[async_trait]
-impl Inbox for MemoryInbox {
-    async fn push(&self, recipients: &[UserId], message: &Message) -> Result<()> {
-        let mut st = lock(&self.state);
-        for user in recipients {
-            st.inboxes
-                .entry(*user)
-                .or_default()
-                .entry(message.id)
-                .or_insert_with(|| message.clone());
-        }
-        Ok(())
-    }
-
-    async fn read(&self, user: UserId, after: MessageId, limit: usize) -> Result<Vec<Message>> {
-        let st = lock(&self.state);
-        Ok(st
-            .inboxes
-            .get(&user)
-            .map(|inbox| {
-                inbox
-                    .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-                    .take(limit)
-                    .map(|(_, m)| m.clone())
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
-    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<MessageId> {
-        Ok(lock(&self.state)
-            .cursors
-            .get(&(user, device))
-            .copied()
-            .unwrap_or(MessageId::ZERO))
-    }
-
-    async fn advance_cursor(
+impl Inbox for MemoryStore {
+    async fn read(
         &self,
         user: UserId,
-        device: DeviceId,
-        cursor: MessageId,
-    ) -> Result<MessageId> {
-        let mut st = lock(&self.state);
-        let stored = st.cursors.entry((user, device)).or_insert(MessageId::ZERO);
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Paged<InboxEntry>> {
+        let stripe = self.inbox_stripe(user);
+        let entries = stripe
+            .entries
+            .get(&user)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let from = usize::try_from(after.0)
+            .unwrap_or(usize::MAX)
+            .min(entries.len());
+        take_within(
+            entries[from..].iter().map(|e| Ok(e.clone())),
+            limit,
+            max_bytes,
+            |e| entry_bytes(&e.message),
+        )
+    }
+
+    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<Seq> {
+        Ok(lock(&self.cursors)
+            .get(&(user, device))
+            .copied()
+            .unwrap_or(Seq::ZERO))
+    }
+
+    async fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
+        let mut cursors = lock(&self.cursors);
+        let stored = cursors.entry((user, device)).or_insert(Seq::ZERO);
         *stored = (*stored).max(cursor);
         Ok(*stored)
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
+    async fn commit(&self, message: NewMessage) -> Result<Committed> {
+        match self.commit_to(message, false)? {
+            Fanout::Committed(c) => Ok(c),
+            // Only fan-out commits leave records without a message here.
+            Fanout::Drained { .. } => Err(Error::conflict(
+                "this key was committed through the outbox of a sharded deployment",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl FanoutStore for MemoryStore {
+    async fn commit_fanout(&self, message: NewMessage) -> Result<Fanout> {
+        self.commit_to(message, true)
+    }
+
+    async fn outbox(&self, min_age: Duration, limit: usize) -> Result<Vec<Message>> {
+        let mut due = Vec::new();
+        for stripe in &self.channels {
+            for log in lock(stripe).values() {
+                due.extend(
+                    log.dedup
+                        .values()
+                        .filter_map(|s| s.outbox.clone())
+                        .filter(|(_, at)| at.elapsed() >= min_age),
+                );
+            }
+        }
+        due.sort_by_key(|(m, at)| (*at, m.id));
+        Ok(due.into_iter().take(limit).map(|(m, _)| m).collect())
+    }
+
+    async fn outbox_done(&self, channel: ChannelId, id: MessageId) -> Result<()> {
+        let mut stripe = self.channel_stripe(channel);
+        if let Some(log) = stripe.get_mut(&channel) {
+            for sent in log.dedup.values_mut().filter(|s| s.id == id) {
+                sent.outbox = None;
+                // Drained: the record stays for idempotency, answering from
+                // positions; the message now lives in its history shard.
+            }
+        }
+        Ok(())
     }
 }
 
@@ -550,6 +715,14 @@ impl DirectoryState {
 #[derive(Debug, Default)]
 pub struct MemoryDirectory {
     state: Mutex<DirectoryState>,
+}
+
+impl MemoryDirectory {
+    /// A channel as it is now, without waiting (for [`MemoryStore`]'s
+    /// commits).
+    fn channel_now(&self, id: ChannelId) -> Option<Channel> {
+        lock(&self.state).channels.get(&id).cloned()
+    }
 }
 
 #[async_trait]

@@ -1,4 +1,4 @@
-//! The WebSocket wire protocol, version 1.
+//! The WebSocket wire protocol, version 2.
 //!
 //! JSON text frames. The client sends [`ClientFrame`]s, each a request with a
 //! client-chosen request id; the server answers every request with exactly one
@@ -12,10 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
+use crate::store::{InboxEntry, Seq};
 use crate::types::{Message, Presence};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 moved cursors and sync from message ids to inbox positions
+/// ([`Seq`]); version 1 is no longer spoken.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A request from the client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,20 +46,22 @@ pub enum Request {
         /// Text, at most the server's limit (100,000 characters by default).
         content: String,
     },
-    /// Read the inbox after a cursor. Without `after`, the device's stored
+    /// Read the inbox after a position. Without `after`, the device's stored
     /// cursor is used.
     Sync {
-        /// Exclusive lower bound (the device's `cur_max_message_id`).
+        /// Exclusive lower bound: the device's cursor, the position of the
+        /// last inbox entry it has handled.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        after: Option<MessageId>,
+        after: Option<Seq>,
         /// Page size (server clamps it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
-    /// Store the device's cursor: everything up to it has been received.
+    /// Store the device's cursor: every inbox entry up to it has been
+    /// handled.
     Ack {
         /// The new cursor (cursors only move forward).
-        cursor: MessageId,
+        cursor: Seq,
     },
     /// Liveness signal; keeps the user online. Sent every
     /// `heartbeat_interval_ms`.
@@ -110,7 +116,7 @@ pub struct Welcome {
     /// After how long without one the user counts as offline.
     pub presence_timeout_ms: u64,
     /// The device's cursor as the server has it stored.
-    pub cursor: MessageId,
+    pub cursor: Seq,
 }
 
 /// The reply to one request: exactly one of `result` and `error` is set.
@@ -171,34 +177,37 @@ pub enum ReplyBody {
         created_at: u64,
         /// `true` if this was a retry of an already stored send.
         duplicate: bool,
+        /// The message's position in the sender's own inbox, so the
+        /// sending device can count it as handled. Absent only for a
+        /// duplicate whose positions the store no longer knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<Seq>,
     },
     /// A page of the inbox.
     Synced {
-        /// Messages with id above the requested cursor, ascending.
-        messages: Vec<Message>,
-        /// Whether more messages follow this page.
+        /// Entries with a position above the requested one, ascending and
+        /// without gaps.
+        entries: Vec<InboxEntry>,
+        /// Whether more entries follow this page.
         has_more: bool,
-        /// See [`ReplyBody::Heartbeat::stable`].
-        stable: MessageId,
     },
     /// The device cursor now stored.
     Acked {
         /// The stored cursor.
-        cursor: MessageId,
+        cursor: Seq,
     },
     /// Heartbeat answer.
     Heartbeat {
         /// Server time, Unix milliseconds.
         server_time: u64,
-        /// The settled watermark: every message with a smaller id that will
-        /// ever be stored is already in the inbox. A client that has synced
-        /// and stayed connected may move its cursor up to this.
-        stable: MessageId,
     },
     /// A page of a channel's history, ascending.
     History {
         /// The messages.
         messages: Vec<Message>,
+        /// Whether more messages follow in the page's reading direction.
+        #[serde(default)]
+        has_more: bool,
     },
     /// Presence of the asked users, in the asked order.
     Presence {
@@ -215,6 +224,8 @@ pub enum Event {
     /// A message in one of the user's channels (also the user's own messages
     /// sent from another device).
     Message {
+        /// The message's position in this user's inbox.
+        seq: Seq,
         /// The message.
         message: Message,
     },
@@ -223,6 +234,10 @@ pub enum Event {
         /// The new presence.
         presence: Presence,
     },
+    /// Live delivery to this connection may have missed events (the server
+    /// lost its connection to the delivery bus and regained it): sync from
+    /// the cursor.
+    Resync {},
 }
 
 /// Stable error codes. Clients branch on these, never on the message text.
@@ -391,16 +406,11 @@ mod tests {
 
     #[test]
     fn replies_and_events_are_distinct() {
-        let reply = ServerFrame::Reply(Reply::ok(
-            "r1",
-            ReplyBody::Acked {
-                cursor: MessageId(5),
-            },
-        ));
+        let reply = ServerFrame::Reply(Reply::ok("r1", ReplyBody::Acked { cursor: Seq(5) }));
         let json = serde_json::to_value(&reply).unwrap();
         assert_eq!(json["type"], "reply");
         assert_eq!(json["result"]["kind"], "acked");
-        assert_eq!(json["result"]["cursor"], "5");
+        assert_eq!(json["result"]["cursor"], 5);
         let err = ServerFrame::Reply(Reply::err(None, WireError::new(ErrorCode::BadFrame, "bad")));
         let json = serde_json::to_value(&err).unwrap();
         assert_eq!(json["error"]["code"], "bad_frame");

@@ -3,8 +3,8 @@
 
 use crate::directory::UserRecord;
 use crate::error::{Error, Result};
-use crate::id::{ChannelId, UserId};
-use crate::store::{Appended, Page};
+use crate::id::{ChannelId, MessageId, UserId};
+use crate::store::Appended;
 use crate::types::{validate_username, Channel, ChannelKind, Message};
 
 /// Decides an append against the message stored under the same idempotency
@@ -22,19 +22,18 @@ pub fn check_duplicate(existing: &Message, new: &Message) -> Result<Appended> {
     }
 }
 
-/// Selects a page from an ordered map of one channel's messages.
-pub fn select_page<'a>(
-    range: impl DoubleEndedIterator<Item = &'a Message>,
-    page: Page,
-) -> Vec<Message> {
-    let matching = range.filter(|m| page.contains(m.id));
-    if page.after.is_some() {
-        matching.take(page.limit).cloned().collect()
-    } else {
-        let mut v: Vec<Message> = matching.rev().take(page.limit).cloned().collect();
-        v.reverse();
-        v
+/// The id a commit stores: the proposed one if it is above the channel's
+/// last id, the next one otherwise: the rule every
+/// [`MessageStore`](crate::MessageStore) shares, so each channel's ids increase in commit
+/// order whatever the clocks of the nodes that proposed them.
+pub fn next_channel_id(proposed: MessageId, last: MessageId) -> Result<MessageId> {
+    if proposed > last {
+        return Ok(proposed);
     }
+    last.0
+        .checked_add(1)
+        .map(MessageId)
+        .ok_or_else(|| Error::invalid("the channel has used every message id"))
 }
 
 /// Validates a channel's shape before it is stored: the rule every directory

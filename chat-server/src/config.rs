@@ -52,9 +52,10 @@ pub struct ServerConfig {
     /// Most simultaneous WebSocket connections on this server (keep it under
     /// the process's open-file limit).
     pub max_connections: usize,
-    /// Frames queued for one connection before it counts as a slow consumer
-    /// and is disconnected.
-    pub outbound_queue: usize,
+    /// Bytes of frames queued for one connection before it counts as a slow
+    /// consumer and is disconnected (a frame always fits an empty queue,
+    /// however large).
+    pub outbound_queue_bytes: usize,
     /// WebSocket read buffer per connection, bytes. Allocated (and
     /// zeroed) for every connection for its whole life, so it is most of an
     /// idle connection's memory: 4 KiB holds a burst of ordinary chat
@@ -63,14 +64,15 @@ pub struct ServerConfig {
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection, bytes.
     pub ws_write_buffer: usize,
-    /// Deadline of a whole send (id, history, inboxes, publish). Must be
-    /// below [`ServerConfig::settle_window`].
+    /// Deadline of a send's commit: past it the send answers `unavailable`
+    /// and the store refuses to start the commit.
     pub send_timeout: Duration,
-    /// How long after its id is assigned a message is certainly in every
-    /// inbox or rejected: the lag of the `stable` watermark.
-    pub settle_window: Duration,
     /// Page size of a sync when the client gives none.
     pub sync_page: usize,
+    /// Most bytes of messages in one sync or history page (counted as
+    /// content bytes plus 256 per entry; a page always holds at least one
+    /// entry). Keeps every reply well below the frame limits.
+    pub page_bytes: usize,
     /// Lease of this server's discovery entry.
     pub discovery_ttl: Duration,
     /// How long shutdown waits for connections to drain.
@@ -117,12 +119,12 @@ impl Default for ServerConfig {
             rate_limit_burst: 100,
             max_connections_per_user: 10,
             max_connections: 10_000,
-            outbound_queue: 256,
+            outbound_queue_bytes: 1 << 20,
             ws_read_buffer: 4 * 1024,
             ws_write_buffer: 8 * 1024,
             send_timeout: Duration::from_secs(5),
-            settle_window: Duration::from_secs(10),
             sync_page: 200,
+            page_bytes: 256 << 10,
             discovery_ttl: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(10),
             push_queue: 10_000,
@@ -135,13 +137,32 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The largest frame the server can write: a page of `page_bytes`,
+    /// plus one message of the longest length (a page always holds one
+    /// entry, however large) at the worst JSON escaping (six bytes a
+    /// character), plus its envelope.
+    pub fn largest_frame(&self) -> usize {
+        self.page_bytes
+            .saturating_add(self.max_message_chars.saturating_mul(6))
+            .saturating_add(16 << 10)
+    }
+
+    /// The bound on a connection's WebSocket write buffer: above the
+    /// largest frame plus a flushed batch, so no frame the server writes is
+    /// ever refused for its size.
+    pub(crate) fn write_buffer_limit(&self) -> usize {
+        self.largest_frame()
+            .saturating_mul(2)
+            .max(self.max_frame_bytes.saturating_mul(2))
+    }
+
     /// Checks that the settings are usable together.
     pub fn validate(&self) -> Result<(), String> {
         if self.token_secret.len() < 32 {
             return Err("token_secret must be at least 32 bytes".into());
         }
-        if self.send_timeout >= self.settle_window {
-            return Err("send_timeout must be shorter than settle_window".into());
+        if self.send_timeout.is_zero() {
+            return Err("send_timeout must be positive".into());
         }
         if self.heartbeat_interval >= self.presence_timeout {
             return Err("heartbeat_interval must be shorter than presence_timeout".into());
@@ -158,8 +179,15 @@ impl ServerConfig {
         if self.push_collapse_window > MAX_PUSH_COLLAPSE_WINDOW {
             return Err("push_collapse_window must be at most ten minutes".into());
         }
-        if self.outbound_queue == 0 || self.max_connections == 0 || self.sync_page == 0 {
-            return Err("outbound_queue, max_connections and sync_page must be positive".into());
+        if self.outbound_queue_bytes == 0
+            || self.max_connections == 0
+            || self.sync_page == 0
+            || self.page_bytes == 0
+        {
+            return Err(
+                "outbound_queue_bytes, max_connections, sync_page and page_bytes must be positive"
+                    .into(),
+            );
         }
         Ok(())
     }

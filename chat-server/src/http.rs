@@ -145,11 +145,27 @@ pub(crate) fn routes(server: ChatServer) -> Router {
         .with_state(server)
 }
 
+/// `ok`, or 503 with the reason: shutting down, or storage that refuses
+/// writes (a full disk, a store reopening after a failed write). A load
+/// balancer or supervisor takes the node out while it is unhealthy; it
+/// comes back by itself.
 async fn healthz(State(server): State<ChatServer>) -> Response {
     if server.is_shutting_down() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
-    } else {
-        (StatusCode::OK, "ok").into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    match server.health() {
+        chat_core::Health::Ok => (StatusCode::OK, "ok").into_response(),
+        other => {
+            let reason = match other {
+                chat_core::Health::Unavailable(why) => why,
+                _ => "unhealthy".to_owned(),
+            };
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("storage unavailable: {reason}"),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -472,10 +488,10 @@ async fn history(
         before: q.before,
         after: q.after,
         limit: clamp_limit(q.limit, 50),
+        max_bytes: usize::MAX,
     };
-    Ok(Json(MessagePage {
-        messages: server.history(me, id, page).await?,
-    }))
+    let (messages, has_more) = server.history(me, id, page).await?;
+    Ok(Json(MessagePage { messages, has_more }))
 }
 
 async fn register_device(

@@ -103,9 +103,18 @@ struct Args {
     /// Most WebSocket connections (default: the open-file limit less a reserve).
     #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// Frames queued per connection before it is cut off as a slow consumer.
-    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = 256)]
-    outbound_queue: usize,
+    /// Bytes of frames queued per connection before it is cut off as a slow
+    /// consumer.
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE_BYTES", default_value_t = 1 << 20)]
+    outbound_queue_bytes: usize,
+    /// Most bytes of messages in one sync or history page.
+    #[arg(long, env = "CHAT_PAGE_BYTES", default_value_t = 256 << 10)]
+    page_bytes: usize,
+    /// Embedded store: refuse writes (answering `unavailable`, and
+    /// reporting unhealthy) while the disk has less free space than this
+    /// many MiB; writes resume once space is freed. 0 turns it off.
+    #[arg(long, env = "CHAT_DISK_RESERVE_MB", default_value_t = 256)]
+    disk_reserve_mb: u64,
     /// Put message text in push notifications (off by default: a preview
     /// hands message content to Google, Apple or the webhook's owner).
     #[arg(long, env = "CHAT_PUSH_PREVIEW")]
@@ -302,10 +311,10 @@ fn storage(
             }
             PostgresStore::connect_lazy(config)
         };
-        let builder = builder.storage(Arc::new(open(url)?));
+        let main = Arc::new(open(url)?);
         if args.history_shard_urls.is_empty() {
             tracing::info!("PostgreSQL storage");
-            return Ok(builder);
+            return Ok(builder.storage(main));
         }
         let mut shards: Vec<Arc<dyn chat_core::HistoryStore>> = Vec::new();
         for url in &args.history_shard_urls {
@@ -316,9 +325,21 @@ fn storage(
             "PostgreSQL storage, chat history sharded"
         );
         let history = chat_store::sharded::ShardedHistory::new(shards)?;
-        return Ok(builder.history(Arc::new(history)));
+        let messages = Arc::new(chat_store::sharded::ShardedMessageStore::new(
+            main.clone(),
+            history,
+        ));
+        // Finishes sends cut between the inbox commit and the history
+        // write (a crash, a shard down), now and every few seconds.
+        messages.clone().spawn_drainer(
+            Duration::from_secs(5),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        return Ok(builder.messages(messages).directory(main));
     }
-    let store = chat_store::embedded::EmbeddedStore::open(&args.data_dir)?;
+    let options = chat_store::embedded::EmbeddedOptions::default()
+        .with_free_space_reserve(args.disk_reserve_mb.saturating_mul(1 << 20));
+    let store = chat_store::embedded::EmbeddedStore::open_with(&args.data_dir, options)?;
     tracing::info!(data_dir = %args.data_dir.display(), "embedded store open");
     Ok(builder.storage(Arc::new(store)))
 }
@@ -419,7 +440,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rate_limit_burst: args.rate_burst,
         max_connections_per_user: args.max_connections_per_user,
         max_connections,
-        outbound_queue: args.outbound_queue,
+        outbound_queue_bytes: args.outbound_queue_bytes,
+        page_bytes: args.page_bytes,
         push_preview: args.push_preview,
         push_queue: args.push_queue,
         push_concurrency: args.push_concurrency,

@@ -1,8 +1,12 @@
 //! The per-connection outbound queue.
 //!
-//! A bounded FIFO of encoded frames, filled by any task (the connection's
-//! reader with replies, the bus with events) and drained by the
-//! connection's writer. Its storage grows with use and is released when a
+//! A FIFO of encoded frames bounded in **bytes**, filled by any task (the
+//! connection's reader with replies, the bus with events) and drained by
+//! the connection's writer. A frame always fits an empty queue, however
+//! large (a reply is never refused for its size alone); otherwise a frame
+//! that would take the queued bytes over the bound is refused, and the
+//! connection is cut as a slow consumer: a client that does not read can
+//! hold at most the bound plus one frame of the server's memory. Its storage grows with use and is released when a
 //! burst has drained, so an idle connection's queue holds no buffer: at a
 //! million connections per server, a channel that preallocates its slots
 //! (tokio's mpsc allocates 32 at creation, over 2 KiB with its padding)
@@ -22,7 +26,7 @@ const KEEP: usize = 16;
 pub(crate) enum Pushed {
     /// Queued for the writer.
     Queued,
-    /// The queue holds `capacity` frames: the client is not reading.
+    /// The queue holds its bound in bytes: the client is not reading.
     Full,
     /// The writer is gone.
     Closed,
@@ -33,22 +37,25 @@ pub(crate) enum Pushed {
 pub(crate) struct Outbox {
     state: Mutex<State>,
     ready: Notify,
-    capacity: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Utf8Bytes>,
+    /// Bytes of the frames in `frames`.
+    bytes: usize,
     closed: bool,
 }
 
 impl Outbox {
-    /// An empty queue of at most `capacity` frames (at least 1).
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty queue of at most `max_bytes` of frames (but always room for
+    /// one frame).
+    pub(crate) fn new(max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
-            capacity: capacity.max(1),
+            max_bytes,
         }
     }
 
@@ -62,9 +69,11 @@ impl Outbox {
         if st.closed {
             return Pushed::Closed;
         }
-        if st.frames.len() >= self.capacity {
+        let size = frame.len();
+        if !st.frames.is_empty() && st.bytes.saturating_add(size) > self.max_bytes {
             return Pushed::Full;
         }
+        st.bytes = st.bytes.saturating_add(size);
         st.frames.push_back(frame);
         drop(st);
         // Stores a permit if the writer is not waiting yet: no lost wake-up.
@@ -76,6 +85,9 @@ impl Outbox {
     pub(crate) fn try_pop(&self) -> Option<Utf8Bytes> {
         let mut st = self.lock();
         let frame = st.frames.pop_front();
+        if let Some(f) = &frame {
+            st.bytes = st.bytes.saturating_sub(f.len());
+        }
         if st.frames.is_empty() && st.frames.capacity() > KEEP {
             st.frames = VecDeque::new();
         }
@@ -98,6 +110,7 @@ impl Outbox {
         let mut st = self.lock();
         st.closed = true;
         st.frames = VecDeque::new();
+        st.bytes = 0;
     }
 }
 
@@ -107,17 +120,33 @@ mod tests {
     use std::sync::Arc;
 
     #[tokio::test]
-    async fn frames_come_out_in_order_up_to_the_bound() {
-        let q = Outbox::new(3);
-        for t in ["a", "b", "c"] {
+    async fn frames_come_out_in_order_up_to_the_byte_bound() {
+        let q = Outbox::new(6);
+        for t in ["aa", "bb", "cc"] {
             assert_eq!(q.push(Utf8Bytes::from_static(t)), Pushed::Queued);
         }
         assert_eq!(q.push(Utf8Bytes::from_static("d")), Pushed::Full);
-        assert_eq!(q.pop().await.as_str(), "a");
-        assert_eq!(q.push(Utf8Bytes::from_static("e")), Pushed::Queued);
+        assert_eq!(q.pop().await.as_str(), "aa");
+        assert_eq!(q.push(Utf8Bytes::from_static("ee")), Pushed::Queued);
+        assert_eq!(q.push(Utf8Bytes::from_static("f")), Pushed::Full);
         let rest: Vec<_> = std::iter::from_fn(|| q.try_pop()).collect();
-        assert_eq!(rest, ["b", "c", "e"].map(Utf8Bytes::from_static));
+        assert_eq!(rest, ["bb", "cc", "ee"].map(Utf8Bytes::from_static));
         assert!(q.try_pop().is_none());
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_bound_fits_an_empty_queue_only() {
+        let q = Outbox::new(4);
+        let big = Utf8Bytes::from_static("0123456789");
+        assert_eq!(
+            q.push(big.clone()),
+            Pushed::Queued,
+            "an empty queue takes it"
+        );
+        assert_eq!(q.push(Utf8Bytes::from_static("x")), Pushed::Full);
+        assert!(q.try_pop().is_some());
+        assert_eq!(q.push(Utf8Bytes::from_static("x")), Pushed::Queued);
+        assert_eq!(q.push(big), Pushed::Full, "not behind another frame");
     }
 
     #[tokio::test]
@@ -134,7 +163,7 @@ mod tests {
 
     #[test]
     fn storage_is_released_after_a_burst_and_closing_refuses_pushes() {
-        let q = Outbox::new(1_000);
+        let q = Outbox::new(10_000);
         for _ in 0..500 {
             q.push(Utf8Bytes::from_static("burst"));
         }

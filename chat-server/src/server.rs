@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_core::memory::{
-    LoggingNotifier, MemoryBus, MemoryDirectory, MemoryDiscovery, MemoryHistory, MemoryInbox,
-    MemoryPresence,
+    LoggingNotifier, MemoryBus, MemoryDirectory, MemoryDiscovery, MemoryPresence, MemoryStore,
 };
 use chat_core::protocol::{ErrorCode, WireError};
 use chat_core::{
-    BusEvent, Channel, ChannelId, ClientMsgId, Clock, DeliveryBus, DeviceId, Directory, Envelope,
-    HistoryStore, Inbox, Message, MessageId, MessageIdGenerator, Page, Presence, PresenceTracker,
-    PushNotifier, ServerInfo, ServiceDiscovery, Snowflake, TokioClock, UserId, MAX_PAGE,
+    BusEvent, Channel, ChannelId, ClientMsgId, Clock, Committed, DeliveryBus, DeviceId, Directory,
+    Envelope, Health, InboxEntry, Message, MessageIdGenerator, MessageStore, NewMessage, Page,
+    Presence, PresenceTracker, PushNotifier, Seq, ServerInfo, ServiceDiscovery, Snowflake,
+    TokioClock, UserId, MAX_PAGE,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -41,14 +41,22 @@ pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> WireError {
     WireError::new(code, message)
 }
 
+/// The one answer for a channel that does not exist or that the caller is
+/// not a member of.
+pub(crate) fn not_a_member() -> WireError {
+    err(
+        ErrorCode::NotFound,
+        "channel not found (or you are not a member)",
+    )
+}
+
 /// Builds a [`ChatServer`] from backends given as trait objects. Any backend
 /// not given is the in-memory one.
 #[derive(Debug, Default)]
 pub struct ServerBuilder {
     config: ServerConfig,
     directory: Option<Arc<dyn Directory>>,
-    history: Option<Arc<dyn HistoryStore>>,
-    inbox: Option<Arc<dyn Inbox>>,
+    messages: Option<Arc<dyn MessageStore>>,
     bus: Option<Arc<dyn DeliveryBus>>,
     presence: Option<Arc<dyn PresenceTracker>>,
     push: Option<Arc<dyn PushNotifier>>,
@@ -77,16 +85,15 @@ impl ServerBuilder {
     }
 
     setter!(
-        /// Users, friends, channels, devices.
+        /// Users, friends, channels, devices. Give it together with
+        /// [`messages`](Self::messages): the message store reads channel
+        /// members from the same data.
         directory: dyn Directory
     );
     setter!(
-        /// Chat history.
-        history: dyn HistoryStore
-    );
-    setter!(
-        /// Inboxes and device cursors.
-        inbox: dyn Inbox
+        /// Chat history, inboxes, device cursors and the commit that fills
+        /// them. Give it together with [`directory`](Self::directory).
+        messages: dyn MessageStore
     );
     setter!(
         /// Live delivery between nodes.
@@ -114,12 +121,10 @@ impl ServerBuilder {
         clock: dyn Clock
     );
 
-    /// Sets the history store, inbox and directory from one backend that
-    /// implements all three (such as the embedded store).
-    pub fn storage<S: HistoryStore + Inbox + Directory>(self, store: Arc<S>) -> Self {
-        self.history(store.clone())
-            .inbox(store.clone())
-            .directory(store)
+    /// Sets the message store and the directory from one backend that is
+    /// both (the embedded store, PostgreSQL).
+    pub fn storage<S: MessageStore + Directory>(self, store: Arc<S>) -> Self {
+        self.messages(store.clone()).directory(store)
     }
 
     /// Starts the node: attaches to the bus and spawns the presence sweeper
@@ -132,12 +137,6 @@ impl ServerBuilder {
             Some(ids) => ids,
             None => Arc::new(Snowflake::with_clock(config.node_id, clock.clone())?),
         };
-        if ids.floor_at(0).is_none() {
-            return Err(chat_core::Error::invalid(
-                "the server needs a globally time-ordered id generator (such as Snowflake): \
-                 inboxes mix channels and are read after one cursor",
-            ));
-        }
         let presence = self.presence.unwrap_or_else(|| {
             Arc::new(MemoryPresence::new(
                 config.presence_timeout.as_millis() as u64
@@ -152,20 +151,27 @@ impl ServerBuilder {
             sessions: sessions.clone(),
         }))
         .await?;
+        let (directory, messages): (Arc<dyn Directory>, Arc<dyn MessageStore>) =
+            match (self.directory, self.messages) {
+                (Some(d), Some(m)) => (d, m),
+                (None, None) => {
+                    let directory = Arc::new(MemoryDirectory::default());
+                    (directory.clone(), Arc::new(MemoryStore::new(directory)))
+                }
+                _ => {
+                    return Err(chat_core::Error::invalid(
+                        "give the directory and the message store together: the message \
+                         store reads channel members from the directory's data",
+                    ))
+                }
+            };
         let (push_queue, push_rx) = PushQueue::new(config.push_queue);
         let inner = Arc::new(Inner {
             passwords: Passwords::new(config.argon2_memory_kib, config.argon2_iterations)?,
             tokens: Tokens::new(&config.token_secret)?,
             conn_limit: Arc::new(Semaphore::new(config.max_connections)),
-            directory: self
-                .directory
-                .unwrap_or_else(|| Arc::new(MemoryDirectory::default())),
-            history: self
-                .history
-                .unwrap_or_else(|| Arc::new(MemoryHistory::default())),
-            inbox: self
-                .inbox
-                .unwrap_or_else(|| Arc::new(MemoryInbox::default())),
+            directory,
+            messages,
             push: self.push.unwrap_or_else(|| Arc::new(LoggingNotifier)),
             bus,
             presence,
@@ -209,14 +215,19 @@ pub struct Stats {
     pub push_tokens_removed: AtomicU64,
     /// Connections closed because their outbound queue filled.
     pub slow_consumers: AtomicU64,
+    /// Frames the writer could not write (larger than the connection's
+    /// write buffer allows); each closes its connection.
+    pub frames_refused: AtomicU64,
+    /// Sends refused because the store was unavailable or slow (answered
+    /// `unavailable`, retryable).
+    pub sends_unavailable: AtomicU64,
 }
 
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
     pub(crate) directory: Arc<dyn Directory>,
-    pub(crate) history: Arc<dyn HistoryStore>,
-    pub(crate) inbox: Arc<dyn Inbox>,
+    pub(crate) messages: Arc<dyn MessageStore>,
     pub(crate) bus: Arc<dyn DeliveryBus>,
     pub(crate) presence: Arc<dyn PresenceTracker>,
     pub(crate) push: Arc<dyn PushNotifier>,
@@ -252,6 +263,9 @@ pub struct SendOutcome {
     pub message: Message,
     /// Whether this send repeated an earlier one.
     pub duplicate: bool,
+    /// The message's position in the sender's own inbox (absent only for a
+    /// duplicate whose positions the store no longer knows).
+    pub seq: Option<Seq>,
 }
 
 impl ChatServer {
@@ -280,19 +294,10 @@ impl ChatServer {
         self.inner.clock.now_ms()
     }
 
-    /// The settled watermark: every message with a smaller id that will ever
-    /// be acknowledged is already in every inbox (sends give up after
-    /// `send_timeout`, which is shorter than `settle_window`).
-    pub fn stable_watermark(&self) -> MessageId {
-        let settle = self.inner.config.settle_window.as_millis() as u64;
-        self.inner
-            .ids
-            .floor_at(self.now().saturating_sub(settle))
-            .unwrap_or(MessageId::ZERO)
-    }
-
     /// Runs `fut` under the send deadline; an expired deadline is a
-    /// retryable `unavailable` error.
+    /// retryable `unavailable` error. (The store itself refuses to start a
+    /// commit past the same deadline, so giving up here never leaves a
+    /// write to land later unannounced.)
     async fn within_deadline<T>(
         &self,
         fut: impl Future<Output = chat_core::Result<T>>,
@@ -306,25 +311,23 @@ impl ChatServer {
         }
     }
 
-    /// The channel, if `user` is a member; `forbidden` or `not_found` otherwise.
+    /// The channel, if `user` is a member; `not_found` otherwise, the same
+    /// answer whether the channel does not exist or the user is not in it
+    /// (so nobody learns which channels exist, and who talks to whom).
     pub(crate) async fn member_channel(&self, user: UserId, id: ChannelId) -> ApiResult<Channel> {
-        let channel = self
-            .inner
-            .directory
-            .channel(id)
-            .await
-            .map_err(wire)?
-            .ok_or_else(|| err(ErrorCode::NotFound, "channel not found"))?;
-        if !channel.is_member(user) {
-            return Err(err(ErrorCode::Forbidden, "not a member of this channel"));
+        match self.inner.directory.channel(id).await.map_err(wire)? {
+            Some(channel) if channel.is_member(user) => Ok(channel),
+            _ => Err(not_a_member()),
         }
-        Ok(channel)
     }
 
-    /// Posts a message: assigns the id, writes history, writes every
-    /// member's inbox, and only then returns (the ack). Live delivery and push
-    /// follow. A retry with the same client message id finishes any inbox
-    /// writes the first attempt missed and returns the original message.
+    /// Posts a message: assigns a proposed id and commits it, in one atomic
+    /// write, to the channel's history and the inbox of every member (the
+    /// sender's too, for the sender's other devices); only then returns (the
+    /// ack). Live delivery and push follow. A retry with the same client
+    /// message id returns the original message and announces it again (its
+    /// first attempt may have committed after giving up, announcing
+    /// nothing; devices that have it already drop the repeat by position).
     pub async fn send(
         &self,
         sender: UserId,
@@ -344,94 +347,130 @@ impl ChatServer {
                 format!("message content is over {max} characters"),
             ));
         }
-        let channel = self.member_channel(sender, channel_id).await?;
         let inner = &self.inner;
-        let (message, duplicate) = self
+        let committed = self
             .within_deadline(async {
                 let id = inner.ids.next_id(channel_id).await?;
-                let appended = inner
-                    .history
-                    .append(Message {
+                inner
+                    .messages
+                    .commit(NewMessage {
                         id,
                         channel_id,
                         sender,
                         content,
                         created_at: inner.clock.now_ms(),
                         client_msg_id,
+                        timeout: inner.config.send_timeout,
                     })
-                    .await?;
-                let duplicate = appended.is_duplicate();
-                let message = match appended {
-                    chat_core::Appended::Stored(m) | chat_core::Appended::Duplicate(m) => m,
-                };
-                // Every member's inbox, the sender's included, so the
-                // sender's other devices sync it too.
-                inner.inbox.push(&channel.members, &message).await?;
-                Ok((message, duplicate))
+                    .await
             })
-            .await?;
+            .await
+            .map_err(|e| match e.code {
+                // Not a member and no such channel answer alike.
+                ErrorCode::Forbidden | ErrorCode::NotFound => not_a_member(),
+                ErrorCode::Unavailable => {
+                    inner
+                        .stats
+                        .sends_unavailable
+                        .fetch_add(1, Ordering::Relaxed);
+                    e
+                }
+                _ => e,
+            })?;
+        let Committed {
+            message,
+            duplicate,
+            positions,
+        } = committed;
+        let seq = positions
+            .binary_search_by_key(&sender, |(u, _)| *u)
+            .ok()
+            .map(|i| positions[i].1);
+        let recipients: Vec<UserId> = positions.iter().map(|(u, _)| *u).collect();
         if duplicate {
             inner.stats.duplicate_sends.fetch_add(1, Ordering::Relaxed);
-            return Ok(SendOutcome { message, duplicate });
+        } else {
+            inner.stats.messages_stored.fetch_add(1, Ordering::Relaxed);
         }
-        inner.stats.messages_stored.fetch_add(1, Ordering::Relaxed);
-        let envelope = Envelope {
-            event: BusEvent::Message {
-                message: message.clone(),
-                positions: Vec::new(),
-            },
-            skip_device: Some(device),
-        };
-        if let Err(e) = inner.bus.publish(&channel.members, envelope).await {
-            // The message is durable in every inbox; recipients get it on sync.
-            tracing::warn!(error = %e, "live delivery failed; recipients will sync");
+        if !positions.is_empty() {
+            let envelope = Envelope {
+                event: BusEvent::Message {
+                    message: message.clone(),
+                    positions,
+                },
+                skip_device: Some(device),
+            };
+            if let Err(e) = inner.bus.publish(&recipients, envelope).await {
+                // The message is durable in every inbox; recipients get it on sync.
+                tracing::warn!(error = %e, "live delivery failed; recipients will sync");
+            }
+        }
+        if duplicate {
+            return Ok(SendOutcome {
+                message,
+                duplicate,
+                seq,
+            });
         }
         // Recipients connected to this node are online: no push, and no work
         // for the push worker. Others are checked against presence there.
-        let recipients: Vec<UserId> = channel
-            .members
-            .iter()
-            .copied()
+        let offline: Vec<UserId> = recipients
+            .into_iter()
             .filter(|m| *m != sender && !inner.sessions.has_user(*m))
             .collect();
-        if !recipients.is_empty() {
-            let job = PushJob::new(recipients, &message, inner.config.push_preview);
+        if !offline.is_empty() {
+            let job = PushJob::new(offline, &message, inner.config.push_preview);
             inner.push_queue.offer(job, &inner.stats);
         }
         Ok(SendOutcome {
             message,
             duplicate: false,
+            seq,
         })
     }
 
-    /// A page of `user`'s inbox after `after`: `(messages, has_more)`.
+    /// A page of `user`'s inbox after position `after`, within the page's
+    /// entry and byte limits: `(entries, has_more)`.
     pub async fn sync(
         &self,
         user: UserId,
-        after: MessageId,
+        after: Seq,
         limit: Option<u32>,
-    ) -> ApiResult<(Vec<Message>, bool)> {
-        let limit = clamp_limit(limit, self.inner.config.sync_page);
-        let mut messages = self
+    ) -> ApiResult<(Vec<InboxEntry>, bool)> {
+        let cfg = &self.inner.config;
+        let limit = clamp_limit(limit, cfg.sync_page);
+        let page = self
             .inner
-            .inbox
-            .read(user, after, limit + 1)
+            .messages
+            .read(user, after, limit, cfg.page_bytes)
             .await
             .map_err(wire)?;
-        let has_more = messages.len() > limit;
-        messages.truncate(limit);
-        Ok((messages, has_more))
+        Ok((page.items, page.has_more))
     }
 
-    /// A page of a channel's history, for members only.
+    /// A page of a channel's history, for members only, within the page's
+    /// entry limit and the server's byte limit: `(messages, has_more)`.
     pub async fn history(
         &self,
         user: UserId,
         channel: ChannelId,
         page: Page,
-    ) -> ApiResult<Vec<Message>> {
+    ) -> ApiResult<(Vec<Message>, bool)> {
         self.member_channel(user, channel).await?;
-        self.inner.history.page(channel, page).await.map_err(wire)
+        let page = page.with_max_bytes(page.max_bytes.min(self.inner.config.page_bytes));
+        let page = self
+            .inner
+            .messages
+            .page(channel, page)
+            .await
+            .map_err(wire)?;
+        Ok((page.items, page.has_more))
+    }
+
+    /// Whether the node's storage takes writes: when it does not, the node
+    /// is unhealthy (`/healthz` answers 503) and stays out of discovery.
+    pub fn health(&self) -> Health {
+        self.inner.messages.health()
     }
 
     /// Records a heartbeat; tells friends if the user just came online.
@@ -533,15 +572,35 @@ impl ChatServer {
         self.inner.tasks.spawn(async move {
             let mut tick = tokio::time::interval(server.inner.config.discovery_ttl / 3);
             tick.tick().await;
+            let mut listed = true;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let mut entry = info.clone();
-                entry.connections = server.connections() as u32;
-                if let Err(e) = server.inner.discovery.register(entry, ttl).await {
-                    tracing::warn!(error = %e, "discovery refresh failed");
+                // A node whose storage refuses writes is a failed node: out
+                // of discovery (new clients go elsewhere) until it recovers.
+                match server.health() {
+                    Health::Ok => {
+                        if !listed {
+                            tracing::info!("storage healthy again: back in discovery");
+                        }
+                        listed = true;
+                        let mut entry = info.clone();
+                        entry.connections = server.connections() as u32;
+                        if let Err(e) = server.inner.discovery.register(entry, ttl).await {
+                            tracing::warn!(error = %e, "discovery refresh failed");
+                        }
+                    }
+                    unhealthy => {
+                        if listed {
+                            tracing::error!(health = ?unhealthy, "storage unavailable: leaving discovery");
+                            if let Err(e) = server.inner.discovery.deregister(&info.id).await {
+                                tracing::warn!(error = %e, "discovery deregistration failed");
+                            }
+                        }
+                        listed = false;
+                    }
                 }
             }
         });

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use chat_core::protocol::{Event, ServerFrame};
-use chat_core::{BusEvent, DeviceId, Envelope, EnvelopeHandler, UserId};
+use chat_core::{BusEvent, DeviceId, Envelope, EnvelopeHandler, Seq, UserId};
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{Outbox, Pushed};
@@ -125,36 +125,93 @@ impl Sessions {
     }
 }
 
+/// The frame of a message event for one recipient: the message's JSON,
+/// encoded once per envelope, spliced with the recipient's own inbox
+/// position (the same bytes `serde_json` would write for
+/// `ServerFrame::Event(Event::Message { seq, message })`, which a test
+/// checks).
+pub(crate) fn message_frame(seq: Seq, message_json: &str) -> Utf8Bytes {
+    Utf8Bytes::from(format!(
+        r#"{{"type":"event","event":"message","seq":{},"message":{}}}"#,
+        seq.0, message_json
+    ))
+}
+
 /// Delivers bus envelopes to this node's sessions.
 #[derive(Debug)]
 pub(crate) struct LocalDelivery {
     pub(crate) sessions: Arc<Sessions>,
 }
 
+impl LocalDelivery {
+    /// The sessions of `user` that get an envelope.
+    fn targets(&self, user: UserId, envelope: &Envelope) -> Vec<SessionHandle> {
+        let mut handles = self.sessions.handles(user);
+        handles.retain(|h| Some(h.device) != envelope.skip_device);
+        handles
+    }
+}
+
 impl EnvelopeHandler for LocalDelivery {
     fn deliver(&self, users: &[UserId], envelope: &Envelope) {
-        let event = match &envelope.event {
-            BusEvent::Message { message, .. } => Event::Message {
-                message: message.clone(),
-            },
-            BusEvent::Presence { presence } => Event::Presence {
-                presence: *presence,
-            },
-            other => {
-                tracing::debug!(?other, "bus event this node does not deliver");
-                return;
-            }
-        };
-        // Encoded once per envelope on this node, however many sessions get it.
-        let mut text: Option<Utf8Bytes> = None;
-        for user in users {
-            for h in self.sessions.handles(*user) {
-                if Some(h.device) == envelope.skip_device {
-                    continue;
+        match &envelope.event {
+            BusEvent::Message { message, positions } => {
+                // The message is encoded once per envelope on this node;
+                // each recipient's frame only adds their position.
+                let mut json: Option<String> = None;
+                for user in users {
+                    let Ok(i) = positions.binary_search_by_key(user, |(u, _)| *u) else {
+                        continue;
+                    };
+                    let handles = self.targets(*user, envelope);
+                    if handles.is_empty() {
+                        continue;
+                    }
+                    let json = json
+                        .get_or_insert_with(|| serde_json::to_string(message).unwrap_or_default());
+                    let frame = message_frame(positions[i].1, json);
+                    for h in handles {
+                        h.offer(frame.clone());
+                    }
                 }
-                let text = text.get_or_insert_with(|| encode(&ServerFrame::Event(event.clone())));
-                h.offer(text.clone());
             }
+            BusEvent::Presence { presence } => {
+                let mut text: Option<Utf8Bytes> = None;
+                for user in users {
+                    for h in self.targets(*user, envelope) {
+                        let text = text.get_or_insert_with(|| {
+                            encode(&ServerFrame::Event(Event::Presence {
+                                presence: *presence,
+                            }))
+                        });
+                        h.offer(text.clone());
+                    }
+                }
+            }
+            other => tracing::debug!(?other, "bus event this node does not deliver"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_core::{ChannelId, ClientMsgId, Message, MessageId};
+
+    #[test]
+    fn a_spliced_message_frame_is_the_serde_frame() {
+        let message = Message {
+            id: MessageId(u64::MAX),
+            channel_id: ChannelId::new_random(),
+            sender: UserId::new_random(),
+            content: "quotes \" and \\ and\nlines ✓".into(),
+            created_at: 1_764_300_000_000,
+            client_msg_id: ClientMsgId::new_random(),
+        };
+        let seq = Seq(42);
+        let spliced = message_frame(seq, &serde_json::to_string(&message).unwrap());
+        let serde =
+            serde_json::to_string(&ServerFrame::Event(Event::Message { seq, message })).unwrap();
+        assert_eq!(spliced.as_str(), serde);
     }
 }

@@ -27,6 +27,11 @@ use crate::sessions::{encode, Registered, SessionHandle};
 /// Most frames written per flush.
 const WRITE_BATCH: usize = 64;
 
+/// Bytes of frames written per flush: once a batch reaches this, it is
+/// flushed before more are taken, so the socket's write buffer never holds
+/// more than this plus one frame.
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+
 /// Longest accepted request id, in bytes.
 const MAX_REQUEST_ID: usize = 64;
 
@@ -50,7 +55,7 @@ pub(crate) async fn upgrade(
     let ws = ws
         .read_buffer_size(cfg.ws_read_buffer)
         .write_buffer_size(cfg.ws_write_buffer)
-        .max_write_buffer_size(cfg.max_frame_bytes.saturating_mul(2))
+        .max_write_buffer_size(cfg.write_buffer_limit())
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes);
     ws.on_upgrade(move |socket| async move {
@@ -155,7 +160,7 @@ async fn run_session(
 ) {
     let cfg = server.config();
     let (mut sink, mut stream) = socket.split();
-    let outbox = Arc::new(Outbox::new(cfg.outbound_queue));
+    let outbox = Arc::new(Outbox::new(cfg.outbound_queue_bytes));
     let slow = CancellationToken::new();
     let handle = SessionHandle {
         id: server.inner.sessions.next_id(),
@@ -199,6 +204,7 @@ async fn run_session(
     let broken = CancellationToken::new();
     let (goodbye_tx, goodbye_rx) = oneshot::channel();
     let writer = tokio::spawn(write_loop(
+        server.clone(),
         sink,
         outbox,
         slow.clone(),
@@ -244,6 +250,7 @@ async fn run_session(
                 .stats
                 .slow_consumers
                 .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%user, %device, code = close::SLOW_CONSUMER, "closing a slow consumer: its outbound queue is full");
             Some(close_msg(close::SLOW_CONSUMER, "outbound queue full"))
         }
         End::Idle => Some(close_msg(close::IDLE_TIMEOUT, "no heartbeat")),
@@ -256,6 +263,7 @@ async fn run_session(
 /// Drains the outbound queue into the socket. Replies and events are queued
 /// in order, so a client sees an event published before its reply first.
 async fn write_loop(
+    server: ChatServer,
     mut sink: SplitSink<WebSocket, WsMessage>,
     outbox: Arc<Outbox>,
     slow: CancellationToken,
@@ -271,6 +279,7 @@ async fn write_loop(
     }
     let outbox = CloseOnDrop(outbox);
     let outbox = &outbox.0;
+    let stats = &server.inner.stats;
     loop {
         tokio::select! {
             biased;
@@ -294,17 +303,30 @@ async fn write_loop(
             }
             frame = outbox.pop(), if !slow.is_cancelled() => {
                 // Frames queued meanwhile go out with this one, in one
-                // flush (a bounded batch, so the first is never held long).
+                // flush (a bounded batch, so the first is never held long
+                // and the write buffer stays bounded).
                 let write = async {
+                    let mut bytes = frame.len();
                     sink.feed(WsMessage::Text(frame)).await?;
                     for _ in 1..WRITE_BATCH {
+                        if bytes >= WRITE_BATCH_BYTES {
+                            break;
+                        }
                         let Some(more) = outbox.try_pop() else { break };
+                        bytes += more.len();
                         sink.feed(WsMessage::Text(more)).await?;
                     }
                     sink.flush().await
                 };
                 tokio::select! {
-                    r = write => if r.is_err() {
+                    r = write => if let Err(e) = r {
+                        if is_capacity_error(&e) {
+                            // A frame the write buffer could not hold: the
+                            // limits are meant to make this impossible, so
+                            // it is counted and logged, never silent.
+                            stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, "a frame too large for the write buffer was refused; closing the connection");
+                        }
                         broken.cancel();
                         return;
                     },
@@ -332,7 +354,7 @@ async fn read_loop(
     if let Err(e) = server.heartbeat(user, device).await {
         tracing::warn!(code = ?e.code, "presence heartbeat failed on connect");
     }
-    let cursor = match server.inner.inbox.cursor(user, device).await {
+    let cursor = match server.inner.messages.cursor(user, device).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "cannot load device cursor");
@@ -403,7 +425,7 @@ async fn read_loop(
     }
 }
 
-fn is_capacity_error(e: &axum::Error) -> bool {
+fn is_capacity_error(e: &impl std::fmt::Display) -> bool {
     // axum wraps tungstenite's error; "Space limit exceeded" / capacity
     // errors are the size limits.
     let text = format!("{e}").to_ascii_lowercase();
@@ -464,43 +486,35 @@ async fn handle_request(
                 message_id: out.message.id,
                 created_at: out.message.created_at,
                 duplicate: out.duplicate,
+                seq: out.seq,
             })
         }
         Request::Sync { after, limit } => {
-            // Read the watermark first: it must not claim anything the read
-            // below could have missed.
-            let stable = server.stable_watermark();
             let after = match after {
                 Some(a) => a,
                 None => server
                     .inner
-                    .inbox
+                    .messages
                     .cursor(user, device)
                     .await
                     .map_err(wire)?,
             };
-            let (messages, has_more) = server.sync(user, after, limit).await?;
-            Ok(ReplyBody::Synced {
-                messages,
-                has_more,
-                stable,
-            })
+            let (entries, has_more) = server.sync(user, after, limit).await?;
+            Ok(ReplyBody::Synced { entries, has_more })
         }
         Request::Ack { cursor } => {
             let cursor = server
                 .inner
-                .inbox
+                .messages
                 .advance_cursor(user, device, cursor)
                 .await
                 .map_err(wire)?;
             Ok(ReplyBody::Acked { cursor })
         }
         Request::Heartbeat {} => {
-            let stable = server.stable_watermark();
             server.heartbeat(user, device).await?;
             Ok(ReplyBody::Heartbeat {
                 server_time: server.now(),
-                stable,
             })
         }
         Request::History {
@@ -513,10 +527,10 @@ async fn handle_request(
                 before,
                 after,
                 limit: clamp_limit(limit, 50),
+                max_bytes: usize::MAX,
             };
-            Ok(ReplyBody::History {
-                messages: server.history(user, channel, page).await?,
-            })
+            let (messages, has_more) = server.history(user, channel, page).await?;
+            Ok(ReplyBody::History { messages, has_more })
         }
         Request::Presence { users } => Ok(ReplyBody::Presence {
             users: server.presence_of(&users).await?,

@@ -126,9 +126,9 @@ async fn restart_scenario(extra: &[String]) {
     let me = alice.me().await.unwrap();
     assert_eq!(me.username, "alice");
     let history = bob.history(direct.id, &Default::default()).await.unwrap();
-    assert_eq!(history.len(), 1);
-    assert_eq!(history[0].id, sent.message_id);
-    assert_eq!(history[0].content, "kept across restarts");
+    assert_eq!(history.messages.len(), 1);
+    assert_eq!(history.messages[0].id, sent.message_id);
+    assert_eq!(history.messages[0].content, "kept across restarts");
     // And a fresh login works against the stored Argon2id hash.
     http.login("bob", "bob-password").await.unwrap();
     terminate(child);
@@ -199,7 +199,11 @@ async fn binary_spreads_history_over_shard_databases() {
         let direct = alice.open_direct(peer.user_id()).await.unwrap();
         conn.send(direct.id, &format!("to peer {i}")).await.unwrap();
         let history = peer.history(direct.id, &Default::default()).await.unwrap();
-        assert_eq!(history.len(), 1, "the peer reads its channel's history");
+        assert_eq!(
+            history.messages.len(),
+            1,
+            "the peer reads its channel's history"
+        );
         channels.push(direct.id);
     }
     conn.close().await;

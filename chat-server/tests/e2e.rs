@@ -12,11 +12,10 @@ use chat_client::{
     MemoryCursorStore, Session,
 };
 use chat_core::memory::{
-    MemoryBusHub, MemoryDirectory, MemoryDiscovery, MemoryHistory, MemoryInbox, MemoryNotifier,
-    MemoryPresence,
+    MemoryBusHub, MemoryDiscovery, MemoryNotifier, MemoryPresence, MemoryStore,
 };
 use chat_core::protocol::ErrorCode;
-use chat_core::{ClientMsgId, DeviceId, Message, MessageId, Platform, PresenceStatus, UserId};
+use chat_core::{ClientMsgId, DeviceId, Message, MessageId, Platform, PresenceStatus, Seq, UserId};
 use chat_server::{ChatServer, ServerConfig};
 use common::*;
 
@@ -61,7 +60,7 @@ async fn connect(session: &Session) -> Connection {
 }
 
 /// Waits for the end of the connection's current sync.
-async fn wait_synced(conn: &mut Connection) -> MessageId {
+async fn wait_synced(conn: &mut Connection) -> Seq {
     loop {
         match tokio::time::timeout(WAIT, conn.next_event()).await {
             Ok(Some(ClientEvent::Synced { cursor })) => return cursor,
@@ -261,7 +260,7 @@ async fn retries_reuse_the_client_message_id_and_store_once() {
     assert_eq!(ids(&messages(&mut b, 1).await), vec![first.message_id]);
     assert!(pending_messages(&mut b).await.is_empty());
     let history = bob.history(direct.id, &Default::default()).await.unwrap();
-    assert_eq!(ids(&history), vec![first.message_id]);
+    assert_eq!(ids(&history.messages), vec![first.message_id]);
     ts.stop().await;
 }
 
@@ -273,9 +272,10 @@ async fn errors_come_back_as_stable_codes_through_the_sdk() {
     let eve = signup(&ts, "eve").await;
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
     let e = connect(&eve).await;
+    // Not a member and no such channel answer alike.
     assert_eq!(
         code(e.send(direct.id, "let me in").await),
-        ErrorCode::Forbidden
+        ErrorCode::NotFound
     );
     assert_eq!(
         code(e.send(direct.id, "x".repeat(100_001)).await),
@@ -283,7 +283,7 @@ async fn errors_come_back_as_stable_codes_through_the_sdk() {
     );
     assert_eq!(
         code(eve.history(direct.id, &Default::default()).await),
-        ErrorCode::Forbidden
+        ErrorCode::NotFound
     );
     assert_eq!(
         code(
@@ -355,48 +355,49 @@ async fn history_pages_backward_and_forward() {
         limit: Some(limit),
     };
     let latest = bob.history(direct.id, &q(None, None, 5)).await.unwrap();
-    assert_eq!(ids(&latest), sent[7..]);
+    assert_eq!(ids(&latest.messages), sent[7..]);
+    assert!(latest.has_more);
     let older = bob
         .history(direct.id, &q(Some(sent[7]), None, 5))
         .await
         .unwrap();
-    assert_eq!(ids(&older), sent[2..7]);
+    assert_eq!(ids(&older.messages), sent[2..7]);
+    let oldest = bob
+        .history(direct.id, &q(Some(sent[2]), None, 5))
+        .await
+        .unwrap();
+    assert_eq!(ids(&oldest.messages), sent[..2]);
+    assert!(!oldest.has_more, "the start of the channel");
     let forward = bob
         .history(direct.id, &q(None, Some(sent[2]), 3))
         .await
         .unwrap();
-    assert_eq!(ids(&forward), sent[3..6]);
-    // Over the socket too.
+    assert_eq!(ids(&forward.messages), sent[3..6]);
+    // Over the socket too: the same query, the same page.
     let page = a
-        .history(direct.id, Some(sent[5]), None, Some(2))
+        .history(direct.id, &q(Some(sent[5]), None, 2))
         .await
         .unwrap();
-    assert_eq!(ids(&page), sent[3..5]);
+    assert_eq!(ids(&page.messages), sent[3..5]);
+    assert!(page.has_more);
     ts.stop().await;
 }
 
 #[tokio::test]
 async fn the_device_cursor_advances_and_is_stored_on_the_server() {
-    // A short settle window so the cursor moves within the test.
-    let config = ServerConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        send_timeout: Duration::from_millis(150),
-        settle_window: Duration::from_millis(200),
-        ..test_config()
-    };
-    let ts = start(config).await;
+    let ts = start(test_config()).await;
     let alice = signup(&ts, "alice").await;
     let bob = signup(&ts, "bob").await;
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
     let a = connect(&alice).await;
     let device = DeviceId::new_random();
     let mut b = connect_with(&bob, device, Arc::new(MemoryCursorStore::new())).await;
-    let mut last = MessageId::ZERO;
     for i in 0..5 {
-        last = a.send(direct.id, format!("m{i}")).await.unwrap().message_id;
+        a.send(direct.id, format!("m{i}")).await.unwrap();
     }
     messages(&mut b, 5).await;
-    // The cursor reaches the last message once it has settled.
+    // The cursor reaches the fifth position of Bob's inbox.
+    let last = Seq(5);
     let deadline = tokio::time::Instant::now() + WAIT;
     while b.cursor() < last {
         assert!(
@@ -413,7 +414,7 @@ async fn the_device_cursor_advances_and_is_stored_on_the_server() {
 
 /// Waits until the server has stored at least `at_least` as `device`'s
 /// cursor (read from the `welcome` of a fresh connection).
-async fn wait_server_cursor(ts: &TestServer, token: &str, device: DeviceId, at_least: MessageId) {
+async fn wait_server_cursor(ts: &TestServer, token: &str, device: DeviceId, at_least: Seq) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let raw = raw_connect(ts, token, device).await;
@@ -432,12 +433,7 @@ async fn wait_server_cursor(ts: &TestServer, token: &str, device: DeviceId, at_l
 async fn a_restart_on_the_embedded_store_keeps_messages_and_cursors() {
     let dir = tempfile::tempdir().unwrap();
     let cursors = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        send_timeout: Duration::from_millis(150),
-        settle_window: Duration::from_millis(200),
-        ..test_config()
-    };
+    let config = test_config();
     let open = |config: ServerConfig| {
         let store = Arc::new(chat_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
         ChatServer::builder(config).storage(store)
@@ -463,7 +459,7 @@ async fn a_restart_on_the_embedded_store_keeps_messages_and_cursors() {
     assert_eq!(ids(&messages(&mut b, 5).await), before);
     // The device's cursor is acknowledged by the server (the client acks it
     // asynchronously once the messages have settled).
-    wait_server_cursor(&ts, bob.token(), device, before[4]).await;
+    wait_server_cursor(&ts, bob.token(), device, Seq(5)).await;
 
     // Stop the server: clients are told to reconnect and keep trying.
     ts.stop().await;
@@ -497,9 +493,9 @@ async fn a_restart_on_the_embedded_store_keeps_messages_and_cursors() {
         .history(direct.id, &Default::default())
         .await
         .unwrap();
-    assert_eq!(ids(&history), before);
+    assert_eq!(ids(&history.messages), before);
     let raw = raw_connect(&ts, bob.token(), device).await;
-    assert!(raw.welcome.cursor >= before[4], "device cursor lost");
+    assert!(raw.welcome.cursor >= Seq(5), "device cursor lost");
     drop(raw);
 
     // Both SDK connections came back by themselves; new messages flow and
@@ -682,9 +678,7 @@ async fn two_chat_servers_deliver_across_the_bus() {
     // the shape of a multi-node deployment, in one process. `route` sends
     // each client to the node of its region.
     let hub = MemoryBusHub::new();
-    let directory = Arc::new(MemoryDirectory::default());
-    let history = Arc::new(MemoryHistory::default());
-    let inbox = Arc::new(MemoryInbox::default());
+    let store = Arc::new(MemoryStore::default());
     let presence = Arc::new(MemoryPresence::default());
     let discovery = Arc::new(MemoryDiscovery::default());
     let node = |id: u16, region: &str| {
@@ -694,9 +688,8 @@ async fn two_chat_servers_deliver_across_the_bus() {
             region: Some(region.into()),
             ..test_config()
         })
-        .directory(directory.clone())
-        .history(history.clone())
-        .inbox(inbox.clone())
+        .directory(store.directory())
+        .messages(store.clone())
         .presence(presence.clone())
         .discovery(discovery.clone())
         .bus(Arc::new(hub.node()))

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use chat_client::{
     ChatClient, ClientEvent, ConnectOptions, Connection, MemoryCursorStore, Session,
 };
-use chat_core::memory::{MemoryDirectory, MemoryNotifier};
+use chat_core::memory::{MemoryDirectory, MemoryNotifier, MemoryStore};
 use chat_core::{
     Channel, ChannelId, ClientMsgId, DeliveryOutcome, Device, DeviceId, Directory, Platform,
     Profile, PushNotification, PushNotifier, PushReport, User, UserId, UserRecord,
@@ -59,10 +59,12 @@ fn router(mock: &MockPush) -> Arc<dyn PushNotifier> {
 
 /// A server on an in-memory directory the test can inspect.
 async fn server(mock: &MockPush, config: ServerConfig) -> (TestServer, Arc<MemoryDirectory>) {
-    let directory = Arc::new(MemoryDirectory::default());
+    let store = Arc::new(MemoryStore::default());
+    let directory = store.directory();
     let ts = start_with(
         ChatServer::builder(config)
             .directory(directory.clone())
+            .messages(store.clone())
             .push(router(mock)),
     )
     .await;
@@ -376,7 +378,8 @@ async fn settle() {
 
 #[tokio::test(start_paused = true)]
 async fn collapse_windows_follow_the_clock() {
-    let directory = Arc::new(MemoryDirectory::default());
+    let store = Arc::new(MemoryStore::default());
+    let directory = store.directory();
     let notifier = Arc::new(MemoryNotifier::default());
     let config = ServerConfig {
         push_preview: true,
@@ -386,6 +389,7 @@ async fn collapse_windows_follow_the_clock() {
     assert_eq!(window, Duration::from_secs(2), "the default window");
     let server = ChatServer::builder(config)
         .directory(directory.clone())
+        .messages(store.clone())
         .push(notifier.clone())
         .build()
         .await
@@ -499,7 +503,8 @@ async fn collapse_windows_follow_the_clock() {
 #[tokio::test(start_paused = true)]
 async fn previews_are_cut_and_absent_when_off() {
     for preview in [true, false] {
-        let directory = Arc::new(MemoryDirectory::default());
+        let store = Arc::new(MemoryStore::default());
+        let directory = store.directory();
         let notifier = Arc::new(MemoryNotifier::default());
         let config = ServerConfig {
             push_preview: preview,
@@ -507,6 +512,7 @@ async fn previews_are_cut_and_absent_when_off() {
         };
         let server = ChatServer::builder(config)
             .directory(directory.clone())
+            .messages(store.clone())
             .push(notifier.clone())
             .build()
             .await
@@ -547,10 +553,12 @@ async fn previews_are_cut_and_absent_when_off() {
 
 #[tokio::test(start_paused = true)]
 async fn at_most_32_devices_are_pushed_the_most_recent() {
-    let directory = Arc::new(MemoryDirectory::default());
+    let store = Arc::new(MemoryStore::default());
+    let directory = store.directory();
     let notifier = Arc::new(MemoryNotifier::default());
     let server = ChatServer::builder(test_config())
         .directory(directory.clone())
+        .messages(store.clone())
         .push(notifier.clone())
         .build()
         .await
@@ -602,7 +610,7 @@ enum Race {
 /// An in-memory directory with a [`Race`] to spring.
 #[derive(Debug, Default)]
 struct RacingDirectory {
-    inner: MemoryDirectory,
+    inner: Arc<MemoryDirectory>,
     race: Mutex<Option<Race>>,
     clears: AtomicUsize,
 }
@@ -724,6 +732,7 @@ impl PushNotifier for InvalidatingNotifier {
 #[tokio::test]
 async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_device() {
     let directory = Arc::new(RacingDirectory::default());
+    let store = Arc::new(MemoryStore::new(directory.inner.clone()));
     let notifier = Arc::new(InvalidatingNotifier {
         directory: directory.clone(),
         race: Mutex::new(None),
@@ -734,6 +743,7 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
     };
     let server = ChatServer::builder(config)
         .directory(directory.clone())
+        .messages(store.clone())
         .push(notifier.clone())
         .build()
         .await

@@ -11,32 +11,48 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_core::memory::{MemoryHistory, MemoryInbox};
+use chat_core::memory::MemoryStore;
 use chat_core::{
-    ChannelId, ClientMsgId, HistoryStore, Inbox, Message, MessageId, Page, Snowflake, UserId,
+    Channel, ChannelId, ChannelKind, ClientMsgId, Directory, Message, MessageStore, NewMessage,
+    Page, Profile, Seq, Snowflake, User, UserId, UserRecord,
 };
 use chat_store::embedded::EmbeddedStore;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+
+const TEXT: &str = "a typical chat message of about sixty characters, give or take";
 
 fn message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> Message {
     Message {
         id: ids.generate(),
         channel_id: channel,
         sender,
-        content: "a typical chat message of about sixty characters, give or take".into(),
+        content: TEXT.into(),
         created_at: 0,
         client_msg_id: ClientMsgId::new_random(),
     }
 }
 
+fn new_message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> NewMessage {
+    NewMessage {
+        id: ids.generate(),
+        channel_id: channel,
+        sender,
+        content: TEXT.into(),
+        created_at: 0,
+        client_msg_id: ClientMsgId::new_random(),
+        timeout: Duration::from_secs(30),
+    }
+}
+
 struct Backend {
     name: &'static str,
-    history: Arc<dyn HistoryStore>,
-    inbox: Arc<dyn Inbox>,
+    messages: Arc<dyn MessageStore>,
+    directory: Arc<dyn Directory>,
 }
 
 fn backends(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Vec<Backend> {
     let embedded = Arc::new(EmbeddedStore::open(dir).expect("open store"));
+    let memory = Arc::new(MemoryStore::default());
     #[cfg(not(feature = "postgres"))]
     let _ = rt;
     vec![
@@ -44,13 +60,13 @@ fn backends(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Vec<Backend>
         postgres(rt),
         Backend {
             name: "memory",
-            history: Arc::new(MemoryHistory::default()),
-            inbox: Arc::new(MemoryInbox::default()),
+            directory: memory.directory(),
+            messages: memory,
         },
         Backend {
             name: "embedded",
-            history: embedded.clone(),
-            inbox: embedded,
+            messages: embedded.clone(),
+            directory: embedded,
         },
     ]
 }
@@ -76,27 +92,82 @@ fn postgres(rt: &tokio::runtime::Runtime) -> Backend {
     let store = Arc::new(store);
     Backend {
         name: "postgres",
-        history: store.clone(),
-        inbox: store,
+        messages: store.clone(),
+        directory: store,
     }
+}
+
+/// `n` new users in `directory`.
+async fn users(directory: &dyn Directory, n: usize) -> Vec<UserId> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = UserId::new_random();
+        let user = User {
+            id,
+            username: format!("b{}", &id.0.simple().to_string()[..24]),
+            profile: Profile::default(),
+            created_at: 0,
+        };
+        directory
+            .create_user(UserRecord {
+                user,
+                password_hash: "h".into(),
+            })
+            .await
+            .expect("create user");
+        out.push(id);
+    }
+    out
 }
 
 fn store(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let ids = Snowflake::new(1).expect("node id");
-    let sender = UserId::new_random();
-    let members: Vec<UserId> = (0..2).map(|_| UserId::new_random()).collect();
-    let group: Vec<UserId> = (0..100).map(|_| UserId::new_random()).collect();
 
     let mut g = c.benchmark_group("history");
     for be in backends(dir.path(), &rt) {
+        let (direct, group, reader) = rt.block_on(async {
+            let people = users(&*be.directory, 100).await;
+            let direct = be
+                .directory
+                .create_channel(Channel::direct(people[0], people[1], 0))
+                .await
+                .expect("direct");
+            let group = be
+                .directory
+                .create_channel(Channel {
+                    id: ChannelId::new_random(),
+                    kind: ChannelKind::Group,
+                    name: "bench".into(),
+                    owner: Some(people[0]),
+                    members: people.clone(),
+                    created_at: 0,
+                })
+                .await
+                .expect("group");
+            (direct, group, people[1])
+        });
+        let sender = direct.members[0].min(direct.members[1]);
+        // The send path: history and every member's inbox in one commit.
+        for (label, channel) in [("1:1", &direct), ("group of 100", &group)] {
+            g.bench_function(format!("commit {label}/{}", be.name), |b| {
+                b.to_async(&rt).iter_batched(
+                    || new_message(&ids, channel.id, sender),
+                    |m| {
+                        let s = be.messages.clone();
+                        async move { black_box(s.commit(m).await.expect("commit")) }
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
         let channel = ChannelId::new_random();
         g.bench_function(format!("append/{}", be.name), |b| {
             b.to_async(&rt).iter_batched(
                 || message(&ids, channel, sender),
                 |m| {
-                    let h = be.history.clone();
+                    let h = be.messages.clone();
                     async move { black_box(h.append(m).await.expect("append")) }
                 },
                 BatchSize::SmallInput,
@@ -109,7 +180,7 @@ fn store(c: &mut Criterion) {
             for _ in 0..10_000 {
                 let m = message(&ids, paged, sender);
                 stored.push(m.id);
-                be.history.append(m).await.expect("append");
+                be.messages.append(m).await.expect("append");
             }
         });
         let middle = stored[5_000];
@@ -120,36 +191,28 @@ fn store(c: &mut Criterion) {
         ] {
             g.bench_function(format!("page {label}/{}", be.name), |b| {
                 b.to_async(&rt).iter(|| {
-                    let h = be.history.clone();
+                    let h = be.messages.clone();
                     async move { black_box(h.page(paged, page).await.expect("page")) }
                 })
             });
         }
         g.bench_function(format!("get by id/{}", be.name), |b| {
             b.to_async(&rt).iter(|| {
-                let h = be.history.clone();
+                let h = be.messages.clone();
                 async move { black_box(h.get(paged, middle).await.expect("get")) }
             })
         });
-        // Fan-out on write: one message into 2 and into 100 inboxes.
-        for (label, recipients) in [("2 inboxes", &members), ("100 inboxes", &group)] {
-            g.bench_function(format!("inbox push to {label}/{}", be.name), |b| {
-                b.to_async(&rt).iter_batched(
-                    || message(&ids, channel, sender),
-                    |m| {
-                        let inbox = be.inbox.clone();
-                        let r = recipients.clone();
-                        async move { inbox.push(&r, &m).await.expect("push") }
-                    },
-                    BatchSize::SmallInput,
-                )
-            });
-        }
         g.bench_function(format!("inbox read 200 after a cursor/{}", be.name), |b| {
             b.to_async(&rt).iter(|| {
-                let inbox = be.inbox.clone();
-                let user = group[0];
-                async move { black_box(inbox.read(user, MessageId::ZERO, 200).await.expect("read")) }
+                let inbox = be.messages.clone();
+                async move {
+                    black_box(
+                        inbox
+                            .read(reader, Seq::ZERO, 200, usize::MAX)
+                            .await
+                            .expect("read"),
+                    )
+                }
             })
         });
     }

@@ -1,19 +1,16 @@
-//! Sharding: chat history spread over several stores by channel, inboxes
-//! by user.
+//! Sharding: chat history spread over several stores by channel, with the
+//! send path kept whole by a transactional outbox.
 //!
-//! [`Sharded`] holds N backends of one trait and routes every call to one of
-//! them by a **stable hash** of the partition key of the data model:
-//!
-//! * as a [`HistoryStore`] (see [`ShardedHistory`]), by channel id: one
-//!   channel's messages and idempotency records are always on one shard, so
-//!   its order, its pages and its idempotent appends are exactly those of
-//!   that shard's backend;
-//! * as an [`Inbox`] (see [`ShardedInbox`]), by user id: one user's inbox
-//!   and device cursors are always on one shard; a push to several
-//!   recipients writes to each recipient's shard.
-//!
-//! It works over any backend of the trait (PostgreSQL databases, embedded
-//! stores, a mix), and passes the same conformance suite as its shards.
+//! * [`ShardedHistory`] holds N [`HistoryStore`]s and routes every call to
+//!   one of them by a **stable hash** of the channel id: one channel's
+//!   messages and idempotency records are always on one shard, so its
+//!   order, its pages and its idempotent appends are exactly those of that
+//!   shard's backend. It works over any backend (PostgreSQL databases,
+//!   embedded stores, a mix) and passes the history conformance suite.
+//! * [`ShardedMessageStore`] is the [`MessageStore`] of such a deployment:
+//!   inboxes, cursors, idempotency and id assignment stay in one
+//!   coordinating store (a [`FanoutStore`], the database that also holds the
+//!   directory), history goes to the shards.
 //!
 //! ```no_run
 //! # #[cfg(feature = "postgres")]
@@ -21,16 +18,46 @@
 //! use std::sync::Arc;
 //! use chat_core::HistoryStore;
 //! use chat_store::postgres::{PostgresConfig, PostgresStore};
-//! use chat_store::sharded::ShardedHistory;
+//! use chat_store::sharded::{ShardedHistory, ShardedMessageStore};
 //!
+//! let main = Arc::new(PostgresStore::connect(PostgresConfig::new("postgres://chat@db-main/chat")).await?);
 //! let mut shards: Vec<Arc<dyn HistoryStore>> = Vec::new();
 //! for url in ["postgres://chat@db-0/chat", "postgres://chat@db-1/chat"] {
 //!     shards.push(Arc::new(PostgresStore::connect(PostgresConfig::new(url)).await?));
 //! }
-//! let history = ShardedHistory::new(shards)?;
-//! # let _ = history;
+//! let messages = ShardedMessageStore::new(main.clone(), ShardedHistory::new(shards)?);
+//! // The server gets `messages` as its message store and `main` as its directory.
+//! # let _ = messages;
 //! # Ok(()) }
 //! ```
+//!
+//! # The send path across databases
+//!
+//! A commit cannot be atomic across two databases, so it is a
+//! transactional outbox ([`FanoutStore`]):
+//!
+//! 1. the coordinator commits, atomically: the idempotency record (kept
+//!    forever, as history's are), the id (raised above the channel's
+//!    last), every member's inbox entry at its next position, and an
+//!    **outbox** entry holding the message;
+//! 2. the message is appended to its shard (idempotent on its key);
+//! 3. the outbox entry is marked drained (its content dropped: it lives in
+//!    history now).
+//!
+//! The send is acknowledged after step 2. A crash between 1 and 3 leaves an
+//! outbox entry: [`ShardedMessageStore::drain`] (run by every server at
+//! start and periodically, see [`ShardedMessageStore::spawn_drainer`])
+//! finishes steps 2 and 3, and so does the sender's retry. What holds
+//! instead of atomicity:
+//!
+//! * a message is in every member's inbox or in none (step 1 is atomic);
+//! * a message in an inbox reaches its history shard: once drained, it is
+//!   in both; until then it is in the outbox, and every drain retries it;
+//! * inbox positions are assigned in step 1, at commit, so no entry ever
+//!   lands below a cursor a device holds, whatever the timing of steps 2
+//!   and 3;
+//! * a message reaches history only after it is in every inbox, so history
+//!   never shows a message an inbox will not have.
 //!
 //! # The hash, and adding shards
 //!
@@ -55,12 +82,15 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use chat_core::rules::check_duplicate;
 use chat_core::{
-    Appended, ChannelId, DeviceId, Error, HistoryStore, Inbox, Message, MessageId, Page, Result,
-    UserId,
+    Appended, ChannelId, Committed, DeviceId, Error, Fanout, FanoutStore, HistoryStore, Inbox,
+    InboxEntry, Message, MessageId, MessageStore, NewMessage, Page, Paged, Result, Seq, UserId,
 };
-use futures::future::try_join_all;
+use tokio_util::sync::CancellationToken;
 
 /// N backends of one trait, each call routed to one of them by a stable
 /// hash of its partition key. See the [module docs](self).
@@ -71,9 +101,6 @@ pub struct Sharded<T: ?Sized> {
 
 /// Chat history over N stores, by channel.
 pub type ShardedHistory = Sharded<dyn HistoryStore>;
-
-/// Inboxes and cursors over N stores, by user.
-pub type ShardedInbox = Sharded<dyn Inbox>;
 
 impl<T: ?Sized> Sharded<T> {
     /// Shards `shards`, in this order (the order is part of the layout).
@@ -166,7 +193,10 @@ pub async fn copy_channel(
         for m in batch {
             copied += u64::from(!to.append(m).await?.is_duplicate());
         }
-        batch = from.page(channel, Page::after(after, page_size)).await?;
+        batch = from
+            .page(channel, Page::after(after, page_size))
+            .await?
+            .items;
         match batch.last() {
             Some(last) => after = last.id,
             None => return Ok(copied),
@@ -186,54 +216,168 @@ impl HistoryStore for Sharded<dyn HistoryStore> {
         self.pick(channel.as_bytes()).get(channel, id).await
     }
 
-    async fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
+    async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
         self.pick(channel.as_bytes()).page(channel, page).await
     }
 }
 
-#[async_trait]
-impl Inbox for Sharded<dyn Inbox> {
-    async fn push(&self, recipients: &[UserId], message: &Message) -> Result<()> {
-        // One call per shard with its recipients, the shards in parallel.
-        let mut by_shard: Vec<Vec<UserId>> = vec![Vec::new(); self.shards.len()];
-        for r in recipients {
-            by_shard[shard_index(r.as_bytes(), self.shards.len())].push(*r);
+/// The [`MessageStore`] of a deployment with sharded history: inboxes in a
+/// coordinating [`FanoutStore`], history in a [`ShardedHistory`], joined by
+/// a transactional outbox. See the [module docs](self).
+#[derive(Debug)]
+pub struct ShardedMessageStore {
+    coordinator: Arc<dyn FanoutStore>,
+    history: ShardedHistory,
+}
+
+/// Outbox entries one drain pass takes at most.
+const DRAIN_BATCH: usize = 500;
+
+/// How old an outbox entry must be before a drain takes it: younger ones
+/// belong to sends still in flight, which finish them themselves.
+pub const DRAIN_MIN_AGE: Duration = Duration::from_secs(10);
+
+impl ShardedMessageStore {
+    /// History in `history`, everything else in `coordinator` (which must
+    /// also be the deployment's directory: it resolves channel members).
+    pub fn new(coordinator: Arc<dyn FanoutStore>, history: ShardedHistory) -> Self {
+        Self {
+            coordinator,
+            history,
         }
-        try_join_all(
-            by_shard
-                .iter()
-                .zip(&self.shards)
-                .filter(|(users, _)| !users.is_empty())
-                .map(|(users, shard)| shard.push(users, message)),
-        )
-        .await?;
-        Ok(())
     }
 
-    async fn read(&self, user: UserId, after: MessageId, limit: usize) -> Result<Vec<Message>> {
-        self.pick(user.as_bytes()).read(user, after, limit).await
+    /// Finishes sends whose history write did not complete (a crash, a
+    /// shard that was down): appends every outbox entry older than
+    /// `min_age` to its shard and marks it drained. Returns how many it
+    /// drained. Stops at the first shard error (the entry stays for the
+    /// next pass).
+    pub async fn drain(&self, min_age: Duration) -> Result<usize> {
+        let mut drained = 0;
+        loop {
+            let due = self.coordinator.outbox(min_age, DRAIN_BATCH).await?;
+            let full = due.len() == DRAIN_BATCH;
+            for message in due {
+                let (channel, id) = (message.channel_id, message.id);
+                self.history.append(message).await?;
+                self.coordinator.outbox_done(channel, id).await?;
+                drained += 1;
+            }
+            if !full {
+                return Ok(drained);
+            }
+        }
     }
 
-    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<MessageId> {
-        self.pick(user.as_bytes()).cursor(user, device).await
+    /// Runs [`drain`](Self::drain) now and then every `every` until
+    /// `shutdown`, logging what it finished and any error. Every server of
+    /// the deployment may run one: drains are idempotent.
+    pub fn spawn_drainer(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match self.drain(DRAIN_MIN_AGE).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(drained = n, "history outbox drained"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "history outbox drain failed; retrying later")
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl HistoryStore for ShardedMessageStore {
+    async fn append(&self, message: Message) -> Result<Appended> {
+        self.history.append(message).await
     }
 
-    async fn advance_cursor(
+    async fn get(&self, channel: ChannelId, id: MessageId) -> Result<Option<Message>> {
+        self.history.get(channel, id).await
+    }
+
+    async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
+        self.history.page(channel, page).await
+    }
+}
+
+#[async_trait]
+impl Inbox for ShardedMessageStore {
+    async fn read(
         &self,
         user: UserId,
-        device: DeviceId,
-        cursor: MessageId,
-    ) -> Result<MessageId> {
-        self.pick(user.as_bytes())
-            .advance_cursor(user, device, cursor)
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Paged<InboxEntry>> {
+        self.coordinator.read(user, after, limit, max_bytes).await
+    }
+
+    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<Seq> {
+        self.coordinator.cursor(user, device).await
+    }
+
+    async fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
+        self.coordinator.advance_cursor(user, device, cursor).await
+    }
+}
+
+#[async_trait]
+impl MessageStore for ShardedMessageStore {
+    async fn commit(&self, message: NewMessage) -> Result<Committed> {
+        let (channel, key) = (message.channel_id, message.clone());
+        // Inboxes, idempotency, id, outbox: atomic in the coordinator.
+        let committed = match self.coordinator.commit_fanout(message).await? {
+            Fanout::Committed(c) => c,
+            Fanout::Drained { id, positions } => {
+                // A retry of a message already in history: its content is
+                // there, and decides duplicate or conflict.
+                let original = self.history.get(channel, id).await?.ok_or_else(|| {
+                    Error::backend(
+                        "sharded",
+                        format!("message {id} is drained from the outbox but not in history"),
+                    )
+                })?;
+                let original = check_duplicate(&original, &key.to_message(id))?
+                    .message()
+                    .clone();
+                return Ok(Committed {
+                    message: original,
+                    duplicate: true,
+                    positions,
+                });
+            }
+        };
+        // History (also for a duplicate still in the outbox: its first
+        // attempt may have stopped before this step).
+        self.history.append(committed.message.clone()).await?;
+        // Drained. A failure here only leaves work for a drain.
+        if let Err(e) = self
+            .coordinator
+            .outbox_done(committed.message.channel_id, committed.message.id)
             .await
+        {
+            tracing::warn!(error = %e, "marking an outbox entry drained failed; a drain will");
+        }
+        Ok(committed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_core::memory::{MemoryHistory, MemoryInbox};
+    use chat_core::memory::MemoryStore;
     use uuid::Uuid;
 
     #[test]
@@ -285,21 +429,111 @@ mod tests {
         assert!(ShardedHistory::new(Vec::new()).is_err());
     }
 
+    fn sharded_over_memory() -> (ShardedMessageStore, Arc<MemoryStore>, Vec<Arc<MemoryStore>>) {
+        let coordinator = Arc::new(MemoryStore::default());
+        let shards: Vec<Arc<MemoryStore>> =
+            (0..3).map(|_| Arc::new(MemoryStore::default())).collect();
+        let history = ShardedHistory::new(
+            shards
+                .iter()
+                .map(|s| s.clone() as Arc<dyn HistoryStore>)
+                .collect(),
+        )
+        .unwrap();
+        (
+            ShardedMessageStore::new(coordinator.clone(), history),
+            coordinator,
+            shards,
+        )
+    }
+
     #[tokio::test]
     async fn the_conformance_suite_passes_over_memory_shards() {
-        let history = ShardedHistory::new(
-            (0..3)
-                .map(|_| Arc::new(MemoryHistory::default()) as Arc<dyn HistoryStore>)
-                .collect(),
-        )
-        .unwrap();
-        let inbox = ShardedInbox::new(
-            (0..3)
-                .map(|_| Arc::new(MemoryInbox::default()) as Arc<dyn Inbox>)
-                .collect(),
-        )
-        .unwrap();
-        let directory = chat_core::memory::MemoryDirectory::default();
-        crate::conformance::run_all(&history, &inbox, &directory).await;
+        let (store, coordinator, _) = sharded_over_memory();
+        crate::conformance::run_all(&store, &*coordinator.directory()).await;
+    }
+
+    /// A send whose history write never happened (the process died after
+    /// the coordinator's commit): the message is in every inbox and in the
+    /// outbox, not in history; a drain finishes it, and a retry of the send
+    /// answers a duplicate with the original positions.
+    #[tokio::test]
+    async fn a_drain_finishes_sends_cut_after_the_coordinator_commit() {
+        use chat_core::{Channel, ClientMsgId, Directory, User, UserRecord};
+        let (store, coordinator, _) = sharded_over_memory();
+        let directory = coordinator.directory();
+        let mut users = Vec::new();
+        for name in ["drain_a", "drain_b"] {
+            let user = User {
+                id: UserId::new_random(),
+                username: name.into(),
+                profile: Default::default(),
+                created_at: 0,
+            };
+            users.push(
+                directory
+                    .create_user(UserRecord {
+                        user,
+                        password_hash: String::new(),
+                    })
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let channel = directory
+            .create_channel(Channel::direct(users[0], users[1], 0))
+            .await
+            .unwrap();
+        let send = NewMessage {
+            id: MessageId(1 << 40),
+            channel_id: channel.id,
+            sender: users[0],
+            content: "cut short".into(),
+            created_at: 0,
+            client_msg_id: ClientMsgId::new_random(),
+            timeout: Duration::from_secs(5),
+        };
+        // Step 1 only, as if the process died right after it.
+        let Fanout::Committed(cut) = coordinator.commit_fanout(send.clone()).await.unwrap() else {
+            panic!("a new key commits");
+        };
+        assert_eq!(
+            store
+                .read(users[1], Seq::ZERO, 10, usize::MAX)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1,
+            "the inbox has it"
+        );
+        assert!(store
+            .get(channel.id, cut.message.id)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            store.drain(Duration::from_secs(3600)).await.unwrap(),
+            0,
+            "too young"
+        );
+        assert_eq!(store.drain(Duration::ZERO).await.unwrap(), 1);
+        assert_eq!(
+            store.get(channel.id, cut.message.id).await.unwrap(),
+            Some(cut.message.clone()),
+            "the drain put it in history"
+        );
+        assert_eq!(
+            store.drain(Duration::ZERO).await.unwrap(),
+            0,
+            "drained once"
+        );
+        let retry = store.commit(send).await.unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(
+            (retry.message, retry.positions),
+            (cut.message, cut.positions)
+        );
     }
 }

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, Channel, ChannelId, ClientMsgId, Device, DeviceId, Directory, Error, HistoryStore,
-    Inbox, Message, MessageId, Page, Profile, Result, User, UserId, UserRecord,
+    Appended, Channel, ChannelId, ClientMsgId, Committed, Device, DeviceId, Directory, Error,
+    Fanout, FanoutStore, HistoryStore, Inbox, InboxEntry, Message, MessageId, MessageStore,
+    NewMessage, Page, Paged, Profile, Result, Seq, User, UserId, UserRecord,
 };
 use chat_store::conformance;
 use chat_store::postgres::{PostgresConfig, PostgresStore};
@@ -173,39 +174,37 @@ fn assert_temporary<T: std::fmt::Debug>(result: Result<T>, what: &str) -> Error 
 async fn postgres_store_passes_the_conformance_suite_repeatedly() {
     let schema = TestSchema::new();
     let store = PostgresStore::connect(schema.config()).await.unwrap();
-    conformance::run_all(&store, &store, &store).await;
+    conformance::run_all(&store, &store).await;
     // Again on the same data: every check uses fresh ids.
-    conformance::run_all(&store, &store, &store).await;
+    conformance::run_all(&store, &store).await;
     assert_eq!(store.schema(), schema.name);
     assert!(format!("{store:?}").contains("PostgresStore"));
 }
 
-/// Chat history (and inboxes) sharded over two PostgreSQL databases pass
-/// the whole suite; every channel lives on exactly one of them, and both
+/// Chat history sharded over two PostgreSQL databases, with the first one
+/// also the coordinator (inboxes, directory, the outbox), passes the whole
+/// suite; every channel's history lives on exactly one of them, and both
 /// hold some.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_sharded_over_two_databases_passes_the_conformance_suite() {
-    use chat_store::sharded::{shard_index, ShardedHistory, ShardedInbox};
+    use chat_store::sharded::{shard_index, ShardedHistory, ShardedMessageStore};
     let dbs = [TestDatabase::create().await, TestDatabase::create().await];
     let stores = [dbs[0].store().await, dbs[1].store().await];
-    let history = ShardedHistory::new(
-        stores
-            .iter()
-            .map(|s| Arc::new(s.clone()) as Arc<dyn HistoryStore>)
-            .collect(),
-    )
-    .unwrap();
-    let inbox = ShardedInbox::new(
-        stores
-            .iter()
-            .map(|s| Arc::new(s.clone()) as Arc<dyn Inbox>)
-            .collect(),
-    )
-    .unwrap();
-    conformance::run_all(&history, &inbox, &stores[0]).await;
-    conformance::concurrency_suite(&history, &inbox, &stores[1]).await;
+    let history = || {
+        ShardedHistory::new(
+            stores
+                .iter()
+                .map(|s| Arc::new(s.clone()) as Arc<dyn HistoryStore>)
+                .collect(),
+        )
+        .unwrap()
+    };
+    let sharded = ShardedMessageStore::new(Arc::new(stores[0].clone()), history());
+    conformance::run_all(&sharded, &stores[0]).await;
+    conformance::concurrency_suite(&sharded, &stores[0]).await;
 
     // Where the messages went: one channel, one database.
+    let history = history();
     let channels: Vec<ChannelId> = (0..40).map(|_| ChannelId::new_random()).collect();
     for (k, c) in channels.iter().enumerate() {
         for i in 0..3u64 {
@@ -216,21 +215,108 @@ async fn history_sharded_over_two_databases_passes_the_conformance_suite() {
     for c in &channels {
         let home = shard_index(c.as_bytes(), 2);
         assert_eq!(
-            stores[home].page(*c, Page::latest(10)).await.unwrap().len(),
+            stores[home]
+                .page(*c, Page::latest(10))
+                .await
+                .unwrap()
+                .items
+                .len(),
             3
         );
         assert!(stores[1 - home]
             .page(*c, Page::latest(10))
             .await
             .unwrap()
+            .items
             .is_empty());
-        assert_eq!(history.page(*c, Page::latest(10)).await.unwrap().len(), 3);
+        assert_eq!(
+            history
+                .page(*c, Page::latest(10))
+                .await
+                .unwrap()
+                .items
+                .len(),
+            3
+        );
     }
     let (rows0, channels0) = dbs[0].message_rows().await;
     let (rows1, channels1) = dbs[1].message_rows().await;
     assert!(channels0 > 0 && channels1 > 0, "both shards hold channels");
     assert!(rows0 + rows1 >= 120);
+
+    // A send cut after the coordinator's commit (the process died before
+    // the history write): the inboxes have it, history does not, until a
+    // drain puts it on its home shard; a retry then answers the original.
+    let [a, b] = [new_user(&stores[0]).await, new_user(&stores[0]).await];
+    let channel = stores[0]
+        .create_channel(Channel::direct(a, b, 0))
+        .await
+        .unwrap();
+    let send = new_message(channel.id, a, 1 << 45, "cut short");
+    let Fanout::Committed(cut) = stores[0].commit_fanout(send.clone()).await.unwrap() else {
+        panic!("a new key commits");
+    };
+    let home = shard_index(channel.id.as_bytes(), 2);
+    assert!(stores[home]
+        .get(channel.id, cut.message.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        stores[0]
+            .read(b, Seq::ZERO, 10, usize::MAX)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1,
+        "every inbox has it before history does"
+    );
+    let drained = sharded.drain(Duration::ZERO).await.unwrap();
+    assert!(drained >= 1, "the drain finishes it");
+    assert_eq!(
+        stores[home].get(channel.id, cut.message.id).await.unwrap(),
+        Some(cut.message.clone()),
+        "on its home shard"
+    );
+    let retry = sharded.commit(send).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.message, retry.positions),
+        (cut.message, cut.positions)
+    );
     drop(stores);
+}
+
+/// A fresh user in `directory`.
+async fn new_user(directory: &dyn Directory) -> UserId {
+    let id = UserId::new_random();
+    directory
+        .create_user(UserRecord {
+            user: User {
+                id,
+                username: format!("pg_{}", &id.0.simple().to_string()[..20]),
+                profile: Profile::default(),
+                created_at: 0,
+            },
+            password_hash: "hash".into(),
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+/// A commit request with a fresh key.
+fn new_message(channel: ChannelId, sender: UserId, id: u64, content: &str) -> NewMessage {
+    NewMessage {
+        id: MessageId(id),
+        channel_id: channel,
+        sender,
+        content: content.to_owned(),
+        created_at: 1_700_000_000_000,
+        client_msg_id: ClientMsgId::new_random(),
+        timeout: Duration::from_secs(30),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,9 +326,9 @@ async fn the_concurrency_suite_passes_across_two_servers() {
         PostgresStore::connect(schema.config()).await.unwrap(),
         PostgresStore::connect(schema.config()).await.unwrap(),
     );
-    conformance::concurrency_suite(&servers, &servers, &servers).await;
+    conformance::concurrency_suite(&servers, &servers).await;
     conformance::history_suite(&servers).await;
-    conformance::inbox_suite(&servers).await;
+    conformance::message_store_suite(&servers, &servers).await;
     conformance::directory_suite(&servers).await;
     assert!(servers.calls.load(Ordering::Relaxed) > 100);
 }
@@ -273,7 +359,7 @@ async fn two_servers_racing_on_one_retry_store_one_message() {
         assert_eq!(stored.len(), 1, "exactly one Stored in round {round}");
         assert!(results.iter().all(|r| r.message() == stored[0]));
         assert_eq!(
-            a.page(channel, Page::latest(100)).await.unwrap(),
+            a.page(channel, Page::latest(100)).await.unwrap().items,
             vec![stored[0].clone()]
         );
     }
@@ -289,19 +375,19 @@ async fn everything_acknowledged_survives_reconnecting() {
     for _ in 0..3 {
         let store = PostgresStore::connect(schema.config()).await.unwrap();
         for probe in &probes {
-            conformance::durability_check_read(&store, &store, &store, probe).await;
+            conformance::durability_check_read(&store, &store, probe).await;
         }
-        probes.push(conformance::durability_check_write(&store, &store, &store).await);
+        probes.push(conformance::durability_check_write(&store, &store).await);
         drop(store);
     }
     let store = PostgresStore::connect(schema.config()).await.unwrap();
     for probe in &probes {
-        conformance::durability_check_read(&store, &store, &store, probe).await;
+        conformance::durability_check_read(&store, &store, probe).await;
     }
     // A clone shares the pool and sees the same data.
     let clone = store.clone();
     drop(store);
-    conformance::durability_check_read(&clone, &clone, &clone, &probes[0]).await;
+    conformance::durability_check_read(&clone, &clone, &probes[0]).await;
 }
 
 /// The versions recorded in a schema, with how often each is recorded.
@@ -352,7 +438,7 @@ async fn migrations_are_idempotent_and_safe_when_servers_start_at_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(tables, 9, "eight data tables and schema_migrations");
+    assert_eq!(tables, 10, "nine data tables and schema_migrations");
 
     // Connecting again, and migrating again, change nothing.
     let again = PostgresStore::connect(schema.config()).await.unwrap();
@@ -360,8 +446,8 @@ async fn migrations_are_idempotent_and_safe_when_servers_start_at_once() {
     assert_eq!(recorded_versions(&schema.name).await, versions);
 
     // They are one database: what one server writes, another reads.
-    let probe = conformance::durability_check_write(&stores[0], &stores[1], &stores[2]).await;
-    conformance::durability_check_read(&stores[3], &again, &stores[1], &probe).await;
+    let probe = conformance::durability_check_write(&stores[0], &stores[1]).await;
+    conformance::durability_check_read(&stores[3], &again, &probe).await;
 }
 
 #[tokio::test]
@@ -408,7 +494,6 @@ async fn message_ids_above_2_63_keep_u64_order() {
     let store = PostgresStore::connect(schema.config()).await.unwrap();
     let channel = ChannelId::new_random();
     let sender = UserId::new_random();
-    let reader = UserId::new_random();
     let half = 1u64 << 63;
     let ids = [
         1u64,
@@ -427,9 +512,8 @@ async fn message_ids_above_2_63_keep_u64_order() {
     {
         let m = message(channel, sender, i, &format!("id {i}"));
         assert!(!store.append(m.clone()).await.unwrap().is_duplicate());
-        store.push(&[reader], &m).await.unwrap();
     }
-    let page_ids = |p: Vec<Message>| p.iter().map(|m| m.id.0).collect::<Vec<_>>();
+    let page_ids = |p: Paged<Message>| p.items.iter().map(|m| m.id.0).collect::<Vec<_>>();
     assert_eq!(
         page_ids(store.page(channel, Page::latest(100)).await.unwrap()),
         ids.to_vec(),
@@ -482,31 +566,47 @@ async fn message_ids_above_2_63_keep_u64_order() {
         assert_eq!(got.id, MessageId(i));
         assert_eq!(got.content, format!("id {i}"));
     }
-    assert_eq!(
-        page_ids(store.read(reader, MessageId(half - 1), 100).await.unwrap()),
-        ids[3..].to_vec(),
-        "an inbox syncs across 2^63"
-    );
-    assert_eq!(
-        page_ids(store.read(reader, MessageId::ZERO, 100).await.unwrap()),
-        ids.to_vec()
+    // Commits keep proposed ids across 2^63 (each above the channel's
+    // last), and the inbox orders them by position, which is id order here.
+    let (sender, reader) = (new_user(&store).await, new_user(&store).await);
+    let direct = store
+        .create_channel(Channel::direct(sender, reader, 0))
+        .await
+        .unwrap();
+    for &i in &ids {
+        let c = store
+            .commit(new_message(direct.id, sender, i, &format!("id {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.message.id,
+            MessageId(i),
+            "a proposed id above the last is kept"
+        );
+    }
+    let entries = store.read(reader, Seq(3), 100, usize::MAX).await.unwrap();
+    let got: Vec<(u64, u64)> = entries
+        .items
+        .iter()
+        .map(|e| (e.seq.0, e.message.id.0))
+        .collect();
+    let expected: Vec<(u64, u64)> = (4..=8).zip(ids[3..].iter().copied()).collect();
+    assert_eq!(got, expected, "an inbox syncs by position across 2^63");
+    let err = store
+        .commit(new_message(direct.id, sender, 5, "no id left"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { .. }),
+        "a channel at u64::MAX has no next id: {err:?}"
     );
 
     let device = DeviceId::new_random();
-    for (to, expected) in [
-        (half + 5, half + 5),
-        (5, half + 5),
-        (half - 1, half + 5),
-        (u64::MAX, u64::MAX),
-        (half, u64::MAX),
-    ] {
+    for (to, expected) in [(5u64, 5u64), (3, 5), (1 << 40, 1 << 40), (7, 1 << 40)] {
         assert_eq!(
-            store
-                .advance_cursor(reader, device, MessageId(to))
-                .await
-                .unwrap(),
-            MessageId(expected),
-            "cursors compare as u64 (advance to {to})"
+            store.advance_cursor(reader, device, Seq(to)).await.unwrap(),
+            Seq(expected),
+            "cursors only move forward (advance to {to})"
         );
     }
 
@@ -566,8 +666,16 @@ async fn a_closed_port_fails_fast_with_a_temporary_error() {
             ..
         }
     ));
-    assert_temporary(store.push(&[m.sender], &m).await, "push");
-    assert_temporary(store.read(m.sender, MessageId::ZERO, 10).await, "read");
+    assert_temporary(
+        store
+            .commit(new_message(m.channel_id, m.sender, 1, "lost"))
+            .await,
+        "commit",
+    );
+    assert_temporary(
+        store.read(m.sender, Seq::ZERO, 10, usize::MAX).await,
+        "read",
+    );
     assert_temporary(store.user_by_name("alice").await, "user_by_name");
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -794,7 +902,7 @@ async fn terminated_backends_are_replaced_and_a_retried_append_stores_once() {
         "a further retry is a duplicate of the stored one"
     );
     assert_eq!(
-        store.page(channel, Page::latest(10)).await.unwrap(),
+        store.page(channel, Page::latest(10)).await.unwrap().items,
         vec![first, m],
         "one message per client message id"
     );
@@ -1067,7 +1175,7 @@ async fn the_store_recovers_by_itself_when_the_database_comes_back() {
     // database; either way the retry leaves exactly one m2.
     assert_eq!(outcome.message(), &m2);
     assert_eq!(
-        store.page(channel, Page::latest(10)).await.unwrap(),
+        store.page(channel, Page::latest(10)).await.unwrap().items,
         vec![m1, m2]
     );
     proxy.down().await;
@@ -1106,29 +1214,34 @@ impl HistoryStore for TwoServers {
     async fn get(&self, channel: ChannelId, id: MessageId) -> Result<Option<Message>> {
         self.pick().get(channel, id).await
     }
-    async fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
+    async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
         self.pick().page(channel, page).await
     }
 }
 
 #[async_trait]
 impl Inbox for TwoServers {
-    async fn push(&self, recipients: &[UserId], message: &Message) -> Result<()> {
-        self.pick().push(recipients, message).await
-    }
-    async fn read(&self, user: UserId, after: MessageId, limit: usize) -> Result<Vec<Message>> {
-        self.pick().read(user, after, limit).await
-    }
-    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<MessageId> {
-        self.pick().cursor(user, device).await
-    }
-    async fn advance_cursor(
+    async fn read(
         &self,
         user: UserId,
-        device: DeviceId,
-        cursor: MessageId,
-    ) -> Result<MessageId> {
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Paged<InboxEntry>> {
+        self.pick().read(user, after, limit, max_bytes).await
+    }
+    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<Seq> {
+        self.pick().cursor(user, device).await
+    }
+    async fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
         self.pick().advance_cursor(user, device, cursor).await
+    }
+}
+
+#[async_trait]
+impl MessageStore for TwoServers {
+    async fn commit(&self, message: NewMessage) -> Result<Committed> {
+        self.pick().commit(message).await
     }
 }
 

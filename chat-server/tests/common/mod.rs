@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use chat_core::api::{AuthResponse, CreateGroupRequest, OpenDirectRequest, SignupRequest};
 use chat_core::protocol::{ClientFrame, Event, Reply, ReplyBody, Request, ServerFrame, Welcome};
 use chat_core::{
-    Appended, Channel, ChannelId, ClientMsgId, DeviceId, HistoryStore, Inbox, Message, MessageId,
-    Page, UserId,
+    Appended, Channel, ChannelId, ClientMsgId, Committed, DeviceId, HistoryStore, Inbox,
+    InboxEntry, Message, MessageId, MessageStore, NewMessage, Page, Paged, Seq, UserId,
 };
 use chat_server::{ChatServer, ServerBuilder, ServerConfig};
 use futures::{SinkExt, StreamExt};
@@ -323,14 +323,20 @@ impl Raw {
 
     /// The next message event (from the buffer first).
     pub async fn next_message(&mut self) -> Message {
+        self.next_entry().await.1
+    }
+
+    /// The next message event with its inbox position (from the buffer
+    /// first).
+    pub async fn next_entry(&mut self) -> (Seq, Message) {
         loop {
             if let Some(pos) = self
                 .events
                 .iter()
                 .position(|e| matches!(e, Event::Message { .. }))
             {
-                if let Event::Message { message } = self.events.remove(pos) {
-                    return message;
+                if let Event::Message { seq, message } = self.events.remove(pos) {
+                    return (seq, message);
                 }
             }
             match next_frame(&mut self.ws).await {
@@ -352,25 +358,51 @@ pub fn sent_id(reply: Reply) -> (MessageId, bool) {
     }
 }
 
-/// Wraps a history store and fails every call while `down` is set: a
-/// database that stopped answering.
-#[derive(Debug)]
-pub struct Flaky<T> {
-    pub inner: T,
-    pub down: Arc<AtomicBool>,
+/// The position in the sender's inbox a send reply names.
+pub fn sent_seq(reply: &Reply) -> Option<Seq> {
+    match reply.clone().into_result() {
+        Ok(ReplyBody::Sent { seq, .. }) => seq,
+        other => panic!("expected sent, got {other:?}"),
+    }
 }
 
-impl<T> Flaky<T> {
-    pub fn new(inner: T) -> Self {
+/// Wraps a message store with faults a test switches on:
+///
+/// * `down`: every call fails with a temporary error (a database that
+///   stopped answering);
+/// * `stall_next`: the next commit waits for [`Faulty::release`] before it
+///   starts, in a task of its own, so a caller that gives up (the send
+///   timing out) drops only its wait, not the write: the commit lands
+///   late, as one stalled in `fsync` would.
+#[derive(Debug)]
+pub struct Faulty<T> {
+    pub inner: Arc<T>,
+    pub down: Arc<AtomicBool>,
+    pub stall_next: Arc<AtomicBool>,
+    gate: Arc<tokio::sync::Semaphore>,
+    /// The stalled commits' outcomes, once they land.
+    pub landed: Arc<tokio::sync::Mutex<Vec<Result<Committed, String>>>>,
+}
+
+impl<T> Faulty<T> {
+    pub fn new(inner: Arc<T>) -> Self {
         Self {
             inner,
             down: Arc::new(AtomicBool::new(false)),
+            stall_next: Arc::new(AtomicBool::new(false)),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            landed: Arc::default(),
         }
+    }
+
+    /// Lets one stalled commit go ahead.
+    pub fn release(&self) {
+        self.gate.add_permits(1);
     }
 
     fn check(&self) -> chat_core::Result<()> {
         if self.down.load(Ordering::SeqCst) {
-            Err(chat_core::Error::temporary("flaky", "backend is down"))
+            Err(chat_core::Error::temporary("faulty", "backend is down"))
         } else {
             Ok(())
         }
@@ -378,7 +410,7 @@ impl<T> Flaky<T> {
 }
 
 #[async_trait]
-impl<T: HistoryStore> HistoryStore for Flaky<T> {
+impl<T: MessageStore> HistoryStore for Faulty<T> {
     async fn append(&self, message: Message) -> chat_core::Result<Appended> {
         self.check()?;
         self.inner.append(message).await
@@ -387,28 +419,25 @@ impl<T: HistoryStore> HistoryStore for Flaky<T> {
         self.check()?;
         self.inner.get(channel, id).await
     }
-    async fn page(&self, channel: ChannelId, page: Page) -> chat_core::Result<Vec<Message>> {
+    async fn page(&self, channel: ChannelId, page: Page) -> chat_core::Result<Paged<Message>> {
         self.check()?;
         self.inner.page(channel, page).await
     }
 }
 
 #[async_trait]
-impl<T: Inbox> Inbox for Flaky<T> {
-    async fn push(&self, recipients: &[UserId], message: &Message) -> chat_core::Result<()> {
-        self.check()?;
-        self.inner.push(recipients, message).await
-    }
+impl<T: MessageStore> Inbox for Faulty<T> {
     async fn read(
         &self,
         user: UserId,
-        after: MessageId,
+        after: Seq,
         limit: usize,
-    ) -> chat_core::Result<Vec<Message>> {
+        max_bytes: usize,
+    ) -> chat_core::Result<Paged<InboxEntry>> {
         self.check()?;
-        self.inner.read(user, after, limit).await
+        self.inner.read(user, after, limit, max_bytes).await
     }
-    async fn cursor(&self, user: UserId, device: DeviceId) -> chat_core::Result<MessageId> {
+    async fn cursor(&self, user: UserId, device: DeviceId) -> chat_core::Result<Seq> {
         self.check()?;
         self.inner.cursor(user, device).await
     }
@@ -416,9 +445,32 @@ impl<T: Inbox> Inbox for Flaky<T> {
         &self,
         user: UserId,
         device: DeviceId,
-        cursor: MessageId,
-    ) -> chat_core::Result<MessageId> {
+        cursor: Seq,
+    ) -> chat_core::Result<Seq> {
         self.check()?;
         self.inner.advance_cursor(user, device, cursor).await
+    }
+}
+
+#[async_trait]
+impl<T: MessageStore> MessageStore for Faulty<T> {
+    async fn commit(&self, message: NewMessage) -> chat_core::Result<Committed> {
+        self.check()?;
+        if !self.stall_next.swap(false, Ordering::SeqCst) {
+            return self.inner.commit(message).await;
+        }
+        let (inner, gate, landed) = (self.inner.clone(), self.gate.clone(), self.landed.clone());
+        let write = tokio::spawn(async move {
+            let _permit = gate.acquire().await;
+            let result = inner.commit(message).await;
+            landed
+                .lock()
+                .await
+                .push(result.as_ref().cloned().map_err(|e| e.to_string()));
+            result
+        });
+        write
+            .await
+            .unwrap_or_else(|e| Err(chat_core::Error::backend("faulty", e.to_string())))
     }
 }

@@ -3,12 +3,15 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use std::collections::BTreeMap;
+
 use chat_core::{
     Appended, Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, Error, HistoryStore,
-    Inbox, MessageId, Page, Platform, UserId,
+    Inbox, MessageId, MessageStore, Page, Platform, Seq, UserId,
 };
 
-use super::{join_all, message, new_user, ok, user_record, Ids};
+use super::messages::{group, new_message, users, whole_history, whole_inbox};
+use super::{ids_of, join_all, message, new_user, ok, user_record, Ids};
 
 /// How many calls race in each check.
 const RACERS: u64 = 32;
@@ -21,7 +24,15 @@ const RACERS: u64 = 32;
 ///   that stored message, and the channel holds one message;
 /// * concurrent `advance_cursor` calls: the stored cursor ends at the
 ///   maximum, and each call returns at least its own value;
-/// * concurrent pushes of one message: each inbox holds it once;
+/// * concurrent commits under one key: exactly one is new, every other is a
+///   duplicate of it with the same positions, and each inbox holds it once;
+/// * concurrent commits to one channel from several "nodes" proposing ids
+///   out of order: every member's inbox holds the channel's messages in id
+///   order at dense positions, history holds them all in that order, and
+///   each commit's reported positions are where its message is;
+/// * commits racing a member's addition: the new member's inbox holds a
+///   suffix of the channel's history (once a message reached them, every
+///   later one did);
 /// * concurrent `create_user` with one username: exactly one succeeds, the
 ///   rest are `AlreadyExists`;
 /// * concurrent `add_member` to a group with room for fewer: exactly as
@@ -34,14 +45,12 @@ const RACERS: u64 = 32;
 /// # Panics
 ///
 /// On the first contract violation, naming it.
-pub async fn concurrency_suite(
-    history: &dyn HistoryStore,
-    inbox: &dyn Inbox,
-    directory: &dyn Directory,
-) {
-    racing_appends(history).await;
-    racing_cursors(inbox).await;
-    racing_pushes(inbox).await;
+pub async fn concurrency_suite(store: &dyn MessageStore, directory: &dyn Directory) {
+    racing_appends(store).await;
+    racing_cursors(store).await;
+    racing_retries(store, directory).await;
+    racing_commits(store, directory).await;
+    commits_racing_a_new_member(store, directory).await;
     racing_usernames(directory).await;
     racing_members(directory).await;
     racing_token_clears(directory).await;
@@ -78,7 +87,7 @@ async fn racing_appends(history: &dyn HistoryStore) {
         );
     }
     assert_eq!(
-        ok(history.page(channel, Page::latest(100)).await, "page"),
+        ok(history.page(channel, Page::latest(100)).await, "page").items,
         vec![winner.clone()],
         "concurrent appends with one key store one message"
     );
@@ -101,7 +110,7 @@ async fn racing_cursors(inbox: &dyn Inbox) {
         (
             *v,
             ok(
-                inbox.advance_cursor(user, device, MessageId(*v)).await,
+                inbox.advance_cursor(user, device, Seq(*v)).await,
                 "concurrent advance_cursor",
             ),
         )
@@ -109,34 +118,175 @@ async fn racing_cursors(inbox: &dyn Inbox) {
     .await;
     for (v, got) in returned {
         assert!(
-            got >= MessageId(v),
+            got >= Seq(v),
             "advance_cursor returns at least the value given ({v} → {got})"
         );
     }
     assert_eq!(
         ok(inbox.cursor(user, device).await, "cursor"),
-        MessageId(max),
+        Seq(max),
         "concurrent advances leave the maximum"
     );
 }
 
-async fn racing_pushes(inbox: &dyn Inbox) {
+async fn racing_retries(store: &dyn MessageStore, directory: &dyn Directory) {
+    let [a, b] = users::<2>(directory).await;
+    let channel = group(directory, &[a, b]).await;
     let ids = Ids::fresh();
-    let recipients = [UserId::new_random(), UserId::new_random()];
-    let m = message(ChannelId::new_random(), recipients[0], ids.at(1), "fan-out");
-    join_all((0..RACERS).map(|_| {
-        let m = &m;
-        let recipients = &recipients;
-        async move { ok(inbox.push(recipients, m).await, "concurrent push") }
+    let template = new_message(channel.id, a, ids.at(0), "retried");
+    let results = join_all((1..=RACERS).map(|k| {
+        let mut attempt = template.clone();
+        attempt.id = ids.at(k);
+        async move { ok(store.commit(attempt).await, "concurrent commit") }
     }))
     .await;
-    for user in recipients {
+    let new: Vec<_> = results.iter().filter(|c| !c.duplicate).collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "exactly one of {RACERS} concurrent commits with one key is new"
+    );
+    for r in &results {
         assert_eq!(
-            ok(inbox.read(user, MessageId::ZERO, 100).await, "read"),
-            vec![m.clone()],
-            "concurrent pushes of one message leave it in each inbox once"
+            (&r.message, &r.positions),
+            (&new[0].message, &new[0].positions),
+            "every concurrent duplicate answers the one commit"
         );
     }
+    for user in [a, b] {
+        assert_eq!(
+            whole_inbox(store, user).await.len(),
+            1,
+            "concurrent commits of one key leave one entry per inbox"
+        );
+    }
+}
+
+async fn racing_commits(store: &dyn MessageStore, directory: &dyn Directory) {
+    const NODES: u64 = 4;
+    const EACH: u64 = 12;
+    let [a, b, c] = users::<3>(directory).await;
+    let channel = group(directory, &[a, b, c]).await;
+    let side = group(directory, &[b, c]).await;
+    let ids = Ids::fresh();
+    // Node n proposes ids n, n + NODES, ... while another node's clock runs
+    // ahead: proposed ids arrive in no particular order.
+    let results = join_all((0..NODES).map(|node| async move {
+        let mut out = Vec::new();
+        for k in 0..EACH {
+            let proposed = ids.at((EACH - k) * NODES * 7 + node);
+            let sender = [a, b, c][(k % 3) as usize];
+            let target = if node == 0 && k % 2 == 0 {
+                side.id
+            } else {
+                channel.id
+            };
+            let sender = if target == side.id { b } else { sender };
+            out.push(ok(
+                store
+                    .commit(new_message(
+                        target,
+                        sender,
+                        proposed,
+                        format!("n{node} k{k}"),
+                    ))
+                    .await,
+                "concurrent commit",
+            ));
+        }
+        out
+    }))
+    .await;
+    let committed: Vec<_> = results.into_iter().flatten().collect();
+    for ch in [channel.id, side.id] {
+        let history = whole_history(store, ch).await;
+        let expected = committed
+            .iter()
+            .filter(|r| r.message.channel_id == ch)
+            .count();
+        assert_eq!(history.len(), expected, "every commit is in history once");
+        assert!(
+            history.windows(2).all(|w| w[0].id < w[1].id),
+            "history ids strictly increase"
+        );
+        for user in [a, b, c] {
+            let inbox = whole_inbox(store, user).await;
+            let here: Vec<MessageId> = inbox
+                .iter()
+                .filter(|e| e.message.channel_id == ch)
+                .map(|e| e.message.id)
+                .collect();
+            let members = if ch == side.id {
+                vec![b, c]
+            } else {
+                vec![a, b, c]
+            };
+            if members.contains(&user) {
+                assert_eq!(
+                    here,
+                    ids_of(&history),
+                    "each inbox holds the channel's messages in id order"
+                );
+            }
+        }
+    }
+    let mut at: BTreeMap<(UserId, Seq), MessageId> = BTreeMap::new();
+    for user in [a, b, c] {
+        for e in whole_inbox(store, user).await {
+            at.insert((user, e.seq), e.message.id);
+        }
+    }
+    for r in &committed {
+        for (user, seq) in &r.positions {
+            assert_eq!(
+                at.get(&(*user, *seq)),
+                Some(&r.message.id),
+                "a commit's reported position holds its message"
+            );
+        }
+    }
+}
+
+async fn commits_racing_a_new_member(store: &dyn MessageStore, directory: &dyn Directory) {
+    let [owner, joiner] = users::<2>(directory).await;
+    let channel = group(directory, &[owner]).await;
+    let ids = Ids::fresh();
+    let sends = async {
+        for k in 1..=RACERS {
+            ok(
+                store
+                    .commit(new_message(channel.id, owner, ids.at(k), format!("m{k}")))
+                    .await,
+                "commit",
+            );
+        }
+    };
+    let join = async {
+        tokio::task::yield_now().await;
+        ok(
+            directory.add_member(channel.id, joiner, 100).await,
+            "add_member",
+        )
+    };
+    join_all([
+        Box::pin(async {
+            sends.await;
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        Box::pin(async {
+            join.await;
+        }),
+    ])
+    .await;
+    let history = ids_of(&whole_history(store, channel.id).await);
+    let got: Vec<MessageId> = whole_inbox(store, joiner)
+        .await
+        .into_iter()
+        .map(|e| e.message.id)
+        .collect();
+    assert!(
+        history.ends_with(&got),
+        "a member added while messages are committed gets a suffix of history: {got:?} of {history:?}"
+    );
 }
 
 async fn racing_usernames(directory: &dyn Directory) {

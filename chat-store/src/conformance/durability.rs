@@ -1,12 +1,13 @@
 //! Everything acknowledged before a restart is there after it.
 
 use chat_core::{
-    Appended, Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, HistoryStore, Inbox,
-    Message, MessageId, Page, Platform, Profile, User, UserId, UserRecord, MAX_PAGE,
+    Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, InboxEntry, Message, MessageId,
+    MessageStore, Platform, Profile, Seq, User, UserId, UserRecord,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{message, ok, user_record, Ids};
+use super::messages::{new_message, whole_history, whole_inbox};
+use super::{ok, user_record, Ids};
 
 /// What [`durability_check_write`] had acknowledged, for
 /// [`durability_check_read`] to find again.
@@ -27,12 +28,13 @@ pub struct DurabilityProbe {
     memberships: Vec<(UserId, Vec<ChannelId>)>,
     /// Each user's devices, sorted by id.
     devices: Vec<(UserId, Vec<Device>)>,
-    /// Every appended message, in id order per channel.
-    messages: Vec<Message>,
+    /// Every committed message, in id order per channel, with its key's
+    /// positions.
+    messages: Vec<(Message, Vec<(UserId, Seq)>)>,
     /// Each user's inbox.
-    inboxes: Vec<(UserId, Vec<Message>)>,
+    inboxes: Vec<(UserId, Vec<InboxEntry>)>,
     /// Stored cursors.
-    cursors: Vec<(UserId, DeviceId, MessageId)>,
+    cursors: Vec<(UserId, DeviceId, Seq)>,
 }
 
 impl DurabilityProbe {
@@ -42,11 +44,10 @@ impl DurabilityProbe {
     }
 }
 
-/// Writes one of everything through the three traits — users, a profile
+/// Writes one of everything through the two traits — users, a profile
 /// update, a friendship, a direct and a group channel with a membership
-/// change, devices (one replaced, one removed), messages in both channels,
-/// their inbox entries, advanced cursors — and returns what was
-/// acknowledged.
+/// change, devices (one replaced, one removed), messages committed in both
+/// channels, advanced cursors — and returns what was acknowledged.
 ///
 /// Reopen the backend (or let the writing process die), then call
 /// [`durability_check_read`] with the probe. Uses fresh ids, so it can run
@@ -56,8 +57,7 @@ impl DurabilityProbe {
 ///
 /// If any write fails.
 pub async fn durability_check_write(
-    history: &dyn HistoryStore,
-    inbox: &dyn Inbox,
+    store: &dyn MessageStore,
     directory: &dyn Directory,
 ) -> DurabilityProbe {
     let mut records = vec![
@@ -141,7 +141,7 @@ pub async fn durability_check_write(
 
     let ids = Ids::fresh();
     let mut messages = Vec::new();
-    let mut inboxes: Vec<(UserId, Vec<Message>)> =
+    let mut inboxes: Vec<(UserId, Vec<InboxEntry>)> =
         vec![(alice, Vec::new()), (bob, Vec::new()), (carol, Vec::new())];
     for k in 1..=12u64 {
         let (channel, sender) = if k % 3 == 0 {
@@ -149,33 +149,33 @@ pub async fn durability_check_write(
         } else {
             (&direct, if k % 2 == 0 { alice } else { bob })
         };
-        let m = message(channel.id, sender, ids.at(k), format!("durable {k}"));
-        match ok(history.append(m.clone()).await, "append") {
-            Appended::Stored(stored) => assert_eq!(stored, m),
-            other => panic!("a new message must be Stored, got {other:?}"),
-        }
-        ok(inbox.push(&channel.members, &m).await, "push");
+        let m = new_message(channel.id, sender, ids.at(k), format!("durable {k}"));
+        let c = ok(store.commit(m).await, "commit");
+        assert!(!c.duplicate, "a new key commits");
         for (user, entries) in &mut inboxes {
-            if channel.is_member(*user) {
-                entries.push(m.clone());
+            if let Some(seq) = c.position_of(*user) {
+                entries.push(InboxEntry {
+                    seq,
+                    message: c.message.clone(),
+                });
             }
         }
-        messages.push(m);
+        messages.push((c.message, c.positions));
     }
     let cursors = vec![
-        (alice, phone, ids.at(7)),
-        (alice, laptop, ids.at(12)),
-        (bob, phone, ids.at(3)),
+        (alice, phone, Seq(7)),
+        (alice, laptop, Seq(9)),
+        (bob, phone, Seq(3)),
     ];
     for (user, device, cursor) in &cursors {
         ok(
-            inbox
-                .advance_cursor(*user, *device, MessageId(cursor.0 - 1))
+            store
+                .advance_cursor(*user, *device, Seq(cursor.0 - 1))
                 .await,
             "advance_cursor",
         );
         ok(
-            inbox.advance_cursor(*user, *device, *cursor).await,
+            store.advance_cursor(*user, *device, *cursor).await,
             "advance_cursor",
         );
     }
@@ -227,8 +227,7 @@ pub async fn durability_check_write(
 ///
 /// On anything missing or different.
 pub async fn durability_check_read(
-    history: &dyn HistoryStore,
-    inbox: &dyn Inbox,
+    store: &dyn MessageStore,
     directory: &dyn Directory,
     probe: &DurabilityProbe,
 ) {
@@ -277,50 +276,53 @@ pub async fn durability_check_read(
         );
     }
 
-    for m in &probe.messages {
+    for (m, positions) in &probe.messages {
         assert_eq!(
-            ok(history.get(m.channel_id, m.id).await, "get"),
+            ok(store.get(m.channel_id, m.id).await, "get"),
             Some(m.clone()),
             "an acknowledged message survives"
         );
-        let mut retry = m.clone();
-        retry.id = MessageId(m.id.0 + 1_000_000);
-        match ok(history.append(retry).await, "append retry") {
-            Appended::Duplicate(original) => assert_eq!(
-                &original, m,
-                "an acknowledged message's idempotency record survives"
-            ),
-            other => panic!(
-                "a retry of an acknowledged message must be Duplicate after a restart, got {other:?}"
-            ),
-        }
+        let mut retry = new_message(
+            m.channel_id,
+            m.sender,
+            MessageId(m.id.0 + 1_000_000),
+            &*m.content,
+        );
+        retry.client_msg_id = m.client_msg_id.clone();
+        let again = ok(store.commit(retry).await, "commit retry");
+        assert!(
+            again.duplicate,
+            "a retry of an acknowledged message is a duplicate after a restart"
+        );
+        assert_eq!(
+            (&again.message, &again.positions),
+            (m, positions),
+            "an acknowledged message's idempotency record and positions survive"
+        );
     }
     for channel in &probe.channels {
         let expected: Vec<Message> = probe
             .messages
             .iter()
-            .filter(|m| m.channel_id == channel.id)
-            .cloned()
+            .filter(|(m, _)| m.channel_id == channel.id)
+            .map(|(m, _)| m.clone())
             .collect();
         assert_eq!(
-            ok(
-                history.page(channel.id, Page::latest(MAX_PAGE)).await,
-                "page"
-            ),
+            whole_history(store, channel.id).await,
             expected,
             "a channel's history survives, in order, with nothing extra"
         );
     }
     for (user, expected) in &probe.inboxes {
         assert_eq!(
-            &ok(inbox.read(*user, MessageId::ZERO, MAX_PAGE).await, "read"),
+            &whole_inbox(store, *user).await,
             expected,
-            "acknowledged inbox entries survive"
+            "acknowledged inbox entries survive at their positions"
         );
     }
     for (user, device, cursor) in &probe.cursors {
         assert_eq!(
-            ok(inbox.cursor(*user, *device).await, "cursor"),
+            ok(store.cursor(*user, *device).await, "cursor"),
             *cursor,
             "an acknowledged cursor survives"
         );

@@ -38,7 +38,12 @@ pub async fn history_suite(store: &dyn HistoryStore) {
 }
 
 async fn page(store: &dyn HistoryStore, channel: ChannelId, page: Page) -> Vec<Message> {
-    let got = ok(store.page(channel, page).await, "page");
+    let paged = ok(store.page(channel, page).await, "page");
+    assert!(
+        paged.items.len() <= page.limit,
+        "page {page:?} returned more than its limit"
+    );
+    let got = paged.items;
     assert!(
         got.windows(2).all(|w| w[0].id < w[1].id),
         "page {page:?} must be in ascending id order, got {:?}",
@@ -75,6 +80,7 @@ async fn empty_channel(store: &dyn HistoryStore) {
             after: Some(MessageId::ZERO),
             before: Some(MessageId::MAX),
             limit: 10,
+            max_bytes: usize::MAX,
         },
     ] {
         assert!(
@@ -224,6 +230,7 @@ async fn pages(store: &dyn HistoryStore) {
                 after: Some(id(1)),
                 before: Some(id(8)),
                 limit: 3,
+                max_bytes: usize::MAX,
             },
             ids(2..5),
         ),
@@ -233,6 +240,7 @@ async fn pages(store: &dyn HistoryStore) {
                 after: Some(id(1)),
                 before: Some(id(8)),
                 limit: 100,
+                max_bytes: usize::MAX,
             },
             ids(2..8),
         ),
@@ -242,6 +250,7 @@ async fn pages(store: &dyn HistoryStore) {
                 after: Some(id(4)),
                 before: Some(id(5)),
                 limit: 10,
+                max_bytes: usize::MAX,
             },
             none.clone(),
         ),
@@ -251,6 +260,7 @@ async fn pages(store: &dyn HistoryStore) {
                 after: Some(id(4)),
                 before: Some(id(4)),
                 limit: 10,
+                max_bytes: usize::MAX,
             },
             none.clone(),
         ),
@@ -260,6 +270,7 @@ async fn pages(store: &dyn HistoryStore) {
                 after: Some(id(6)),
                 before: Some(id(3)),
                 limit: 10,
+                max_bytes: usize::MAX,
             },
             none.clone(),
         ),
@@ -269,6 +280,7 @@ async fn pages(store: &dyn HistoryStore) {
                 after: Some(id(1)),
                 before: Some(id(8)),
                 limit: 0,
+                max_bytes: usize::MAX,
             },
             none.clone(),
         ),
@@ -278,6 +290,7 @@ async fn pages(store: &dyn HistoryStore) {
                 after: Some(MessageId::ZERO),
                 before: Some(MessageId::MAX),
                 limit: 100,
+                max_bytes: usize::MAX,
             },
             ids(0..10),
         ),
@@ -289,6 +302,48 @@ async fn pages(store: &dyn HistoryStore) {
             "{clause} ({p:?})"
         );
     }
+    let more = |p: Page| async move { ok(store.page(channel, p).await, "page").has_more };
+    assert!(more(Page::latest(3)).await, "latest(3) of 10 has more");
+    assert!(
+        !more(Page::latest(10)).await,
+        "latest(10) of 10 has no more"
+    );
+    assert!(
+        more(Page::after(id(2), 3)).await,
+        "after(2, 3) of 10 has more"
+    );
+    assert!(
+        !more(Page::after(id(2), 100)).await,
+        "after to the end has no more"
+    );
+    assert!(
+        !more(Page::before(id(3), 3)).await,
+        "before to the start has no more"
+    );
+    let one = chat_core::entry_bytes(&all[9]);
+    let p = ok(
+        store
+            .page(channel, Page::latest(10).with_max_bytes(2 * one))
+            .await,
+        "page",
+    );
+    assert_eq!(
+        ids_of(&p.items),
+        ids(8..10),
+        "a byte budget keeps the newest that fit"
+    );
+    assert!(p.has_more, "a byte-limited page has more");
+    let p = ok(
+        store
+            .page(channel, Page::after(id(0), 10).with_max_bytes(1))
+            .await,
+        "page",
+    );
+    assert_eq!(
+        ids_of(&p.items),
+        ids(1..2),
+        "a page holds at least one message"
+    );
     for (i, m) in all.iter().enumerate() {
         assert_eq!(
             ok(store.get(channel, m.id).await, "get"),

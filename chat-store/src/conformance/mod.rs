@@ -6,21 +6,20 @@
 //! called from a test:
 //!
 //! ```
-//! use chat_core::memory::{MemoryDirectory, MemoryHistory, MemoryInbox};
+//! use chat_core::memory::MemoryStore;
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! let (history, inbox, directory) =
-//!     (MemoryHistory::default(), MemoryInbox::default(), MemoryDirectory::default());
-//! chat_store::conformance::run_all(&history, &inbox, &directory).await;
+//! let store = MemoryStore::default();
+//! chat_store::conformance::run_all(&store, &*store.directory()).await;
 //! # });
 //! ```
 //!
 //! | function | what it checks |
 //! |---|---|
-//! | [`history_suite`] | [`HistoryStore`]: append/get, every [`Page`](chat_core::Page) mode, ordering by numeric id, channel isolation, idempotent retries returning the original message, conflicts that write nothing, per-sender keys |
-//! | [`inbox_suite`] | [`Inbox`]: fan-out to several inboxes, reads after a cursor with a limit, idempotent pushes, per-user isolation, monotonic per-device cursors |
+//! | [`history_suite`] | [`HistoryStore`]: append/get, every [`Page`](chat_core::Page) mode with entry and byte limits and `has_more`, ordering by numeric id, channel isolation, idempotent retries returning the original message, conflicts that write nothing, per-sender keys |
+//! | [`message_store_suite`] | [`MessageStore`](chat_core::MessageStore): the atomic commit to history and every member's inbox, dense per-user positions, ids raised to keep each channel increasing, members as of the commit, refusals and late commits that write nothing, duplicates with their original positions, inbox reads with entry and byte limits, monotonic per-device cursors |
 //! | [`directory_suite`] | [`Directory`]: unique usernames, users and profiles, symmetric idempotent friendships, direct and group channels, membership limits, `channels_of`, devices, compare-and-clear of push tokens |
-//! | [`concurrency_suite`] | the read-modify-write clauses under concurrent callers: one winner per idempotency key, username, group seat; cursors keep the maximum; a push-token clear never erases a newer token or re-creates a removed device |
+//! | [`concurrency_suite`] | the clauses only concurrency can break: one winner per idempotency key (appends and commits), username, group seat; concurrent commits from several nodes keep each channel in id order in every inbox at dense positions; a member added during commits gets a suffix of history; cursors keep the maximum; a push-token clear never erases a newer token or re-creates a removed device |
 //! | [`durability_check_write`] / [`durability_check_read`] | everything acknowledged before a restart (or a crash) is there after it |
 //! | [`run_all`] | all of the above but the restart |
 //!
@@ -40,8 +39,8 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use chat_core::{
-    ChannelId, ClientMsgId, Directory, HistoryStore, Inbox, Message, MessageId, Profile, Result,
-    User, UserId, UserRecord,
+    ChannelId, ClientMsgId, Directory, Message, MessageId, MessageStore, Profile, Result, User,
+    UserId, UserRecord,
 };
 use uuid::Uuid;
 
@@ -64,31 +63,32 @@ mod concurrency;
 mod directory;
 mod durability;
 mod history;
-mod inbox;
+mod messages;
 
 pub use concurrency::concurrency_suite;
 pub use directory::directory_suite;
 pub use durability::{durability_check_read, durability_check_write, DurabilityProbe};
 pub use history::history_suite;
-pub use inbox::inbox_suite;
+pub use messages::message_store_suite;
 
-/// Runs every suite: [`history_suite`], [`inbox_suite`],
+/// Runs every suite: [`history_suite`], [`message_store_suite`],
 /// [`directory_suite`], [`concurrency_suite`], and a
 /// [`durability_check_write`] / [`durability_check_read`] round trip
 /// without a restart (a backend's own tests add the restart).
 ///
-/// The three arguments may be one object implementing all three traits.
+/// `directory` must be the directory `store` reads channel members from
+/// (the same object, for the embedded and PostgreSQL stores).
 ///
 /// # Panics
 ///
 /// On the first contract violation, naming it.
-pub async fn run_all(history: &dyn HistoryStore, inbox: &dyn Inbox, directory: &dyn Directory) {
-    history_suite(history).await;
-    inbox_suite(inbox).await;
+pub async fn run_all(store: &dyn MessageStore, directory: &dyn Directory) {
+    history_suite(store).await;
+    message_store_suite(store, directory).await;
     directory_suite(directory).await;
-    concurrency_suite(history, inbox, directory).await;
-    let probe = durability_check_write(history, inbox, directory).await;
-    durability_check_read(history, inbox, directory, &probe).await;
+    concurrency_suite(store, directory).await;
+    let probe = durability_check_write(store, directory).await;
+    durability_check_read(store, directory, &probe).await;
 }
 
 /// Unwraps a backend result, panicking with the clause being checked.

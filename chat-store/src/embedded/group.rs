@@ -1,44 +1,75 @@
-//! Group commit: many writers, one `fsync`.
+//! The committer: every write of the store, one thread, one `fsync` per
+//! group of writes.
 //!
-//! Every write of the store is a list of inserts and removes ([`Batch`])
-//! handed to one committer thread, which merges whatever is waiting into a
-//! single fjall batch, commits it with [`PersistMode::SyncAll`] (the journal
-//! `fsync`ed before the batch is applied), and then answers every writer
-//! of the group at once. Under load one `fsync` thus acknowledges the writes
-//! of every concurrent caller, instead of each paying its own and queueing
-//! behind fjall's journal lock.
+//! Every write of the store goes to one committer thread as a [`Request`]:
+//! a plain [`Batch`] of inserts and removes (the directory, cursors), a
+//! message [commit](Committer::commit_message) (history, idempotency record
+//! and every member's inbox entry), or a raw history
+//! [append](Committer::append). The committer takes whatever is queued,
+//! turns it into **one** fjall batch, commits it with
+//! [`PersistMode::SyncAll`] (the journal `fsync`ed before the batch is
+//! applied), and then answers every request of the group. One `fsync` thus
+//! acknowledges the writes of every concurrent caller.
+//!
+//! Because the committer is the only writer of history, idempotency
+//! records and inboxes, it needs no locks for their read-modify-write
+//! steps: it decides duplicates, raises ids above each channel's last one,
+//! and hands out each inbox's next position from its own state — a cache
+//! of channels (with their members), each channel's last id and each
+//! inbox's last position, loaded from disk on first use and updated by
+//! every request in queue order, so a membership change and a message
+//! commit are applied in the order they were queued. Message commits
+//! never block a thread of the caller: they wait on a channel.
 //!
 //! The guarantees are those of one synced commit per write:
 //!
-//! * a write returns `Ok` only after the `fsync` that covers it;
+//! * a write is answered `Ok` only after the `fsync` that covers it;
 //! * fjall applies a batch to its memtables only after persisting it, so
 //!   anything a read can see is already durable, which makes the no-write
-//!   answers (an append answered `Duplicate`, a cursor that does not move)
-//!   safe;
-//! * the writes of a group become visible together, each one whole.
+//!   answers (a duplicate, a cursor that does not move) safe;
+//! * the writes of a group become visible together, each one whole, and a
+//!   message with all of its inbox entries.
 //!
-//! Writers keep holding their lock stripes (see `locks.rs`) while they wait,
-//! so the read-modify-write checks stay atomic per key; only writers of the
-//! same keys wait for each other's group.
+//! A commit request that waited in the queue longer than its timeout is
+//! refused (temporary error, nothing written) when the committer reaches
+//! it: a send the server has already given up on is never applied late.
 //!
-//! A failed commit fails every write of its group (the caller retries,
-//! as for any error) and poisons the store: after a failed `fsync` the
-//! kernel may have dropped the unwritten pages, so a later success would
-//! prove nothing. Every later write fails until the store is reopened
-//! (recovery replays the journal, which holds exactly what reached the
-//! disk).
+//! Writes are refused (temporary error, nothing written) while the disk
+//! holding the store has less free space than the configured reserve; they
+//! resume by themselves once space is freed.
+//!
+//! A failed commit fails every write of its group and poisons the
+//! committer: after a failed `fsync` the kernel may have dropped the
+//! unwritten pages, so a later success would prove nothing. The store then
+//! reopens itself (see `mod.rs`), replaying the journal, which holds
+//! exactly what reached the disk.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use chat_core::{Error, Result};
+use chat_core::rules::check_duplicate;
+use chat_core::{
+    Appended, Channel, ChannelId, Committed, Error, Message, MessageId, NewMessage, Result, Seq,
+    UserId,
+};
 use fjall::{Keyspace, PartitionHandle, PersistMode, UserKey, UserValue};
+use tokio::sync::oneshot;
 
-use super::{db, BACKEND};
+use super::{db, decode, encode, keys, BACKEND};
 
-/// Most writes merged into one commit; more wait for the next.
+/// Most requests merged into one commit; more wait for the next.
 const MAX_GROUP: usize = 1_024;
+
+/// Entries the committer's caches hold before they are dropped (and
+/// reloaded from disk as needed): a bound on its memory, not a tuning knob.
+const CACHE_LIMIT: usize = 1 << 20;
+
+/// How often the free space of the disk is measured.
+const SPACE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// One atomic write: inserts and removes across partitions.
 #[derive(Default)]
@@ -68,21 +99,74 @@ impl Batch {
     }
 }
 
-/// A write waiting for its group's commit.
-struct Pending {
-    batch: Batch,
-    done: mpsc::SyncSender<std::result::Result<(), String>>,
+/// The partitions the committer reads and writes itself.
+#[derive(Clone)]
+pub(super) struct Tables {
+    pub(super) history: PartitionHandle,
+    pub(super) idempotency: PartitionHandle,
+    pub(super) inbox: PartitionHandle,
+    pub(super) channels: PartitionHandle,
+}
+
+/// What the committer is asked to do.
+enum Request {
+    Write {
+        batch: Batch,
+        done: mpsc::SyncSender<std::result::Result<(), String>>,
+    },
+    Commit {
+        message: NewMessage,
+        queued: Instant,
+        done: oneshot::Sender<Result<Committed>>,
+    },
+    Append {
+        message: Message,
+        done: oneshot::Sender<Result<Appended>>,
+    },
+}
+
+impl Request {
+    /// Answers the request with an error, writing nothing.
+    fn refuse(self, error: impl Fn() -> Error) {
+        match self {
+            Request::Write { done, .. } => {
+                let _ = done.send(Err(error().to_string()));
+            }
+            Request::Commit { done, .. } => {
+                let _ = done.send(Err(error()));
+            }
+            Request::Append { done, .. } => {
+                let _ = done.send(Err(error()));
+            }
+        }
+    }
+}
+
+/// Why the committer refuses writes, if it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Refusing {
+    /// A commit failed: the committer is poisoned for good.
+    Poisoned(String),
+    /// Less free space than the reserve; passes when space is freed.
+    DiskFull { available: u64, reserve: u64 },
+}
+
+/// Where the free-space reserve is measured, and how much it is.
+#[derive(Debug, Clone)]
+pub(super) struct SpaceReserve {
+    pub(super) path: PathBuf,
+    pub(super) bytes: u64,
 }
 
 /// The committer thread and its queue.
-pub(super) struct GroupCommit {
+pub(super) struct Committer {
     shared: Arc<Shared>,
-    committer: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for GroupCommit {
+impl std::fmt::Debug for Committer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupCommit").finish_non_exhaustive()
+        f.debug_struct("Committer").finish_non_exhaustive()
     }
 }
 
@@ -94,30 +178,99 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    queue: Vec<Pending>,
-    /// Why the store is poisoned, after a failed commit.
-    failed: Option<String>,
+    queue: Vec<Request>,
+    refusing: Option<Refusing>,
     closing: bool,
 }
 
-impl GroupCommit {
-    /// Starts the committer thread for `keyspace`.
-    pub(super) fn start(keyspace: Keyspace) -> Result<Self> {
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Refusing {
+    fn error(&self) -> Error {
+        match self {
+            // Temporary: the store reopens itself, and the same write will
+            // then succeed.
+            Refusing::Poisoned(why) => Error::temporary(
+                BACKEND,
+                format!("a journal write failed ({why}); the store is reopening"),
+            ),
+            Refusing::DiskFull { available, reserve } => Error::temporary(
+                BACKEND,
+                format!(
+                    "the disk has {available} bytes free, below the reserve of {reserve}: \
+                     writes resume when space is freed"
+                ),
+            ),
+        }
+    }
+}
+
+impl Committer {
+    /// Starts the committer thread.
+    pub(super) fn start(
+        keyspace: Keyspace,
+        tables: Tables,
+        reserve: Option<SpaceReserve>,
+    ) -> Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         });
-        let committer = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("chat-store-commit".into())
             .spawn({
                 let shared = shared.clone();
-                move || committer(&shared, &keyspace)
+                move || {
+                    let mut worker = Worker {
+                        keyspace,
+                        tables,
+                        cache: Cache::default(),
+                        reserve,
+                        last_space_check: None,
+                    };
+                    worker.run(&shared)
+                }
             })
             .map_err(|e| Error::backend(BACKEND, format!("cannot start the committer: {e}")))?;
         Ok(Self {
             shared,
-            committer: Some(committer),
+            thread: Some(thread),
         })
+    }
+
+    /// Why writes are refused now, if they are.
+    pub(super) fn refusing(&self) -> Option<Refusing> {
+        self.shared.lock().refusing.clone()
+    }
+
+    /// Poisons the committer as a failed commit would (tests of recovery).
+    #[cfg(test)]
+    pub(super) fn poison_for_test(&self) {
+        self.shared.lock().refusing = Some(Refusing::Poisoned("poisoned by a test".into()));
+    }
+
+    /// Queues a request, or answers it at once when writes are refused.
+    fn submit(&self, request: Request) {
+        {
+            let mut st = self.shared.lock();
+            if st.closing {
+                drop(st);
+                request.refuse(|| Error::temporary(BACKEND, "the store is closing"));
+                return;
+            }
+            if let Some(r @ Refusing::Poisoned(_)) = &st.refusing {
+                let r = r.clone();
+                drop(st);
+                request.refuse(|| r.error());
+                return;
+            }
+            st.queue.push(request);
+        }
+        self.shared.wake.notify_one();
     }
 
     /// Writes `batch` durably with whatever else is waiting; blocks until
@@ -127,84 +280,452 @@ impl GroupCommit {
             return Ok(());
         }
         let (done, result) = mpsc::sync_channel(1);
-        {
-            let mut st = self.shared.lock();
-            if let Some(why) = &st.failed {
-                return Err(poisoned(why));
-            }
-            if st.closing {
-                return Err(Error::temporary(BACKEND, "the store is closing"));
-            }
-            st.queue.push(Pending { batch, done });
-        }
-        self.shared.wake.notify_one();
+        self.submit(Request::Write { batch, done });
         match result.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(Error::backend(BACKEND, why)),
+            Ok(Err(why)) => Err(Error::temporary(BACKEND, why)),
             Err(_) => Err(Error::temporary(BACKEND, "the store is closing")),
         }
     }
+
+    /// Commits a message to history and every member's inbox.
+    pub(super) async fn commit_message(&self, message: NewMessage) -> Result<Committed> {
+        let (done, result) = oneshot::channel();
+        self.submit(Request::Commit {
+            message,
+            queued: Instant::now(),
+            done,
+        });
+        result
+            .await
+            .unwrap_or_else(|_| Err(Error::temporary(BACKEND, "the store is closing")))
+    }
+
+    /// Appends a message to history as given.
+    pub(super) async fn append(&self, message: Message) -> Result<Appended> {
+        let (done, result) = oneshot::channel();
+        self.submit(Request::Append { message, done });
+        result
+            .await
+            .unwrap_or_else(|_| Err(Error::temporary(BACKEND, "the store is closing")))
+    }
 }
 
-impl Drop for GroupCommit {
+impl Drop for Committer {
     fn drop(&mut self) {
         self.shared.lock().closing = true;
         self.shared.wake.notify_one();
-        if let Some(t) = self.committer.take() {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+/// What the committer remembers between groups. Everything in it is
+/// durable (it is updated only after a successful commit, or reloaded).
+#[derive(Default)]
+struct Cache {
+    /// A channel (with its members), or `None` if it does not exist.
+    channels: HashMap<ChannelId, Option<Arc<Channel>>>,
+    /// The largest message id stored in each channel.
+    last_ids: HashMap<ChannelId, MessageId>,
+    /// The last position of each inbox.
+    heads: HashMap<UserId, u64>,
+}
+
+impl Cache {
+    fn bound(&mut self) {
+        if self.channels.len() > CACHE_LIMIT {
+            self.channels.clear();
+        }
+        if self.last_ids.len() > CACHE_LIMIT {
+            self.last_ids.clear();
+        }
+        if self.heads.len() > CACHE_LIMIT {
+            self.heads.clear();
+        }
     }
 }
 
-fn poisoned(why: &str) -> Error {
-    Error::backend(
-        BACKEND,
-        format!("a journal write failed earlier ({why}); reopen the store"),
-    )
+/// What an idempotency key answers: the message and its inbox positions.
+type Sent = (Message, keys::Positions);
+
+/// The changes one group makes to the cache, applied once it is durable.
+#[derive(Default)]
+struct Changes {
+    channels: HashMap<ChannelId, Option<Arc<Channel>>>,
+    last_ids: HashMap<ChannelId, MessageId>,
+    heads: HashMap<UserId, u64>,
+    /// Idempotency keys written in this group, with what they answer.
+    keys: HashMap<Vec<u8>, Sent>,
 }
 
-/// The committer: takes every queued write (up to [`MAX_GROUP`]), commits
-/// them as one synced fjall batch, answers them all. Drains the queue
-/// before exiting.
-fn committer(shared: &Shared, keyspace: &Keyspace) {
-    loop {
-        let group: Vec<Pending> = {
-            let mut st = shared.lock();
-            while st.queue.is_empty() && !st.closing {
-                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
-            }
-            if st.queue.is_empty() {
-                return;
-            }
-            let n = st.queue.len().min(MAX_GROUP);
-            st.queue.drain(..n).collect()
-        };
-        let mut batch = keyspace.batch().durability(Some(PersistMode::SyncAll));
-        let mut waiting = Vec::with_capacity(group.len());
-        for Pending { batch: ops, done } in group {
-            for (partition, key, value) in ops.ops {
-                match value {
-                    Some(v) => batch.insert(&partition, key, v),
-                    None => batch.remove(&partition, key),
+/// An answer to send once the group's commit is known.
+enum Answer {
+    Write(mpsc::SyncSender<std::result::Result<(), String>>),
+    Commit(oneshot::Sender<Result<Committed>>, Result<Committed>),
+    Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
+}
+
+struct Worker {
+    keyspace: Keyspace,
+    tables: Tables,
+    cache: Cache,
+    reserve: Option<SpaceReserve>,
+    last_space_check: Option<(Instant, Option<Refusing>)>,
+}
+
+impl Worker {
+    fn run(&mut self, shared: &Shared) {
+        loop {
+            let group: Vec<Request> = {
+                let mut st = shared.lock();
+                while st.queue.is_empty() && !st.closing {
+                    st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                if st.queue.is_empty() {
+                    return;
+                }
+                let n = st.queue.len().min(MAX_GROUP);
+                st.queue.drain(..n).collect()
+            };
+            // Out of space: refuse the group before writing anything, so a
+            // full disk never poisons the store.
+            let space = self.space_refusal();
+            if space.is_some() || matches!(shared.lock().refusing, Some(Refusing::DiskFull { .. }))
+            {
+                let mut st = shared.lock();
+                if !matches!(st.refusing, Some(Refusing::Poisoned(_))) {
+                    st.refusing = space.clone();
                 }
             }
-            waiting.push(done);
+            if let Some(refusal) = space {
+                for r in group {
+                    r.refuse(|| refusal.error());
+                }
+                continue;
+            }
+            if let Err(why) = self.commit_group(group) {
+                tracing::error!(error = %why, "journal commit failed; the store is poisoned");
+                let mut st = shared.lock();
+                st.refusing = Some(Refusing::Poisoned(why.clone()));
+                let queued = std::mem::take(&mut st.queue);
+                drop(st);
+                let refusal = Refusing::Poisoned(why);
+                for r in queued {
+                    r.refuse(|| refusal.error());
+                }
+                return;
+            }
         }
-        let result = batch.commit().map_err(|e| db(e).to_string());
-        if let Err(why) = &result {
-            tracing::error!(error = %why, "journal commit failed; the store is poisoned");
-            shared.lock().failed = Some(why.clone());
+    }
+
+    /// `Some` while the disk has less free space than the reserve.
+    fn space_refusal(&mut self) -> Option<Refusing> {
+        let reserve = self.reserve.as_ref()?;
+        if let Some((at, known)) = &self.last_space_check {
+            if at.elapsed() < SPACE_CHECK_EVERY {
+                return known.clone();
+            }
         }
-        for done in waiting {
-            // A writer that gave up waiting is fine to ignore.
-            let _ = done.send(result.clone());
+        let refusal = match rustix::fs::statvfs(&reserve.path) {
+            Ok(st) => {
+                let available = st.f_bavail.saturating_mul(st.f_frsize);
+                (available < reserve.bytes).then_some(Refusing::DiskFull {
+                    available,
+                    reserve: reserve.bytes,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot measure the store's free disk space");
+                None
+            }
+        };
+        if let Some(Refusing::DiskFull { available, reserve }) = &refusal {
+            if !matches!(self.last_space_check, Some((_, Some(_)))) {
+                tracing::error!(
+                    available,
+                    reserve,
+                    "disk space below the reserve: the store refuses writes until space is freed"
+                );
+            }
+        } else if matches!(self.last_space_check, Some((_, Some(_)))) {
+            tracing::info!("disk space above the reserve again: writes resume");
         }
+        self.last_space_check = Some((Instant::now(), refusal.clone()));
+        refusal
+    }
+
+    /// Builds one fjall batch from the group, commits it, answers it.
+    fn commit_group(&mut self, group: Vec<Request>) -> std::result::Result<(), String> {
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::SyncAll));
+        let mut changes = Changes::default();
+        let mut answers = Vec::with_capacity(group.len());
+        for request in group {
+            match request {
+                Request::Write { batch: ops, done } => {
+                    for (partition, key, value) in ops.ops {
+                        if partition.name == self.tables.channels.name {
+                            self.note_channel_write(&key, value.as_deref(), &mut changes);
+                        }
+                        match value {
+                            Some(v) => batch.insert(&partition, key, v),
+                            None => batch.remove(&partition, key),
+                        }
+                    }
+                    answers.push(Answer::Write(done));
+                }
+                Request::Commit {
+                    message,
+                    queued,
+                    done,
+                } => {
+                    let result = if queued.elapsed() >= message.timeout {
+                        Err(Error::temporary(
+                            BACKEND,
+                            "the commit waited past its timeout and was not applied",
+                        ))
+                    } else {
+                        self.stage_commit(message, &mut batch, &mut changes)
+                    };
+                    answers.push(Answer::Commit(done, result));
+                }
+                Request::Append { message, done } => {
+                    let result = self.stage_append(message, &mut batch, &mut changes);
+                    answers.push(Answer::Append(done, result));
+                }
+            }
+        }
+        let outcome = batch.commit().map_err(|e| db(e).to_string());
+        match &outcome {
+            Ok(()) => {
+                self.cache.channels.extend(changes.channels);
+                self.cache.last_ids.extend(changes.last_ids);
+                self.cache.heads.extend(changes.heads);
+                self.cache.bound();
+            }
+            // Nothing of the group is known to be on disk: forget it all.
+            Err(_) => self.cache = Cache::default(),
+        }
+        for answer in answers {
+            match (answer, &outcome) {
+                (Answer::Write(done), Ok(())) => {
+                    let _ = done.send(Ok(()));
+                }
+                (Answer::Write(done), Err(why)) => {
+                    let _ = done.send(Err(why.clone()));
+                }
+                (Answer::Commit(done, result), Ok(())) => {
+                    let _ = done.send(result);
+                }
+                (Answer::Append(done, result), Ok(())) => {
+                    let _ = done.send(result);
+                }
+                (Answer::Commit(done, _), Err(why)) => {
+                    let _ = done.send(Err(Error::temporary(BACKEND, why.clone())));
+                }
+                (Answer::Append(done, _), Err(why)) => {
+                    let _ = done.send(Err(Error::temporary(BACKEND, why.clone())));
+                }
+            }
+        }
+        outcome
+    }
+
+    /// A directory write to the `channels` partition: the new state of the
+    /// channel, in queue order.
+    fn note_channel_write(&mut self, key: &[u8], value: Option<&[u8]>, changes: &mut Changes) {
+        let Ok(id) = keys::parse_id16(key, "channel key") else {
+            return;
+        };
+        let id = ChannelId::from_bytes(id);
+        let channel = value.and_then(|v| match decode::<Channel>(v, "channel") {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::error!(error = %e, "a channel written to the store does not decode");
+                None
+            }
+        });
+        changes.channels.insert(id, channel);
+    }
+
+    fn channel(&mut self, id: ChannelId, changes: &Changes) -> Result<Option<Arc<Channel>>> {
+        if let Some(c) = changes.channels.get(&id) {
+            return Ok(c.clone());
+        }
+        if let Some(c) = self.cache.channels.get(&id) {
+            return Ok(c.clone());
+        }
+        let loaded = match self.tables.channels.get(id.as_bytes()).map_err(db)? {
+            Some(v) => Some(Arc::new(decode::<Channel>(&v, "channel")?)),
+            None => None,
+        };
+        self.cache.channels.insert(id, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn last_id(&mut self, channel: ChannelId, changes: &Changes) -> Result<MessageId> {
+        if let Some(id) = changes.last_ids.get(&channel) {
+            return Ok(*id);
+        }
+        if let Some(id) = self.cache.last_ids.get(&channel) {
+            return Ok(*id);
+        }
+        let last = match self
+            .tables
+            .history
+            .prefix(channel.as_bytes())
+            .next_back()
+            .transpose()
+            .map_err(db)?
+        {
+            Some((key, _)) => keys::parse_id_key(&key, "history key")?.1,
+            None => MessageId::ZERO,
+        };
+        self.cache.last_ids.insert(channel, last);
+        Ok(last)
+    }
+
+    fn head(&mut self, user: UserId, changes: &Changes) -> Result<u64> {
+        if let Some(h) = changes.heads.get(&user) {
+            return Ok(*h);
+        }
+        if let Some(h) = self.cache.heads.get(&user) {
+            return Ok(*h);
+        }
+        let head = match self
+            .tables
+            .inbox
+            .prefix(user.as_bytes())
+            .next_back()
+            .transpose()
+            .map_err(db)?
+        {
+            Some((key, _)) => keys::parse_id_key(&key, "inbox key")?.1 .0,
+            None => 0,
+        };
+        self.cache.heads.insert(user, head);
+        Ok(head)
+    }
+
+    /// The message and positions an idempotency key answers, if any.
+    fn existing(&self, key: &[u8], changes: &Changes) -> Result<Option<Sent>> {
+        if let Some(found) = changes.keys.get(key) {
+            return Ok(Some(found.clone()));
+        }
+        let Some(record) = self.tables.idempotency.get(key).map_err(db)? else {
+            return Ok(None);
+        };
+        let (channel, id, positions) = keys::parse_idempotency_value(&record)?;
+        let message = match self
+            .tables
+            .history
+            .get(keys::history(channel, id))
+            .map_err(db)?
+        {
+            Some(v) => decode::<Message>(&v, "message")?,
+            None => {
+                return Err(keys::corrupt(
+                    "idempotency record",
+                    "its message is missing",
+                ))
+            }
+        };
+        Ok(Some((message, positions)))
+    }
+
+    fn stage_commit(
+        &mut self,
+        new: NewMessage,
+        batch: &mut fjall::Batch,
+        changes: &mut Changes,
+    ) -> Result<Committed> {
+        let channel = self
+            .channel(new.channel_id, changes)?
+            .ok_or(Error::not_found("channel"))?;
+        if !channel.is_member(new.sender) {
+            return Err(Error::forbidden("not a member of this channel"));
+        }
+        let key = keys::idempotency(new.channel_id, new.sender, &new.client_msg_id);
+        if let Some((original, positions)) = self.existing(&key, changes)? {
+            let message = check_duplicate(&original, &new.to_message(original.id))?
+                .message()
+                .clone();
+            return Ok(Committed {
+                message,
+                duplicate: true,
+                positions,
+            });
+        }
+        let last = self.last_id(new.channel_id, changes)?;
+        let id = chat_core::rules::next_channel_id(new.id, last)?;
+        let message = new.to_message(id);
+        let value = encode(&message)?;
+        let mut positions = Vec::with_capacity(channel.members.len());
+        for member in &channel.members {
+            let seq = self.head(*member, changes)? + 1;
+            changes.heads.insert(*member, seq);
+            batch.insert(
+                &self.tables.inbox,
+                keys::inbox(*member, Seq(seq)),
+                value.as_slice(),
+            );
+            positions.push((*member, Seq(seq)));
+        }
+        batch.insert(
+            &self.tables.history,
+            keys::history(new.channel_id, id),
+            value,
+        );
+        batch.insert(
+            &self.tables.idempotency,
+            key.clone(),
+            keys::idempotency_value(new.channel_id, id, &positions),
+        );
+        changes.last_ids.insert(new.channel_id, id);
+        changes
+            .keys
+            .insert(key, (message.clone(), positions.clone()));
+        Ok(Committed {
+            message,
+            duplicate: false,
+            positions,
+        })
+    }
+
+    fn stage_append(
+        &mut self,
+        message: Message,
+        batch: &mut fjall::Batch,
+        changes: &mut Changes,
+    ) -> Result<Appended> {
+        let key = keys::idempotency(message.channel_id, message.sender, &message.client_msg_id);
+        if let Some((original, _)) = self.existing(&key, changes)? {
+            return check_duplicate(&original, &message);
+        }
+        let history_key = keys::history(message.channel_id, message.id);
+        let staged = changes
+            .keys
+            .values()
+            .any(|(m, _)| m.channel_id == message.channel_id && m.id == message.id);
+        if staged || self.tables.history.contains_key(history_key).map_err(db)? {
+            return Err(Error::conflict(format!(
+                "message id {} already used in this channel",
+                message.id
+            )));
+        }
+        batch.insert(&self.tables.history, history_key, encode(&message)?);
+        batch.insert(
+            &self.tables.idempotency,
+            key.clone(),
+            keys::idempotency_value(message.channel_id, message.id, &[]),
+        );
+        let last = self.last_id(message.channel_id, changes)?;
+        changes
+            .last_ids
+            .insert(message.channel_id, last.max(message.id));
+        changes.keys.insert(key, (message.clone(), Vec::new()));
+        Ok(Appended::Stored(message))
     }
 }
 
@@ -212,32 +733,36 @@ fn committer(shared: &Shared, keyspace: &Keyspace) {
 mod tests {
     use super::*;
 
-    fn store() -> (
-        tempfile::TempDir,
-        Keyspace,
-        PartitionHandle,
-        Arc<GroupCommit>,
-    ) {
+    fn store() -> (tempfile::TempDir, Keyspace, PartitionHandle, Arc<Committer>) {
         let dir = tempfile::tempdir().unwrap();
         let keyspace = fjall::Config::new(dir.path()).open().unwrap();
-        let p = keyspace
-            .open_partition("p", fjall::PartitionCreateOptions::default())
-            .unwrap();
-        let group = Arc::new(GroupCommit::start(keyspace.clone()).unwrap());
-        (dir, keyspace, p, group)
+        let open = |name: &str| {
+            keyspace
+                .open_partition(name, fjall::PartitionCreateOptions::default())
+                .unwrap()
+        };
+        let p = open("p");
+        let tables = Tables {
+            history: open("history"),
+            idempotency: open("idempotency"),
+            inbox: open("inbox"),
+            channels: open("channels"),
+        };
+        let committer = Arc::new(Committer::start(keyspace.clone(), tables, None).unwrap());
+        (dir, keyspace, p, committer)
     }
 
     #[test]
     fn concurrent_writers_are_all_committed() {
-        let (_dir, _keyspace, p, group) = store();
+        let (_dir, _keyspace, p, committer) = store();
         let writers: Vec<_> = (0..32u32)
             .map(|i| {
-                let (group, p) = (group.clone(), p.clone());
+                let (committer, p) = (committer.clone(), p.clone());
                 std::thread::spawn(move || {
                     let mut b = Batch::default();
                     b.insert(&p, i.to_be_bytes(), b"v".as_slice());
                     b.insert(&p, (i + 1000).to_be_bytes(), b"w".as_slice());
-                    group.commit(b)
+                    committer.commit(b)
                 })
             })
             .collect();
@@ -247,19 +772,60 @@ mod tests {
         assert_eq!(p.len().unwrap(), 64);
         let mut b = Batch::default();
         b.remove(&p, 3u32.to_be_bytes());
-        group.commit(b).unwrap();
+        committer.commit(b).unwrap();
         assert!(p.get(3u32.to_be_bytes()).unwrap().is_none());
         // Nothing to write: answered at once.
-        group.commit(Batch::default()).unwrap();
+        committer.commit(Batch::default()).unwrap();
     }
 
     #[test]
-    fn a_poisoned_store_refuses_writes() {
-        let (_dir, _keyspace, p, group) = store();
-        group.shared.lock().failed = Some("disk gone".into());
+    fn a_poisoned_committer_refuses_writes_as_temporary() {
+        let (_dir, _keyspace, p, committer) = store();
+        committer.shared.lock().refusing = Some(Refusing::Poisoned("disk gone".into()));
         let mut b = Batch::default();
         b.insert(&p, b"k".as_slice(), b"v".as_slice());
-        let err = group.commit(b).unwrap_err();
+        let err = committer.commit(b).unwrap_err();
         assert!(err.to_string().contains("disk gone"), "{err}");
+        assert!(err.is_temporary(), "the store reopens itself: retry");
+    }
+
+    #[test]
+    fn a_full_disk_refuses_writes_and_they_resume() {
+        let (dir, _keyspace, p, _) = store();
+        // Rebuild with a reserve larger than any disk, then none.
+        let keyspace = fjall::Config::new(dir.path().join("second"))
+            .open()
+            .unwrap();
+        let open = |name: &str| {
+            keyspace
+                .open_partition(name, fjall::PartitionCreateOptions::default())
+                .unwrap()
+        };
+        let tables = Tables {
+            history: open("history"),
+            idempotency: open("idempotency"),
+            inbox: open("inbox"),
+            channels: open("channels"),
+        };
+        let q = open("q");
+        let committer = Committer::start(
+            keyspace.clone(),
+            tables,
+            Some(SpaceReserve {
+                path: dir.path().to_path_buf(),
+                bytes: u64::MAX,
+            }),
+        )
+        .unwrap();
+        let mut b = Batch::default();
+        b.insert(&q, b"k".as_slice(), b"v".as_slice());
+        let err = committer.commit(b).unwrap_err();
+        assert!(err.is_temporary(), "{err}");
+        assert!(matches!(
+            committer.refusing(),
+            Some(Refusing::DiskFull { .. })
+        ));
+        assert!(q.get(b"k").unwrap().is_none(), "nothing written");
+        drop(p);
     }
 }

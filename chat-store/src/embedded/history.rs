@@ -1,17 +1,17 @@
-//! [`HistoryStore`] and [`Inbox`] for [`EmbeddedStore`].
+//! [`HistoryStore`], [`Inbox`] and [`MessageStore`] for [`EmbeddedStore`].
 
 use std::ops::RangeInclusive;
 
 use async_trait::async_trait;
-use chat_core::rules::{check_duplicate, select_page};
 use chat_core::{
-    Appended, ChannelId, DeviceId, Error, HistoryStore, Inbox, Message, MessageId, Page, Result,
+    entry_bytes, take_within, Appended, ChannelId, Committed, DeviceId, Health, HistoryStore,
+    Inbox, InboxEntry, Message, MessageId, MessageStore, NewMessage, Page, Paged, Result, Seq,
     UserId,
 };
 use fjall::{KvPair, PartitionHandle};
 
 use super::locks::{Kind, StripeKey};
-use super::{commit, db, decode, encode, keys, EmbeddedStore, Inner};
+use super::{commit, db, decode, keys, EmbeddedStore, Inner};
 
 /// The inclusive id range a page's exclusive bounds leave, or `None` if no
 /// id fits between them.
@@ -27,139 +27,86 @@ fn id_range(page: &Page) -> Option<RangeInclusive<u64>> {
     (lo <= hi).then_some(lo..=hi)
 }
 
-/// Decodes up to `limit` messages from a key range iterator.
-fn take_messages(
+/// Decodes messages from a key range, lazily (a page stops reading where its
+/// limits do).
+fn messages(
     iter: impl Iterator<Item = fjall::Result<KvPair>>,
-    limit: usize,
-) -> Result<Vec<Message>> {
-    iter.take(limit)
-        .map(|kv| {
-            let (_, value) = kv.map_err(db)?;
-            decode(&value, "message")
-        })
-        .collect()
+) -> impl Iterator<Item = Result<(fjall::UserKey, Message)>> {
+    iter.map(|kv| {
+        let (key, value) = kv.map_err(db)?;
+        Ok((key, decode(&value, "message")?))
+    })
 }
 
 impl Inner {
-    fn load_message(
-        &self,
-        partition: &PartitionHandle,
-        key: &[u8],
-        what: &'static str,
-    ) -> Result<Option<Message>> {
+    fn load_message(&self, partition: &PartitionHandle, key: &[u8]) -> Result<Option<Message>> {
         match partition.get(key).map_err(db)? {
-            Some(v) => decode(&v, what).map(Some),
+            Some(v) => decode(&v, "message").map(Some),
             None => Ok(None),
         }
     }
 
-    fn append(&self, message: Message) -> Result<Appended> {
-        let idem_key =
-            keys::idempotency(message.channel_id, message.sender, &message.client_msg_id);
-        let history_key = keys::history(message.channel_id, message.id);
-        let _guards = self.stripes.lock(&[
-            StripeKey::new(Kind::Idempotency, &idem_key),
-            StripeKey::new(Kind::HistoryEntry, &history_key),
-        ]);
-
-        if let Some(record) = self.idempotency.get(&idem_key).map_err(db)? {
-            let (channel, id) = keys::parse_idempotency_value(&record)?;
-            let existing = self
-                .load_message(&self.history, &keys::history(channel, id), "message")?
-                .ok_or_else(|| keys::corrupt("idempotency record", "its message is missing"))?;
-            return check_duplicate(&existing, &message);
-        }
-        if self.history.contains_key(history_key).map_err(db)? {
-            return Err(Error::conflict(format!(
-                "message id {} already used in this channel",
-                message.id
-            )));
-        }
-
-        let mut batch = self.batch();
-        batch.insert(&self.history, history_key, encode(&message)?);
-        batch.insert(
-            &self.idempotency,
-            idem_key,
-            keys::idempotency_value(message.channel_id, message.id),
-        );
-        commit(batch)?;
-        Ok(Appended::Stored(message))
-    }
-
-    fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
-        if page.limit == 0 {
-            return Ok(Vec::new());
-        }
+    fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
         let Some(ids) = id_range(&page) else {
-            return Ok(Vec::new());
+            return Ok(Paged::empty());
         };
         let range = keys::history(channel, MessageId(*ids.start()))
             ..=keys::history(channel, MessageId(*ids.end()));
-        // Read only the `limit` keys the page can contain, in the direction
-        // the page reads; then let the shared rule make the final choice.
-        let candidates = if page.after.is_some() {
-            take_messages(self.history.range(range), page.limit)?
+        let size = |m: &Message| entry_bytes(m);
+        let only_message = |r: Result<(fjall::UserKey, Message)>| r.map(|(_, m)| m);
+        if page.is_forward() {
+            take_within(
+                messages(self.history.range(range)).map(only_message),
+                page.limit,
+                page.max_bytes,
+                size,
+            )
         } else {
-            let mut newest = take_messages(self.history.range(range).rev(), page.limit)?;
-            newest.reverse();
-            newest
-        };
-        Ok(select_page(candidates.iter(), page))
-    }
-
-    fn push(&self, recipients: &[UserId], message: &Message) -> Result<()> {
-        let mut users = recipients.to_vec();
-        users.sort_unstable();
-        users.dedup();
-        let stripe_keys: Vec<StripeKey> = users
-            .iter()
-            .map(|u| StripeKey::new(Kind::Inbox, u.as_bytes()))
-            .collect();
-        let _guards = self.stripes.lock(&stripe_keys);
-
-        let mut value = None;
-        let mut batch = self.batch();
-        for user in users {
-            let key = keys::inbox(user, message.id);
-            // Already there (visible, hence durable): the first copy stays.
-            if self.inbox.contains_key(key).map_err(db)? {
-                continue;
-            }
-            let value = match &value {
-                Some(v) => v,
-                None => value.insert(encode(message)?),
-            };
-            batch.insert(&self.inbox, key, value.as_slice());
+            let mut p = take_within(
+                messages(self.history.range(range).rev()).map(only_message),
+                page.limit,
+                page.max_bytes,
+                size,
+            )?;
+            p.items.reverse();
+            Ok(p)
         }
-        commit(batch)
     }
 
-    fn read(&self, user: UserId, after: MessageId, limit: usize) -> Result<Vec<Message>> {
+    fn read(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Paged<InboxEntry>> {
         let Some(lo) = after.0.checked_add(1) else {
-            return Ok(Vec::new());
+            return Ok(Paged::empty());
         };
-        let range = keys::inbox(user, MessageId(lo))..=keys::inbox(user, MessageId::MAX);
-        take_messages(self.inbox.range(range), limit)
+        let range = keys::inbox(user, Seq(lo))..=keys::inbox(user, Seq(u64::MAX));
+        let entries = messages(self.inbox.range(range)).map(|r| {
+            let (key, message) = r?;
+            let (_, seq) = keys::parse_id_key(&key, "inbox key")?;
+            Ok(InboxEntry {
+                seq: Seq(seq.0),
+                message,
+            })
+        });
+        take_within(entries, limit, max_bytes, |e| entry_bytes(&e.message))
     }
 
-    fn cursor(&self, user: UserId, device: DeviceId) -> Result<MessageId> {
+    fn cursor(&self, user: UserId, device: DeviceId) -> Result<Seq> {
         match self
             .cursors
             .get(keys::pair(user.as_bytes(), device.as_bytes()))
             .map_err(db)?
         {
-            Some(v) => keys::parse_message_id(&v, "cursor"),
-            None => Ok(MessageId::ZERO),
+            Some(v) => keys::parse_message_id(&v, "cursor").map(|id| Seq(id.0)),
+            None => Ok(Seq::ZERO),
         }
     }
 
-    fn advance_cursor(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        cursor: MessageId,
-    ) -> Result<MessageId> {
+    fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
         let key = keys::pair(user.as_bytes(), device.as_bytes());
         let _guards = self.stripes.lock(&[StripeKey::new(Kind::Cursor, &key)]);
         let stored = self.cursor(user, device)?;
@@ -167,7 +114,7 @@ impl Inner {
             return Ok(stored);
         }
         let mut batch = self.batch();
-        batch.insert(&self.cursors, key, cursor.to_be_bytes());
+        batch.insert(&self.cursors, key, cursor.0.to_be_bytes());
         commit(batch)?;
         Ok(cursor)
     }
@@ -176,49 +123,56 @@ impl Inner {
 #[async_trait]
 impl HistoryStore for EmbeddedStore {
     async fn append(&self, message: Message) -> Result<Appended> {
-        self.blocking(move |s| s.append(message)).await
+        self.inner()?.group.append(message).await
     }
 
     async fn get(&self, channel: ChannelId, id: MessageId) -> Result<Option<Message>> {
-        self.blocking(move |s| s.load_message(&s.history, &keys::history(channel, id), "message"))
+        self.blocking(move |s| s.load_message(&s.history, &keys::history(channel, id)))
             .await
     }
 
-    async fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
+    async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
+        if page.limit == 0 {
+            return Ok(Paged::empty());
+        }
         self.blocking(move |s| s.page(channel, page)).await
     }
 }
 
 #[async_trait]
 impl Inbox for EmbeddedStore {
-    async fn push(&self, recipients: &[UserId], message: &Message) -> Result<()> {
-        if recipients.is_empty() {
-            return Ok(());
-        }
-        let recipients = recipients.to_vec();
-        let message = message.clone();
-        self.blocking(move |s| s.push(&recipients, &message)).await
-    }
-
-    async fn read(&self, user: UserId, after: MessageId, limit: usize) -> Result<Vec<Message>> {
+    async fn read(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Paged<InboxEntry>> {
         if limit == 0 {
-            return Ok(Vec::new());
+            return Ok(Paged::empty());
         }
-        self.blocking(move |s| s.read(user, after, limit)).await
+        self.blocking(move |s| s.read(user, after, limit, max_bytes))
+            .await
     }
 
-    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<MessageId> {
+    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<Seq> {
         self.blocking(move |s| s.cursor(user, device)).await
     }
 
-    async fn advance_cursor(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        cursor: MessageId,
-    ) -> Result<MessageId> {
+    async fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
         self.blocking(move |s| s.advance_cursor(user, device, cursor))
             .await
+    }
+}
+
+#[async_trait]
+impl MessageStore for EmbeddedStore {
+    async fn commit(&self, message: NewMessage) -> Result<Committed> {
+        self.inner()?.group.commit_message(message).await
+    }
+
+    fn health(&self) -> Health {
+        self.health_now()
     }
 }
 
@@ -232,6 +186,7 @@ mod tests {
             after: after.map(MessageId),
             before: before.map(MessageId),
             limit: 1,
+            max_bytes: usize::MAX,
         };
         assert_eq!(id_range(&p(None, None)), Some(0..=u64::MAX));
         assert_eq!(id_range(&p(Some(5), Some(7))), Some(6..=6));

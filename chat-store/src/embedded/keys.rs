@@ -2,7 +2,7 @@
 //! message ids), so concatenated keys sort first by their leading id, then
 //! by the next, and a prefix of whole ids is a contiguous key range.
 
-use chat_core::{ChannelId, ClientMsgId, Error, MessageId, Result, UserId};
+use chat_core::{ChannelId, ClientMsgId, Error, MessageId, Result, Seq, UserId};
 
 /// `channel_id ++ message_id`: a channel's history is one range, by id.
 pub(super) fn history(channel: ChannelId, id: MessageId) -> [u8; 24] {
@@ -10,8 +10,8 @@ pub(super) fn history(channel: ChannelId, id: MessageId) -> [u8; 24] {
 }
 
 /// `user_id ++ message_id`: a user's inbox is one range, by id.
-pub(super) fn inbox(user: UserId, id: MessageId) -> [u8; 24] {
-    id_key(user.as_bytes(), id)
+pub(super) fn inbox(user: UserId, seq: Seq) -> [u8; 24] {
+    id_key(user.as_bytes(), MessageId(seq.0))
 }
 
 /// `channel_id ++ sender ++ client_msg_id` (the client message id's ASCII
@@ -41,19 +41,44 @@ pub(super) fn upgrade_idempotency_v1(old_key: &[u8], value: &[u8]) -> Result<Vec
 
 /// The idempotency record's value: where the original message is,
 /// `channel_id ++ message_id`.
-pub(super) fn idempotency_value(channel: ChannelId, id: MessageId) -> [u8; 24] {
-    history(channel, id)
+pub(super) fn idempotency_value(
+    channel: ChannelId,
+    id: MessageId,
+    positions: &[(UserId, Seq)],
+) -> Vec<u8> {
+    let mut value = Vec::with_capacity(24 + 24 * positions.len());
+    value.extend_from_slice(&history(channel, id));
+    for (user, seq) in positions {
+        value.extend_from_slice(&id_key(user.as_bytes(), MessageId(seq.0)));
+    }
+    value
 }
 
-/// Parses [`idempotency_value`].
-pub(super) fn parse_idempotency_value(bytes: &[u8]) -> Result<(ChannelId, MessageId)> {
-    let (channel, id) = split_id_key(bytes, "idempotency record")?;
-    Ok((ChannelId::from_bytes(channel), id))
+/// Positions of an idempotency record.
+pub(super) type Positions = Vec<(UserId, Seq)>;
+
+pub(super) fn parse_idempotency_value(bytes: &[u8]) -> Result<(ChannelId, MessageId, Positions)> {
+    const WHAT: &str = "idempotency record";
+    if bytes.len() < 24 || bytes.len() % 24 != 0 {
+        return Err(corrupt(WHAT, "length is not a multiple of 24 bytes"));
+    }
+    let (channel, id) = split_id_key(&bytes[..24], WHAT)?;
+    let positions = bytes[24..]
+        .chunks_exact(24)
+        .map(|chunk| {
+            let (user, seq) = split_id_key(chunk, WHAT)?;
+            Ok((UserId::from_bytes(user), Seq(seq.0)))
+        })
+        .collect::<Result<_>>()?;
+    Ok((ChannelId::from_bytes(channel), id, positions))
 }
 
-/// `a ++ b` for two 16-byte ids: cursors (`user ++ device`), friends
-/// (`user ++ friend`), memberships (`user ++ channel`), devices
-/// (`user ++ device`).
+/// The leading 16-byte id and the trailing 8-byte number of a history or
+/// inbox key.
+pub(super) fn parse_id_key(key: &[u8], what: &'static str) -> Result<([u8; 16], MessageId)> {
+    split_id_key(key, what)
+}
+
 pub(super) fn pair(a: &[u8; 16], b: &[u8; 16]) -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(a);
@@ -129,7 +154,7 @@ mod tests {
         let (c, u) = (ChannelId::new_random(), UserId::new_random());
         let cmid = ClientMsgId::new("abc").unwrap();
         let old: Vec<u8> = [u.as_bytes().as_slice(), b"abc"].concat();
-        let value = idempotency_value(c, MessageId(7));
+        let value = idempotency_value(c, MessageId(7), &[]);
         assert_eq!(
             upgrade_idempotency_v1(&old, &value).unwrap(),
             idempotency(c, u, &cmid)
@@ -140,9 +165,22 @@ mod tests {
     #[test]
     fn idempotency_value_round_trips() {
         let c = ChannelId::new_random();
-        let v = idempotency_value(c, MessageId(42));
-        assert_eq!(parse_idempotency_value(&v).unwrap(), (c, MessageId(42)));
+        let v = idempotency_value(c, MessageId(42), &[]);
+        assert_eq!(
+            parse_idempotency_value(&v).unwrap(),
+            (c, MessageId(42), Vec::new())
+        );
         assert!(parse_idempotency_value(&v[..23]).is_err());
+        let positions = vec![
+            (UserId::new_random(), Seq(3)),
+            (UserId::new_random(), Seq(1 << 40)),
+        ];
+        let v = idempotency_value(c, MessageId(7), &positions);
+        assert_eq!(
+            parse_idempotency_value(&v).unwrap(),
+            (c, MessageId(7), positions)
+        );
+        assert!(parse_idempotency_value(&v[..30]).is_err());
     }
 
     #[test]

@@ -1,55 +1,64 @@
 //! The embedded on-disk store: [`EmbeddedStore`], built on fjall 2.
 //!
 //! One directory holds one fjall keyspace; one [`EmbeddedStore`] implements
-//! [`HistoryStore`], [`Inbox`] and [`Directory`] over it.
+//! [`MessageStore`] (so [`HistoryStore`] and [`Inbox`]) and [`Directory`]
+//! over it.
 //!
 //! # Data model (key layout)
 //!
 //! Every id in a key is fixed-width: users, devices and channels are their 16
-//! UUID bytes, message ids are 8 bytes **big-endian** so byte order equals
-//! numeric order. Values are JSON (`serde_json`) unless noted.
+//! UUID bytes, message ids and inbox positions are 8 bytes **big-endian** so
+//! byte order equals numeric order. Values are JSON (`serde_json`) unless
+//! noted.
 //!
 //! | partition | key | value |
 //! |---|---|---|
 //! | `history` | `channel_id ++ message_id` | the [`Message`] |
-//! | `channel_idempotency` | `channel_id ++ sender ++ client_msg_id` (ASCII) | `channel_id ++ message_id` (raw, 24 bytes) |
-//! | `inbox` | `user_id ++ message_id` | the [`Message`] |
-//! | `cursors` | `user_id ++ device_id` | the cursor, 8 bytes big-endian |
+//! | `channel_idempotency` | `channel_id ++ sender ++ client_msg_id` (ASCII) | `channel_id ++ message_id`, then `user_id ++ seq` per inbox it reached (raw, 24 bytes each) |
+//! | `inbox_entries` | `user_id ++ seq` | the [`Message`] at that position of the user's inbox |
+//! | `cursors` | `user_id ++ device_id` | the cursor (an inbox position), 8 bytes big-endian |
 //! | `users` | `user_id` | the user and its password hash |
 //! | `usernames` | username (UTF-8) | `user_id` (raw, 16 bytes) |
 //! | `friends` | `user_id ++ friend_id` (both directions) | empty |
 //! | `channels` | `channel_id` | the [`Channel`] with its sorted members |
 //! | `memberships` | `user_id ++ channel_id` | empty |
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
-//! | `meta` | `format` | the layout version, `2` |
+//! | `meta` | `format` | the layout version, `3` |
 //!
 //! So a channel's history is one contiguous key range ordered by id (a page
 //! is a bounded range scan, backward for "latest" and "before", forward for
-//! "after", and never reads another channel); a user's inbox, friends,
-//! channels and devices are each one prefix range, already sorted by id.
-//! Messages and idempotency records are never deleted or expired.
+//! "after", and never reads another channel); a user's inbox is one range
+//! ordered by position, and a sync is a forward range scan from the cursor;
+//! a user's friends, channels and devices are each one prefix range, already
+//! sorted by id. Messages, inbox entries and idempotency records are never
+//! deleted or expired.
 //!
-//! Format 1 kept idempotency records in a partition `idempotency` keyed
+//! Older layouts are upgraded when the store is opened, each in one atomic
+//! batch (a crash leaves the old format, upgraded again at the next open):
+//! format 1 kept idempotency records in a partition `idempotency` keyed
 //! `sender ++ client_msg_id`, before the key was scoped to the channel;
-//! [`EmbeddedStore::open`] upgrades such a store in one atomic batch.
-//!
-//! Every key is bounded well below fjall's 64 KiB key limit: ids are fixed
-//! width, client message ids are at most 64 bytes by construction, and
-//! usernames are at most 32 bytes (`rules::validate_new_user`); lookups of
-//! longer names never reach fjall.
+//! format 2 kept inboxes in a partition `inbox` keyed `user_id ++
+//! message_id` and cursors as message ids, before inboxes were ordered by
+//! positions. Each user's entries get positions 1, 2, ... in message id
+//! order, and each cursor becomes the number of entries at or below it.
 //!
 //! # Durability
 //!
-//! Every write is one atomic batch (across partitions: a message and its
-//! idempotency record, a channel and its membership index, both directions
-//! of a friendship), and **no method returns `Ok` before a journal `fsync`
-//! ([`PersistMode::SyncAll`]) covers it**. A crash of the process or of the
-//! machine after `Ok` loses nothing acknowledged.
+//! Every write is one atomic batch (a message with its idempotency record
+//! and every member's inbox entry; a channel and its membership index; both
+//! directions of a friendship), and **no method returns `Ok` before a
+//! journal `fsync` ([`PersistMode::SyncAll`]) covers it**. A crash of the
+//! process or of the machine after `Ok` loses nothing acknowledged, and a
+//! crash at any moment leaves each message in history and every member's
+//! inbox, or in none of them.
 //!
 //! The syncs are shared (*group commit*, see `group.rs`): one committer
-//! thread merges the batches of every writer waiting at that moment into
-//! one fjall batch, commits it with `SyncAll`, and answers them all. One
-//! `fsync` thus acknowledges the writes of every concurrent sender.
+//! thread merges the writes of every caller waiting at that moment into one
+//! fjall batch, commits it with `SyncAll`, and answers them all. One
+//! `fsync` thus acknowledges the writes of every concurrent sender. The
+//! committer is the only writer of history, idempotency records and
+//! inboxes, so it decides duplicates, channel ids and inbox positions with
+//! no locks, and message commits wait for it without holding a thread.
 //!
 //! `SyncAll` (`fsync`) rather than `SyncData` (`fdatasync`): the journal is
 //! append-only, so every sync changes the file length and `fdatasync` has to
@@ -60,20 +69,31 @@
 //! fjall applies a batch to its memtables only *after* persisting it, and
 //! this store never commits without `SyncAll`, so **anything a read can see
 //! is already durable**. That is what makes the no-write answers safe to
-//! acknowledge: an append answered `Duplicate`, a push of a message already
-//! in every inbox, or a cursor that does not move, all report state that is
-//! on disk.
+//! acknowledge: a commit answered as a duplicate, or a cursor that does not
+//! move, report state that is on disk.
 //!
-//! A failed commit poisons the store (every later write fails until it is
-//! reopened): after a failed `fsync` the kernel may have dropped the
-//! unwritten pages, so a later successful `fsync` would prove nothing.
+//! # Failures: a full disk, a failed write
+//!
+//! * **Free-space reserve**: while the disk holding the store has less free
+//!   space than [`EmbeddedOptions::free_space_reserve`] (256 MiB by
+//!   default), every write is refused with a *temporary* error before
+//!   anything is written, and [`MessageStore::health`] reports it. Writes
+//!   resume by themselves once space is freed. A store that fills its disk
+//!   can never be left half-written or poisoned by it.
+//! * **A failed commit** (an I/O error on the journal) poisons the store:
+//!   after a failed `fsync` the kernel may have dropped the unwritten pages,
+//!   so a later successful `fsync` would prove nothing. The store then
+//!   **reopens itself**: it refuses writes (temporary errors), waits for the
+//!   calls in flight on the old keyspace to finish, drops it, and opens the
+//!   directory again, replaying the journal (which holds exactly what
+//!   reached the disk); until that succeeds, retried with backoff, every
+//!   call fails with a temporary error and `health` reports it.
 //!
 //! # Concurrency
 //!
-//! fjall calls block, so every method runs its work on tokio's blocking
+//! fjall calls block, so reads and directory writes run on tokio's blocking
 //! pool ([`tokio::task::spawn_blocking`]); the methods must be called from
-//! inside a tokio runtime. Read-modify-write operations — the duplicate
-//! check of `append`, `push`'s "already in this inbox" check,
+//! inside a tokio runtime. Directory read-modify-write operations —
 //! `advance_cursor`'s max, `create_user`'s uniqueness, `update_profile`,
 //! `create_channel`'s existence check and `add_member`/`remove_member`'s
 //! limit check — hold striped `std::sync::Mutex`es for the keys they read
@@ -87,6 +107,8 @@
 //!
 //! [`HistoryStore`]: chat_core::HistoryStore
 //! [`Inbox`]: chat_core::Inbox
+//! [`MessageStore`]: chat_core::MessageStore
+//! [`MessageStore::health`]: chat_core::MessageStore::health
 //! [`Directory`]: chat_core::Directory
 //! [`Message`]: chat_core::Message
 //! [`Channel`]: chat_core::Channel
@@ -99,14 +121,15 @@ mod keys;
 mod locks;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use chat_core::{Error, Result};
+use chat_core::{Error, Health, Result};
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use group::GroupCommit;
+use group::{Committer, Refusing, SpaceReserve, Tables};
 use locks::Stripes;
 
 /// Name of the backend in [`Error::Backend`].
@@ -116,40 +139,86 @@ const BACKEND: &str = "fjall";
 const DURABILITY: PersistMode = PersistMode::SyncAll;
 
 /// Version of the key layout in the module docs, kept in the `meta`
-/// partition; a store of format 1 is upgraded at open, another is refused.
-const FORMAT_VERSION: &[u8] = b"2";
+/// partition; stores of formats 1 and 2 are upgraded at open, another is
+/// refused.
+const FORMAT_VERSION: &[u8] = b"3";
 
 /// Format 1, whose idempotency keys were not scoped to the channel.
 const FORMAT_1: &[u8] = b"1";
 
+/// Format 2, whose inboxes were ordered by message id.
+const FORMAT_2: &[u8] = b"2";
+
 /// The partition of format 1's idempotency records.
 const IDEMPOTENCY_V1: &str = "idempotency";
+
+/// The partition of format 2's inboxes.
+const INBOX_V2: &str = "inbox";
+
+/// The partition of inboxes by position (format 3).
+const INBOX: &str = "inbox_entries";
+
+/// Settings of an [`EmbeddedStore`] beyond its directory.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EmbeddedOptions {
+    /// Writes are refused (temporary errors) while the disk holding the
+    /// store has less free space than this, so a full disk never leaves the
+    /// store half-written; `0` turns the check off. Default: 256 MiB.
+    pub free_space_reserve: u64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            free_space_reserve: 256 << 20,
+        }
+    }
+}
+
+impl EmbeddedOptions {
+    /// The same options with another free-space reserve, in bytes.
+    pub fn with_free_space_reserve(mut self, bytes: u64) -> Self {
+        self.free_space_reserve = bytes;
+        self
+    }
+}
 
 /// The embedded, durable store: chat history, inboxes and cursors, and the
 /// directory, in one local directory.
 ///
 /// Cloning is cheap (an [`Arc`]); clones share the keyspace and the locks.
-/// See the [module docs](self) for the key layout, durability and
-/// concurrency.
+/// See the [module docs](self) for the key layout, durability, failures
+/// and concurrency.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.shared.path)
             .finish_non_exhaustive()
     }
 }
 
-/// The keyspace, one handle per partition, and the lock stripes.
-struct Inner {
+/// What every clone shares: the open keyspace (swapped when the store
+/// reopens itself) and how to open it again.
+struct Shared {
     path: PathBuf,
+    options: EmbeddedOptions,
+    /// The open store; `None` while it reopens.
+    current: RwLock<Option<Arc<Inner>>>,
+    /// Set while a reopen is under way (only one runs).
+    reopening: std::sync::atomic::AtomicBool,
+}
+
+/// The keyspace, one handle per partition, the lock stripes and the
+/// committer.
+struct Inner {
     keyspace: Keyspace,
     history: PartitionHandle,
-    idempotency: PartitionHandle,
     inbox: PartitionHandle,
     cursors: PartitionHandle,
     users: PartitionHandle,
@@ -159,15 +228,16 @@ struct Inner {
     memberships: PartitionHandle,
     devices: PartitionHandle,
     stripes: Stripes,
-    group: GroupCommit,
+    group: Committer,
 }
 
 impl EmbeddedStore {
-    /// Opens the store in directory `path`, creating it if it does not
-    /// exist and recovering it (replaying the journal) if it does.
+    /// Opens the store in directory `path` with default
+    /// [`EmbeddedOptions`], creating it if it does not exist and recovering
+    /// it (replaying the journal) if it does.
     ///
-    /// Blocks while fjall recovers; call it at start-up, or from
-    /// [`tokio::task::spawn_blocking`]. Open a directory once per process
+    /// Blocks while fjall recovers: from async code use
+    /// [`open_async`](Self::open_async). Open a directory once per process
     /// and share the handle (it is cheap to clone).
     ///
     /// # Errors
@@ -175,8 +245,165 @@ impl EmbeddedStore {
     /// [`Error::Backend`] if the directory cannot be opened or holds data
     /// of another format.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, EmbeddedOptions::default())
+    }
+
+    /// [`open`](Self::open) with options.
+    pub fn open_with(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let keyspace = Config::new(&path).open().map_err(db)?;
+        let inner = Inner::open(&path, &options)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path,
+                options,
+                current: RwLock::new(Some(Arc::new(inner))),
+                reopening: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// [`open_with`](Self::open_with) on tokio's blocking pool, for async
+    /// callers: recovery reads the journal and may take a while.
+    pub async fn open_async(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_with(path, options))
+            .await
+            .map_err(|e| Error::backend(BACKEND, format!("opening the store panicked: {e}")))?
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The open keyspace, or a temporary error while the store reopens.
+    fn inner(&self) -> Result<Arc<Inner>> {
+        let current = self
+            .shared
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let inner = current.ok_or_else(|| {
+            Error::temporary(BACKEND, "the store is reopening after a failed write")
+        })?;
+        if let Some(Refusing::Poisoned(_)) = inner.group.refusing() {
+            self.reopen();
+        }
+        Ok(inner)
+    }
+
+    /// Runs `f` on the blocking pool: every fjall call blocks.
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner()?;
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(result) => result,
+            // A panic in the closure is a bug: surface it where it happened.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(e) => Err(Error::temporary(BACKEND, e)),
+        }
+    }
+
+    /// Whether the store takes writes, and why not.
+    pub(crate) fn health_now(&self) -> Health {
+        let current = self
+            .shared
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match current {
+            None => Health::Unavailable("reopening after a failed write".into()),
+            Some(inner) => match inner.group.refusing() {
+                None => Health::Ok,
+                Some(Refusing::Poisoned(why)) => {
+                    self.reopen();
+                    Health::Unavailable(format!("a write failed ({why}); reopening"))
+                }
+                Some(Refusing::DiskFull { available, reserve }) => Health::Unavailable(format!(
+                    "{available} bytes free on disk, below the reserve of {reserve}"
+                )),
+            },
+        }
+    }
+
+    /// Starts reopening the store in a thread of its own, unless that is
+    /// under way: waits for calls in flight on the poisoned keyspace, drops
+    /// it, and opens the directory again, retrying with backoff.
+    fn reopen(&self) {
+        use std::sync::atomic::Ordering;
+        if self.shared.reopening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("chat-store-reopen".into())
+            .spawn(move || {
+                let old = shared
+                    .current
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                if let Some(old) = old {
+                    // Calls in flight hold the old keyspace; wait for them
+                    // so that only one keyspace is ever open on the
+                    // directory.
+                    let mut old = old;
+                    loop {
+                        match Arc::try_unwrap(old) {
+                            Ok(inner) => {
+                                drop(inner);
+                                break;
+                            }
+                            Err(still_shared) => {
+                                old = still_shared;
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                }
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    match Inner::open(&shared.path, &shared.options) {
+                        Ok(inner) => {
+                            *shared.current.write().unwrap_or_else(|p| p.into_inner()) =
+                                Some(Arc::new(inner));
+                            tracing::info!(path = %shared.path.display(), "embedded store reopened");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, ?delay, "reopening the embedded store failed; retrying");
+                            std::thread::sleep(delay);
+                            delay = (delay * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                }
+                shared.reopening.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start reopening the embedded store");
+            self.shared.reopening.store(false, Ordering::Release);
+        }
+    }
+
+    /// Poisons the committer as a failed `fsync` would: for tests of the
+    /// recovery path.
+    #[cfg(test)]
+    pub(crate) fn poison_for_test(&self) {
+        if let Ok(inner) = self.inner() {
+            inner.group.poison_for_test();
+        }
+    }
+}
+
+impl Inner {
+    fn open(path: &Path, options: &EmbeddedOptions) -> Result<Self> {
+        let keyspace = Config::new(path).open().map_err(db)?;
         let open = |name: &str| {
             keyspace
                 .open_partition(name, PartitionCreateOptions::default())
@@ -184,9 +411,18 @@ impl EmbeddedStore {
         };
         let meta = open("meta")?;
         let idempotency = open("channel_idempotency")?;
-        match meta.get("format").map_err(db)? {
+        let inbox = open(INBOX)?;
+        let cursors = open("cursors")?;
+        let mut format = meta.get("format").map_err(db)?;
+        if format.as_deref() == Some(FORMAT_1) {
+            upgrade_from_format_1(&keyspace, &meta, &idempotency)?;
+            format = Some(FORMAT_2.into());
+        }
+        match format {
             Some(v) if &*v == FORMAT_VERSION => {}
-            Some(v) if &*v == FORMAT_1 => upgrade_from_format_1(&keyspace, &meta, &idempotency)?,
+            Some(v) if &*v == FORMAT_2 => {
+                upgrade_from_format_2(&keyspace, &meta, &inbox, &cursors)?
+            }
             Some(v) => {
                 return Err(Error::backend(
                     BACKEND,
@@ -204,46 +440,32 @@ impl EmbeddedStore {
                 batch.commit().map_err(db)?;
             }
         }
-        let inner = Inner {
-            history: open("history")?,
+        let history = open("history")?;
+        let channels = open("channels")?;
+        let tables = Tables {
+            history: history.clone(),
             idempotency,
-            inbox: open("inbox")?,
-            cursors: open("cursors")?,
+            inbox: inbox.clone(),
+            channels: channels.clone(),
+        };
+        let reserve = (options.free_space_reserve > 0).then(|| SpaceReserve {
+            path: path.to_path_buf(),
+            bytes: options.free_space_reserve,
+        });
+        Ok(Inner {
+            history,
+            inbox,
+            cursors,
             users: open("users")?,
             usernames: open("usernames")?,
             friends: open("friends")?,
-            channels: open("channels")?,
+            channels,
             memberships: open("memberships")?,
             devices: open("devices")?,
             stripes: Stripes::default(),
-            group: GroupCommit::start(keyspace.clone())?,
-            path,
+            group: Committer::start(keyspace.clone(), tables, reserve)?,
             keyspace,
-        };
-        Ok(Self {
-            inner: Arc::new(inner),
         })
-    }
-
-    /// The directory the store lives in.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
-    /// Runs `f` on the blocking pool: every fjall call blocks.
-    async fn blocking<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        match tokio::task::spawn_blocking(move || f(&inner)).await {
-            Ok(result) => result,
-            // A panic in the closure is a bug: surface it where it happened.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // The runtime is shutting down.
-            Err(e) => Err(Error::temporary(BACKEND, e)),
-        }
     }
 }
 
@@ -270,9 +492,59 @@ fn upgrade_from_format_1(
         );
         upgraded += 1;
     }
-    batch.insert(meta, "format", FORMAT_VERSION);
+    batch.insert(meta, "format", FORMAT_2);
     batch.commit().map_err(db)?;
     tracing::info!(upgraded, "embedded store upgraded from format 1 to 2");
+    keyspace.delete_partition(old).map_err(db)?;
+    Ok(())
+}
+
+/// Upgrades a format-2 store: every user's inbox entries, in message id
+/// order, get positions 1, 2, ... in the `inbox_entries` partition, and each
+/// cursor (a message id) becomes the number of the user's entries at or
+/// below it; then format 3 is recorded, all in one atomic batch (a crash
+/// leaves format 2, upgraded again at the next open), and the old partition
+/// is dropped.
+fn upgrade_from_format_2(
+    keyspace: &Keyspace,
+    meta: &PartitionHandle,
+    inbox: &PartitionHandle,
+    cursors: &PartitionHandle,
+) -> Result<()> {
+    let old = keyspace
+        .open_partition(INBOX_V2, PartitionCreateOptions::default())
+        .map_err(db)?;
+    let mut batch = keyspace.batch().durability(Some(DURABILITY));
+    // user → (message id, position) of every entry, in order.
+    let mut positions: std::collections::HashMap<[u8; 16], Vec<(chat_core::MessageId, u64)>> =
+        std::collections::HashMap::new();
+    let mut entries = 0u64;
+    for entry in old.iter() {
+        let (key, value) = entry.map_err(db)?;
+        let (user, id) = keys::parse_id_key(&key, "format-2 inbox key")?;
+        let list = positions.entry(user).or_default();
+        let seq = list.len() as u64 + 1;
+        list.push((id, seq));
+        batch.insert(
+            inbox,
+            keys::inbox(chat_core::UserId::from_bytes(user), chat_core::Seq(seq)),
+            value,
+        );
+        entries += 1;
+    }
+    for entry in cursors.iter() {
+        let (key, value) = entry.map_err(db)?;
+        let user = keys::parse_id16(&key[..16.min(key.len())], "cursor key")?;
+        let cursor = keys::parse_message_id(&value, "cursor")?;
+        let seq = positions.get(&user).map_or(0, |list| {
+            // The entries at or below the old cursor: a prefix of the list.
+            list.partition_point(|(id, _)| *id <= cursor) as u64
+        });
+        batch.insert(cursors, key, seq.to_be_bytes());
+    }
+    batch.insert(meta, "format", FORMAT_VERSION);
+    batch.commit().map_err(db)?;
+    tracing::info!(entries, "embedded store upgraded from format 2 to 3");
     keyspace.delete_partition(old).map_err(db)?;
     Ok(())
 }
@@ -311,7 +583,7 @@ fn commit(batch: Batch<'_>) -> Result<()> {
 /// One atomic write of the store, committed durably by [`commit`].
 struct Batch<'a> {
     inner: group::Batch,
-    group: &'a GroupCommit,
+    group: &'a Committer,
 }
 
 impl std::ops::Deref for Batch<'_> {
@@ -354,4 +626,75 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 /// Decodes a JSON value.
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| keys::corrupt(what, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_core::{
+        Channel, ClientMsgId, Directory, HistoryStore, MessageId, MessageStore, NewMessage,
+        Profile, User, UserId, UserRecord,
+    };
+
+    /// A failed write poisons the store; it reports itself unavailable,
+    /// refuses writes with temporary errors, reopens itself, and then takes
+    /// writes again with everything acknowledged before still there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poisoned_store_reopens_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for name in ["reopen_a", "reopen_b"] {
+            let user = User {
+                id: UserId::new_random(),
+                username: name.into(),
+                profile: Profile::default(),
+                created_at: 0,
+            };
+            ids.push(
+                store
+                    .create_user(UserRecord {
+                        user,
+                        password_hash: "h".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let channel = store
+            .create_channel(Channel::direct(ids[0], ids[1], 0))
+            .await
+            .unwrap();
+        let send = |k: u64| NewMessage {
+            id: MessageId(k),
+            channel_id: channel.id,
+            sender: ids[0],
+            content: format!("message {k}"),
+            created_at: k,
+            client_msg_id: ClientMsgId::new_random(),
+            timeout: std::time::Duration::from_secs(30),
+        };
+        let before = store.commit(send(1)).await.unwrap();
+        assert_eq!(store.health(), Health::Ok);
+
+        store.poison_for_test();
+        let err = store.commit(send(2)).await.unwrap_err();
+        assert!(err.is_temporary(), "{err}");
+        assert!(!store.health().is_ok(), "a poisoned store is unhealthy");
+
+        let mut waited = 0;
+        while !store.health().is_ok() {
+            assert!(waited < 1_000, "the store did not reopen within 10 s");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        let after = store.commit(send(3)).await.unwrap();
+        assert!(after.message.id > before.message.id);
+        assert_eq!(
+            store.get(channel.id, before.message.id).await.unwrap(),
+            Some(before.message),
+            "acknowledged data survives the reopen"
+        );
+    }
 }

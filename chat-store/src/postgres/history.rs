@@ -1,12 +1,14 @@
 //! [`HistoryStore`] for [`PostgresStore`].
 
 use async_trait::async_trait;
-use chat_core::rules::{check_duplicate, select_page};
-use chat_core::{Appended, ChannelId, Error, HistoryStore, Message, MessageId, Page, Result};
+use chat_core::rules::check_duplicate;
+use chat_core::{
+    Appended, ChannelId, Error, HistoryStore, Message, MessageId, Page, Paged, Result,
+};
 
 use super::{
-    id_to_sql, limit_to_sql, message_columns, message_from_row, messages_from_rows, pg_error,
-    time_to_sql, PostgresStore,
+    id_to_sql, limit_to_sql, message_columns, message_from_row, pg_error, time_to_sql,
+    within_budget, PostgresStore,
 };
 
 /// Stores a message unless either unique index (the id in its channel, or
@@ -32,21 +34,30 @@ pub(super) const GET: &str = concat!(
 );
 
 /// The oldest `$4` messages with stored ids in `[$2, $3]`: a forward range
-/// scan of `messages_pkey`.
+/// scan of `messages_pkey`, with the running byte count of the page (see
+/// [`within_budget`]: content past the budget `$5` is not sent).
 pub(super) const FORWARD: &str = concat!(
-    "SELECT ",
+    "SELECT channel_id, message_id, sender,",
+    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id",
+    " FROM (SELECT ",
     message_columns!(),
+    ", row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
     " FROM messages WHERE channel_id = $1 AND message_id BETWEEN $2 AND $3",
-    " ORDER BY message_id LIMIT $4"
+    " WINDOW w AS (ORDER BY message_id) ORDER BY message_id LIMIT $4) page",
+    " ORDER BY message_id"
 );
 
 /// The newest `$4` messages with stored ids in `[$2, $3]`, newest first: a
-/// backward range scan of `messages_pkey`.
+/// backward range scan of `messages_pkey`, budgeted like [`FORWARD`].
 pub(super) const BACKWARD: &str = concat!(
-    "SELECT ",
+    "SELECT channel_id, message_id, sender,",
+    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id",
+    " FROM (SELECT ",
     message_columns!(),
+    ", row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
     " FROM messages WHERE channel_id = $1 AND message_id BETWEEN $2 AND $3",
-    " ORDER BY message_id DESC LIMIT $4"
+    " WINDOW w AS (ORDER BY message_id DESC) ORDER BY message_id DESC LIMIT $4) page",
+    " ORDER BY message_id DESC"
 );
 
 /// The inclusive id range a page's exclusive bounds leave, or `None` if no
@@ -128,18 +139,17 @@ impl HistoryStore for PostgresStore {
         .await
     }
 
-    async fn page(&self, channel: ChannelId, page: Page) -> Result<Vec<Message>> {
+    async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
         if page.limit == 0 {
-            return Ok(Vec::new());
+            return Ok(Paged::empty());
         }
         let Some((lo, hi)) = id_range(&page) else {
-            return Ok(Vec::new());
+            return Ok(Paged::empty());
         };
         self.run(move |client| {
             Box::pin(async move {
-                // Read only the `limit` rows the page can contain, in the
-                // direction it reads; then let the shared rule decide.
-                let forward = page.after.is_some();
+                // One row past the limit tells whether there is more.
+                let forward = page.is_forward();
                 let sql = if forward { FORWARD } else { BACKWARD };
                 let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
                 let rows = client
@@ -149,16 +159,17 @@ impl HistoryStore for PostgresStore {
                             &channel.0,
                             &id_to_sql(lo),
                             &id_to_sql(hi),
-                            &limit_to_sql(page.limit),
+                            &limit_to_sql(page.limit.saturating_add(1)),
+                            &limit_to_sql(page.max_bytes),
                         ],
                     )
                     .await
                     .map_err(pg_error)?;
-                let mut candidates = messages_from_rows(&rows)?;
+                let mut paged = within_budget(&rows, page.limit, message_from_row)?;
                 if !forward {
-                    candidates.reverse();
+                    paged.items.reverse();
                 }
-                Ok(select_page(candidates.iter(), page))
+                Ok(paged)
             })
         })
         .await
@@ -175,6 +186,7 @@ mod tests {
             after: after.map(MessageId),
             before: before.map(MessageId),
             limit: 1,
+            max_bytes: usize::MAX,
         };
         let r = |lo: u64, hi: u64| Some((MessageId(lo), MessageId(hi)));
         assert_eq!(id_range(&p(None, None)), r(0, u64::MAX));

@@ -1,33 +1,24 @@
-//! [`Inbox`] for [`PostgresStore`].
+//! [`Inbox`] for [`PostgresStore`]: entries by position, device cursors.
 
 use async_trait::async_trait;
-use chat_core::{DeviceId, Inbox, Message, MessageId, Result, UserId};
-use uuid::Uuid;
+use chat_core::{DeviceId, Inbox, InboxEntry, Paged, Result, Seq, UserId};
 
-use super::{
-    id_from_sql, id_to_sql, limit_to_sql, message_columns, messages_from_rows, pg_error,
-    time_to_sql, PostgresStore,
-};
+use super::{limit_to_sql, message_from_row, pg_error, within_budget, PostgresStore};
 
-/// Copies a message into the inbox of every user in `$1` at once. Rows are
-/// inserted in user order, so concurrent pushes of one message to
-/// overlapping recipients wait on each other in one order and never
-/// deadlock; an inbox that already holds the id keeps what it holds.
-pub(super) const PUSH: &str = concat!(
-    "INSERT INTO inbox (user_id, ",
-    message_columns!(),
-    ") SELECT r, $2, $3, $4, $5, $6, $7 FROM unnest($1::uuid[]) AS r ORDER BY r",
-    " ON CONFLICT DO NOTHING"
-);
+/// A user's inbox after a position: a forward range scan of
+/// `inbox_entries_pkey`, with the running byte count of the page (content
+/// past the budget `$4` is not sent; see [`within_budget`]). The message
+/// columns come first, as [`message_from_row`] reads them; the position
+/// last.
+pub(super) const READ: &str = "SELECT channel_id, message_id, sender, \
+     CASE WHEN rn = 1 OR running <= $4 THEN content END, created_at, client_msg_id, seq \
+     FROM (SELECT seq, channel_id, message_id, sender, content, created_at, client_msg_id, \
+                  row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running \
+           FROM inbox_entries WHERE user_id = $1 AND seq > $2 \
+           WINDOW w AS (ORDER BY seq) ORDER BY seq LIMIT $3) page \
+     ORDER BY seq";
 
-/// A user's inbox after a cursor: a forward range scan of `inbox_pkey`.
-pub(super) const READ: &str = concat!(
-    "SELECT ",
-    message_columns!(),
-    " FROM inbox WHERE user_id = $1 AND message_id > $2 ORDER BY message_id LIMIT $3"
-);
-
-/// One device's cursor.
+/// One device's cursor (a plain position).
 pub(super) const CURSOR: &str = "SELECT cursor FROM cursors WHERE user_id = $1 AND device_id = $2";
 
 /// Moves a cursor forward, atomically: the stored value becomes the larger
@@ -37,58 +28,55 @@ pub(super) const ADVANCE: &str = "INSERT INTO cursors AS c (user_id, device_id, 
      ON CONFLICT (user_id, device_id) DO UPDATE SET cursor = GREATEST(c.cursor, EXCLUDED.cursor) \
      RETURNING cursor";
 
+/// A position as stored (positions stay far below 2^63).
+fn seq_to_sql(seq: Seq) -> i64 {
+    i64::try_from(seq.0).unwrap_or(i64::MAX)
+}
+
+/// The inverse of [`seq_to_sql`].
+pub(super) fn seq_from_sql(stored: i64) -> Seq {
+    Seq(u64::try_from(stored).unwrap_or(0))
+}
+
 #[async_trait]
 impl Inbox for PostgresStore {
-    async fn push(&self, recipients: &[UserId], message: &Message) -> Result<()> {
-        let mut users: Vec<Uuid> = recipients.iter().map(|u| u.0).collect();
-        users.sort_unstable();
-        users.dedup();
-        if users.is_empty() {
-            return Ok(());
-        }
-        let message = message.clone();
-        self.run(move |client| {
-            Box::pin(async move {
-                let push = client.prepare_cached(PUSH).await.map_err(pg_error)?;
-                client
-                    .execute(
-                        &push,
-                        &[
-                            &users,
-                            &message.channel_id.0,
-                            &id_to_sql(message.id),
-                            &message.sender.0,
-                            &message.content,
-                            &time_to_sql(message.created_at),
-                            &message.client_msg_id.as_str(),
-                        ],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn read(&self, user: UserId, after: MessageId, limit: usize) -> Result<Vec<Message>> {
-        if limit == 0 || after == MessageId::MAX {
-            return Ok(Vec::new());
+    async fn read(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Paged<InboxEntry>> {
+        if limit == 0 || after.0 >= i64::MAX as u64 {
+            return Ok(Paged::empty());
         }
         self.run(move |client| {
             Box::pin(async move {
                 let read = client.prepare_cached(READ).await.map_err(pg_error)?;
                 let rows = client
-                    .query(&read, &[&user.0, &id_to_sql(after), &limit_to_sql(limit)])
+                    .query(
+                        &read,
+                        &[
+                            &user.0,
+                            &seq_to_sql(after),
+                            &limit_to_sql(limit.saturating_add(1)),
+                            &limit_to_sql(max_bytes),
+                        ],
+                    )
                     .await
                     .map_err(pg_error)?;
-                messages_from_rows(&rows)
+                within_budget(&rows, limit, |row| {
+                    Ok(InboxEntry {
+                        seq: seq_from_sql(row.try_get(6).map_err(pg_error)?),
+                        message: message_from_row(row)?,
+                    })
+                })
             })
         })
         .await
     }
 
-    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<MessageId> {
+    async fn cursor(&self, user: UserId, device: DeviceId) -> Result<Seq> {
         self.run(move |client| {
             Box::pin(async move {
                 let cursor = client.prepare_cached(CURSOR).await.map_err(pg_error)?;
@@ -97,28 +85,23 @@ impl Inbox for PostgresStore {
                     .await
                     .map_err(pg_error)?
                 {
-                    Some(row) => Ok(id_from_sql(row.try_get(0).map_err(pg_error)?)),
-                    None => Ok(MessageId::ZERO),
+                    Some(row) => Ok(seq_from_sql(row.try_get(0).map_err(pg_error)?)),
+                    None => Ok(Seq::ZERO),
                 }
             })
         })
         .await
     }
 
-    async fn advance_cursor(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        cursor: MessageId,
-    ) -> Result<MessageId> {
+    async fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
         self.run(move |client| {
             Box::pin(async move {
                 let advance = client.prepare_cached(ADVANCE).await.map_err(pg_error)?;
                 let row = client
-                    .query_one(&advance, &[&user.0, &device.0, &id_to_sql(cursor)])
+                    .query_one(&advance, &[&user.0, &device.0, &seq_to_sql(cursor)])
                     .await
                     .map_err(pg_error)?;
-                Ok(id_from_sql(row.try_get(0).map_err(pg_error)?))
+                Ok(seq_from_sql(row.try_get(0).map_err(pg_error)?))
             })
         })
         .await

@@ -164,6 +164,7 @@
 //! [`Inbox`]: chat_core::Inbox
 //! [`Directory`]: chat_core::Directory
 
+mod commit;
 mod directory;
 mod history;
 mod inbox;
@@ -346,6 +347,8 @@ struct Inner {
     migration_statement_ms: u64,
     /// Whether the migrations are applied, and the one attempt under way.
     migration: MigrationState,
+    /// Message commits waiting to go to the database in a batch.
+    commits: commit::Batcher,
 }
 
 /// The migration step of one store: at most one attempt runs at a time, in
@@ -464,6 +467,7 @@ impl PostgresStore {
                 migration_timeout: config.migration_timeout + config.connect_timeout,
                 migration_statement_ms,
                 migration: MigrationState::default(),
+                commits: commit::Batcher::new(config.pool_size),
             }),
         })
     }
@@ -669,9 +673,30 @@ fn message_from_row(row: &Row) -> Result<Message> {
     })
 }
 
-/// Decodes every row as a message.
-fn messages_from_rows(rows: &[Row]) -> Result<Vec<Message>> {
-    rows.iter().map(message_from_row).collect()
+/// The page a budgeted query (one with the message columns first and its
+/// content `NULL` past the byte budget, asked for `limit + 1` rows) holds:
+/// the rows up to `limit` whose content came back, and whether any row was
+/// left out (past the limit or the budget).
+fn within_budget<T>(
+    rows: &[Row],
+    limit: usize,
+    decode: impl Fn(&Row) -> Result<T>,
+) -> Result<chat_core::Paged<T>> {
+    let mut items = Vec::with_capacity(rows.len().min(limit));
+    for row in rows {
+        let content: Option<&str> = row.try_get(3).map_err(pg_error)?;
+        if items.len() == limit || content.is_none() {
+            return Ok(chat_core::Paged {
+                items,
+                has_more: true,
+            });
+        }
+        items.push(decode(row)?);
+    }
+    Ok(chat_core::Paged {
+        items,
+        has_more: false,
+    })
 }
 
 /// Stored data that does not decode.

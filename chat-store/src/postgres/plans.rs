@@ -72,10 +72,10 @@ async fn hot_statements_are_index_range_scans() {
             "INSERT INTO \"{schema}\".messages \
              SELECT c, (n::bigint # (-9223372036854775807 - 1)), gen_random_uuid(), 'm', 0, md5(random()::text) \
              FROM unnest('{{{}}}'::uuid[]) AS c, generate_series(1, 250) AS n; \
-             INSERT INTO \"{schema}\".inbox \
-             SELECT u, (n::bigint # (-9223372036854775807 - 1)), gen_random_uuid(), gen_random_uuid(), 'm', 0, md5(random()::text) \
+             INSERT INTO \"{schema}\".inbox_entries \
+             SELECT u, n, gen_random_uuid(), (n::bigint # (-9223372036854775807 - 1)), gen_random_uuid(), 'm', 0, md5(random()::text) \
              FROM unnest('{{{}}}'::uuid[]) AS u, generate_series(1, 1000) AS n; \
-             ANALYZE \"{schema}\".messages; ANALYZE \"{schema}\".inbox;",
+             ANALYZE \"{schema}\".messages; ANALYZE \"{schema}\".inbox_entries;",
             channels.iter().map(|c| c.0.to_string()).collect::<Vec<_>>().join(","),
             users.iter().map(|u| u.0.to_string()).collect::<Vec<_>>().join(","),
         ))
@@ -89,36 +89,56 @@ async fn hot_statements_are_index_range_scans() {
     let c = channels[7].0;
     let (lo, hi) = (id_to_sql(MessageId(0)), id_to_sql(MessageId::MAX));
     let limit = limit_to_sql(50);
-    let plan = explain(&admin, history::BACKWARD, &[&c, &lo, &hi, &limit]).await;
+    let budget = limit_to_sql(256 << 10);
+    let plan = explain(&admin, history::BACKWARD, &[&c, &lo, &hi, &limit, &budget]).await;
     assert_range_scan(&plan, "messages_pkey", "latest page");
     assert!(
         plan.contains("Backward"),
         "latest page reads backward:\n{plan}"
     );
     let before = id_to_sql(MessageId(199));
-    let plan = explain(&admin, history::BACKWARD, &[&c, &lo, &before, &limit]).await;
+    let plan = explain(
+        &admin,
+        history::BACKWARD,
+        &[&c, &lo, &before, &limit, &budget],
+    )
+    .await;
     assert_range_scan(&plan, "messages_pkey", "page before an id");
     let after = id_to_sql(MessageId(101));
-    let plan = explain(&admin, history::FORWARD, &[&c, &after, &hi, &limit]).await;
+    let plan = explain(
+        &admin,
+        history::FORWARD,
+        &[&c, &after, &hi, &limit, &budget],
+    )
+    .await;
     assert_range_scan(&plan, "messages_pkey", "page after an id");
     let id = id_to_sql(MessageId(120));
     let plan = explain(&admin, history::GET, &[&c, &id]).await;
     assert_range_scan(&plan, "messages_pkey", "jump to an id");
     let plan = explain(&admin, history::BY_KEY, &[&c, &c, &"key"]).await;
     assert_range_scan(&plan, "messages_idempotency_key", "idempotency lookup");
-    let cursor = id_to_sql(MessageId(500));
-    let plan = explain(&admin, inbox::READ, &[&users[3].0, &cursor, &limit]).await;
-    assert_range_scan(&plan, "inbox_pkey", "inbox sync after a cursor");
+    let cursor = 500i64;
+    let plan = explain(
+        &admin,
+        inbox::READ,
+        &[&users[3].0, &cursor, &limit, &budget],
+    )
+    .await;
+    assert_range_scan(&plan, "inbox_entries_pkey", "inbox sync after a cursor");
 
     // And the store reads the generated rows as the statements promise.
     let page = store
         .page(ChannelId(c), chat_core::Page::latest(3))
         .await
         .unwrap();
-    let ids: Vec<u64> = page.iter().map(|m| m.id.0).collect();
+    let ids: Vec<u64> = page.items.iter().map(|m| m.id.0).collect();
     assert_eq!(ids, vec![248, 249, 250]);
-    let synced = store.read(users[3], MessageId(998), 10).await.unwrap();
-    assert_eq!(synced.len(), 2);
+    let synced = store
+        .read(users[3], chat_core::Seq(998), 10, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(synced.items.len(), 2);
+    assert_eq!(synced.items[0].seq, chat_core::Seq(999));
     let m = Message {
         id: MessageId(251),
         channel_id: ChannelId(c),

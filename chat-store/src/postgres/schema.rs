@@ -121,7 +121,187 @@ ALTER TABLE {schema}.messages
     ADD CONSTRAINT messages_idempotency_key UNIQUE (channel_id, sender, client_msg_id);
 "#,
     },
+    Migration {
+        version: 3,
+        name: "inboxes by position, one atomic commit per message, the history outbox",
+        sql: MIGRATION_3,
+    },
 ];
+
+/// Inboxes ordered by positions assigned at commit, and the function that
+/// commits a batch of messages in one statement (see `commit.rs`).
+///
+/// * `users.inbox_head`: the last position of the user's inbox.
+/// * `channels.last_message_id`: the largest id committed to the channel.
+/// * `inbox_entries`: `(user_id, seq)` → the message. The old `inbox`
+///   (keyed by message id) is copied with positions 1, 2, ... in id order,
+///   and each cursor becomes the number of the user's entries at or below
+///   it (cursors are now plain positions, not flipped ids).
+/// * `messages.position_users`/`position_seqs`: where a committed message
+///   went, answered to a retry (NULL for rows from before, and for
+///   messages appended as given).
+/// * `sends`: the idempotency records and the outbox of fan-out commits,
+///   for a deployment whose history lives in other databases.
+const MIGRATION_3: &str = r#"
+ALTER TABLE {schema}.users ADD COLUMN inbox_head bigint NOT NULL DEFAULT 0;
+ALTER TABLE {schema}.channels ADD COLUMN last_message_id bigint;
+ALTER TABLE {schema}.messages ADD COLUMN position_users uuid[];
+ALTER TABLE {schema}.messages ADD COLUMN position_seqs bigint[];
+
+CREATE TABLE {schema}.inbox_entries (
+    user_id       uuid   NOT NULL,
+    seq           bigint NOT NULL,
+    channel_id    uuid   NOT NULL,
+    message_id    bigint NOT NULL,
+    sender        uuid   NOT NULL,
+    content       text   NOT NULL,
+    created_at    bigint NOT NULL,
+    client_msg_id text   NOT NULL,
+    CONSTRAINT inbox_entries_pkey PRIMARY KEY (user_id, seq)
+);
+INSERT INTO {schema}.inbox_entries
+    SELECT i.user_id, row_number() OVER (PARTITION BY i.user_id ORDER BY i.message_id),
+           i.channel_id, i.message_id, i.sender, i.content, i.created_at, i.client_msg_id
+    FROM {schema}.inbox i;
+UPDATE {schema}.users u SET inbox_head = n.entries
+    FROM (SELECT i.user_id, count(*) AS entries FROM {schema}.inbox i GROUP BY i.user_id) n
+    WHERE u.user_id = n.user_id;
+UPDATE {schema}.cursors c SET cursor = (
+    SELECT count(*) FROM {schema}.inbox i WHERE i.user_id = c.user_id AND i.message_id <= c.cursor
+);
+UPDATE {schema}.channels ch SET last_message_id = (
+    SELECT max(m.message_id) FROM {schema}.messages m WHERE m.channel_id = ch.channel_id
+);
+DROP TABLE {schema}.inbox;
+
+CREATE TABLE {schema}.sends (
+    channel_id     uuid        NOT NULL,
+    sender         uuid        NOT NULL,
+    client_msg_id  text        NOT NULL,
+    message_id     bigint      NOT NULL,
+    created_at     bigint      NOT NULL,
+    content        text,       -- NULL once drained: it lives in history then
+    position_users uuid[]      NOT NULL,
+    position_seqs  bigint[]    NOT NULL,
+    committed_at   timestamptz NOT NULL DEFAULT now(),
+    drained        boolean     NOT NULL DEFAULT false,
+    CONSTRAINT sends_pkey PRIMARY KEY (channel_id, sender, client_msg_id)
+);
+-- outbox_done by id; the drain's scan of what is left.
+CREATE INDEX sends_by_id ON {schema}.sends (channel_id, message_id);
+CREATE INDEX sends_undrained ON {schema}.sends (committed_at) WHERE NOT drained;
+
+-- Commits a batch of messages in one statement (one round trip, one
+-- transaction). Element i of every array is one message; the answer has
+-- one row per message, `idx` from 0. Statuses: new, duplicate (same key
+-- and content), drained (a duplicate of a fan-out commit whose content
+-- moved to history), conflict, no_channel, forbidden, exhausted.
+CREATE FUNCTION {schema}.commit_messages(
+    p_channels uuid[], p_senders uuid[], p_keys text[], p_contents text[],
+    p_created bigint[], p_proposed bigint[], p_outbox boolean[])
+RETURNS TABLE (idx integer, status text, message_id bigint, created_at bigint,
+               users uuid[], seqs bigint[])
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    i integer;
+    v_members uuid[];
+    v_last bigint;
+    v_id bigint;
+    v_created bigint;
+    v_content text;
+    v_drained boolean;
+    v_users uuid[];
+    v_seqs bigint[];
+BEGIN
+    -- Locks in one order, channels then users, each by id: concurrent
+    -- batches never deadlock, and a membership change (which locks its
+    -- channel FOR UPDATE) and a commit to that channel are serialized.
+    PERFORM 1 FROM {schema}.channels c WHERE c.channel_id = ANY (p_channels)
+        ORDER BY c.channel_id FOR NO KEY UPDATE;
+    PERFORM 1 FROM {schema}.users u
+        WHERE u.user_id IN (SELECT m.user_id FROM {schema}.channel_members m
+                            WHERE m.channel_id = ANY (p_channels))
+        ORDER BY u.user_id FOR NO KEY UPDATE;
+    FOR i IN 1 .. coalesce(array_length(p_channels, 1), 0) LOOP
+        idx := i - 1;
+        status := NULL; message_id := NULL; created_at := NULL; users := NULL; seqs := NULL;
+        SELECT c.last_message_id INTO v_last FROM {schema}.channels c
+            WHERE c.channel_id = p_channels[i];
+        IF NOT FOUND THEN
+            status := 'no_channel'; RETURN NEXT; CONTINUE;
+        END IF;
+        v_members := ARRAY(SELECT m.user_id FROM {schema}.channel_members m
+                           WHERE m.channel_id = p_channels[i] ORDER BY m.user_id);
+        IF NOT (p_senders[i] = ANY (v_members)) THEN
+            status := 'forbidden'; RETURN NEXT; CONTINUE;
+        END IF;
+        IF p_outbox[i] THEN
+            SELECT s.message_id, s.created_at, s.content, s.drained, s.position_users, s.position_seqs
+                INTO v_id, v_created, v_content, v_drained, v_users, v_seqs
+                FROM {schema}.sends s
+                WHERE s.channel_id = p_channels[i] AND s.sender = p_senders[i]
+                  AND s.client_msg_id = p_keys[i];
+        ELSE
+            SELECT m.message_id, m.created_at, m.content, false, m.position_users, m.position_seqs
+                INTO v_id, v_created, v_content, v_drained, v_users, v_seqs
+                FROM {schema}.messages m
+                WHERE m.channel_id = p_channels[i] AND m.sender = p_senders[i]
+                  AND m.client_msg_id = p_keys[i];
+        END IF;
+        IF FOUND THEN
+            message_id := v_id; created_at := v_created; users := v_users; seqs := v_seqs;
+            IF v_drained THEN
+                status := 'drained';
+            ELSIF v_content = p_contents[i] THEN
+                status := 'duplicate';
+            ELSE
+                status := 'conflict';
+            END IF;
+            RETURN NEXT; CONTINUE;
+        END IF;
+        IF NOT p_outbox[i] THEN
+            -- Messages appended as given count too.
+            v_last := greatest(v_last, (SELECT max(m.message_id) FROM {schema}.messages m
+                                        WHERE m.channel_id = p_channels[i]));
+        END IF;
+        IF v_last IS NULL OR p_proposed[i] > v_last THEN
+            v_id := p_proposed[i];
+        ELSIF v_last = 9223372036854775807 THEN
+            status := 'exhausted'; RETURN NEXT; CONTINUE;
+        ELSE
+            v_id := v_last + 1;
+        END IF;
+        WITH bumped AS (
+            UPDATE {schema}.users u SET inbox_head = u.inbox_head + 1
+                WHERE u.user_id = ANY (v_members)
+                RETURNING u.user_id, u.inbox_head
+        )
+        SELECT array_agg(b.user_id ORDER BY b.user_id), array_agg(b.inbox_head ORDER BY b.user_id)
+            INTO v_users, v_seqs FROM bumped b;
+        INSERT INTO {schema}.inbox_entries
+                (user_id, seq, channel_id, message_id, sender, content, created_at, client_msg_id)
+            SELECT t.u, t.s, p_channels[i], v_id, p_senders[i], p_contents[i], p_created[i], p_keys[i]
+            FROM unnest(v_users, v_seqs) AS t(u, s);
+        IF p_outbox[i] THEN
+            INSERT INTO {schema}.sends (channel_id, sender, client_msg_id, message_id, created_at,
+                                        content, position_users, position_seqs)
+                VALUES (p_channels[i], p_senders[i], p_keys[i], v_id, p_created[i],
+                        p_contents[i], v_users, v_seqs);
+        ELSE
+            INSERT INTO {schema}.messages (channel_id, message_id, sender, content, created_at,
+                                           client_msg_id, position_users, position_seqs)
+                VALUES (p_channels[i], v_id, p_senders[i], p_contents[i], p_created[i],
+                        p_keys[i], v_users, v_seqs);
+        END IF;
+        UPDATE {schema}.channels c SET last_message_id = v_id WHERE c.channel_id = p_channels[i];
+        status := 'new'; message_id := v_id; created_at := p_created[i];
+        users := v_users; seqs := v_seqs;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+"#;
 
 /// The newest version this build knows.
 pub(super) fn latest_version() -> i32 {
@@ -257,5 +437,112 @@ mod tests {
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("chat"), "\"chat\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}
+
+/// Migration 3 on a real server (`CHAT_TEST_PG_URL`, as `tests/postgres.rs`
+/// and `plans.rs`): a schema at version 2 with inbox rows and cursors keyed
+/// by message ids is upgraded to positions.
+#[cfg(test)]
+mod upgrade {
+    use chat_core::{DeviceId, Inbox, Seq, UserId};
+    use tokio_postgres::NoTls;
+
+    use super::super::{id_to_sql, PostgresConfig, PostgresStore};
+    use super::{quote_ident, MIGRATIONS};
+
+    fn url() -> String {
+        std::env::var("CHAT_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_2_schema_gets_inbox_positions() {
+        let schema = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
+        let quoted = quote_ident(&schema);
+        let (admin, connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        admin
+            .batch_execute(&format!(
+                "CREATE SCHEMA {quoted}; CREATE TABLE {quoted}.schema_migrations (
+                     version integer NOT NULL PRIMARY KEY, name text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await
+            .unwrap();
+        for m in &MIGRATIONS[..2] {
+            admin
+                .batch_execute(&m.sql.replace("{schema}", &quoted))
+                .await
+                .unwrap();
+            admin
+                .execute(
+                    &format!(
+                        "INSERT INTO {quoted}.schema_migrations (version, name) VALUES ($1, $2)"
+                    ),
+                    &[&m.version, &m.name],
+                )
+                .await
+                .unwrap();
+        }
+        let (alice, bob) = (UserId::new_random(), UserId::new_random());
+        let (phone, laptop) = (DeviceId::new_random(), DeviceId::new_random());
+        let ids = [1u64 << 40, (1 << 40) + 7, 1 << 41];
+        for user in [alice, bob] {
+            admin
+                .execute(
+                    &format!("INSERT INTO {quoted}.users VALUES ($1, $2, 'x', '', 0, 'h')"),
+                    &[&user.0, &user.0.simple().to_string()],
+                )
+                .await
+                .unwrap();
+            for id in ids {
+                admin
+                    .execute(
+                        &format!(
+                            "INSERT INTO {quoted}.inbox VALUES ($1, $2, gen_random_uuid(), $1, 'm', 0, 'k')"
+                        ),
+                        &[&user.0, &id_to_sql(chat_core::MessageId(id))],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        for (user, device, cursor) in [
+            (alice, phone, ids[1]),
+            (alice, laptop, ids[1] + 1),
+            (bob, phone, 5),
+        ] {
+            admin
+                .execute(
+                    &format!("INSERT INTO {quoted}.cursors VALUES ($1, $2, $3)"),
+                    &[&user.0, &device.0, &id_to_sql(chat_core::MessageId(cursor))],
+                )
+                .await
+                .unwrap();
+        }
+
+        let store = PostgresStore::connect(PostgresConfig::new(url()).with_schema(&schema))
+            .await
+            .unwrap();
+        for user in [alice, bob] {
+            let page = store.read(user, Seq::ZERO, 10, usize::MAX).await.unwrap();
+            let got: Vec<(u64, u64)> = page
+                .items
+                .iter()
+                .map(|e| (e.seq.0, e.message.id.0))
+                .collect();
+            assert_eq!(got, vec![(1, ids[0]), (2, ids[1]), (3, ids[2])]);
+        }
+        assert_eq!(store.cursor(alice, phone).await.unwrap(), Seq(2));
+        assert_eq!(store.cursor(alice, laptop).await.unwrap(), Seq(2));
+        assert_eq!(store.cursor(bob, phone).await.unwrap(), Seq::ZERO);
+        drop(store);
+        admin
+            .batch_execute(&format!("DROP SCHEMA {quoted} CASCADE"))
+            .await
+            .unwrap();
     }
 }
