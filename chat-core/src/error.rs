@@ -53,6 +53,16 @@ pub enum Error {
         /// Which limit, with its value.
         limit: String,
     },
+    /// A commit's proposed message id is not above the last id of its
+    /// channel (another message of the channel was committed first, or the
+    /// proposing node's clock is behind): nothing was written; propose an id
+    /// above `last` ([`MessageIdGenerator::next_id_after`](crate::MessageIdGenerator::next_id_after))
+    /// and commit again.
+    #[error("message id is not above the channel's last id {last}")]
+    StaleId {
+        /// The channel's last id.
+        last: crate::id::MessageId,
+    },
     /// The backend does not support this operation.
     #[error("unsupported operation: {operation}")]
     Unsupported {

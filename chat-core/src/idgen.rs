@@ -41,10 +41,17 @@ use crate::store::HistoryStore;
 ///   node using the same layout) can issue at or after wall time `t`: ids
 ///   carry their time, so "everything issued before `t`" is "every id below
 ///   `floor_at(t)`".
+/// * [`next_id_after`](Self::next_id_after) returns an id above the given
+///   one (a channel's last id, which may come from another node whose clock
+///   runs ahead), in the same scope of uniqueness, and no later call for the
+///   channel returns one at or below it.
 #[async_trait]
 pub trait MessageIdGenerator: Send + Sync + Debug + 'static {
     /// The next id for a message in `channel`.
     async fn next_id(&self, channel: ChannelId) -> Result<MessageId>;
+
+    /// The next id for a message in `channel` that is above `after`.
+    async fn next_id_after(&self, channel: ChannelId, after: MessageId) -> Result<MessageId>;
 
     /// The smallest id that can be issued at or after `unix_ms`, or `None`
     /// when ids are not globally ordered by time.
@@ -146,6 +153,17 @@ impl Snowflake {
         }
     }
 
+    /// The next id above `after`: the generator's logical time first moves
+    /// past `after`'s millisecond (as after a clock step back, it then runs
+    /// ahead of the wall clock until that catches up), so the id is above
+    /// `after` whatever node issued it, and keeps this node's bits, so it
+    /// stays unique.
+    pub fn generate_after(&self, after: MessageId) -> MessageId {
+        let past = ((after.0 >> (NODE_BITS + SEQ_BITS)) << SEQ_BITS) | MAX_SEQ;
+        self.state.fetch_max(past, Ordering::AcqRel);
+        self.generate()
+    }
+
     /// The Unix time in milliseconds encoded in a Snowflake id.
     pub fn unix_ms_of(id: MessageId) -> u64 {
         (id.0 >> (NODE_BITS + SEQ_BITS)) + Self::EPOCH_MS
@@ -166,6 +184,10 @@ impl Snowflake {
 impl MessageIdGenerator for Snowflake {
     async fn next_id(&self, _channel: ChannelId) -> Result<MessageId> {
         Ok(self.generate())
+    }
+
+    async fn next_id_after(&self, _channel: ChannelId, after: MessageId) -> Result<MessageId> {
+        Ok(self.generate_after(after))
     }
 
     fn floor_at(&self, unix_ms: u64) -> Option<MessageId> {
@@ -195,29 +217,39 @@ impl ChannelSequence {
     }
 }
 
-#[async_trait]
-impl MessageIdGenerator for ChannelSequence {
-    async fn next_id(&self, channel: ChannelId) -> Result<MessageId> {
+impl ChannelSequence {
+    /// The counter of `channel`, seeded from history on first use.
+    async fn counter(&self, channel: ChannelId) -> Result<Arc<AtomicU64>> {
         // The async mutex is held across the seeding read so two first
         // callers for one channel cannot both seed from the same value.
         let mut counters = self.counters.lock().await;
-        let counter = match counters.get(&channel) {
-            Some(c) => c.clone(),
-            None => {
-                let last = self
-                    .history
-                    .page(channel, crate::store::Page::latest(1))
-                    .await?
-                    .items
-                    .first()
-                    .map(|m| m.id.0)
-                    .unwrap_or(0);
-                let c = Arc::new(AtomicU64::new(last));
-                counters.insert(channel, c.clone());
-                c
-            }
-        };
-        drop(counters);
+        if let Some(c) = counters.get(&channel) {
+            return Ok(c.clone());
+        }
+        let last = self
+            .history
+            .page(channel, crate::store::Page::latest(1))
+            .await?
+            .items
+            .first()
+            .map(|m| m.id.0)
+            .unwrap_or(0);
+        let c = Arc::new(AtomicU64::new(last));
+        counters.insert(channel, c.clone());
+        Ok(c)
+    }
+}
+
+#[async_trait]
+impl MessageIdGenerator for ChannelSequence {
+    async fn next_id_after(&self, channel: ChannelId, after: MessageId) -> Result<MessageId> {
+        let counter = self.counter(channel).await?;
+        counter.fetch_max(after.0, Ordering::AcqRel);
+        Ok(MessageId(counter.fetch_add(1, Ordering::AcqRel) + 1))
+    }
+
+    async fn next_id(&self, channel: ChannelId) -> Result<MessageId> {
+        let counter = self.counter(channel).await?;
         Ok(MessageId(counter.fetch_add(1, Ordering::AcqRel) + 1))
     }
 
@@ -369,6 +401,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn snowflake_ids_after_another_nodes_id_stay_ours_and_above_it() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let ours = Snowflake::with_clock(3, clock.clone()).unwrap();
+        let ahead = Snowflake::with_clock(7, Arc::new(ManualClock::new(T0 + 5_000))).unwrap();
+        let theirs = ahead.generate();
+        let id = ours.generate_after(theirs);
+        assert!(id > theirs, "above the other node's id");
+        assert_eq!(Snowflake::node_of(id), 3, "with our node bits: still unique");
+        let next = ours.generate();
+        assert!(next > id, "later ids stay above it");
+        // Once our clock passes it, ids follow the clock again.
+        clock.advance(10_000);
+        let later = ours.generate();
+        assert_eq!(Snowflake::unix_ms_of(later), T0 + 10_000);
+        // An id already below ours changes nothing.
+        let low = ours.generate_after(MessageId(1));
+        assert!(low > later);
+    }
+
     #[tokio::test]
     async fn channel_sequence_is_dense_per_channel_and_resumes_from_history() {
         use crate::memory::MemoryStore;
@@ -383,6 +435,11 @@ mod tests {
         assert_eq!(seq.next_id(c1).await.unwrap(), MessageId(2));
         assert_eq!(seq.next_id(c2).await.unwrap(), MessageId(1));
         assert!(seq.floor_at(T0).is_none());
+
+        // Above a given id, then on from there.
+        assert_eq!(seq.next_id_after(c1, MessageId(10)).await.unwrap(), MessageId(11));
+        assert_eq!(seq.next_id(c1).await.unwrap(), MessageId(12));
+        assert_eq!(seq.next_id_after(c1, MessageId(3)).await.unwrap(), MessageId(13));
 
         // A restarted generator continues after the newest stored message.
         let m = Message::test_message(c1, MessageId(41));

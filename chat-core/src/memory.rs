@@ -22,7 +22,7 @@ use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 use crate::presence::PresenceTracker;
 use crate::push::{DeliveryOutcome, PushNotification, PushNotifier, PushReport};
 use crate::rules::{
-    apply_membership, check_duplicate, next_channel_id, validate_new_channel, validate_new_user,
+    apply_membership, check_channel_id, check_duplicate, validate_new_channel, validate_new_user,
 };
 use crate::store::{
     entry_bytes, take_within, Appended, Committed, Fanout, FanoutStore, HistoryStore, Inbox,
@@ -169,7 +169,7 @@ impl MemoryStore {
                 "the commit did not start in time",
             ));
         }
-        let id = next_channel_id(new.id, log.last_id)?;
+        let id = check_channel_id(new.id, log.last_id)?;
         let message = new.to_message(id);
         let mut positions = Vec::with_capacity(channel.members.len());
         for member in &channel.members {

@@ -327,7 +327,7 @@ impl From<&Error> for WireError {
             Error::Forbidden { .. } => ErrorCode::Forbidden,
             Error::InvalidInput { .. } => ErrorCode::InvalidInput,
             Error::LimitExceeded { .. } => ErrorCode::LimitExceeded,
-            Error::Unsupported { .. } => ErrorCode::Internal,
+            Error::Unsupported { .. } | Error::StaleId { .. } => ErrorCode::Internal,
             Error::Backend {
                 temporary: true, ..
             } => ErrorCode::Unavailable,

@@ -22,18 +22,16 @@ pub fn check_duplicate(existing: &Message, new: &Message) -> Result<Appended> {
     }
 }
 
-/// The id a commit stores: the proposed one if it is above the channel's
-/// last id, the next one otherwise: the rule every
-/// [`MessageStore`](crate::MessageStore) shares, so each channel's ids increase in commit
-/// order whatever the clocks of the nodes that proposed them.
-pub fn next_channel_id(proposed: MessageId, last: MessageId) -> Result<MessageId> {
+/// Checks a commit's proposed id against its channel's last id: the rule
+/// every [`MessageStore`](crate::MessageStore) shares, so each channel's ids
+/// increase in commit order. A proposed id that is not above the last one is
+/// [`Error::StaleId`], and the caller proposes again above it.
+pub fn check_channel_id(proposed: MessageId, last: MessageId) -> Result<MessageId> {
     if proposed > last {
-        return Ok(proposed);
+        Ok(proposed)
+    } else {
+        Err(Error::StaleId { last })
     }
-    last.0
-        .checked_add(1)
-        .map(MessageId)
-        .ok_or_else(|| Error::invalid("the channel has used every message id"))
 }
 
 /// Validates a channel's shape before it is stored: the rule every directory

@@ -17,9 +17,9 @@
 //! Centrifugo its per-channel offsets.
 //!
 //! Message ids stay what history is ordered by: per channel, the store
-//! commits messages in id order (it raises a proposed id that is not above
-//! the channel's last one), so in every inbox the messages of one channel
-//! appear in id order too.
+//! commits messages in id order (it refuses a proposed id that is not above
+//! the channel's last one, and the caller proposes again), so in every inbox
+//! the messages of one channel appear in id order too.
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -315,8 +315,9 @@ pub trait Inbox: Send + Sync + Debug + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     /// The proposed id, from the node's [`MessageIdGenerator`](crate::MessageIdGenerator).
-    /// The store keeps it if it is above the channel's last id, and uses
-    /// the last id plus one otherwise (see [`MessageStore`]).
+    /// The store takes it if it is above the channel's last id, and refuses
+    /// the commit with [`Error::StaleId`](crate::Error::StaleId) otherwise
+    /// (see [`MessageStore`]).
     pub id: MessageId,
     /// The channel posted to.
     pub channel_id: ChannelId,
@@ -391,10 +392,14 @@ impl Committed {
 ///   commit gets the message, one added after does not. A channel that does
 ///   not exist is `NotFound`; a sender who is not a member is `Forbidden`.
 ///   Nothing is written in either case.
-/// * **Ids increase per channel in commit order**: the message keeps its
-///   proposed id if that is above the channel's last id, and gets the last
-///   id plus one otherwise. So the messages of a channel appear in every
-///   inbox in id order, whatever the clocks of the nodes that proposed them.
+/// * **Ids increase per channel in commit order**: a proposed id that is not
+///   above the channel's last id is refused with
+///   [`Error::StaleId`](crate::Error::StaleId) (carrying the last id),
+///   writing nothing; the caller asks its generator for an id above it
+///   ([`MessageIdGenerator::next_id_after`](crate::MessageIdGenerator::next_id_after))
+///   and commits again. So the messages of a channel appear in every inbox
+///   in id order, whatever the clocks of the nodes that proposed them, and
+///   ids keep the generator's uniqueness (a store never makes one up).
 /// * **Positions**: each member's entry takes the next position of their
 ///   inbox, assigned at commit (see [`Inbox`]); [`Committed::positions`]
 ///   lists them.

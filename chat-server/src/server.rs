@@ -25,6 +25,11 @@ use crate::config::ServerConfig;
 use crate::push::{PushJob, PushQueue};
 use crate::sessions::{LocalDelivery, Sessions};
 
+/// How often a send proposes a new id after its store found the proposal
+/// stale (each retry is above the channel's last id then, so more than one
+/// or two only happen when many sends race in one channel).
+const MAX_STALE_RETRIES: usize = 16;
+
 /// Result of an operation as the client sees it.
 pub type ApiResult<T> = Result<T, WireError>;
 
@@ -350,19 +355,28 @@ impl ChatServer {
         let inner = &self.inner;
         let committed = self
             .within_deadline(async {
-                let id = inner.ids.next_id(channel_id).await?;
-                inner
-                    .messages
-                    .commit(NewMessage {
-                        id,
-                        channel_id,
-                        sender,
-                        content,
-                        created_at: inner.clock.now_ms(),
-                        client_msg_id,
-                        timeout: inner.config.send_timeout,
-                    })
-                    .await
+                let mut message = NewMessage {
+                    id: inner.ids.next_id(channel_id).await?,
+                    channel_id,
+                    sender,
+                    content,
+                    created_at: inner.clock.now_ms(),
+                    client_msg_id,
+                    timeout: inner.config.send_timeout,
+                };
+                // Another message of the channel was committed with a
+                // larger id first (a concurrent send here, or a node whose
+                // clock runs ahead): propose again above it.
+                let mut attempts = 0;
+                loop {
+                    match inner.messages.commit(message.clone()).await {
+                        Err(chat_core::Error::StaleId { last }) if attempts < MAX_STALE_RETRIES => {
+                            attempts += 1;
+                            message.id = inner.ids.next_id_after(channel_id, last).await?;
+                        }
+                        other => return other,
+                    }
+                }
             })
             .await
             .map_err(|e| match e.code {

@@ -740,3 +740,103 @@ async fn two_chat_servers_deliver_across_the_bus() {
     s1.stop().await;
     s2.stop().await;
 }
+
+/// A send whose commit stalls past `send_timeout` (the write already
+/// started, as a stalled `fsync` would leave it): the sender gets
+/// `unavailable`, the recipient meanwhile receives a later message and moves
+/// its cursor past it, then the stalled commit lands. Its inbox entry takes
+/// the next position, above the recipient's cursor, so it is never lost:
+/// the sender's retry answers a duplicate and announces it again, and the
+/// recipient (the SDK) shows it exactly once; a device that reconnects
+/// afterwards finds it by sync too.
+#[tokio::test]
+async fn a_commit_that_lands_after_its_send_timed_out_still_reaches_the_recipient() {
+    let config = ServerConfig {
+        send_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let memory = Arc::new(MemoryStore::default());
+    let store = Arc::new(Faulty::new(memory.clone()));
+    let ts = start_with(
+        ChatServer::builder(config)
+            .messages(store.clone())
+            .directory(memory.directory()),
+    )
+    .await;
+    let alice = signup(&ts, "alice").await;
+    let bob = signup(&ts, "bob").await;
+    let carol = signup(&ts, "carol").await;
+    let from_alice = alice.open_direct(bob.user_id()).await.unwrap();
+    let from_carol = carol.open_direct(bob.user_id()).await.unwrap();
+    // Alice on a raw connection: one attempt per request, no automatic
+    // retry, so the test decides when she retries.
+    let mut a = raw_connect(&ts, alice.token(), DeviceId::new_random()).await;
+    let c = connect(&carol).await;
+    let device = DeviceId::new_random();
+    let cursors = Arc::new(MemoryCursorStore::new());
+    let mut b = connect_with(&bob, device, cursors.clone()).await;
+
+    // Alice's send stalls in the store and times out: no ack.
+    store
+        .stall_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let key = "late-key";
+    let r = a.send_msg(from_alice.id, key, "late but not lost").await;
+    let e = r.error.expect("no ack while the commit is stalled");
+    assert_eq!(e.code, ErrorCode::Unavailable);
+    assert!(e.retryable);
+
+    // Carol's message goes through; Bob receives it and his cursor moves.
+    let r = c.send(from_carol.id, "meanwhile").await.unwrap();
+    assert_eq!(ids(&messages(&mut b, 1).await), vec![r.message_id]);
+    let moved = tokio::time::Instant::now() + WAIT;
+    while b.cursor() < Seq(1) {
+        assert!(tokio::time::Instant::now() < moved, "cursor did not move");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The stalled commit lands now, unannounced, after Bob's cursor.
+    store.release();
+    let landed = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(result) = store.landed.lock().await.first() {
+            let committed = result.clone().expect("the stalled commit succeeds");
+            assert_eq!(
+                committed.position_of(bob.user_id()),
+                Some(Seq(2)),
+                "a late commit takes the next position, above every cursor"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < landed, "never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Alice retries with the same key: a duplicate, announced again.
+    let (id, duplicate) = sent_id(a.send_msg(from_alice.id, key, "late but not lost").await);
+    assert!(duplicate);
+    let got = messages(&mut b, 1).await;
+    assert_eq!(ids(&got), vec![id]);
+    assert_eq!(got[0].content, "late but not lost");
+    assert!(pending_messages(&mut b).await.is_empty(), "shown once");
+
+    // A second device of Bob's, from scratch, and the first one after a
+    // reconnect from its stored cursor, both have it.
+    let mut b2 = bob
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            fast_options(),
+        )
+        .await
+        .unwrap();
+    let all = messages(&mut b2, 2).await;
+    assert_eq!(all[1].id, id, "in inbox order");
+    b.close().await;
+    let mut again = connect_with(&bob, device, cursors).await;
+    assert!(
+        pending_messages(&mut again).await.is_empty(),
+        "nothing is shown twice after a reconnect"
+    );
+    ts.stop().await;
+}

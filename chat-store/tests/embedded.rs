@@ -260,25 +260,32 @@ fn commits_are_atomic_and_acknowledged_ones_survive_sigkill() {
             };
             let setup = Arc::new(setup);
             let mut tasks = tokio::task::JoinSet::new();
+            // One generator for the process, as a server has: ids are taken
+            // before the commits, which the tasks race, so some come stale
+            // and are proposed again above the channel's last id.
+            let ids = Arc::new(chat_core::Snowflake::new(1).unwrap());
             for task in 0..8u64 {
-                let (store, setup) = (store.clone(), setup.clone());
+                let (store, setup, ids) = (store.clone(), setup.clone(), ids.clone());
                 tasks.spawn(async move {
                     for k in 0u64.. {
                         let channel = &setup.channels[((task + k) % 2) as usize];
                         let sender = channel.members[(k as usize) % channel.members.len()];
-                        let c = store
-                            .commit(NewMessage {
-                                // Proposed ids out of order across tasks.
-                                id: MessageId((task * 7919 + k * 104_729) % 1_000_003 + 1),
-                                channel_id: channel.id,
-                                sender,
-                                content: format!("task {task} message {k}"),
-                                created_at: k,
-                                client_msg_id: ClientMsgId::new_random(),
-                                timeout: Duration::from_secs(30),
-                            })
-                            .await
-                            .unwrap();
+                        let mut m = NewMessage {
+                            id: ids.generate(),
+                            channel_id: channel.id,
+                            sender,
+                            content: format!("task {task} message {k}"),
+                            created_at: k,
+                            client_msg_id: ClientMsgId::new_random(),
+                            timeout: Duration::from_secs(30),
+                        };
+                        tokio::task::yield_now().await;
+                        let c = loop {
+                            match store.commit(m.clone()).await {
+                                Err(Error::StaleId { last }) => m.id = ids.generate_after(last),
+                                other => break other.unwrap(),
+                            }
+                        };
                         if let Some(seq) = c.position_of(setup.reader) {
                             store
                                 .advance_cursor(setup.reader, setup.device, seq)

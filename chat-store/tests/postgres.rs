@@ -593,12 +593,12 @@ async fn message_ids_above_2_63_keep_u64_order() {
     let expected: Vec<(u64, u64)> = (4..=8).zip(ids[3..].iter().copied()).collect();
     assert_eq!(got, expected, "an inbox syncs by position across 2^63");
     let err = store
-        .commit(new_message(direct.id, sender, 5, "no id left"))
+        .commit(new_message(direct.id, sender, 5, "below the last"))
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidInput { .. }),
-        "a channel at u64::MAX has no next id: {err:?}"
+        matches!(err, Error::StaleId { last } if last == MessageId(u64::MAX)),
+        "a proposal below the channel's last id (u64::MAX) is stale: {err:?}"
     );
 
     let device = DeviceId::new_random();

@@ -238,7 +238,12 @@ pub struct Raw {
 }
 
 pub async fn raw_connect(ts: &TestServer, token: &str, device: DeviceId) -> Raw {
-    let url = format!("{}?device={device}&token={token}", ts.ws_url());
+    raw_connect_to(&ts.ws_url(), token, device).await
+}
+
+/// A raw client on the WebSocket endpoint `ws_url`.
+pub async fn raw_connect_to(ws_url: &str, token: &str, device: DeviceId) -> Raw {
+    let url = format!("{ws_url}?device={device}&token={token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let welcome = match next_frame(&mut ws).await {
         ServerFrame::Welcome(w) => w,

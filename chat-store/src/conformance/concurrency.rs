@@ -27,9 +27,10 @@ const RACERS: u64 = 32;
 /// * concurrent commits under one key: exactly one is new, every other is a
 ///   duplicate of it with the same positions, and each inbox holds it once;
 /// * concurrent commits to one channel from several "nodes" proposing ids
-///   out of order: every member's inbox holds the channel's messages in id
-///   order at dense positions, history holds them all in that order, and
-///   each commit's reported positions are where its message is;
+///   out of order, each proposing again above the last id a `StaleId`
+///   names: every member's inbox holds the channel's messages in id order
+///   at dense positions, history holds them all in that order, and each
+///   commit's reported positions are where its message is;
 /// * commits racing a member's addition: the new member's inbox holds a
 ///   suffix of the channel's history (once a message reached them, every
 ///   later one did);
@@ -169,12 +170,14 @@ async fn racing_commits(store: &dyn MessageStore, directory: &dyn Directory) {
     let channel = group(directory, &[a, b, c]).await;
     let side = group(directory, &[b, c]).await;
     let ids = Ids::fresh();
-    // Node n proposes ids n, n + NODES, ... while another node's clock runs
-    // ahead: proposed ids arrive in no particular order.
+    // Node n proposes ids whose order has nothing to do with the order of
+    // the commits; a stale proposal is made again above the channel's last
+    // id, keeping the node's own low bits (as a generator keeps its node
+    // bits), so ids stay unique.
     let results = join_all((0..NODES).map(|node| async move {
         let mut out = Vec::new();
         for k in 0..EACH {
-            let proposed = ids.at((EACH - k) * NODES * 7 + node);
+            let mut proposed = ids.at(((EACH - k) * NODES * 7 + node) << 8);
             let sender = [a, b, c][(k % 3) as usize];
             let target = if node == 0 && k % 2 == 0 {
                 side.id
@@ -182,17 +185,21 @@ async fn racing_commits(store: &dyn MessageStore, directory: &dyn Directory) {
                 channel.id
             };
             let sender = if target == side.id { b } else { sender };
-            out.push(ok(
-                store
-                    .commit(new_message(
-                        target,
-                        sender,
-                        proposed,
-                        format!("n{node} k{k}"),
-                    ))
-                    .await,
-                "concurrent commit",
-            ));
+            let mut m = new_message(target, sender, proposed, format!("n{node} k{k}"));
+            let committed = loop {
+                match store.commit(m.clone()).await {
+                    Err(Error::StaleId { last }) => {
+                        assert!(
+                            last >= proposed,
+                            "StaleId names a last id at or above the proposal"
+                        );
+                        proposed = MessageId((((last.0 >> 8) + 1) << 8) | node);
+                        m.id = proposed;
+                    }
+                    other => break ok(other, "concurrent commit"),
+                }
+            };
+            out.push(committed);
         }
         out
     }))

@@ -19,8 +19,8 @@ use super::{ids_of, new_user, ok, Ids};
 ///   member (the sender included) and of no one else, each at the next
 ///   position of that inbox, and reports those positions;
 /// * positions are dense per user, across all of the user's channels;
-/// * a proposed id above the channel's last is kept; one at or below it
-///   becomes the last id plus one;
+/// * a proposed id above the channel's last is kept; one at or below it is
+///   refused with `StaleId` carrying the last id, writing nothing;
 /// * members are those at the time of the commit: one added later gets
 ///   only later messages, one removed gets no more;
 /// * an unknown channel is `NotFound` and a non-member sender `Forbidden`,
@@ -207,34 +207,33 @@ async fn ids_increase_per_channel(store: &dyn MessageStore, directory: &dyn Dire
     let channel = group(directory, &[a, b]).await;
     let ids = Ids::fresh();
     let high = commit(store, new_message(channel.id, a, ids.at(1_000), "high")).await;
-    // A node with a slow clock proposes a smaller id: it is raised.
-    let low = commit(store, new_message(channel.id, b, ids.at(5), "low")).await;
     assert_eq!(
-        low.message.id,
-        MessageId(ids.at(1_000).0 + 1),
-        "an id at or below the channel's last becomes last + 1"
+        high.message.id,
+        ids.at(1_000),
+        "a fresh channel takes the id"
     );
-    let equal = commit(
-        store,
-        new_message(channel.id, a, low.message.id, "equal to last"),
-    )
-    .await;
-    assert_eq!(equal.message.id, MessageId(low.message.id.0 + 1));
+    // A node with a slow clock proposes a smaller id, or the same one: refused.
+    for low in [ids.at(5), ids.at(1_000)] {
+        match store.commit(new_message(channel.id, b, low, "low")).await {
+            Err(Error::StaleId { last }) => assert_eq!(
+                last,
+                ids.at(1_000),
+                "a stale id is refused with the channel's last id"
+            ),
+            other => panic!("an id at or below the channel's last must be StaleId, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        whole_inbox(store, b).await.len(),
+        1,
+        "a stale commit writes nothing"
+    );
+    let next = commit(store, new_message(channel.id, b, ids.at(1_001), "next")).await;
     let later = commit(store, new_message(channel.id, a, ids.at(5_000), "later")).await;
-    assert_eq!(
-        later.message.id,
-        ids.at(5_000),
-        "an id above the last is kept"
-    );
     let history = whole_history(store, channel.id).await;
     assert_eq!(
         ids_of(&history),
-        vec![
-            high.message.id,
-            low.message.id,
-            equal.message.id,
-            later.message.id
-        ],
+        vec![high.message.id, next.message.id, later.message.id],
         "history in commit order, which is id order"
     );
     // Another channel is unaffected by this one's ids.
@@ -373,9 +372,10 @@ async fn duplicates_and_conflicts(store: &dyn MessageStore, directory: &dyn Dire
     assert_ne!(elsewhere.message.channel_id, original.message.channel_id);
     let mut from_b = m.clone();
     from_b.sender = b;
+    from_b.id = ids.at(11);
     commit(store, from_b).await;
     // The same sender may send the same text twice under two keys.
-    commit(store, new_message(channel.id, a, ids.at(11), "once")).await;
+    commit(store, new_message(channel.id, a, ids.at(12), "once")).await;
     assert_eq!(
         whole_history(store, channel.id).await.len(),
         3,

@@ -13,8 +13,8 @@
 //!
 //! Because the committer is the only writer of history, idempotency
 //! records and inboxes, it needs no locks for their read-modify-write
-//! steps: it decides duplicates, raises ids above each channel's last one,
-//! and hands out each inbox's next position from its own state — a cache
+//! steps: it decides duplicates, checks ids against each channel's last
+//! one, and hands out each inbox's next position from its own state — a cache
 //! of channels (with their members), each channel's last id and each
 //! inbox's last position, loaded from disk on first use and updated by
 //! every request in queue order, so a membership change and a message
@@ -658,7 +658,7 @@ impl Worker {
             });
         }
         let last = self.last_id(new.channel_id, changes)?;
-        let id = chat_core::rules::next_channel_id(new.id, last)?;
+        let id = chat_core::rules::check_channel_id(new.id, last)?;
         let message = new.to_message(id);
         let value = encode(&message)?;
         let mut positions = Vec::with_capacity(channel.members.len());

@@ -10,7 +10,7 @@
 //! Inside, the function locks the batch's channels and then their members'
 //! user rows, each in id order, so batches running at once never deadlock
 //! and a membership change is serialized with the commits of its channel;
-//! then, message by message, it decides duplicates, raises the id above
+//! then, message by message, it decides duplicates, checks the id against
 //! the channel's last, hands out each member's next inbox position, and
 //! writes the inbox entries, the message (or the outbox entry) and the new
 //! last id.
@@ -249,7 +249,7 @@ fn decode_row(row: &tokio_postgres::Row, live: &[Pending]) -> Result<(usize, Res
         ))),
         "no_channel" => Err(Error::not_found("channel")),
         "forbidden" => Err(Error::forbidden("not a member of this channel")),
-        "exhausted" => Err(Error::invalid("the channel has used every message id")),
+        "stale" => Err(Error::StaleId { last: id()? }),
         other => Err(Error::backend(
             BACKEND,
             format!("commit_messages answered an unknown status {other:?}"),

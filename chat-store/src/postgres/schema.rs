@@ -195,7 +195,8 @@ CREATE INDEX sends_undrained ON {schema}.sends (committed_at) WHERE NOT drained;
 -- transaction). Element i of every array is one message; the answer has
 -- one row per message, `idx` from 0. Statuses: new, duplicate (same key
 -- and content), drained (a duplicate of a fan-out commit whose content
--- moved to history), conflict, no_channel, forbidden, exhausted.
+-- moved to history), conflict, no_channel, forbidden, stale (the proposed id
+-- is not above the channel's last, answered in message_id).
 CREATE FUNCTION {schema}.commit_messages(
     p_channels uuid[], p_senders uuid[], p_keys text[], p_contents text[],
     p_created bigint[], p_proposed bigint[], p_outbox boolean[])
@@ -265,13 +266,10 @@ BEGIN
             v_last := greatest(v_last, (SELECT max(m.message_id) FROM {schema}.messages m
                                         WHERE m.channel_id = p_channels[i]));
         END IF;
-        IF v_last IS NULL OR p_proposed[i] > v_last THEN
-            v_id := p_proposed[i];
-        ELSIF v_last = 9223372036854775807 THEN
-            status := 'exhausted'; RETURN NEXT; CONTINUE;
-        ELSE
-            v_id := v_last + 1;
+        IF v_last IS NOT NULL AND p_proposed[i] <= v_last THEN
+            status := 'stale'; message_id := v_last; RETURN NEXT; CONTINUE;
         END IF;
+        v_id := p_proposed[i];
         WITH bumped AS (
             UPDATE {schema}.users u SET inbox_head = u.inbox_head + 1
                 WHERE u.user_id = ANY (v_members)
