@@ -15,7 +15,7 @@
 //! | [`PresenceTracker`] | heartbeats → online / offline |
 //! | [`PushNotifier`] | notifications for recipients with no connected device |
 //! | [`ServiceDiscovery`] | the registry of chat servers for `route` |
-//! | [`Directory`] | users, credentials, friends, channels, members, devices |
+//! | [`Directory`] | users, credentials and privacy settings, friends and friend requests, channels, members and invitations, devices |
 //!
 //! ```
 //! use std::time::Duration;
@@ -68,11 +68,12 @@ pub mod protocol;
 pub mod push;
 pub mod rules;
 pub mod store;
+pub mod text;
 pub mod types;
 
 pub use bus::{BusEvent, DeliveryBus, Envelope, EnvelopeHandler};
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use directory::{Directory, UserRecord};
+pub use directory::{Directory, FriendOutcome, InviteOutcome, Limits, TokenState, UserRecord};
 pub use discovery::{pick_server, ServerInfo, ServiceDiscovery};
 pub use error::{BoxError, Error, Result};
 pub use id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
@@ -86,5 +87,6 @@ pub use store::{
     Inbox, InboxEntry, MessageStore, NewMessage, Page, Paged, Seq, ENTRY_OVERHEAD, MAX_PAGE,
 };
 pub use types::{
-    Channel, ChannelKind, Device, Message, Platform, Presence, PresenceStatus, Profile, User,
+    Channel, ChannelKind, Device, FriendRequest, Invitation, Message, Platform, Presence,
+    PresenceStatus, Privacy, Profile, User, WhoMayAdd,
 };
