@@ -161,6 +161,11 @@ pub struct GroupChange {
     /// Users invited by this call (they join once they accept).
     #[serde(default)]
     pub invited: Vec<UserId>,
+    /// Users of a new group's list that were neither added nor invited (a
+    /// cap of theirs or of the caller's was reached); always empty when
+    /// adding one member, which answers an error instead.
+    #[serde(default)]
+    pub refused: Vec<UserId>,
 }
 
 /// Query of `GET /v1/channels`: a page of the caller's channels by id.

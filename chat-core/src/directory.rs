@@ -83,6 +83,16 @@ pub enum InviteOutcome {
     AlreadyMember,
 }
 
+/// A user related to another (a friend, or a co-member of a channel), with
+/// the privacy settings that decide what the other sees of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contact {
+    /// The user.
+    pub user: UserId,
+    /// The user's privacy settings.
+    pub privacy: Privacy,
+}
+
 /// Whether the tokens of one session of a user are still good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenState {
@@ -166,7 +176,8 @@ pub struct TokenState {
 ///   by id after a cursor; `devices` sorted by device id.
 ///   [`contacts(user, among)`](Self::contacts) is the users of `among`
 ///   who are `user`'s friends or share a channel with `user`, in the order
-///   of `among`, each once, never `user`.
+///   of `among`, each once, never `user`, each with their privacy settings
+///   (one snapshot).
 /// * **Devices** are keyed by `(user, device id)`; registering again replaces
 ///   platform and push token. A new device needs the user below
 ///   [`Limits::devices`] (`LimitExceeded`); replacing one is always allowed.
@@ -242,8 +253,9 @@ pub trait Directory: Send + Sync + Debug + 'static {
     async fn friend_requests(&self, user: UserId) -> Result<Vec<FriendRequest>>;
 
     /// The users of `among` who are `user`'s friends or share a channel
-    /// with `user`, in the order given, each once.
-    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>>;
+    /// with `user`, in the order given, each once, with their privacy
+    /// settings.
+    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>>;
 
     /// Creates a channel (see the contract for direct channels and caps).
     async fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel>;

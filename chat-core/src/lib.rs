@@ -73,7 +73,9 @@ pub mod types;
 
 pub use bus::{BusEvent, DeliveryBus, Envelope, EnvelopeHandler};
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use directory::{Directory, FriendOutcome, InviteOutcome, Limits, TokenState, UserRecord};
+pub use directory::{
+    Contact, Directory, FriendOutcome, InviteOutcome, Limits, TokenState, UserRecord,
+};
 pub use discovery::{pick_server, ServerInfo, ServiceDiscovery};
 pub use error::{BoxError, Error, Result};
 pub use id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};

@@ -487,17 +487,6 @@ impl ChatServer {
         Ok(())
     }
 
-    /// Presence of some users.
-    pub async fn presence_of(&self, users: &[UserId]) -> ApiResult<Vec<Presence>> {
-        if users.len() > MAX_PAGE {
-            return Err(err(
-                ErrorCode::InvalidInput,
-                format!("at most {MAX_PAGE} users per presence query"),
-            ));
-        }
-        self.inner.presence.status(users).await.map_err(wire)
-    }
-
     /// Publishes a presence change to the user's friends.
     async fn announce(&self, presence: Presence) {
         let friends = match self.inner.directory.friends(presence.user).await {
@@ -510,6 +499,7 @@ impl ChatServer {
         if friends.is_empty() {
             return;
         }
+        let presence = self.shown_to_friends(presence).await;
         let envelope = Envelope {
             event: BusEvent::Presence { presence },
             skip_device: None,

@@ -106,6 +106,9 @@ async fn restart_scenario(extra: &[String]) {
     let http = ChatClient::new(&base).unwrap();
     let alice = http.signup("alice", "alice-password", None).await.unwrap();
     let bob = http.signup("bob", "bob-password", None).await.unwrap();
+    // A direct channel needs consent: they become friends first.
+    alice.add_friend(bob.user_id()).await.unwrap();
+    bob.add_friend(alice.user_id()).await.unwrap();
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
     let mut conn = alice
         .connect(
@@ -196,6 +199,8 @@ async fn binary_spreads_history_over_shard_databases() {
             .signup(&format!("peer{i}"), "peer-password", None)
             .await
             .unwrap();
+        peer.add_friend(alice.user_id()).await.unwrap();
+        alice.add_friend(peer.user_id()).await.unwrap();
         let direct = alice.open_direct(peer.user_id()).await.unwrap();
         conn.send(direct.id, &format!("to peer {i}")).await.unwrap();
         let history = peer.history(direct.id, &Default::default()).await.unwrap();

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, Channel, ChannelId, ClientMsgId, Committed, Device, DeviceId, Directory, Error,
-    Fanout, FanoutStore, FriendOutcome, FriendRequest, HistoryStore, Inbox, InboxEntry, Invitation,
-    InviteOutcome, Limits, Message, MessageId, MessageStore, NewMessage, Page, Paged, Privacy,
-    Profile, Result, Seq, TokenState, User, UserId, UserRecord,
+    Appended, Channel, ChannelId, ClientMsgId, Committed, Contact, Device, DeviceId, Directory,
+    Error, Fanout, FanoutStore, FriendOutcome, FriendRequest, HistoryStore, Inbox, InboxEntry,
+    Invitation, InviteOutcome, Limits, Message, MessageId, MessageStore, NewMessage, Page, Paged,
+    Privacy, Profile, Result, Seq, TokenState, User, UserId, UserRecord,
 };
 use chat_store::conformance;
 use chat_store::postgres::{PostgresConfig, PostgresStore};
@@ -1299,7 +1299,7 @@ impl Directory for TwoServers {
     async fn friend_requests(&self, user: UserId) -> Result<Vec<FriendRequest>> {
         self.pick().friend_requests(user).await
     }
-    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
         self.pick().contacts(user, among).await
     }
     async fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel> {

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::lock;
-use crate::directory::{Directory, FriendOutcome, InviteOutcome, Limits, TokenState, UserRecord};
+use crate::directory::{
+    Contact, Directory, FriendOutcome, InviteOutcome, Limits, TokenState, UserRecord,
+};
 use crate::error::{Error, Result};
 use crate::id::{ChannelId, DeviceId, UserId};
 use crate::rules::{
@@ -333,7 +335,7 @@ impl Directory for MemoryDirectory {
         Ok(out)
     }
 
-    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
         let st = lock(&self.state);
         let mut known: BTreeSet<UserId> = st.friends.get(&user).cloned().unwrap_or_default();
         for channel in st
@@ -351,6 +353,12 @@ impl Directory for MemoryDirectory {
             .iter()
             .copied()
             .filter(|u| known.contains(u) && seen.insert(*u))
+            .filter_map(|u| {
+                st.users.get(&u).map(|a| Contact {
+                    user: u,
+                    privacy: a.privacy,
+                })
+            })
             .collect())
     }
 

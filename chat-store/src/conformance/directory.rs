@@ -1497,15 +1497,27 @@ async fn contacts(directory: &dyn Directory) {
         directory.request_friend(me, asked, 0, &L).await,
         "request_friend",
     );
+    let hidden = Privacy {
+        who_may_add: WhoMayAdd::Everyone,
+        hide_last_seen: true,
+    };
+    ok(directory.set_privacy(co, hidden).await, "set_privacy");
     let ghost = UserId::new_random();
     let among = [stranger, co, friend, me, ghost, asked, direct_peer, friend];
+    let users = |v: Vec<chat_core::Contact>| v.into_iter().map(|c| c.user).collect::<Vec<_>>();
+    let found = ok(directory.contacts(me, &among).await, "contacts");
     assert_eq!(
-        ok(directory.contacts(me, &among).await, "contacts"),
+        users(found.clone()),
         vec![co, friend, direct_peer],
         "friends and co-members, in the asked order, once each, never oneself"
     );
     assert_eq!(
-        ok(directory.contacts(co, &[me, friend]).await, "contacts"),
+        found[0].privacy, hidden,
+        "each contact comes with its privacy settings"
+    );
+    assert_eq!(found[1].privacy, Privacy::default());
+    assert_eq!(
+        users(ok(directory.contacts(co, &[me, friend]).await, "contacts")),
         vec![me],
         "sharing a channel is symmetric; a friend's friend is nobody"
     );

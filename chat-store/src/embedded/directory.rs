@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use async_trait::async_trait;
-use chat_core::directory::{FriendOutcome, InviteOutcome, Limits, TokenState};
+use chat_core::directory::{Contact, FriendOutcome, InviteOutcome, Limits, TokenState};
 use chat_core::rules::{
     apply_membership, check_cap, check_friend_pair, check_groups_joined, check_invite_caps,
     check_new_group_caps, decide_friend_request, decide_invite, revoked_after,
@@ -382,11 +382,12 @@ impl Inner {
         Ok(requests)
     }
 
-    fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+    fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
         let instant = self.keyspace.instant();
         let friends = self.friends.snapshot_at(instant);
         let memberships = self.memberships.snapshot_at(instant);
         let channels = self.channels.snapshot_at(instant);
+        let users = self.users.snapshot_at(instant);
         let mut known = BTreeSet::new();
         for kv in friends.prefix(user.as_bytes()) {
             let (key, _) = kv.map_err(db)?;
@@ -403,11 +404,22 @@ impl Inner {
         }
         known.remove(&user);
         let mut seen = BTreeSet::new();
-        Ok(among
-            .iter()
-            .copied()
-            .filter(|u| known.contains(u) && seen.insert(*u))
-            .collect())
+        let mut out = Vec::new();
+        for u in among.iter().copied() {
+            if !known.contains(&u) || !seen.insert(u) {
+                continue;
+            }
+            let value = users
+                .get(u.as_bytes())
+                .map_err(db)?
+                .ok_or_else(|| keys::corrupt("friend or member", "its user is missing"))?;
+            let stored: StoredUser = decode(&value, "user")?;
+            out.push(Contact {
+                user: u,
+                privacy: stored.privacy,
+            });
+        }
+        Ok(out)
     }
 
     fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel> {
@@ -761,7 +773,7 @@ impl Directory for EmbeddedStore {
         self.blocking(move |s| s.friend_requests(user)).await
     }
 
-    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
         let among = among.to_vec();
         self.blocking(move |s| s.contacts(user, &among)).await
     }

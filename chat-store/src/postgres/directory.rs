@@ -11,7 +11,7 @@
 //! other in a cycle.
 
 use async_trait::async_trait;
-use chat_core::directory::{FriendOutcome, InviteOutcome, Limits, TokenState};
+use chat_core::directory::{Contact, FriendOutcome, InviteOutcome, Limits, TokenState};
 use chat_core::rules::{
     apply_membership, check_cap, check_friend_pair, check_groups_joined, check_invite_caps,
     check_new_group_caps, decide_friend_request, decide_invite, revoked_after,
@@ -94,9 +94,11 @@ const FRIENDS: &str = "SELECT friend_id FROM friends WHERE user_id = $1 ORDER BY
 const FRIEND_REQUESTS: &str = "SELECT from_user, to_user, created_at FROM friend_requests \
      WHERE from_user = $1 OR to_user = $1 ORDER BY from_user, to_user";
 /// The users of `$2` who are `$1`'s friends or share a channel with `$1`,
-/// in the order given (each an index lookup: a friendship key, or a
-/// membership of `$1` joined to the other's membership key).
-const CONTACTS: &str = "SELECT a.u FROM unnest($2::uuid[]) WITH ORDINALITY AS a (u, i) \
+/// in the order given, with their privacy settings (each an index lookup:
+/// a friendship key, or a membership of `$1` joined to the other's
+/// membership key).
+const CONTACTS: &str = "SELECT a.u, u.who_may_add, u.hide_last_seen \
+     FROM unnest($2::uuid[]) WITH ORDINALITY AS a (u, i) JOIN users u ON u.user_id = a.u \
      WHERE a.u <> $1 AND (\
          EXISTS (SELECT 1 FROM friends f WHERE f.user_id = $1 AND f.friend_id = a.u) \
          OR EXISTS (SELECT 1 FROM channel_members m1 \
@@ -697,7 +699,7 @@ impl Directory for PostgresStore {
         .await
     }
 
-    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
         if among.is_empty() {
             return Ok(Vec::new());
         }
@@ -705,16 +707,23 @@ impl Directory for PostgresStore {
         self.run(move |client| {
             Box::pin(async move {
                 let statement = client.prepare_cached(CONTACTS).await.map_err(pg_error)?;
-                let mut out: Vec<UserId> = Vec::new();
+                let mut out: Vec<Contact> = Vec::new();
                 for row in client
                     .query(&statement, &[&user.0, &among])
                     .await
                     .map_err(pg_error)?
                 {
                     let u = UserId(row.try_get(0).map_err(pg_error)?);
-                    if !out.contains(&u) {
-                        out.push(u);
+                    if out.iter().any(|c| c.user == u) {
+                        continue;
                     }
+                    out.push(Contact {
+                        user: u,
+                        privacy: Privacy {
+                            who_may_add: enum_from_text(row.try_get(1).map_err(pg_error)?, "user")?,
+                            hide_last_seen: row.try_get(2).map_err(pg_error)?,
+                        },
+                    });
                 }
                 Ok(out)
             })
