@@ -37,7 +37,11 @@ async fn me_status(ts: &TestServer, token: &str) -> u16 {
 
 /// The close code a WebSocket upgrade with `token` is answered with.
 async fn upgrade_refused_with(ts: &TestServer, token: &str) -> Option<u16> {
-    let url = format!("{}?device={}&token={token}", ts.ws_url(), DeviceId::new_random());
+    let url = format!(
+        "{}?device={}&token={token}",
+        ts.ws_url(),
+        DeviceId::new_random()
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     read_until_close(&mut ws).await
 }
@@ -71,7 +75,12 @@ async fn logout_revokes_that_session_on_http_and_the_websocket() {
         Some(close::UNAUTHORIZED)
     );
     assert_eq!(
-        code(ChatClient::new(&ts.http).unwrap().resume(&old_refresh).await),
+        code(
+            ChatClient::new(&ts.http)
+                .unwrap()
+                .resume(&old_refresh)
+                .await
+        ),
         ErrorCode::Unauthorized,
         "its refresh token is revoked too"
     );
@@ -79,8 +88,13 @@ async fn logout_revokes_that_session_on_http_and_the_websocket() {
 
     // The other session is untouched.
     assert_eq!(second.me().await.unwrap().username, "alice");
-    let reply = other.request(chat_core::protocol::Request::Heartbeat {}).await;
-    assert!(reply.error.is_none(), "the other session's connection lives on");
+    let reply = other
+        .request(chat_core::protocol::Request::Heartbeat {})
+        .await;
+    assert!(
+        reply.error.is_none(),
+        "the other session's connection lives on"
+    );
     ts.stop().await;
 }
 
@@ -130,7 +144,11 @@ async fn access_tokens_are_short_and_a_refresh_keeps_the_session() {
     .await;
     let session = signup_open(&ts, "alice").await;
     let auth = session.auth();
-    assert_eq!(auth.expires_at - start_ms, 15 * 60 * 1000, "15-minute access tokens");
+    assert_eq!(
+        auth.expires_at - start_ms,
+        15 * 60 * 1000,
+        "15-minute access tokens"
+    );
     assert_eq!(
         auth.refresh_expires_at - start_ms,
         30 * 24 * 3600 * 1000,
@@ -227,11 +245,19 @@ async fn the_sdk_refreshes_an_access_token_about_to_expire_before_using_it() {
     .await;
     let session = signup_open(&ts, "alice").await;
     let first = session.token();
-    assert_eq!(me_status(&ts, &first).await, 200, "still good on the server");
+    assert_eq!(
+        me_status(&ts, &first).await,
+        200,
+        "still good on the server"
+    );
     clock.advance(1_000); // so a new token differs from the old
     session.me().await.unwrap();
     let second = session.token();
     assert_ne!(second, first, "refreshed before use, not after a refusal");
-    assert_eq!(me_status(&ts, &first).await, 200, "the old token was not revoked");
+    assert_eq!(
+        me_status(&ts, &first).await,
+        200,
+        "the old token was not revoked"
+    );
     ts.stop().await;
 }

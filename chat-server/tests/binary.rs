@@ -290,7 +290,10 @@ async fn the_token_secret_comes_from_a_file() {
     std::fs::write(&file, format!("  {}\n", "k".repeat(40))).unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let flag = ["--token-secret-file".to_string(), file.display().to_string()];
+    let flag = [
+        "--token-secret-file".to_string(),
+        file.display().to_string(),
+    ];
 
     let child = spawn(port, data.path(), &flag);
     wait_healthy(&base).await;
@@ -359,5 +362,8 @@ fn the_help_says_to_prefer_the_secret_file() {
         .split("--token-secret <")
         .nth(1)
         .expect("--token-secret is documented");
-    assert!(flag.contains("ps"), "the help says why not on the command line: {flag}");
+    assert!(
+        flag.contains("ps"),
+        "the help says why not on the command line: {flag}"
+    );
 }

@@ -139,23 +139,44 @@ async fn friendship_is_a_request_the_other_side_accepts() {
         other => panic!("{other:?}"),
     }
     let friend_ids = |list: Vec<chat_core::User>| list.iter().map(|u| u.id).collect::<Vec<_>>();
-    assert_eq!(friend_ids(alice.friends().await.unwrap()), vec![bob.user_id()]);
-    assert_eq!(friend_ids(bob.friends().await.unwrap()), vec![alice.user_id()]);
+    assert_eq!(
+        friend_ids(alice.friends().await.unwrap()),
+        vec![bob.user_id()]
+    );
+    assert_eq!(
+        friend_ids(bob.friends().await.unwrap()),
+        vec![alice.user_id()]
+    );
     let none = alice.friend_requests().await.unwrap();
     assert!(none.incoming.is_empty() && none.outgoing.is_empty());
 
     // DELETE declines, cancels and unfriends.
     carol.add_friend(bob.user_id()).await.unwrap();
     bob.remove_friend(carol.user_id()).await.unwrap();
-    assert!(carol.friend_requests().await.unwrap().outgoing.is_empty(), "declined");
+    assert!(
+        carol.friend_requests().await.unwrap().outgoing.is_empty(),
+        "declined"
+    );
     carol.add_friend(alice.user_id()).await.unwrap();
     carol.remove_friend(alice.user_id()).await.unwrap();
-    assert!(alice.friend_requests().await.unwrap().incoming.is_empty(), "cancelled");
+    assert!(
+        alice.friend_requests().await.unwrap().incoming.is_empty(),
+        "cancelled"
+    );
     alice.remove_friend(bob.user_id()).await.unwrap();
-    assert!(bob.friends().await.unwrap().is_empty(), "unfriended, both ways");
+    assert!(
+        bob.friends().await.unwrap().is_empty(),
+        "unfriended, both ways"
+    );
 
-    assert_eq!(code(alice.add_friend(alice.user_id()).await), ErrorCode::InvalidInput);
-    assert_eq!(code(alice.add_friend(UserId::new_random()).await), ErrorCode::NotFound);
+    assert_eq!(
+        code(alice.add_friend(alice.user_id()).await),
+        ErrorCode::InvalidInput
+    );
+    assert_eq!(
+        code(alice.add_friend(UserId::new_random()).await),
+        ErrorCode::NotFound
+    );
     a.close().await;
     b.close().await;
     ts.stop().await;
@@ -189,7 +210,10 @@ async fn who_may_add_decides_between_adding_and_inviting() {
         .unwrap();
     let members: BTreeSet<UserId> = group.channel.members.iter().copied().collect();
     let expected: BTreeSet<UserId> = [alice.user_id(), friend.user_id(), open.user_id()].into();
-    assert_eq!(members, expected, "friends (default) and everyone's are added");
+    assert_eq!(
+        members, expected,
+        "friends (default) and everyone's are added"
+    );
     let invited: BTreeSet<UserId> = group.invited.iter().copied().collect();
     assert_eq!(
         invited,
@@ -233,7 +257,10 @@ async fn who_may_add_decides_between_adding_and_inviting() {
     assert_eq!(change.invited, vec![late.user_id()]);
     assert!(!change.channel.is_member(late.user_id()));
     alice.remove_member(g, late.user_id()).await.unwrap();
-    assert!(late.invitations().await.unwrap().incoming.is_empty(), "withdrawn");
+    assert!(
+        late.invitations().await.unwrap().incoming.is_empty(),
+        "withdrawn"
+    );
     set_who(&late, WhoMayAdd::Everyone).await;
     let change = alice.add_member(g, late.user_id()).await.unwrap();
     assert!(change.invited.is_empty() && change.channel.is_member(late.user_id()));
@@ -255,7 +282,10 @@ async fn a_stranger_cannot_open_a_direct_channel_without_consent() {
     let dave = signup(&ts, "dave").await;
 
     // Default: friends only.
-    assert_eq!(code(bob.open_direct(alice.user_id()).await), ErrorCode::Forbidden);
+    assert_eq!(
+        code(bob.open_direct(alice.user_id()).await),
+        ErrorCode::Forbidden
+    );
     make_friends(&alice, &bob).await;
     let direct = bob.open_direct(alice.user_id()).await.unwrap();
     assert_eq!(direct.id, ChannelId::direct(alice.user_id(), bob.user_id()));
@@ -264,14 +294,20 @@ async fn a_stranger_cannot_open_a_direct_channel_without_consent() {
     // for both.
     make_friends(&alice, &erin).await;
     set_who(&erin, WhoMayAdd::Nobody).await;
-    assert_eq!(code(alice.open_direct(erin.user_id()).await), ErrorCode::Forbidden);
+    assert_eq!(
+        code(alice.open_direct(erin.user_id()).await),
+        ErrorCode::Forbidden
+    );
     let opened = erin.open_direct(alice.user_id()).await.unwrap();
     assert_eq!(alice.open_direct(erin.user_id()).await.unwrap(), opened);
 
     // Everyone: any stranger.
     set_who(&dave, WhoMayAdd::Everyone).await;
     bob.open_direct(dave.user_id()).await.unwrap();
-    assert_eq!(code(bob.open_direct(UserId::new_random()).await), ErrorCode::NotFound);
+    assert_eq!(
+        code(bob.open_direct(UserId::new_random()).await),
+        ErrorCode::NotFound
+    );
     ts.stop().await;
 }
 
@@ -300,7 +336,10 @@ async fn presence_is_shown_to_friends_and_co_members_only() {
     let stranger = signup(&ts, "stranger").await;
     make_friends(&alice, &friend).await;
     set_who(&member, WhoMayAdd::Everyone).await;
-    alice.create_group("club", &[member.user_id()]).await.unwrap();
+    alice
+        .create_group("club", &[member.user_id()])
+        .await
+        .unwrap();
 
     let mut f = connect(&friend).await;
     let m = connect(&member).await;
@@ -358,16 +397,20 @@ async fn presence_is_shown_to_friends_and_co_members_only() {
         let p = seen(viewer, conn, alice.user_id()).await;
         assert_eq!((p.status, p.last_active_at), (PresenceStatus::Online, None));
     }
-    assert!(seen(&alice, &a, alice.user_id()).await.last_active_at.is_some());
+    assert!(seen(&alice, &a, alice.user_id())
+        .await
+        .last_active_at
+        .is_some());
     a.close().await;
     drop(a);
     // Offline after the presence timeout: the friend's event carries no
     // last activity.
     match tokio::time::timeout(
         WAIT,
-        next_event(&mut f, |e| {
-            matches!(e, ClientEvent::Presence(p) if p.status == PresenceStatus::Offline)
-        }),
+        next_event(
+            &mut f,
+            |e| matches!(e, ClientEvent::Presence(p) if p.status == PresenceStatus::Offline),
+        ),
     )
     .await
     {
@@ -400,25 +443,46 @@ async fn per_user_caps_answer_limit_exceeded() {
 
     // Devices: a third is refused; re-registering one is not.
     let (d1, d2) = (DeviceId::new_random(), DeviceId::new_random());
-    alice.register_device(d1, Platform::Web, None).await.unwrap();
-    alice.register_device(d2, Platform::Web, None).await.unwrap();
+    alice
+        .register_device(d1, Platform::Web, None)
+        .await
+        .unwrap();
+    alice
+        .register_device(d2, Platform::Web, None)
+        .await
+        .unwrap();
     assert_eq!(
-        code(alice.register_device(DeviceId::new_random(), Platform::Web, None).await),
+        code(
+            alice
+                .register_device(DeviceId::new_random(), Platform::Web, None)
+                .await
+        ),
         limit
     );
-    alice.register_device(d1, Platform::Ios, Some("t")).await.unwrap();
+    alice
+        .register_device(d1, Platform::Ios, Some("t"))
+        .await
+        .unwrap();
 
     // Pending requests sent, then received.
     alice.add_friend(bob.user_id()).await.unwrap();
     assert_eq!(code(alice.add_friend(carol.user_id()).await), limit);
-    assert_eq!(code(dave.add_friend(bob.user_id()).await), limit, "bob's inbox is full");
+    assert_eq!(
+        code(dave.add_friend(bob.user_id()).await),
+        limit,
+        "bob's inbox is full"
+    );
     // Friends.
     bob.add_friend(alice.user_id()).await.unwrap();
     carol.add_friend(dave.user_id()).await.unwrap();
     dave.add_friend(carol.user_id()).await.unwrap();
     carol.remove_friend(dave.user_id()).await.unwrap();
     carol.add_friend(alice.user_id()).await.unwrap();
-    assert_eq!(code(alice.add_friend(carol.user_id()).await), limit, "alice has a friend");
+    assert_eq!(
+        code(alice.add_friend(carol.user_id()).await),
+        limit,
+        "alice has a friend"
+    );
 
     // Groups owned and joined.
     for s in [&alice, &bob, &carol, &dave] {
@@ -429,9 +493,16 @@ async fn per_user_caps_answer_limit_exceeded() {
     bob.create_group("b", &[]).await.unwrap();
     alice.add_member(g, bob.user_id()).await.unwrap();
     let c = carol.create_group("c", &[]).await.unwrap().channel.id;
-    assert_eq!(code(carol.add_member(c, bob.user_id()).await), limit, "bob is in two groups");
+    assert_eq!(
+        code(carol.add_member(c, bob.user_id()).await),
+        limit,
+        "bob is in two groups"
+    );
     // In a new group's list, a member at a cap is reported, not fatal.
-    let d = dave.create_group("d", &[bob.user_id(), carol.user_id()]).await.unwrap();
+    let d = dave
+        .create_group("d", &[bob.user_id(), carol.user_id()])
+        .await
+        .unwrap();
     assert_eq!(d.refused, vec![bob.user_id()]);
     assert!(d.channel.is_member(carol.user_id()));
     ts.stop().await;
@@ -443,7 +514,14 @@ async fn channels_are_listed_in_bounded_pages() {
     let alice = signup(&ts, "alice").await;
     let mut expected = Vec::new();
     for i in 0..5 {
-        expected.push(alice.create_group(&format!("g{i}"), &[]).await.unwrap().channel.id);
+        expected.push(
+            alice
+                .create_group(&format!("g{i}"), &[])
+                .await
+                .unwrap()
+                .channel
+                .id,
+        );
     }
     for name in ["p1", "p2"] {
         let peer = signup_open(&ts, name).await;
@@ -462,7 +540,13 @@ async fn channels_are_listed_in_bounded_pages() {
         }
     }
     assert_eq!(seen, expected, "every channel once, by id");
-    let all: Vec<ChannelId> = alice.channels().await.unwrap().iter().map(|c| c.id).collect();
+    let all: Vec<ChannelId> = alice
+        .channels()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(all, expected);
     // The server bounds the page whatever is asked.
     let (page, _) = alice.channels_page(None, 0).await.unwrap();
@@ -489,7 +573,12 @@ async fn path_like_usernames_and_control_characters_in_names_are_refused() {
         );
     }
     client.signup("a.b-c_d", "password123", None).await.unwrap();
-    for bad in ["evil\u{202E}gnp.exe", "bell\u{7}", "esc\u{1b}[2J", "c1\u{9b}"] {
+    for bad in [
+        "evil\u{202E}gnp.exe",
+        "bell\u{7}",
+        "esc\u{1b}[2J",
+        "c1\u{9b}",
+    ] {
         assert_eq!(
             code(client.signup("named", "password123", Some(bad)).await),
             ErrorCode::InvalidInput,
@@ -518,7 +607,10 @@ async fn path_like_usernames_and_control_characters_in_names_are_refused() {
         code(alice.create_group("bad\u{202D}name", &[]).await),
         ErrorCode::InvalidInput
     );
-    assert_eq!(code(alice.create_group("  ", &[]).await), ErrorCode::InvalidInput);
+    assert_eq!(
+        code(alice.create_group("  ", &[]).await),
+        ErrorCode::InvalidInput
+    );
     ts.stop().await;
 }
 
@@ -545,12 +637,19 @@ async fn a_ws_presence_request_for_many_strangers_reveals_nothing() {
     };
     let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
     let users: Vec<UserId> = others.iter().map(|o| o.user.id).collect();
-    let reply = a.request(Request::Presence { users: users.clone() }).await;
+    let reply = a
+        .request(Request::Presence {
+            users: users.clone(),
+        })
+        .await;
     match reply.into_result() {
         Ok(chat_core::protocol::ReplyBody::Presence { users: got }) => {
             assert_eq!(got.len(), users.len());
             for p in got {
-                assert_eq!((p.status, p.last_active_at), (PresenceStatus::Offline, None));
+                assert_eq!(
+                    (p.status, p.last_active_at),
+                    (PresenceStatus::Offline, None)
+                );
             }
         }
         other => panic!("{other:?}"),
