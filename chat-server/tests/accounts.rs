@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use chat_client::{ChatClient, ClientError, ConnectOptions, MemoryCursorStore, Session};
+use chat_client::{ChatClient, ClientError, Session};
 use chat_core::clock::ManualClock;
 use chat_core::memory::MemoryDiscovery;
 use chat_core::protocol::{close, ErrorCode};
@@ -17,10 +17,7 @@ use chat_server::ChatServer;
 use common::*;
 
 fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    match r {
-        Err(ClientError::Api(w)) => w.code,
-        other => panic!("expected an API error, got {other:?}"),
-    }
+    api_code(r)
 }
 
 /// The HTTP status of `GET /v1/me` with `token`.
@@ -47,11 +44,7 @@ async fn upgrade_refused_with(ts: &TestServer, token: &str) -> Option<u16> {
 }
 
 async fn login(ts: &TestServer, name: &str) -> Session {
-    ChatClient::new(&ts.http)
-        .unwrap()
-        .login(name, "password123")
-        .await
-        .unwrap()
+    login_sdk(ts, name).await
 }
 
 #[tokio::test]
@@ -175,15 +168,7 @@ async fn access_tokens_are_short_and_a_refresh_keeps_the_session() {
     // (whose route call refreshes first).
     assert_eq!(session.me().await.unwrap().username, "alice");
     assert_ne!(session.token(), auth.token, "a new access token");
-    let conn = session
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            ConnectOptions::default(),
-        )
-        .await
-        .unwrap();
-    conn.close().await;
+    connect_synced(&session).await.close().await;
     // The first refresh token is still good (refresh does not rotate it
     // out); a client that kept it can resume.
     let resumed = ChatClient::new(&ts.http)

@@ -10,12 +10,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use chat_client::{
-    ChatClient, ClientError, ClientEvent, ConnectOptions, Connection, MemoryCursorStore, Session,
-};
+use chat_client::{ChatClient, ClientError, ClientEvent, Connection, Session};
 use chat_core::api::{FriendStatus, UpdatePrivacyRequest, UpdateProfileRequest};
 use chat_core::protocol::{ErrorCode, Request};
 use chat_core::{
@@ -24,14 +21,8 @@ use chat_core::{
 use chat_server::ServerConfig;
 use common::*;
 
-const WAIT: Duration = Duration::from_secs(20);
-
 async fn signup(ts: &TestServer, name: &str) -> Session {
-    ChatClient::new(&ts.http)
-        .unwrap()
-        .signup(name, "password123", None)
-        .await
-        .unwrap()
+    signup_sdk(ts, name).await
 }
 
 async fn set_who(session: &Session, who: WhoMayAdd) {
@@ -42,31 +33,8 @@ async fn set_who(session: &Session, who: WhoMayAdd) {
     session.update_privacy(&update).await.unwrap();
 }
 
-/// A live connection, synced.
 async fn connect(session: &Session) -> Connection {
-    let mut conn = session
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            ConnectOptions::default(),
-        )
-        .await
-        .unwrap();
-    next_event(&mut conn, |e| matches!(e, ClientEvent::Synced { .. })).await;
-    conn
-}
-
-/// The next event `wanted` accepts, skipping others.
-async fn next_event(conn: &mut Connection, wanted: impl Fn(&ClientEvent) -> bool) -> ClientEvent {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, conn.next_event()).await {
-            Ok(Some(e)) if wanted(&e) => return e,
-            Ok(Some(ClientEvent::Error(e))) => panic!("connection error: {e:?}"),
-            Ok(Some(_)) => continue,
-            other => panic!("no such event: {other:?}"),
-        }
-    }
+    connect_synced(session).await
 }
 
 /// Events that arrived by now (after a round trip, so anything the server
@@ -81,10 +49,7 @@ async fn pending_events(conn: &mut Connection) -> Vec<ClientEvent> {
 }
 
 fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    match r {
-        Err(ClientError::Api(w)) => w.code,
-        other => panic!("expected an API error, got {other:?}"),
-    }
+    api_code(r)
 }
 
 fn ids(users: &[chat_core::api::PendingFriend]) -> Vec<UserId> {
@@ -405,16 +370,9 @@ async fn presence_is_shown_to_friends_and_co_members_only() {
     drop(a);
     // Offline after the presence timeout: the friend's event carries no
     // last activity.
-    match tokio::time::timeout(
-        WAIT,
-        next_event(
-            &mut f,
-            |e| matches!(e, ClientEvent::Presence(p) if p.status == PresenceStatus::Offline),
-        ),
-    )
-    .await
-    {
-        Ok(ClientEvent::Presence(p)) => assert_eq!(p.last_active_at, None, "hidden in events too"),
+    let offline = |e: &ClientEvent| matches!(e, ClientEvent::Presence(p) if p.status == PresenceStatus::Offline);
+    match next_event(&mut f, offline).await {
+        ClientEvent::Presence(p) => assert_eq!(p.last_active_at, None, "hidden in events too"),
         other => panic!("{other:?}"),
     }
     ts.stop().await;

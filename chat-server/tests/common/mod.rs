@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_client::{ChatClient, Session};
+use chat_client::{
+    ChatClient, ClientError, ClientEvent, ConnectOptions, Connection, MemoryCursorStore, Session,
+};
 use chat_core::api::{
     AuthResponse, CreateGroupRequest, OpenDirectRequest, SignupRequest, UpdatePrivacyRequest,
 };
+use chat_core::protocol::ErrorCode;
 use chat_core::protocol::{ClientFrame, Event, Reply, ReplyBody, Request, ServerFrame, Welcome};
 use chat_core::{
     Appended, Channel, ChannelId, ClientMsgId, Committed, DeviceId, HistoryStore, Inbox,
@@ -176,6 +179,63 @@ pub async fn signup_open(ts: &TestServer, name: &str) -> Session {
         .unwrap();
     session.update_privacy(&open_to_everyone()).await.unwrap();
     session
+}
+
+/// Signs `name` up through the SDK with the default privacy settings.
+pub async fn signup_sdk(ts: &TestServer, name: &str) -> Session {
+    ChatClient::new(&ts.http)
+        .unwrap()
+        .signup(name, "password123", None)
+        .await
+        .unwrap()
+}
+
+/// Logs `name` in through the SDK: a new session.
+pub async fn login_sdk(ts: &TestServer, name: &str) -> Session {
+    ChatClient::new(&ts.http)
+        .unwrap()
+        .login(name, "password123")
+        .await
+        .unwrap()
+}
+
+/// A live SDK connection of a new device, synced.
+pub async fn connect_synced(session: &Session) -> Connection {
+    let mut conn = session
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+    next_event(&mut conn, |e| matches!(e, ClientEvent::Synced { .. })).await;
+    conn
+}
+
+/// The next event `wanted` accepts, skipping others; fails the test after
+/// 20 s.
+pub async fn next_event(
+    conn: &mut Connection,
+    wanted: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, conn.next_event()).await {
+            Ok(Some(e)) if wanted(&e) => return e,
+            Ok(Some(ClientEvent::Error(e))) => panic!("connection error: {e:?}"),
+            Ok(Some(_)) => continue,
+            other => panic!("no such event: {other:?}"),
+        }
+    }
+}
+
+/// The code of an SDK call that must fail with an API error.
+pub fn api_code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
+    match r {
+        Err(ClientError::Api(w)) => w.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
 }
 
 /// Makes two users friends the only way there is: a request and its
