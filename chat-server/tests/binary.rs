@@ -288,14 +288,29 @@ async fn the_token_secret_comes_from_a_file() {
     let secrets = tempfile::tempdir().unwrap();
     let file = secrets.path().join("token.secret");
     std::fs::write(&file, format!("  {}\n", "k".repeat(40))).unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let flag = [
         "--token-secret-file".to_string(),
         file.display().to_string(),
     ];
+    // A new port for each start: a port left free between two starts could
+    // be taken by another test meanwhile.
+    let started = |env_file: Option<&std::path::Path>| {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        match env_file {
+            Some(path) => cmd.env("CHAT_TOKEN_SECRET_FILE", path),
+            None => cmd.args(&flag),
+        };
+        (cmd.spawn().unwrap(), format!("http://127.0.0.1:{port}"))
+    };
 
-    let child = spawn(port, data.path(), &flag);
+    let (child, base) = started(None);
     wait_healthy(&base).await;
     let alice = ChatClient::new(&base)
         .unwrap()
@@ -311,23 +326,14 @@ async fn the_token_secret_comes_from_a_file() {
     );
 
     // The same file through the environment: the token is still good.
-    let child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("CHAT_TOKEN_SECRET_FILE", &file)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let (child, base) = started(Some(&file));
     wait_healthy(&base).await;
     assert_eq!(me_status(&base, &token).await, 200);
     terminate(child);
 
     // Another secret in the file: the old token is refused.
     std::fs::write(&file, "m".repeat(40)).unwrap();
-    let child = spawn(port, data.path(), &flag);
+    let (child, base) = started(None);
     wait_healthy(&base).await;
     assert_eq!(me_status(&base, &token).await, 401);
     terminate(child);
@@ -337,7 +343,7 @@ async fn the_token_secret_comes_from_a_file() {
     let missing = secrets.path().join("absent");
     for path in [&file, &missing] {
         let status = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--data-dir")
             .arg(data.path())
             .arg("--token-secret-file")
