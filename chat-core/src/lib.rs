@@ -20,7 +20,7 @@
 //! ```
 //! use std::time::Duration;
 //! use chat_core::memory::{MemoryDirectory, MemoryStore};
-//! use chat_core::{Channel, Directory, Inbox, MessageStore, NewMessage, Seq, Snowflake};
+//! use chat_core::{Channel, Directory, Inbox, Limits, MessageStore, NewMessage, Seq, Snowflake};
 //! use chat_core::{ClientMsgId, MessageIdGenerator, User, UserId, UserRecord};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -32,7 +32,10 @@
 //! let store = MemoryStore::default();
 //! let directory = store.directory();
 //! let (alice, bob) = (user(&directory, "alice").await, user(&directory, "bob").await);
-//! let channel = directory.create_channel(Channel::direct(alice, bob, 0)).await.unwrap();
+//! let channel = directory
+//!     .create_channel(Channel::direct(alice, bob, 0), &Limits::default())
+//!     .await
+//!     .unwrap();
 //!
 //! let ids = Snowflake::new(1).unwrap();
 //! let send = NewMessage {

@@ -112,11 +112,12 @@
 //!   `ON CONFLICT (channel_id) DO NOTHING` lets two servers opening the same
 //!   direct channel agree on one.
 //! * Friend requests, invitations, membership changes, device registrations
-//!   and token revocations first lock the rows of the users concerned (`FOR
-//!   NO KEY UPDATE`, in id order, in one statement), then count and write
-//!   in the same transaction: per-user caps hold across servers, and a
-//!   request racing its acceptance, decline or cancel is serialised. Users
-//!   are always locked before a channel row, so no cycle of waits forms.
+//!   and token revocations lock the rows of the users concerned (`FOR NO
+//!   KEY UPDATE`, in id order, in one statement), then count and write in
+//!   the same transaction: per-user caps hold across servers, and a request
+//!   racing its acceptance, decline or cancel is serialised. Locks follow
+//!   the order of `commit_messages`: a channel's row (a membership change
+//!   locks it first) before any user's, so no cycle of waits forms.
 //! * Reads that span tables (`channel`, `channels_of`, `contacts`,
 //!   `invitations`) are one statement, so one snapshot.
 //!
