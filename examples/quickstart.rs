@@ -46,7 +46,8 @@ async fn main() -> Result<(), Error> {
         data.path().display()
     );
 
-    // 2. Three users sign up; Alice and Bob are friends.
+    // 2. Three users sign up; Alice asks Bob to be friends and he accepts
+    // (asking back is accepting).
     let http = ChatClient::new(&url)?;
     let alice = http
         .signup("alice", "alice-password", Some("Alice"))
@@ -56,6 +57,7 @@ async fn main() -> Result<(), Error> {
         .signup("carol", "carol-password", Some("Carol"))
         .await?;
     alice.add_friend(bob.user_id()).await?;
+    bob.add_friend(alice.user_id()).await?;
     println!("signed up alice, bob and carol; alice and bob are friends");
 
     // 3. One-to-one: Alice and Bob connect (their devices ask `route` for a
@@ -74,10 +76,16 @@ async fn main() -> Result<(), Error> {
         .await?;
     show("alice's laptop", &next_message(&mut alice_laptop).await?);
 
-    // 4. A small group.
+    // 4. A small group. Bob, a friend, is added; Carol, whom Alice does not
+    // know, is invited and joins when she accepts.
     let group = alice
         .create_group("weekend", &[bob.user_id(), carol.user_id()])
-        .await?;
+        .await?
+        .channel;
+    for invitation in carol.invitations().await?.incoming {
+        println!("carol is invited to '{}'", invitation.group_name);
+        carol.accept_invitation(invitation.channel).await?;
+    }
     let mut carol_tablet = connect(&carol, DeviceId::new_random()).await?;
     bob_phone.send(group.id, "Hiking on Saturday?").await?;
     show("alice's laptop", &next_message(&mut alice_laptop).await?);

@@ -9,6 +9,11 @@
 //! Type `/help` for commands; any other line is sent to the current channel.
 //! The device id and its sync cursor are kept in `--state-dir`, so a restarted
 //! client picks up exactly where it left off.
+//!
+//! Everything another user wrote (names, group names, messages) and every
+//! text from the server is printed through `chat_core::text::printable`:
+//! control characters and bidirectional overrides show as escapes instead
+//! of moving the cursor, clearing the screen or reordering the line.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +21,9 @@ use std::sync::Arc;
 use chat_client::{
     ChatClient, ClientEvent, ConnectOptions, ConnectionHandle, FileCursorStore, Session,
 };
-use chat_core::{Channel, ChannelKind, DeviceId, Message, UserId};
+use chat_core::api::{FriendStatus, UpdatePrivacyRequest};
+use chat_core::text::printable;
+use chat_core::{Channel, ChannelKind, DeviceId, Invitation, Message, UserId, WhoMayAdd};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -45,12 +52,19 @@ struct Args {
 const HELP: &str = "\
 commands:
   /dm USER            open the direct channel with USER and switch to it
-  /group NAME USER..  create a group with these users and switch to it
+  /group NAME USER..  create a group with these users (or invite them) and switch to it
   /channels           list your channels
   /switch N           switch to channel N of /channels
   /history            the last 20 messages of the current channel
-  /friend USER        add USER as a friend (you see their presence)
+  /friend USER        ask USER to be friends, or accept their request
+  /unfriend USER      end a friendship, decline or cancel a request
+  /requests           pending friend requests
+  /invites            pending group invitations
+  /join N             accept invitation N of /invites
+  /decline N          decline invitation N of /invites
+  /privacy WHO        who may add you without asking: everyone, friends or nobody
   /presence USER..    show whether users are online
+  /logout             end this session on the server and leave
   /quit               leave
 anything else is sent to the current channel";
 
@@ -59,6 +73,7 @@ struct Ui {
     session: Session,
     conn: ConnectionHandle,
     channels: Vec<Channel>,
+    invitations: Vec<Invitation>,
     current: Option<Channel>,
     names: std::collections::HashMap<UserId, String>,
 }
@@ -69,7 +84,7 @@ impl Ui {
             return n.clone();
         }
         let name = match self.session.get_user(id).await {
-            Ok(u) => u.username,
+            Ok(u) => printable(&u.username).into_owned(),
             Err(_) => id.to_string(),
         };
         self.names.insert(id, name.clone());
@@ -78,7 +93,7 @@ impl Ui {
 
     async fn label(&mut self, channel: &Channel) -> String {
         match channel.kind {
-            ChannelKind::Group => format!("#{}", channel.name),
+            ChannelKind::Group => format!("#{}", printable(&channel.name)),
             _ => {
                 let me = self.session.user_id();
                 let other = channel
@@ -103,7 +118,7 @@ impl Ui {
                 Err(_) => String::new(),
             }
         };
-        println!("{place}{who}: {}", m.content);
+        println!("{place}{who}: {}", printable(&m.content));
     }
 
     async fn switch(&mut self, channel: Channel) {
@@ -134,8 +149,17 @@ impl Ui {
                 for user in words {
                     members.push(self.session.user_by_name(user).await?.id);
                 }
-                let channel = self.session.create_group(name, &members).await?;
-                self.switch(channel).await;
+                let group = self.session.create_group(name, &members).await?;
+                for id in &group.invited {
+                    println!(
+                        "{} is invited (they join when they accept)",
+                        self.name(*id).await
+                    );
+                }
+                for id in &group.refused {
+                    println!("{} could not be added or invited", self.name(*id).await);
+                }
+                self.switch(group.channel).await;
             }
             "/channels" => {
                 self.channels = self.session.channels().await?;
@@ -168,9 +192,76 @@ impl Ui {
             "/friend" => {
                 for name in words {
                     let user = self.session.user_by_name(name).await?;
-                    self.session.add_friend(user.id).await?;
-                    println!("{name} is now your friend");
+                    match self.session.add_friend(user.id).await? {
+                        FriendStatus::Friends => println!("{name} is your friend"),
+                        _ => println!("asked {name}; you are friends once they accept"),
+                    }
                 }
+            }
+            "/unfriend" => {
+                for name in words {
+                    let user = self.session.user_by_name(name).await?;
+                    self.session.remove_friend(user.id).await?;
+                    println!("nothing pending between you and {name} any more");
+                }
+            }
+            "/requests" => {
+                let requests = self.session.friend_requests().await?;
+                for r in requests.incoming {
+                    println!(
+                        "  {} asks you (/friend to accept)",
+                        printable(&r.user.username)
+                    );
+                }
+                for r in requests.outgoing {
+                    println!("  you asked {}", printable(&r.user.username));
+                }
+            }
+            "/invites" => {
+                self.invitations = self.session.invitations().await?.incoming;
+                for (i, inv) in self.invitations.clone().iter().enumerate() {
+                    let by = self.name(inv.inviter).await;
+                    println!("  {i}: #{} from {by}", printable(&inv.group_name));
+                }
+            }
+            cmd @ ("/join" | "/decline") => {
+                let picked = words
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|i| self.invitations.get(i).cloned());
+                match picked {
+                    Some(inv) if cmd == "/join" => {
+                        let channel = self.session.accept_invitation(inv.channel).await?;
+                        self.switch(channel).await;
+                    }
+                    Some(inv) => {
+                        self.session.decline_invitation(inv.channel).await?;
+                        println!("declined");
+                    }
+                    None => println!("usage: {cmd} N (see /invites)"),
+                }
+            }
+            "/privacy" => {
+                let who = match words.next() {
+                    Some("everyone") => WhoMayAdd::Everyone,
+                    Some("friends") => WhoMayAdd::Friends,
+                    Some("nobody") => WhoMayAdd::Nobody,
+                    _ => {
+                        println!("usage: /privacy everyone|friends|nobody");
+                        return Ok(true);
+                    }
+                };
+                let update = UpdatePrivacyRequest {
+                    who_may_add: Some(who),
+                    hide_last_seen: None,
+                };
+                let now = self.session.update_privacy(&update).await?;
+                println!("who may add you: {:?}", now.who_may_add);
+            }
+            "/logout" => {
+                self.session.logout().await?;
+                println!("logged out");
+                return Ok(false);
             }
             "/presence" => {
                 let mut ids = Vec::new();
@@ -235,6 +326,7 @@ async fn main() -> Result<(), Error> {
         session,
         conn: conn.handle(),
         channels: Vec::new(),
+        invitations: Vec::new(),
         current: None,
         names: Default::default(),
     };
@@ -247,9 +339,24 @@ async fn main() -> Result<(), Error> {
                     let name = ui.name(p.user).await;
                     println!("* {name} is {:?}", p.status);
                 }
-                Some(ClientEvent::Connected { server_id }) => println!("* connected to {server_id}"),
-                Some(ClientEvent::Disconnected { reason, .. }) => println!("* disconnected ({reason}); reconnecting"),
-                Some(ClientEvent::Error(e)) => println!("* error: {e}"),
+                Some(ClientEvent::FriendRequest(from)) => {
+                    let name = printable(&from.username);
+                    println!("* {name} asks to be your friend: /friend {name} to accept");
+                }
+                Some(ClientEvent::FriendAccepted(friend)) => {
+                    println!("* {} accepted: you are friends", printable(&friend.username));
+                }
+                Some(ClientEvent::Invitation(inv)) => {
+                    let by = ui.name(inv.inviter).await;
+                    println!("* {by} invites you to #{}: /invites", printable(&inv.group_name));
+                }
+                Some(ClientEvent::Connected { server_id }) => {
+                    println!("* connected to {}", printable(&server_id));
+                }
+                Some(ClientEvent::Disconnected { reason, .. }) => {
+                    println!("* disconnected ({}); reconnecting", printable(&reason));
+                }
+                Some(ClientEvent::Error(e)) => println!("* error: {}", printable(&e.to_string())),
                 Some(_) => {}
                 None => {
                     println!("* connection closed");
@@ -266,11 +373,11 @@ async fn main() -> Result<(), Error> {
                     match ui.command(line).await {
                         Ok(true) => {}
                         Ok(false) => break,
-                        Err(e) => println!("* {e}"),
+                        Err(e) => println!("* {}", printable(&e.to_string())),
                     }
                 } else if let Some(channel) = ui.current.clone() {
                     if let Err(e) = ui.conn.send(channel.id, line).await {
-                        println!("* not sent: {e}");
+                        println!("* not sent: {}", printable(&e.to_string()));
                     }
                 } else {
                     println!("* no channel yet: /dm USER or /group NAME USER..");

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_client::{ChatClient, Session};
-use chat_core::{ChannelId, UserId};
+use chat_core::api::UpdatePrivacyRequest;
+use chat_core::{ChannelId, UserId, WhoMayAdd};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{BenchError, Result};
@@ -57,7 +58,9 @@ where
 
 /// Signs up `count` users named `<prefix>-<i>`, at most `concurrency` at a
 /// time (sign-up hashes a password: on an external server with the default
-/// Argon2 cost this is the slow part of setup).
+/// Argon2 cost this is the slow part of setup). Each lets anyone add them
+/// to groups and open direct channels with them (`who_may_add:
+/// everyone`), so the run's channels need no invitations.
 pub async fn signup_users(
     client: &ChatClient,
     prefix: &str,
@@ -70,6 +73,11 @@ pub async fn signup_users(
             let name = format!("{prefix}-{i}");
             async move {
                 let session = retrying("sign-up", || client.signup(&name, PASSWORD, None)).await?;
+                let open = UpdatePrivacyRequest {
+                    who_may_add: Some(WhoMayAdd::Everyone),
+                    hide_last_seen: None,
+                };
+                retrying("privacy settings", || session.update_privacy(&open)).await?;
                 Counters::add(&counters.signed_up, 1);
                 Ok::<_, BenchError>(BenchUser {
                     id: session.user_id(),
@@ -111,8 +119,9 @@ pub async fn create_groups(
                 .ok_or_else(|| BenchError::plan("a group needs at least one member"))?;
             let ids: Vec<UserId> = rest.iter().map(|u| u.id).collect();
             let name = format!("{prefix} group {g}");
-            let ch = retrying("create group", || owner.session.create_group(&name, &ids)).await?;
-            Ok::<_, BenchError>(ch.id)
+            let group =
+                retrying("create group", || owner.session.create_group(&name, &ids)).await?;
+            Ok::<_, BenchError>(group.channel.id)
         })
         .buffered(concurrency.max(1))
         .try_collect()

@@ -172,6 +172,9 @@ pub fn bench_server_config() -> ServerConfig {
         argon2_iterations: 1,
         rate_limit_per_sec: 10_000_000,
         rate_limit_burst: 10_000_000,
+        // Load connections open with the token of sign-up, however long
+        // the run.
+        token_ttl: Duration::from_secs(24 * 3600),
         max_connections_per_user: 10_000,
         max_connections,
         ..defaults
@@ -259,10 +262,17 @@ impl Target {
         let http = Endpoint::parse(&http_url)?;
         http.loopback_addr().await?;
         let client = ChatClient::new(&http_url)?;
-        let route = client.route(None).await.map_err(|e| {
+        // `route` answers signed-in users only: a probe user of this run asks.
+        let probe = format!("{}-probe", crate::setup::run_prefix());
+        let route = async {
+            let session = client.signup(&probe, crate::setup::PASSWORD, None).await?;
+            session.route(None).await
+        }
+        .await
+        .map_err(|e| {
             BenchError::setup(format!(
-                "no chat server answers at {http_url} (GET /v1/route: {e}); start one, or use \
-                 --embedded-server memory"
+                "no chat server answers at {http_url} (sign-up and GET /v1/route: {e}); start \
+                 one, or use --embedded-server memory"
             ))
         })?;
         let ws = Endpoint::parse(&route.ws_url)?;

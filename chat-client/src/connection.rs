@@ -7,8 +7,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chat_core::api::{HistoryQuery, MessagePage};
-use chat_core::protocol::{ReplyBody, Request};
-use chat_core::{ChannelId, ClientMsgId, DeviceId, Message, MessageId, Presence, Seq, UserId};
+use chat_core::protocol::{Event, ReplyBody, Request};
+use chat_core::{
+    ChannelId, ClientMsgId, DeviceId, Invitation, Message, MessageId, Presence, Seq, User, UserId,
+};
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -116,6 +118,14 @@ pub enum ClientEvent {
     Message(Message),
     /// A friend's presence changed.
     Presence(Presence),
+    /// Someone asks to be friends: answer with [`Session::add_friend`]
+    /// (accept) or [`Session::remove_friend`] (decline).
+    FriendRequest(User),
+    /// A friend request the user sent was accepted.
+    FriendAccepted(User),
+    /// The user is invited to a group: answer with
+    /// [`Session::accept_invitation`] or [`Session::decline_invitation`].
+    Invitation(Invitation),
     /// The WebSocket closed or failed. Unless an [`ClientEvent::Error`]
     /// with a non-retryable error follows, the connection reconnects.
     Disconnected {
@@ -128,6 +138,19 @@ pub enum ClientEvent {
     /// sync, or (last event of the stream) the reason the connection stopped
     /// for good, such as [`ClientError::Closed`] with code 4100.
     Error(ClientError),
+}
+
+impl ClientEvent {
+    /// The event for a server notice (a friend request, its acceptance, an
+    /// invitation); the event back if it is none of these.
+    pub(crate) fn from_notice(event: Event) -> std::result::Result<Self, Event> {
+        match event {
+            Event::FriendRequest { from } => Ok(ClientEvent::FriendRequest(from)),
+            Event::FriendAccepted { friend } => Ok(ClientEvent::FriendAccepted(friend)),
+            Event::Invitation { invitation } => Ok(ClientEvent::Invitation(invitation)),
+            other => Err(other),
+        }
+    }
 }
 
 /// What [`Connection::send`] resolves to: the message is stored.

@@ -2,18 +2,17 @@
 //! devices, presence and `route`.
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chat_core::api::{
-    AuthResponse, ChannelList, CreateGroupRequest, ErrorBody, HistoryQuery, LoginRequest,
-    MessagePage, OpenDirectRequest, PresenceList, RegisterDeviceRequest, RouteResponse,
-    SignupRequest, UpdateProfileRequest, UserList,
+    AuthResponse, ChannelList, CreateGroupRequest, ErrorBody, FriendAnswer, FriendRequests,
+    FriendStatus, GroupChange, HistoryQuery, InvitationList, LoginRequest, MessagePage,
+    OpenDirectRequest, PresenceList, RefreshRequest, RegisterDeviceRequest, RouteResponse,
+    SignupRequest, UpdatePrivacyRequest, UpdateProfileRequest, UserList, MAX_CHANNEL_PAGE,
 };
 use chat_core::protocol::{ErrorCode, WireError};
-use chat_core::{
-    Channel, ChannelId, Device, DeviceId, Platform, Presence, ServerInfo, User, UserId,
-};
+use chat_core::{Channel, ChannelId, Device, DeviceId, Platform, Presence, Privacy, User, UserId};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,6 +23,19 @@ use crate::store::CursorStore;
 
 /// How long one HTTP call may take by default.
 const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An access token this close to expiry is refreshed before use.
+const REFRESH_MARGIN_MS: u64 = 60_000;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// An unauthenticated handle on the HTTP API of a chat deployment.
 ///
@@ -100,40 +112,33 @@ impl ChatClient {
         Ok(self.session(auth))
     }
 
-    /// A session from an earlier [`AuthResponse`] (a token kept between
-    /// runs). No request is made; an expired token fails on first use with
-    /// [`ErrorCode::Unauthorized`].
+    /// A session from an earlier [`AuthResponse`] (tokens kept between
+    /// runs; [`Session::auth`] gives the current ones). No request is made:
+    /// an expired access token is refreshed on first use, and an expired or
+    /// revoked refresh token fails with [`ErrorCode::Unauthorized`].
     pub fn session(&self, auth: AuthResponse) -> Session {
         Session {
             client: self.clone(),
-            token: Arc::from(auth.token),
-            expires_at: auth.expires_at,
-            user: auth.user,
+            user: auth.user.clone(),
+            auth: Arc::new(Mutex::new(auth)),
+            refreshing: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    /// A session from a bare token: asks the server who it belongs to
-    /// (`GET /v1/me`). The expiry is unknown and reported as 0.
-    pub async fn resume(&self, token: &str) -> Result<Session> {
-        let user: User = self
-            .call(self.request(Method::GET, "/v1/me").bearer_auth(token))
-            .await?;
-        Ok(self.session(AuthResponse {
-            token: token.to_owned(),
-            expires_at: 0,
-            user,
-        }))
+    /// A session from a refresh token: trades it for new tokens
+    /// (`POST /v1/refresh`).
+    pub async fn resume(&self, refresh_token: &str) -> Result<Session> {
+        let auth = self.refresh(refresh_token).await?;
+        Ok(self.session(auth))
     }
 
-    /// `GET /v1/route`: the chat server to open a WebSocket to, preferring
-    /// `region`.
-    pub async fn route(&self, region: Option<&str>) -> Result<ServerInfo> {
-        let mut req = self.request(Method::GET, "/v1/route");
-        if let Some(region) = region {
-            req = req.query(&[("region", region)]);
-        }
-        let route: RouteResponse = self.call(req).await?;
-        Ok(route.server)
+    /// `POST /v1/refresh`: new tokens for the session of `refresh_token`.
+    async fn refresh(&self, refresh_token: &str) -> Result<AuthResponse> {
+        let body = RefreshRequest {
+            refresh_token: refresh_token.to_owned(),
+        };
+        self.call(self.request(Method::POST, "/v1/refresh").json(&body))
+            .await
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -145,12 +150,6 @@ impl ChatClient {
         let resp = req.send().await?;
         let bytes = checked(resp).await?;
         serde_json::from_slice(&bytes).map_err(ClientError::decode)
-    }
-
-    /// Sends a request whose answer has no body (204).
-    async fn call_empty(&self, req: RequestBuilder) -> Result<()> {
-        let resp = req.send().await?;
-        checked(resp).await.map(drop)
     }
 }
 
@@ -190,16 +189,23 @@ pub(crate) fn code_for_status(status: StatusCode) -> ErrorCode {
     }
 }
 
-/// An authenticated user: the token, the user, and every HTTP call that
-/// needs them. Cheap to clone.
+/// An authenticated user: the tokens, the user, and every HTTP call that
+/// needs them. Cheap to clone; clones share the tokens.
 ///
-/// [`Session::connect`] opens the live WebSocket connection.
+/// The access token is short-lived (15 minutes by default): every call
+/// first refreshes it when it is about to expire (`POST /v1/refresh`, with
+/// the refresh token), and a call answered `unauthorized` is refreshed and
+/// tried once more. [`Session::connect`] opens the live WebSocket
+/// connection, which asks [`Session::route`] (and so refreshes) before
+/// every reconnect.
 #[derive(Clone)]
 pub struct Session {
     client: ChatClient,
-    token: Arc<str>,
-    expires_at: u64,
     user: User,
+    /// The current tokens, replaced by every refresh.
+    auth: Arc<Mutex<AuthResponse>>,
+    /// Held while refreshing, so concurrent calls refresh once.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for Session {
@@ -208,7 +214,7 @@ impl fmt::Debug for Session {
             .field("base_url", &self.client.base_url())
             .field("user", &self.user.id)
             .field("username", &self.user.username)
-            .field("expires_at", &self.expires_at)
+            .field("expires_at", &self.expires_at())
             .field("token", &"<redacted>")
             .finish()
     }
@@ -220,14 +226,66 @@ impl Session {
         &self.client
     }
 
-    /// The bearer token.
-    pub fn token(&self) -> &str {
-        &self.token
+    /// The current access token (the bearer token of HTTP calls and the
+    /// WebSocket).
+    pub fn token(&self) -> String {
+        lock(&self.auth).token.clone()
     }
 
-    /// When the token expires, Unix milliseconds (0 if unknown).
+    /// When the current access token expires, Unix milliseconds.
     pub fn expires_at(&self) -> u64 {
-        self.expires_at
+        lock(&self.auth).expires_at
+    }
+
+    /// The current tokens, to keep between runs (see [`ChatClient::session`]).
+    pub fn auth(&self) -> AuthResponse {
+        lock(&self.auth).clone()
+    }
+
+    /// An access token good for at least another minute, refreshed first
+    /// if needed.
+    pub async fn access_token(&self) -> Result<String> {
+        {
+            let auth = lock(&self.auth);
+            if auth.expires_at > now_ms().saturating_add(REFRESH_MARGIN_MS) {
+                return Ok(auth.token.clone());
+            }
+        }
+        self.refresh_tokens(None).await
+    }
+
+    /// Trades the refresh token for new tokens, unless another call did so
+    /// since `stale` (the access token that failed) was current.
+    async fn refresh_tokens(&self, stale: Option<&str>) -> Result<String> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let refresh_token = {
+            let auth = lock(&self.auth);
+            let renewed = match stale {
+                Some(stale) => auth.token != stale,
+                None => auth.expires_at > now_ms().saturating_add(REFRESH_MARGIN_MS),
+            };
+            if renewed {
+                return Ok(auth.token.clone());
+            }
+            auth.refresh_token.clone()
+        };
+        let fresh = self.client.refresh(&refresh_token).await?;
+        let token = fresh.token.clone();
+        *lock(&self.auth) = fresh;
+        Ok(token)
+    }
+
+    /// `POST /v1/logout`: ends this session on the server: its tokens are
+    /// refused from now on, everywhere, and its live connections close
+    /// with 4100.
+    pub async fn logout(&self) -> Result<()> {
+        self.empty(Method::POST, "/v1/logout").await
+    }
+
+    /// `POST /v1/logout/all`: ends every session of the user (every device
+    /// logs in again), this one included.
+    pub async fn logout_all(&self) -> Result<()> {
+        self.empty(Method::POST, "/v1/logout/all").await
     }
 
     /// The logged-in user, as of log-in.
@@ -240,12 +298,41 @@ impl Session {
         self.user.id
     }
 
-    fn authed(&self, method: Method, path: &str) -> RequestBuilder {
-        self.client.request(method, path).bearer_auth(&*self.token)
+    /// Sends the request `build` makes with a fresh access token; on
+    /// `unauthorized`, refreshes and tries once more (the server did
+    /// nothing with a refused token, so the retry is safe).
+    async fn authed_call(
+        &self,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+        method: Method,
+        path: &str,
+    ) -> Result<Vec<u8>> {
+        let token = self.access_token().await?;
+        let send = |token: &str| {
+            let req = self.client.request(method.clone(), path).bearer_auth(token);
+            build(req).send()
+        };
+        match checked(send(&token).await?).await {
+            Err(ClientError::Api(e)) if e.code == ErrorCode::Unauthorized => {
+                let token = self.refresh_tokens(Some(&token)).await?;
+                checked(send(&token).await?).await
+            }
+            other => other,
+        }
+    }
+
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<T> {
+        let bytes = self.authed_call(build, method, path).await?;
+        serde_json::from_slice(&bytes).map_err(ClientError::decode)
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.client.call(self.authed(Method::GET, path)).await
+        self.call_with(Method::GET, path, |r| r).await
     }
 
     async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -254,7 +341,12 @@ impl Session {
         path: &str,
         body: &B,
     ) -> Result<T> {
-        self.client.call(self.authed(method, path).json(body)).await
+        self.call_with(method, path, |r| r.json(body)).await
+    }
+
+    /// A call whose answer has no body (204).
+    async fn empty(&self, method: Method, path: &str) -> Result<()> {
+        self.authed_call(|r| r, method, path).await.map(drop)
     }
 
     /// `GET /v1/me`: the logged-in user as stored now.
@@ -288,17 +380,53 @@ impl Session {
         Ok(list.users)
     }
 
-    /// `PUT /v1/friends/{user}`: befriends `user` (mutual, idempotent).
-    pub async fn add_friend(&self, user: UserId) -> Result<()> {
-        self.client
-            .call_empty(self.authed(Method::PUT, &format!("/v1/friends/{user}")))
+    /// `PUT /v1/friends/{user}`: asks `user` to be friends, or accepts
+    /// their pending request (idempotent). [`FriendStatus::Requested`] until
+    /// they accept; [`FriendStatus::Friends`] once both have asked.
+    pub async fn add_friend(&self, user: UserId) -> Result<FriendStatus> {
+        let answer: FriendAnswer = self
+            .call_with(Method::PUT, &format!("/v1/friends/{user}"), |r| r)
+            .await?;
+        Ok(answer.status)
+    }
+
+    /// `DELETE /v1/friends/{user}`: unfriends `user`, declines their
+    /// request or cancels the caller's (idempotent).
+    pub async fn remove_friend(&self, user: UserId) -> Result<()> {
+        self.empty(Method::DELETE, &format!("/v1/friends/{user}"))
             .await
     }
 
-    /// `DELETE /v1/friends/{user}`.
-    pub async fn remove_friend(&self, user: UserId) -> Result<()> {
-        self.client
-            .call_empty(self.authed(Method::DELETE, &format!("/v1/friends/{user}")))
+    /// `GET /v1/friends/requests`: pending friend requests, both ways.
+    pub async fn friend_requests(&self) -> Result<FriendRequests> {
+        self.get("/v1/friends/requests").await
+    }
+
+    /// `GET /v1/me/privacy`.
+    pub async fn privacy(&self) -> Result<Privacy> {
+        self.get("/v1/me/privacy").await
+    }
+
+    /// `PATCH /v1/me/privacy`: changes the fields that are `Some`.
+    pub async fn update_privacy(&self, update: &UpdatePrivacyRequest) -> Result<Privacy> {
+        self.send_json(Method::PATCH, "/v1/me/privacy", update)
+            .await
+    }
+
+    /// `GET /v1/invitations`: pending group invitations, both ways.
+    pub async fn invitations(&self) -> Result<InvitationList> {
+        self.get("/v1/invitations").await
+    }
+
+    /// `PUT /v1/invitations/{channel}`: joins a group the caller is invited to.
+    pub async fn accept_invitation(&self, channel: ChannelId) -> Result<Channel> {
+        self.call_with(Method::PUT, &format!("/v1/invitations/{channel}"), |r| r)
+            .await
+    }
+
+    /// `DELETE /v1/invitations/{channel}`: declines an invitation (idempotent).
+    pub async fn decline_invitation(&self, channel: ChannelId) -> Result<()> {
+        self.empty(Method::DELETE, &format!("/v1/invitations/{channel}"))
             .await
     }
 
@@ -313,8 +441,10 @@ impl Session {
         .await
     }
 
-    /// `POST /v1/groups`: a group owned by the caller with `members` besides.
-    pub async fn create_group(&self, name: &str, members: &[UserId]) -> Result<Channel> {
+    /// `POST /v1/groups`: a group owned by the caller. Each of `members`
+    /// is added, or invited when their privacy settings ask for consent
+    /// (see [`GroupChange::invited`]).
+    pub async fn create_group(&self, name: &str, members: &[UserId]) -> Result<GroupChange> {
         let body = CreateGroupRequest {
             name: name.to_owned(),
             members: members.to_vec(),
@@ -322,28 +452,57 @@ impl Session {
         self.send_json(Method::POST, "/v1/groups", &body).await
     }
 
-    /// `PUT /v1/groups/{channel}/members/{user}` (owner only).
-    pub async fn add_member(&self, channel: ChannelId, user: UserId) -> Result<Channel> {
-        self.client
-            .call(self.authed(Method::PUT, &format!("/v1/groups/{channel}/members/{user}")))
-            .await
+    /// `PUT /v1/groups/{channel}/members/{user}` (owner only): adds `user`,
+    /// or invites them when their settings ask for consent.
+    pub async fn add_member(&self, channel: ChannelId, user: UserId) -> Result<GroupChange> {
+        self.call_with(
+            Method::PUT,
+            &format!("/v1/groups/{channel}/members/{user}"),
+            |r| r,
+        )
+        .await
     }
 
-    /// `DELETE /v1/groups/{channel}/members/{user}` (the owner, or the
-    /// member leaving).
+    /// `DELETE /v1/groups/{channel}/members/{user}`: the owner removes a
+    /// member or withdraws an invitation; a member leaves.
     pub async fn remove_member(&self, channel: ChannelId, user: UserId) -> Result<Channel> {
-        self.client
-            .call(self.authed(
-                Method::DELETE,
-                &format!("/v1/groups/{channel}/members/{user}"),
-            ))
-            .await
+        self.call_with(
+            Method::DELETE,
+            &format!("/v1/groups/{channel}/members/{user}"),
+            |r| r,
+        )
+        .await
     }
 
-    /// `GET /v1/channels`: the caller's channels.
+    /// `GET /v1/channels?after=&limit=`: one page of the caller's channels,
+    /// by id, and the cursor of the next page.
+    pub async fn channels_page(
+        &self,
+        after: Option<ChannelId>,
+        limit: usize,
+    ) -> Result<(Vec<Channel>, Option<ChannelId>)> {
+        let mut params: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        if let Some(after) = after {
+            params.push(("after", after.to_string()));
+        }
+        let list: ChannelList = self
+            .call_with(Method::GET, "/v1/channels", |r| r.query(&params))
+            .await?;
+        Ok((list.channels, list.next))
+    }
+
+    /// Every channel of the caller, page by page.
     pub async fn channels(&self) -> Result<Vec<Channel>> {
-        let list: ChannelList = self.get("/v1/channels").await?;
-        Ok(list.channels)
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = self.channels_page(after, MAX_CHANNEL_PAGE).await?;
+            all.extend(page);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// `GET /v1/channels/{id}` (members only).
@@ -365,10 +524,12 @@ impl Session {
         if let Some(limit) = query.limit {
             params.push(("limit", limit.to_string()));
         }
-        let req = self
-            .authed(Method::GET, &format!("/v1/channels/{channel}/messages"))
-            .query(&params);
-        self.client.call(req).await
+        self.call_with(
+            Method::GET,
+            &format!("/v1/channels/{channel}/messages"),
+            |r| r.query(&params),
+        )
+        .await
     }
 
     /// `PUT /v1/devices/{device}`: registers (or updates) a device.
@@ -393,16 +554,22 @@ impl Session {
             .map(UserId::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let req = self
-            .authed(Method::GET, "/v1/presence")
-            .query(&[("users", list)]);
-        let answer: PresenceList = self.client.call(req).await?;
+        let answer: PresenceList = self
+            .call_with(Method::GET, "/v1/presence", |r| {
+                r.query(&[("users", list.as_str())])
+            })
+            .await?;
         Ok(answer.users)
     }
 
-    /// `GET /v1/route`: the chat server to connect to, preferring `region`.
-    pub async fn route(&self, region: Option<&str>) -> Result<ServerInfo> {
-        self.client.route(region).await
+    /// `GET /v1/route`: the chat server to connect to, preferring `region`
+    /// (with a fresh access token, which [`Session::token`] then returns).
+    pub async fn route(&self, region: Option<&str>) -> Result<RouteResponse> {
+        self.call_with(Method::GET, "/v1/route", |r| match region {
+            Some(region) => r.query(&[("region", region)]),
+            None => r,
+        })
+        .await
     }
 
     /// Opens the live connection for `device`: see [`Connection::connect`].
@@ -440,6 +607,8 @@ mod tests {
         let s = c.session(AuthResponse {
             token: "secret-token".into(),
             expires_at: 5,
+            refresh_token: "secret-refresh".into(),
+            refresh_expires_at: 6,
             user: User {
                 id: UserId::new_random(),
                 username: "alice".into(),
@@ -449,6 +618,7 @@ mod tests {
         });
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("secret-token"), "{dbg}");
+        assert!(!dbg.contains("secret-refresh"), "{dbg}");
         assert_eq!(s.token(), "secret-token");
     }
 

@@ -175,7 +175,7 @@ pub(crate) async fn open_socket(
     })?;
     url.query_pairs_mut()
         .append_pair("device", &device.to_string())
-        .append_pair("token", session.token())
+        .append_pair("token", &session.token())
         .append_pair("v", &PROTOCOL_VERSION.to_string());
     let max = options.max_frame_size.max(64 << 10);
     let config = WebSocketConfig::default()
@@ -183,7 +183,7 @@ pub(crate) async fn open_socket(
         .write_buffer_size(8 << 10)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    debug!(server = %server.id, url = %server.ws_url, "connecting");
+    debug!(url = %server.ws_url, "connecting");
     let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
     let (mut ws, _response) = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => return Err(ClientError::Timeout),
@@ -911,7 +911,10 @@ impl Worker {
                     self.start_sync(ws).await.map_err(lost)?;
                 }
             }
-            ServerFrame::Event(other) => debug!(?other, "unknown event, ignored"),
+            ServerFrame::Event(other) => match ClientEvent::from_notice(other) {
+                Ok(event) => self.emit(event),
+                Err(other) => debug!(?other, "unknown event, ignored"),
+            },
             ServerFrame::Reply(reply) => {
                 let Some(id) = reply.id.clone() else {
                     warn!(error = ?reply.error, "error reply without a request id");

@@ -23,7 +23,7 @@ use chat_core::protocol::{
 };
 use chat_core::{
     ChannelId, ClientMsgId, DeviceId, InboxEntry, Message, MessageId, Presence, PresenceStatus,
-    Seq, ServerInfo, User, UserId,
+    Seq, User, UserId,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -132,14 +132,7 @@ impl Mock {
                     let (status, body) = if head.starts_with("GET /v1/route") {
                         st.lock().unwrap().routes += 1;
                         let body = RouteResponse {
-                            server: ServerInfo {
-                                id: "mock-1".into(),
-                                ws_url: format!("ws://{ws_addr}/v1/ws"),
-                                http_url: format!("http://{ws_addr}"),
-                                region: None,
-                                capacity: 100,
-                                connections: 0,
-                            },
+                            ws_url: format!("ws://{ws_addr}/v1/ws"),
                         };
                         ("200 OK", serde_json::to_string(&body).unwrap())
                     } else {
@@ -386,7 +379,9 @@ impl Mock {
             .unwrap()
             .session(AuthResponse {
                 token: "token".into(),
-                expires_at: 0,
+                expires_at: u64::MAX,
+                refresh_token: "refresh".into(),
+                refresh_expires_at: u64::MAX,
                 user: self.user.clone(),
             })
     }
@@ -762,7 +757,9 @@ async fn connect_fails_when_no_server_answers() {
         .unwrap()
         .session(AuthResponse {
             token: "t".into(),
-            expires_at: 0,
+            expires_at: u64::MAX,
+            refresh_token: "r".into(),
+            refresh_expires_at: u64::MAX,
             user: User {
                 id: UserId::new_random(),
                 username: "x".into(),

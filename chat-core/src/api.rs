@@ -1,16 +1,16 @@
 //! Request and response bodies of the stateless HTTP API, shared by the
 //! server and the client SDK. `docs/protocol.md` lists every endpoint.
 //!
-//! Every endpoint except sign-up, log-in, `/healthz` and `route` needs
-//! `Authorization: Bearer <token>`. Errors are `{"error": WireError}` with the
-//! HTTP status of [`ErrorCode::http_status`](crate::protocol::ErrorCode::http_status).
+//! Every endpoint except sign-up, log-in, refresh and `/healthz` needs
+//! `Authorization: Bearer <access token>`. Errors are `{"error": WireError}`
+//! with the HTTP status of
+//! [`ErrorCode::http_status`](crate::protocol::ErrorCode::http_status).
 
 use serde::{Deserialize, Serialize};
 
-use crate::discovery::ServerInfo;
-use crate::id::{DeviceId, MessageId, UserId};
+use crate::id::{ChannelId, DeviceId, MessageId, UserId};
 use crate::protocol::WireError;
-use crate::types::{Channel, Message, Platform, Presence, User};
+use crate::types::{Channel, Invitation, Message, Platform, Presence, User, WhoMayAdd};
 
 /// `POST /v1/signup`
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,15 +33,41 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-/// Answer to sign-up and log-in.
+/// Answer to sign-up, log-in and refresh.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthResponse {
-    /// Bearer token for HTTP and the WebSocket.
+    /// Access token: the bearer token for HTTP and the WebSocket.
     pub token: String,
-    /// When the token expires, Unix milliseconds.
+    /// When the access token expires, Unix milliseconds (15 minutes after
+    /// issue by default).
     pub expires_at: u64,
+    /// Refresh token: trades for a new access token at `POST /v1/refresh`
+    /// (and is good for nothing else).
+    pub refresh_token: String,
+    /// When the refresh token expires, Unix milliseconds (30 days after
+    /// issue by default).
+    pub refresh_expires_at: u64,
     /// The user.
     pub user: User,
+}
+
+/// `POST /v1/refresh`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    /// The refresh token of [`AuthResponse::refresh_token`].
+    pub refresh_token: String,
+}
+
+/// `PATCH /v1/me/privacy` — fields left out stay as they are; `GET` and
+/// `PATCH` answer the settings as a [`Privacy`](crate::types::Privacy).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdatePrivacyRequest {
+    /// Who may add the caller to groups and open direct channels with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who_may_add: Option<WhoMayAdd>,
+    /// Hide `last_active_at` from everyone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hide_last_seen: Option<bool>,
 }
 
 /// `PATCH /v1/me` — fields left out stay as they are.
@@ -62,6 +88,51 @@ pub struct UserList {
     pub users: Vec<User>,
 }
 
+/// Where a friendship stands after `PUT /v1/friends/{user}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FriendStatus {
+    /// A request is pending: the other user has not answered yet.
+    Requested,
+    /// They are friends (the call accepted their request, or they already were).
+    Friends,
+}
+
+/// Answer of `PUT /v1/friends/{user}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FriendAnswer {
+    /// Where the friendship stands now.
+    pub status: FriendStatus,
+}
+
+/// One pending friend request, as its sender or recipient sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingFriend {
+    /// The other user: who asks (incoming) or who is asked (outgoing).
+    pub user: User,
+    /// When it was asked, Unix milliseconds.
+    pub created_at: u64,
+}
+
+/// Answer of `GET /v1/friends/requests`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FriendRequests {
+    /// Requests to the caller, waiting for the caller's answer.
+    pub incoming: Vec<PendingFriend>,
+    /// Requests the caller sent, waiting for the other side.
+    pub outgoing: Vec<PendingFriend>,
+}
+
+/// Answer of `GET /v1/invitations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvitationList {
+    /// Invitations to the caller, waiting for the caller's answer.
+    pub incoming: Vec<Invitation>,
+    /// Invitations the caller sent, waiting for the invitees.
+    pub outgoing: Vec<Invitation>,
+}
+
 /// `POST /v1/channels/direct` — open (or get) the direct channel with a user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpenDirectRequest {
@@ -79,11 +150,47 @@ pub struct CreateGroupRequest {
     pub members: Vec<UserId>,
 }
 
-/// `GET /v1/channels`
+/// Answer of `POST /v1/groups` and `PUT /v1/groups/{id}/members/{user}`:
+/// the group as it is now (a [`Channel`]'s fields) and who was invited
+/// rather than added, because their privacy settings ask for that.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupChange {
+    /// The group.
+    #[serde(flatten)]
+    pub channel: Channel,
+    /// Users invited by this call (they join once they accept).
+    #[serde(default)]
+    pub invited: Vec<UserId>,
+    /// Users of a new group's list that were neither added nor invited (a
+    /// cap of theirs or of the caller's was reached); always empty when
+    /// adding one member, which answers an error instead.
+    #[serde(default)]
+    pub refused: Vec<UserId>,
+}
+
+/// Query of `GET /v1/channels`: a page of the caller's channels by id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChannelsQuery {
+    /// Exclusive lower bound: the `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<ChannelId>,
+    /// Page size (default 50, at most [`MAX_CHANNEL_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Largest page of `GET /v1/channels`: a channel lists up to 100 members,
+/// so a page stays under about half a megabyte.
+pub const MAX_CHANNEL_PAGE: usize = 100;
+
+/// Answer of `GET /v1/channels`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelList {
-    /// The caller's channels.
+    /// The caller's channels, ascending by id.
     pub channels: Vec<Channel>,
+    /// The cursor of the next page (pass it as `after`); absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ChannelId>,
 }
 
 /// Query of `GET /v1/channels/{id}/messages` (see [`crate::Page`]).
@@ -131,10 +238,12 @@ pub struct RouteQuery {
 }
 
 /// Answer of `GET /v1/route`: the chat server to open the WebSocket to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Only what a client needs: server ids, capacities and loads stay
+/// inside the deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteResponse {
-    /// The chosen server.
-    pub server: ServerInfo,
+    /// The WebSocket URL to open (add `device`, `token` and `v`).
+    pub ws_url: String,
 }
 
 /// Query of `GET /v1/presence?users=a,b,c`.

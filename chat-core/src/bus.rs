@@ -48,6 +48,19 @@ pub enum BusEvent {
         /// The new presence.
         presence: Presence,
     },
+    /// A client event delivered to each recipient as it is: a friend
+    /// request, its acceptance, a group invitation.
+    Notice {
+        /// The event.
+        event: crate::protocol::Event,
+    },
+    /// The recipients' tokens of one log-in session (of every session, for
+    /// `None`) were revoked: their live connections must close.
+    Revoked {
+        /// The log-in session, or `None` for all of them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<u64>,
+    },
 }
 
 /// Receives envelopes for users subscribed on this node.

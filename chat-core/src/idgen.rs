@@ -409,7 +409,11 @@ mod tests {
         let theirs = ahead.generate();
         let id = ours.generate_after(theirs);
         assert!(id > theirs, "above the other node's id");
-        assert_eq!(Snowflake::node_of(id), 3, "with our node bits: still unique");
+        assert_eq!(
+            Snowflake::node_of(id),
+            3,
+            "with our node bits: still unique"
+        );
         let next = ours.generate();
         assert!(next > id, "later ids stay above it");
         // Once our clock passes it, ids follow the clock again.
@@ -437,9 +441,15 @@ mod tests {
         assert!(seq.floor_at(T0).is_none());
 
         // Above a given id, then on from there.
-        assert_eq!(seq.next_id_after(c1, MessageId(10)).await.unwrap(), MessageId(11));
+        assert_eq!(
+            seq.next_id_after(c1, MessageId(10)).await.unwrap(),
+            MessageId(11)
+        );
         assert_eq!(seq.next_id(c1).await.unwrap(), MessageId(12));
-        assert_eq!(seq.next_id_after(c1, MessageId(3)).await.unwrap(), MessageId(13));
+        assert_eq!(
+            seq.next_id_after(c1, MessageId(3)).await.unwrap(),
+            MessageId(13)
+        );
 
         // A restarted generator continues after the newest stored message.
         let m = Message::test_message(c1, MessageId(41));

@@ -15,12 +15,12 @@
 //! | [`PresenceTracker`] | heartbeats → online / offline |
 //! | [`PushNotifier`] | notifications for recipients with no connected device |
 //! | [`ServiceDiscovery`] | the registry of chat servers for `route` |
-//! | [`Directory`] | users, credentials, friends, channels, members, devices |
+//! | [`Directory`] | users, credentials and privacy settings, friends and friend requests, channels, members and invitations, devices |
 //!
 //! ```
 //! use std::time::Duration;
 //! use chat_core::memory::{MemoryDirectory, MemoryStore};
-//! use chat_core::{Channel, Directory, Inbox, MessageStore, NewMessage, Seq, Snowflake};
+//! use chat_core::{Channel, Directory, Inbox, Limits, MessageStore, NewMessage, Seq, Snowflake};
 //! use chat_core::{ClientMsgId, MessageIdGenerator, User, UserId, UserRecord};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -32,7 +32,10 @@
 //! let store = MemoryStore::default();
 //! let directory = store.directory();
 //! let (alice, bob) = (user(&directory, "alice").await, user(&directory, "bob").await);
-//! let channel = directory.create_channel(Channel::direct(alice, bob, 0)).await.unwrap();
+//! let channel = directory
+//!     .create_channel(Channel::direct(alice, bob, 0), &Limits::default())
+//!     .await
+//!     .unwrap();
 //!
 //! let ids = Snowflake::new(1).unwrap();
 //! let send = NewMessage {
@@ -68,11 +71,14 @@ pub mod protocol;
 pub mod push;
 pub mod rules;
 pub mod store;
+pub mod text;
 pub mod types;
 
 pub use bus::{BusEvent, DeliveryBus, Envelope, EnvelopeHandler};
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use directory::{Directory, UserRecord};
+pub use directory::{
+    Contact, Directory, FriendOutcome, InviteOutcome, Limits, TokenState, UserRecord,
+};
 pub use discovery::{pick_server, ServerInfo, ServiceDiscovery};
 pub use error::{BoxError, Error, Result};
 pub use id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
@@ -86,5 +92,6 @@ pub use store::{
     Inbox, InboxEntry, MessageStore, NewMessage, Page, Paged, Seq, ENTRY_OVERHEAD, MAX_PAGE,
 };
 pub use types::{
-    Channel, ChannelKind, Device, Message, Platform, Presence, PresenceStatus, Profile, User,
+    Channel, ChannelKind, Device, FriendRequest, Invitation, Message, Platform, Presence,
+    PresenceStatus, Privacy, Profile, User, WhoMayAdd,
 };

@@ -7,7 +7,7 @@
 //! Locks are `std::sync::Mutex` held only for in-memory work, never across
 //! an `.await`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,22 +15,21 @@ use async_trait::async_trait;
 
 use crate::bus::{DeliveryBus, Envelope, EnvelopeHandler};
 use crate::clock::{Clock, SystemClock};
-use crate::directory::{Directory, UserRecord};
 use crate::discovery::{ServerInfo, ServiceDiscovery};
 use crate::error::{Error, Result};
 use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 use crate::presence::PresenceTracker;
 use crate::push::{DeliveryOutcome, PushNotification, PushNotifier, PushReport};
-use crate::rules::{
-    apply_membership, check_channel_id, check_duplicate, validate_new_channel, validate_new_user,
-};
+use crate::rules::{check_channel_id, check_duplicate};
 use crate::store::{
     entry_bytes, take_within, Appended, Committed, Fanout, FanoutStore, HistoryStore, Inbox,
     InboxEntry, MessageStore, NewMessage, Page, Paged, Seq,
 };
-use crate::types::{
-    Channel, ChannelKind, Device, Message, Presence, PresenceStatus, Profile, User,
-};
+use crate::types::{Message, Presence, PresenceStatus};
+
+mod directory;
+
+pub use directory::MemoryDirectory;
 
 /// Locks a mutex, recovering from poisoning: the data behind these locks is
 /// only ever mutated by complete, panic-free updates.
@@ -688,221 +687,6 @@ impl ServiceDiscovery for MemoryDiscovery {
         let mut servers = lock(&self.servers);
         servers.retain(|_, (_, expires)| *expires > now);
         Ok(servers.values().map(|(s, _)| s.clone()).collect())
-    }
-}
-
-#[derive(Debug, Default)]
-struct DirectoryState {
-    users: HashMap<UserId, UserRecord>,
-    by_name: HashMap<String, UserId>,
-    friends: HashMap<UserId, BTreeSet<UserId>>,
-    channels: HashMap<ChannelId, Channel>,
-    memberships: HashMap<UserId, BTreeSet<ChannelId>>,
-    devices: HashMap<UserId, BTreeMap<DeviceId, Device>>,
-}
-
-impl DirectoryState {
-    fn require_user(&self, id: UserId) -> Result<()> {
-        if self.users.contains_key(&id) {
-            Ok(())
-        } else {
-            Err(Error::not_found("user"))
-        }
-    }
-}
-
-/// The directory in memory.
-#[derive(Debug, Default)]
-pub struct MemoryDirectory {
-    state: Mutex<DirectoryState>,
-}
-
-impl MemoryDirectory {
-    /// A channel as it is now, without waiting (for [`MemoryStore`]'s
-    /// commits).
-    fn channel_now(&self, id: ChannelId) -> Option<Channel> {
-        lock(&self.state).channels.get(&id).cloned()
-    }
-}
-
-#[async_trait]
-impl Directory for MemoryDirectory {
-    async fn create_user(&self, record: UserRecord) -> Result<User> {
-        validate_new_user(&record)?;
-        let mut st = lock(&self.state);
-        if st.by_name.contains_key(&record.user.username) {
-            return Err(Error::AlreadyExists { what: "username" });
-        }
-        if st.users.contains_key(&record.user.id) {
-            return Err(Error::AlreadyExists { what: "user" });
-        }
-        st.by_name
-            .insert(record.user.username.clone(), record.user.id);
-        let user = record.user.clone();
-        st.users.insert(user.id, record);
-        Ok(user)
-    }
-
-    async fn user(&self, id: UserId) -> Result<Option<User>> {
-        Ok(lock(&self.state).users.get(&id).map(|r| r.user.clone()))
-    }
-
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
-        let st = lock(&self.state);
-        Ok(st
-            .by_name
-            .get(username)
-            .and_then(|id| st.users.get(id))
-            .cloned())
-    }
-
-    async fn update_profile(&self, id: UserId, profile: Profile) -> Result<User> {
-        let mut st = lock(&self.state);
-        let record = st.users.get_mut(&id).ok_or(Error::not_found("user"))?;
-        record.user.profile = profile;
-        Ok(record.user.clone())
-    }
-
-    async fn add_friend(&self, a: UserId, b: UserId) -> Result<()> {
-        if a == b {
-            return Err(Error::invalid("a user cannot befriend themselves"));
-        }
-        let mut st = lock(&self.state);
-        st.require_user(a)?;
-        st.require_user(b)?;
-        st.friends.entry(a).or_default().insert(b);
-        st.friends.entry(b).or_default().insert(a);
-        Ok(())
-    }
-
-    async fn remove_friend(&self, a: UserId, b: UserId) -> Result<()> {
-        let mut st = lock(&self.state);
-        if let Some(f) = st.friends.get_mut(&a) {
-            f.remove(&b);
-        }
-        if let Some(f) = st.friends.get_mut(&b) {
-            f.remove(&a);
-        }
-        Ok(())
-    }
-
-    async fn friends(&self, user: UserId) -> Result<Vec<UserId>> {
-        Ok(lock(&self.state)
-            .friends
-            .get(&user)
-            .map(|f| f.iter().copied().collect())
-            .unwrap_or_default())
-    }
-
-    async fn create_channel(&self, channel: Channel) -> Result<Channel> {
-        let channel = validate_new_channel(&channel)?;
-        let mut st = lock(&self.state);
-        for m in &channel.members {
-            st.require_user(*m)?;
-        }
-        if let Some(existing) = st.channels.get(&channel.id) {
-            return match channel.kind {
-                ChannelKind::Direct => Ok(existing.clone()),
-                _ => Err(Error::AlreadyExists { what: "channel" }),
-            };
-        }
-        for m in &channel.members {
-            st.memberships.entry(*m).or_default().insert(channel.id);
-        }
-        st.channels.insert(channel.id, channel.clone());
-        Ok(channel)
-    }
-
-    async fn channel(&self, id: ChannelId) -> Result<Option<Channel>> {
-        Ok(lock(&self.state).channels.get(&id).cloned())
-    }
-
-    async fn add_member(
-        &self,
-        channel: ChannelId,
-        user: UserId,
-        max_members: usize,
-    ) -> Result<Channel> {
-        let mut st = lock(&self.state);
-        st.require_user(user)?;
-        let current = st
-            .channels
-            .get(&channel)
-            .ok_or(Error::not_found("channel"))?;
-        match apply_membership(current, user, true, max_members)? {
-            None => Ok(current.clone()),
-            Some(updated) => {
-                st.memberships.entry(user).or_default().insert(channel);
-                st.channels.insert(channel, updated.clone());
-                Ok(updated)
-            }
-        }
-    }
-
-    async fn remove_member(&self, channel: ChannelId, user: UserId) -> Result<Channel> {
-        let mut st = lock(&self.state);
-        let current = st
-            .channels
-            .get(&channel)
-            .ok_or(Error::not_found("channel"))?;
-        match apply_membership(current, user, false, usize::MAX)? {
-            None => Ok(current.clone()),
-            Some(updated) => {
-                if let Some(m) = st.memberships.get_mut(&user) {
-                    m.remove(&channel);
-                }
-                st.channels.insert(channel, updated.clone());
-                Ok(updated)
-            }
-        }
-    }
-
-    async fn channels_of(&self, user: UserId) -> Result<Vec<Channel>> {
-        let st = lock(&self.state);
-        Ok(st
-            .memberships
-            .get(&user)
-            .into_iter()
-            .flatten()
-            .filter_map(|c| st.channels.get(c).cloned())
-            .collect())
-    }
-
-    async fn register_device(&self, device: Device) -> Result<Device> {
-        let mut st = lock(&self.state);
-        st.require_user(device.user)?;
-        st.devices
-            .entry(device.user)
-            .or_default()
-            .insert(device.id, device.clone());
-        Ok(device)
-    }
-
-    async fn devices(&self, user: UserId) -> Result<Vec<Device>> {
-        Ok(lock(&self.state)
-            .devices
-            .get(&user)
-            .map(|d| d.values().cloned().collect())
-            .unwrap_or_default())
-    }
-
-    async fn remove_device(&self, user: UserId, device: DeviceId) -> Result<()> {
-        if let Some(d) = lock(&self.state).devices.get_mut(&user) {
-            d.remove(&device);
-        }
-        Ok(())
-    }
-
-    async fn clear_push_token(&self, user: UserId, device: DeviceId, token: &str) -> Result<bool> {
-        let mut st = lock(&self.state);
-        let Some(d) = st.devices.get_mut(&user).and_then(|d| d.get_mut(&device)) else {
-            return Ok(false);
-        };
-        if d.push_token.as_deref() != Some(token) {
-            return Ok(false);
-        }
-        d.push_token = None;
-        Ok(true)
     }
 }
 

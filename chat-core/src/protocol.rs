@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 use crate::store::{InboxEntry, Seq};
-use crate::types::{Message, Presence};
+use crate::types::{Invitation, Message, Presence, User};
 
 /// The protocol version this crate speaks.
 ///
@@ -85,6 +85,14 @@ pub enum Request {
         /// Whose presence.
         users: Vec<UserId>,
     },
+}
+
+impl Request {
+    /// The `type` of every request this version knows. A frame whose
+    /// `type` is not one of these is a `bad_frame`; a frame of a known type
+    /// with a bad field is `invalid_input`.
+    pub const TYPES: &'static [&'static str] =
+        &["send", "sync", "ack", "heartbeat", "history", "presence"];
 }
 
 /// A frame from the server.
@@ -238,6 +246,23 @@ pub enum Event {
     /// lost its connection to the delivery bus and regained it): sync from
     /// the cursor.
     Resync {},
+    /// Someone asks to be the user's friend; answer with
+    /// `PUT /v1/friends/{from}` (accept) or `DELETE` (decline).
+    FriendRequest {
+        /// Who asks.
+        from: User,
+    },
+    /// A friend request the user sent was accepted: they are friends now.
+    FriendAccepted {
+        /// The new friend.
+        friend: User,
+    },
+    /// The user is invited to a group; answer with
+    /// `PUT /v1/invitations/{channel}` (join) or `DELETE` (decline).
+    Invitation {
+        /// The invitation.
+        invitation: Invitation,
+    },
 }
 
 /// Stable error codes. Clients branch on these, never on the message text.
@@ -427,6 +452,53 @@ mod tests {
         let w = WireError::from(&Error::conflict("x"));
         assert_eq!(w.code, ErrorCode::Conflict);
         assert!(!w.retryable);
+    }
+
+    #[test]
+    fn request_types_lists_every_request() {
+        let c = ChannelId::new_random();
+        let requests = [
+            Request::Send {
+                channel: c,
+                client_msg_id: ClientMsgId::new_random(),
+                content: "x".into(),
+            },
+            Request::Sync {
+                after: None,
+                limit: None,
+            },
+            Request::Ack { cursor: Seq(1) },
+            Request::Heartbeat {},
+            Request::History {
+                channel: c,
+                before: None,
+                after: None,
+                limit: None,
+            },
+            Request::Presence { users: vec![] },
+        ];
+        // Exhaustive on purpose: a new request type fails to compile here
+        // until it is added to this list and to `Request::TYPES`.
+        fn type_of(r: &Request) -> &'static str {
+            match r {
+                Request::Send { .. } => "send",
+                Request::Sync { .. } => "sync",
+                Request::Ack { .. } => "ack",
+                Request::Heartbeat {} => "heartbeat",
+                Request::History { .. } => "history",
+                Request::Presence { .. } => "presence",
+            }
+        }
+        assert_eq!(requests.len(), Request::TYPES.len());
+        for r in requests {
+            let json = serde_json::to_value(&r).unwrap();
+            let t = json["type"].as_str().unwrap();
+            assert_eq!(t, type_of(&r));
+            assert!(
+                Request::TYPES.contains(&t),
+                "{t} is missing from Request::TYPES"
+            );
+        }
     }
 
     #[test]

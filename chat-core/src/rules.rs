@@ -1,7 +1,7 @@
 //! Rules every backend shares, so each backend decides duplicates, pages
 //! and membership changes the same way.
 
-use crate::directory::UserRecord;
+use crate::directory::{FriendOutcome, InviteOutcome, Limits, UserRecord};
 use crate::error::{Error, Result};
 use crate::id::{ChannelId, MessageId, UserId};
 use crate::store::Appended;
@@ -63,7 +63,8 @@ pub fn validate_new_channel(channel: &Channel) -> Result<Channel> {
 }
 
 /// Applies a membership change to a channel: the rule every directory
-/// backend shares. Returns `None` when nothing changes.
+/// backend shares. Returns `None` when nothing changes. (The caller checks
+/// the new member's own cap, [`check_groups_joined`], when this adds.)
 pub fn apply_membership(
     channel: &Channel,
     user: UserId,
@@ -101,4 +102,244 @@ pub fn apply_membership(
 /// backend enforces.
 pub fn validate_new_user(record: &UserRecord) -> Result<()> {
     validate_username(&record.user.username)
+}
+
+/// `LimitExceeded` unless `count` is below `max`: the one cap check every
+/// directory backend uses. `what` names the cap for the message.
+pub fn check_cap(count: usize, max: usize, what: &str) -> Result<()> {
+    if count < max {
+        Ok(())
+    } else {
+        Err(Error::LimitExceeded {
+            limit: format!("{what} (at most {max})"),
+        })
+    }
+}
+
+/// The cap on a user joining one more group.
+pub fn check_groups_joined(joined: usize, limits: &Limits) -> Result<()> {
+    check_cap(joined, limits.groups_joined, "groups a user is a member of")
+}
+
+/// What a backend knows about two users when `from` asks `to` to be
+/// friends, read atomically with the write that follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FriendPair {
+    /// Whether they are friends.
+    pub friends: bool,
+    /// Whether `from` has a pending request to `to`.
+    pub requested: bool,
+    /// Whether `to` has a pending request to `from`.
+    pub incoming: bool,
+    /// `from`'s friends.
+    pub from_friends: usize,
+    /// `to`'s friends.
+    pub to_friends: usize,
+    /// Pending requests `from` has sent (friend requests and invitations).
+    pub from_sent: usize,
+    /// Pending requests `to` has received (friend requests and invitations).
+    pub to_received: usize,
+}
+
+/// Decides [`Directory::request_friend`](crate::Directory::request_friend)
+/// from the pair's state: the rule every directory backend shares. The
+/// backend then writes what the outcome says: for `Accepted`, remove the
+/// request `to → from` and store the friendship; for `Requested`, store
+/// the request `from → to`; otherwise nothing.
+pub fn decide_friend_request(pair: &FriendPair, limits: &Limits) -> Result<FriendOutcome> {
+    if pair.friends {
+        return Ok(FriendOutcome::AlreadyFriends);
+    }
+    if pair.incoming {
+        check_cap(pair.from_friends, limits.friends, "friends of a user")?;
+        check_cap(pair.to_friends, limits.friends, "friends of a user")?;
+        return Ok(FriendOutcome::Accepted);
+    }
+    if pair.requested {
+        return Ok(FriendOutcome::AlreadyRequested);
+    }
+    check_cap(
+        pair.from_sent,
+        limits.pending_sent,
+        "pending requests a user has sent",
+    )?;
+    check_cap(
+        pair.to_received,
+        limits.pending_received,
+        "pending requests a user has received",
+    )?;
+    Ok(FriendOutcome::Requested)
+}
+
+/// `InvalidInput` for `request_friend(a, a)`.
+pub fn check_friend_pair(from: UserId, to: UserId) -> Result<()> {
+    if from == to {
+        Err(Error::invalid("a user cannot befriend themselves"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Decides [`Directory::invite`](crate::Directory::invite): `Some` outcome
+/// when nothing is to be written (already a member or invited), `None`
+/// when a new invitation may be stored once the caps pass
+/// ([`check_invite_caps`]). Only groups take invitations.
+pub fn decide_invite(
+    channel: &Channel,
+    user: UserId,
+    invited: bool,
+) -> Result<Option<InviteOutcome>> {
+    if channel.kind != ChannelKind::Group {
+        return Err(Error::invalid("only groups take invitations"));
+    }
+    if channel.is_member(user) {
+        return Ok(Some(InviteOutcome::AlreadyMember));
+    }
+    if invited {
+        return Ok(Some(InviteOutcome::AlreadyInvited));
+    }
+    Ok(None)
+}
+
+/// The caps on a new invitation: the inviter's sent and the invitee's
+/// received pending requests.
+pub fn check_invite_caps(
+    inviter_sent: usize,
+    invitee_received: usize,
+    limits: &Limits,
+) -> Result<()> {
+    check_cap(
+        inviter_sent,
+        limits.pending_sent,
+        "pending requests a user has sent",
+    )?;
+    check_cap(
+        invitee_received,
+        limits.pending_received,
+        "pending requests a user has received",
+    )
+}
+
+/// The caps on a new group: its owner's owned groups and every member's
+/// joined groups (`joined` in the order of `channel.members`). Direct
+/// channels have none.
+pub fn check_new_group_caps(
+    channel: &Channel,
+    owned: usize,
+    joined: &[usize],
+    limits: &Limits,
+) -> Result<()> {
+    if channel.kind != ChannelKind::Group {
+        return Ok(());
+    }
+    check_cap(owned, limits.groups_owned, "groups a user owns")?;
+    for n in joined {
+        check_groups_joined(*n, limits)?;
+    }
+    Ok(())
+}
+
+/// The revoked-session records a user keeps after revoking `session` until
+/// `until` at `now`: the records in `kept` that are still live plus the
+/// new one, or `None` when that would be more than
+/// [`MAX_REVOKED_SESSIONS`](crate::directory::MAX_REVOKED_SESSIONS) and
+/// every session must be revoked instead (epoch + 1).
+pub fn revoked_after(
+    kept: impl IntoIterator<Item = (u64, u64)>,
+    session: u64,
+    until: u64,
+    now: u64,
+) -> Option<Vec<(u64, u64)>> {
+    let mut live: Vec<(u64, u64)> = kept
+        .into_iter()
+        .filter(|(s, u)| *u > now && *s != session)
+        .collect();
+    live.push((session, until));
+    (live.len() <= crate::directory::MAX_REVOKED_SESSIONS).then_some(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn friend_requests_decide_in_one_order() {
+        let limits = Limits::default();
+        let base = FriendPair::default();
+        assert_eq!(
+            decide_friend_request(&base, &limits).unwrap(),
+            FriendOutcome::Requested
+        );
+        let crossed = FriendPair {
+            incoming: true,
+            requested: true,
+            ..base
+        };
+        assert_eq!(
+            decide_friend_request(&crossed, &limits).unwrap(),
+            FriendOutcome::Accepted,
+            "an incoming request is accepted whatever else is pending"
+        );
+        let friends = FriendPair {
+            friends: true,
+            incoming: true,
+            ..base
+        };
+        assert_eq!(
+            decide_friend_request(&friends, &limits).unwrap(),
+            FriendOutcome::AlreadyFriends
+        );
+        let dup = FriendPair {
+            requested: true,
+            from_sent: 10_000,
+            ..base
+        };
+        assert_eq!(
+            decide_friend_request(&dup, &limits).unwrap(),
+            FriendOutcome::AlreadyRequested,
+            "a duplicate is a no-op even at the cap"
+        );
+        let full = FriendPair {
+            from_sent: limits.pending_sent,
+            ..base
+        };
+        assert!(matches!(
+            decide_friend_request(&full, &limits),
+            Err(Error::LimitExceeded { .. })
+        ));
+        let flooded = FriendPair {
+            to_received: limits.pending_received,
+            ..base
+        };
+        assert!(matches!(
+            decide_friend_request(&flooded, &limits),
+            Err(Error::LimitExceeded { .. })
+        ));
+        let popular = FriendPair {
+            incoming: true,
+            to_friends: limits.friends,
+            ..base
+        };
+        assert!(matches!(
+            decide_friend_request(&popular, &limits),
+            Err(Error::LimitExceeded { .. })
+        ));
+    }
+
+    #[test]
+    fn revoked_records_expire_and_overflow_into_an_epoch() {
+        let kept = vec![(1, 100), (2, 300)];
+        assert_eq!(
+            revoked_after(kept, 3, 400, 200),
+            Some(vec![(2, 300), (3, 400)])
+        );
+        let full: Vec<(u64, u64)> = (0..crate::directory::MAX_REVOKED_SESSIONS as u64)
+            .map(|s| (s, 1_000))
+            .collect();
+        assert_eq!(
+            revoked_after(full.clone(), 5, 2_000, 0).map(|v| v.len()),
+            Some(full.len())
+        );
+        assert_eq!(revoked_after(full, u64::MAX, 2_000, 0), None);
+    }
 }

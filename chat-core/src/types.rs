@@ -22,7 +22,8 @@ pub struct Profile {
 pub struct User {
     /// The user's id.
     pub id: UserId,
-    /// Unique login name (lowercase ASCII letters, digits, `_`, `-`, `.`).
+    /// Unique login name (lowercase ASCII letters, digits, `_`, `-`, `.`;
+    /// see [`validate_username`]).
     pub username: String,
     /// Public profile.
     pub profile: Profile,
@@ -30,20 +31,87 @@ pub struct User {
     pub created_at: u64,
 }
 
-/// Checks a username: 1 to 32 characters of `a-z 0-9 _ - .`.
+/// Checks a username: 1 to 32 characters of `a-z 0-9 _ - .`, starting with
+/// a letter or a digit and not ending with `.`.
+///
+/// The first and last characters are restricted so that every name is an
+/// ordinary path segment and an ordinary file name: `.`, `..` and names
+/// like `.x` are special in URLs and file systems (`..` is not addressable
+/// by path at all), names starting with `-` read as options on command
+/// lines, and trailing dots are dropped by some file systems and URL
+/// normalisers.
 pub fn validate_username(name: &str) -> Result<(), crate::Error> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_USERNAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_USERNAME_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(b))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1] != b'.';
     if ok {
         Ok(())
     } else {
         Err(crate::Error::invalid(
-            "username must be 1 to 32 characters of a-z, 0-9, '_', '-', '.'",
+            "username must be 1 to 32 characters of a-z, 0-9, '_', '-', '.', \
+             starting with a letter or digit and not ending with '.'",
         ))
     }
+}
+
+/// Who may put a user into a group, or open a direct channel with them,
+/// without asking first. Anyone else's addition to a group becomes an
+/// [`Invitation`] the user accepts or declines; anyone else cannot open a
+/// direct channel with the user (a friend request comes first).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhoMayAdd {
+    /// Anyone.
+    Everyone,
+    /// Accepted friends only (the default).
+    #[default]
+    Friends,
+    /// No one: the user joins groups only by accepting invitations, and
+    /// opens direct channels themselves.
+    Nobody,
+}
+
+/// A user's privacy settings, seen only by the user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Privacy {
+    /// Who may add the user to a group or open a direct channel with them.
+    #[serde(default)]
+    pub who_may_add: WhoMayAdd,
+    /// Never show others when the user was last active (their online
+    /// status is still shown to friends and channel co-members).
+    #[serde(default)]
+    pub hide_last_seen: bool,
+}
+
+/// A friend request waiting for the other side's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendRequest {
+    /// Who asks.
+    pub from: UserId,
+    /// Who is asked.
+    pub to: UserId,
+    /// When it was asked, Unix milliseconds.
+    pub created_at: u64,
+}
+
+/// An invitation to a group waiting for the invitee's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// The group.
+    pub channel: ChannelId,
+    /// The group's name.
+    pub group_name: String,
+    /// Who invited (the group's owner).
+    pub inviter: UserId,
+    /// Who is invited.
+    pub invitee: UserId,
+    /// When, Unix milliseconds.
+    pub created_at: u64,
 }
 
 /// What kind of conversation a channel is.

@@ -44,3 +44,35 @@ fn http_examples_parse() {
     serde_json::from_str::<SignupRequest>(examples[0]).unwrap();
     serde_json::from_str::<AuthResponse>(examples[1]).unwrap();
 }
+
+/// Blocks fenced as `json api TYPE`: HTTP bodies of the named type.
+fn api_blocks() -> Vec<(&'static str, &'static str)> {
+    DOC.split("```json api ")
+        .skip(1)
+        .map(|rest| {
+            let (name, body) = rest.split_once('\n').unwrap_or((rest, ""));
+            (name.trim(), body.split("```").next().unwrap_or("").trim())
+        })
+        .collect()
+}
+
+#[test]
+fn api_examples_parse_as_their_types_and_serialize_identically() {
+    use chat_core::api::{GroupChange, RouteResponse};
+    use chat_core::Privacy;
+    fn same<T: serde::Serialize + serde::de::DeserializeOwned>(ex: &str) {
+        let value: T = serde_json::from_str(ex).unwrap_or_else(|e| panic!("{ex}: {e}"));
+        let doc: serde_json::Value = serde_json::from_str(ex).unwrap();
+        assert_eq!(serde_json::to_value(&value).unwrap(), doc, "{ex}");
+    }
+    let blocks = api_blocks();
+    assert!(blocks.len() >= 3, "found {}", blocks.len());
+    for (name, ex) in blocks {
+        match name {
+            "RouteResponse" => same::<RouteResponse>(ex),
+            "Privacy" => same::<Privacy>(ex),
+            "GroupChange" => same::<GroupChange>(ex),
+            other => panic!("no check for api example type {other}"),
+        }
+    }
+}

@@ -52,6 +52,16 @@ impl Passwords {
     }
 }
 
+/// What a token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// Short-lived bearer token for HTTP calls and the WebSocket.
+    Access,
+    /// Long-lived token that only buys new access tokens.
+    Refresh,
+}
+
 /// What a token asserts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -59,11 +69,21 @@ pub struct Claims {
     pub sub: UserId,
     /// Expiry, Unix milliseconds.
     pub exp: u64,
+    /// The login session: every token of one log-in and its refreshes
+    /// carries it, and logging out revokes it.
+    pub sid: u64,
+    /// The user's token epoch at issue; revoking all tokens moves the
+    /// epoch past it.
+    pub ep: u64,
+    /// Access or refresh.
+    pub typ: TokenKind,
 }
 
-/// Issues and checks tokens of the form `v1.<claims>.<signature>`, where both
+/// Issues and checks tokens of the form `v2.<claims>.<signature>`, where both
 /// parts are unpadded base64url and the signature is HMAC-SHA256 over
-/// `v1.<claims>` with the deployment's shared secret.
+/// `v2.<claims>` with the deployment's shared secret. (The signature proves
+/// the claims; whether the session or epoch is still good is the
+/// directory's to say.)
 #[derive(Clone)]
 pub struct Tokens {
     key: Hmac<Sha256>,
@@ -75,7 +95,7 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-const PREFIX: &str = "v1.";
+const PREFIX: &str = "v2.";
 
 impl Tokens {
     /// Tokens signed with `secret` (at least 32 bytes).
@@ -98,8 +118,8 @@ impl Tokens {
         format!("{signed}.{sig}")
     }
 
-    /// The claims of a valid, unexpired token.
-    pub fn verify(&self, token: &str, now_ms: u64) -> Option<Claims> {
+    /// The claims of a validly signed, unexpired token of `kind`.
+    pub fn verify(&self, token: &str, now_ms: u64, kind: TokenKind) -> Option<Claims> {
         let (signed, sig) = token.rsplit_once('.')?;
         let body = signed.strip_prefix(PREFIX)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
@@ -108,7 +128,7 @@ impl Tokens {
         // verify_slice compares in constant time.
         mac.verify_slice(&sig).ok()?;
         let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
-        (claims.exp > now_ms).then_some(claims)
+        (claims.exp > now_ms && claims.typ == kind).then_some(claims)
     }
 }
 
@@ -132,16 +152,33 @@ mod tests {
         let claims = Claims {
             sub: UserId::new_random(),
             exp: 10_000,
+            sid: u64::MAX,
+            ep: 3,
+            typ: TokenKind::Access,
         };
+        let access = TokenKind::Access;
         let token = t.issue(claims);
-        assert_eq!(t.verify(&token, 9_999), Some(claims));
-        assert_eq!(t.verify(&token, 10_000), None, "expired");
+        assert!(token.starts_with("v2."));
+        assert_eq!(t.verify(&token, 9_999, access), Some(claims));
+        assert_eq!(t.verify(&token, 10_000, access), None, "expired");
+        assert_eq!(
+            t.verify(&token, 0, TokenKind::Refresh),
+            None,
+            "an access token is no refresh token"
+        );
+        let refresh = t.issue(Claims {
+            typ: TokenKind::Refresh,
+            ..claims
+        });
+        assert_eq!(t.verify(&refresh, 0, access), None, "nor the other way");
         let other = Tokens::new(&[8u8; 32]).unwrap();
-        assert_eq!(other.verify(&token, 0), None, "wrong key");
+        assert_eq!(other.verify(&token, 0, access), None, "wrong key");
         let mut forged = token.clone();
         forged.insert(5, 'A');
-        assert_eq!(t.verify(&forged, 0), None);
-        assert_eq!(t.verify("garbage", 0), None);
+        assert_eq!(t.verify(&forged, 0, access), None);
+        assert_eq!(t.verify("garbage", 0, access), None);
+        let v1 = token.replacen("v2.", "v1.", 1);
+        assert_eq!(t.verify(&v1, 0, access), None, "another format version");
         assert!(Tokens::new(b"short").is_err());
     }
 }

@@ -24,8 +24,12 @@ pub struct ServerConfig {
     /// Secret for signing tokens (at least 32 bytes). All servers of a
     /// deployment share it.
     pub token_secret: Vec<u8>,
-    /// How long a token is valid.
+    /// How long an access token is valid: a stolen one is good for this
+    /// long at most, and a client refreshes it this often.
     pub token_ttl: Duration,
+    /// How long a refresh token is valid (each refresh issues a new one, so
+    /// a client active within this period stays logged in).
+    pub refresh_token_ttl: Duration,
     /// Argon2id memory cost in KiB (OWASP: 19,456).
     pub argon2_memory_kib: u32,
     /// Argon2id iterations (OWASP: 2).
@@ -41,8 +45,10 @@ pub struct ServerConfig {
     /// Largest WebSocket message (frame) accepted, in bytes; above it the
     /// connection is closed with code 1009.
     pub max_frame_bytes: usize,
-    /// Most members of a group.
-    pub max_group_members: usize,
+    /// Caps the directory enforces: members per group, and per user
+    /// devices, friends, groups joined and owned, pending requests sent and
+    /// received.
+    pub limits: chat_core::Limits,
     /// Requests per second per connection (sustained).
     pub rate_limit_per_sec: u32,
     /// Burst allowance above the sustained rate.
@@ -106,7 +112,8 @@ impl Default for ServerConfig {
             public_http_url: None,
             region: None,
             token_secret: Vec::new(),
-            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             heartbeat_interval: Duration::from_secs(5),
@@ -114,7 +121,7 @@ impl Default for ServerConfig {
             presence_sweep_interval: Duration::from_secs(1),
             max_message_chars: 100_000,
             max_frame_bytes: 1 << 20,
-            max_group_members: 100,
+            limits: chat_core::Limits::default(),
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
             max_connections_per_user: 10,
@@ -160,6 +167,23 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.token_secret.len() < 32 {
             return Err("token_secret must be at least 32 bytes".into());
+        }
+        if self.token_ttl.is_zero() || self.token_ttl > self.refresh_token_ttl {
+            return Err("token_ttl must be positive and at most refresh_token_ttl".into());
+        }
+        let l = &self.limits;
+        if [
+            l.group_members,
+            l.devices,
+            l.friends,
+            l.groups_joined,
+            l.groups_owned,
+            l.pending_sent,
+            l.pending_received,
+        ]
+        .contains(&0)
+        {
+            return Err("every limit must be positive".into());
         }
         if self.send_timeout.is_zero() {
             return Err("send_timeout must be positive".into());

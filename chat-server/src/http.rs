@@ -8,24 +8,25 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chat_core::api::{
-    AuthResponse, ChannelList, CreateGroupRequest, ErrorBody, HistoryQuery, LoginRequest,
-    MessagePage, OpenDirectRequest, PresenceList, PresenceQuery, RegisterDeviceRequest, RouteQuery,
-    RouteResponse, SignupRequest, UpdateProfileRequest, UserList,
+    AuthResponse, ChannelList, ChannelsQuery, CreateGroupRequest, ErrorBody, FriendAnswer,
+    FriendRequests, FriendStatus, GroupChange, HistoryQuery, InvitationList, LoginRequest,
+    MessagePage, OpenDirectRequest, PendingFriend, PresenceList, PresenceQuery, RefreshRequest,
+    RegisterDeviceRequest, RouteQuery, RouteResponse, SignupRequest, UpdatePrivacyRequest,
+    UpdateProfileRequest, UserList, MAX_CHANNEL_PAGE,
 };
-use chat_core::protocol::{ErrorCode, WireError};
+use chat_core::protocol::{ErrorCode, Event, WireError};
+use chat_core::text::{validate_about, validate_name};
 use chat_core::types::validate_username;
 use chat_core::{
-    Channel, ChannelId, ChannelKind, Device, DeviceId, Page, Profile, User, UserId, UserRecord,
+    Channel, ChannelId, ChannelKind, Device, DeviceId, FriendOutcome, Page, Privacy, Profile, User,
+    UserId, UserRecord,
 };
 use serde::de::DeserializeOwned;
 
-use crate::auth::Claims;
+use crate::auth::{Claims, TokenKind};
+use crate::consent::Joined;
 use crate::server::{clamp_limit, err, wire, ApiResult, ChatServer};
 
-/// Longest display name or group name, in characters.
-const MAX_NAME_CHARS: usize = 100;
-/// Longest "about" text, in characters.
-const MAX_ABOUT_CHARS: usize = 1_000;
 /// Longest push token, in bytes.
 const MAX_PUSH_TOKEN: usize = 4_096;
 
@@ -100,21 +101,30 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
+/// The claims of the caller's access token, checked against the directory.
+async fn authenticated(parts: &Parts, server: &ChatServer) -> Result<Claims, ApiError> {
+    let token = bearer(&parts.headers)
+        .ok_or_else(|| err(ErrorCode::Unauthorized, "missing bearer token"))?;
+    Ok(server.authenticate(&token, TokenKind::Access).await?)
+}
+
 /// The authenticated caller.
 pub(crate) struct Caller(UserId);
 
 impl FromRequestParts<ChatServer> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, server: &ChatServer) -> Result<Self, ApiError> {
-        bearer(&parts.headers)
-            .and_then(|t| server.inner.tokens.verify(&t, server.now()))
-            .map(|c| Caller(c.sub))
-            .ok_or_else(|| {
-                ApiError(err(
-                    ErrorCode::Unauthorized,
-                    "missing, invalid or expired bearer token",
-                ))
-            })
+        Ok(Caller(authenticated(parts, server).await?.sub))
+    }
+}
+
+/// The authenticated caller's token claims (for log-out).
+pub(crate) struct CallerToken(Claims);
+
+impl FromRequestParts<ChatServer> for CallerToken {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, server: &ChatServer) -> Result<Self, ApiError> {
+        Ok(CallerToken(authenticated(parts, server).await?))
     }
 }
 
@@ -124,10 +134,15 @@ pub(crate) fn routes(server: ChatServer) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/signup", post(signup))
         .route("/v1/login", post(login))
+        .route("/v1/refresh", post(refresh))
+        .route("/v1/logout", post(logout))
+        .route("/v1/logout/all", post(logout_all))
         .route("/v1/me", get(me).patch(update_me))
+        .route("/v1/me/privacy", get(privacy).patch(update_privacy))
         .route("/v1/users/{id}", get(user))
         .route("/v1/users/by-name/{username}", get(user_by_name))
         .route("/v1/friends", get(friends))
+        .route("/v1/friends/requests", get(friend_requests))
         .route("/v1/friends/{id}", put(add_friend).delete(remove_friend))
         .route("/v1/channels", get(channels))
         .route("/v1/channels/direct", post(open_direct))
@@ -137,6 +152,11 @@ pub(crate) fn routes(server: ChatServer) -> Router {
         .route(
             "/v1/groups/{id}/members/{user}",
             put(add_member).delete(remove_member),
+        )
+        .route("/v1/invitations", get(invitations))
+        .route(
+            "/v1/invitations/{id}",
+            put(accept_invitation).delete(decline_invitation),
         )
         .route("/v1/devices/{id}", put(register_device))
         .route("/v1/presence", get(presence))
@@ -169,34 +189,11 @@ async fn healthz(State(server): State<ChatServer>) -> Response {
     }
 }
 
-fn check_chars(value: &str, max: usize, what: &str) -> ApiResult<()> {
-    if value.chars().count() > max {
-        return Err(err(
-            ErrorCode::InvalidInput,
-            format!("{what} is over {max} characters"),
-        ));
-    }
-    Ok(())
-}
-
 /// Runs CPU-heavy password work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| err(ErrorCode::Internal, "password hashing failed"))
-}
-
-fn auth_response(server: &ChatServer, user: User) -> AuthResponse {
-    let expires_at = server.now() + server.config().token_ttl.as_millis() as u64;
-    let token = server.inner.tokens.issue(Claims {
-        sub: user.id,
-        exp: expires_at,
-    });
-    AuthResponse {
-        token,
-        expires_at,
-        user,
-    }
 }
 
 async fn signup(
@@ -208,7 +205,7 @@ async fn signup(
         return Err(err(ErrorCode::InvalidInput, "password must be 8 to 1,024 bytes").into());
     }
     let display_name = req.display_name.unwrap_or_else(|| req.username.clone());
-    check_chars(&display_name, MAX_NAME_CHARS, "display name")?;
+    validate_name(&display_name, "display name").map_err(wire)?;
     let passwords = server.inner.passwords.clone();
     let password = req.password;
     let hash = blocking(move || passwords.hash(&password))
@@ -231,7 +228,7 @@ async fn signup(
         })
         .await
         .map_err(wire)?;
-    Ok((StatusCode::CREATED, Json(auth_response(&server, user))))
+    Ok((StatusCode::CREATED, Json(server.log_in(user).await?)))
 }
 
 async fn login(
@@ -248,9 +245,32 @@ async fn login(
     let hash = record.as_ref().map(|r| r.password_hash.clone());
     let ok = blocking(move || hash.is_some_and(|h| passwords.verify(&req.password, &h))).await?;
     match record {
-        Some(r) if ok => Ok(Json(auth_response(&server, r.user))),
+        Some(r) if ok => Ok(Json(server.log_in(r.user).await?)),
         _ => Err(err(ErrorCode::Unauthorized, "invalid username or password").into()),
     }
+}
+
+async fn refresh(
+    State(server): State<ChatServer>,
+    Body(req): Body<RefreshRequest>,
+) -> HttpResult<Json<AuthResponse>> {
+    Ok(Json(server.refresh(&req.refresh_token).await?))
+}
+
+async fn logout(
+    State(server): State<ChatServer>,
+    CallerToken(claims): CallerToken,
+) -> HttpResult<StatusCode> {
+    server.log_out(&claims).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn logout_all(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+) -> HttpResult<StatusCode> {
+    server.log_out_everywhere(me).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn load_user(server: &ChatServer, id: UserId) -> ApiResult<User> {
@@ -261,6 +281,20 @@ async fn load_user(server: &ChatServer, id: UserId) -> ApiResult<User> {
         .await
         .map_err(wire)?
         .ok_or_else(|| err(ErrorCode::NotFound, "user not found"))
+}
+
+/// The users of `ids` that exist, in order.
+async fn load_users(
+    server: &ChatServer,
+    ids: impl IntoIterator<Item = UserId>,
+) -> ApiResult<Vec<User>> {
+    let mut users = Vec::new();
+    for id in ids {
+        if let Some(u) = server.inner.directory.user(id).await.map_err(wire)? {
+            users.push(u);
+        }
+    }
+    Ok(users)
 }
 
 async fn me(State(server): State<ChatServer>, Caller(me): Caller) -> HttpResult<Json<User>> {
@@ -274,11 +308,11 @@ async fn update_me(
 ) -> HttpResult<Json<User>> {
     let mut profile = load_user(&server, me).await?.profile;
     if let Some(name) = req.display_name {
-        check_chars(&name, MAX_NAME_CHARS, "display name")?;
+        validate_name(&name, "display name").map_err(wire)?;
         profile.display_name = name;
     }
     if let Some(about) = req.about {
-        check_chars(&about, MAX_ABOUT_CHARS, "about")?;
+        validate_about(&about).map_err(wire)?;
         profile.about = about;
     }
     let user = server
@@ -288,6 +322,33 @@ async fn update_me(
         .await
         .map_err(wire)?;
     Ok(Json(user))
+}
+
+async fn privacy(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+) -> HttpResult<Json<Privacy>> {
+    Ok(Json(
+        server.inner.directory.privacy(me).await.map_err(wire)?,
+    ))
+}
+
+async fn update_privacy(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+    Body(req): Body<UpdatePrivacyRequest>,
+) -> HttpResult<Json<Privacy>> {
+    let directory = &server.inner.directory;
+    let mut privacy = directory.privacy(me).await.map_err(wire)?;
+    if let Some(who) = req.who_may_add {
+        privacy.who_may_add = who;
+    }
+    if let Some(hide) = req.hide_last_seen {
+        privacy.hide_last_seen = hide;
+    }
+    Ok(Json(
+        directory.set_privacy(me, privacy).await.map_err(wire)?,
+    ))
 }
 
 async fn user(
@@ -318,29 +379,73 @@ async fn friends(
     Caller(me): Caller,
 ) -> HttpResult<Json<UserList>> {
     let ids = server.inner.directory.friends(me).await.map_err(wire)?;
-    let mut users = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(u) = server.inner.directory.user(id).await.map_err(wire)? {
-            users.push(u);
-        }
-    }
-    Ok(Json(UserList { users }))
+    Ok(Json(UserList {
+        users: load_users(&server, ids).await?,
+    }))
 }
 
+async fn friend_requests(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+) -> HttpResult<Json<FriendRequests>> {
+    let requests = server
+        .inner
+        .directory
+        .friend_requests(me)
+        .await
+        .map_err(wire)?;
+    let mut answer = FriendRequests {
+        incoming: Vec::new(),
+        outgoing: Vec::new(),
+    };
+    for r in requests {
+        let (other, list) = if r.to == me {
+            (r.from, &mut answer.incoming)
+        } else {
+            (r.to, &mut answer.outgoing)
+        };
+        if let Some(user) = server.inner.directory.user(other).await.map_err(wire)? {
+            list.push(PendingFriend {
+                user,
+                created_at: r.created_at,
+            });
+        }
+    }
+    Ok(Json(answer))
+}
+
+/// `PUT /v1/friends/{user}`: asks `user` to be friends, or accepts their
+/// request; tells them live either way.
 async fn add_friend(
     State(server): State<ChatServer>,
     Caller(me): Caller,
     P(id): P<UserId>,
-) -> HttpResult<StatusCode> {
-    server
+) -> HttpResult<Json<FriendAnswer>> {
+    let outcome = server
         .inner
         .directory
-        .add_friend(me, id)
+        .request_friend(me, id, server.now(), &server.config().limits)
         .await
         .map_err(wire)?;
-    Ok(StatusCode::NO_CONTENT)
+    let status = match outcome {
+        FriendOutcome::Requested => {
+            let from = load_user(&server, me).await?;
+            server.notify(&[id], Event::FriendRequest { from }).await;
+            FriendStatus::Requested
+        }
+        FriendOutcome::Accepted => {
+            let friend = load_user(&server, me).await?;
+            server.notify(&[id], Event::FriendAccepted { friend }).await;
+            FriendStatus::Friends
+        }
+        FriendOutcome::AlreadyRequested => FriendStatus::Requested,
+        FriendOutcome::AlreadyFriends => FriendStatus::Friends,
+    };
+    Ok(Json(FriendAnswer { status }))
 }
 
+/// `DELETE /v1/friends/{user}`: unfriends, declines their request, or
+/// cancels the caller's: whatever there is between the two ends.
 async fn remove_friend(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -358,9 +463,26 @@ async fn remove_friend(
 async fn channels(
     State(server): State<ChatServer>,
     Caller(me): Caller,
+    Q(q): Q<ChannelsQuery>,
 ) -> HttpResult<Json<ChannelList>> {
-    let channels = server.inner.directory.channels_of(me).await.map_err(wire)?;
-    Ok(Json(ChannelList { channels }))
+    let limit = q
+        .limit
+        .map_or(50, |l| l as usize)
+        .clamp(1, MAX_CHANNEL_PAGE);
+    // One more than asked tells whether another page follows.
+    let mut channels = server
+        .inner
+        .directory
+        .channels_of(me, q.after, limit + 1)
+        .await
+        .map_err(wire)?;
+    let next = if channels.len() > limit {
+        channels.truncate(limit);
+        channels.last().map(|c| c.id)
+    } else {
+        None
+    };
+    Ok(Json(ChannelList { channels, next }))
 }
 
 async fn channel(
@@ -371,6 +493,8 @@ async fn channel(
     Ok(Json(server.member_channel(me, id).await?))
 }
 
+/// `POST /v1/channels/direct`: the direct channel with a user, if it
+/// exists or their settings let the caller open it.
 async fn open_direct(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -383,61 +507,104 @@ async fn open_direct(
         )
         .into());
     }
-    let channel = server
-        .inner
-        .directory
-        .create_channel(Channel::direct(me, req.user, server.now()))
+    // Once opened, it stays open for both.
+    if let Ok(existing) = server
+        .member_channel(me, ChannelId::direct(me, req.user))
         .await
-        .map_err(wire)?;
-    Ok(Json(channel))
-}
-
-async fn create_group(
-    State(server): State<ChatServer>,
-    Caller(me): Caller,
-    Body(req): Body<CreateGroupRequest>,
-) -> HttpResult<(StatusCode, Json<Channel>)> {
-    let name = req.name.trim().to_owned();
-    if name.is_empty() {
-        return Err(err(ErrorCode::InvalidInput, "a group needs a name").into());
+    {
+        return Ok(Json(existing));
     }
-    check_chars(&name, MAX_NAME_CHARS, "group name")?;
-    let mut members = req.members;
-    members.push(me);
-    members.sort();
-    members.dedup();
-    let max = server.config().max_group_members;
-    if members.len() > max {
+    if !server.may_add(me, req.user).await? {
         return Err(err(
-            ErrorCode::LimitExceeded,
-            format!("a group has at most {max} members"),
+            ErrorCode::Forbidden,
+            "this user's privacy settings do not let you open a direct channel: \
+             send a friend request first",
         )
         .into());
     }
     let channel = server
         .inner
         .directory
-        .create_channel(Channel {
-            id: ChannelId::new_random(),
-            kind: ChannelKind::Group,
-            name,
-            owner: Some(me),
-            members,
-            created_at: server.now(),
-        })
+        .create_channel(
+            Channel::direct(me, req.user, server.now()),
+            &server.config().limits,
+        )
         .await
         .map_err(wire)?;
-    Ok((StatusCode::CREATED, Json(channel)))
+    Ok(Json(channel))
 }
 
-/// Only a group's owner changes its members, except that anyone may leave
-/// (`leaving`).
-async fn check_owner(
+/// `POST /v1/groups`: a group owned by the caller; each listed member is
+/// added or invited as `PUT /v1/groups/{id}/members/{user}` would.
+async fn create_group(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+    Body(req): Body<CreateGroupRequest>,
+) -> HttpResult<(StatusCode, Json<GroupChange>)> {
+    let name = req.name.trim().to_owned();
+    validate_name(&name, "group name").map_err(wire)?;
+    let mut members = req.members;
+    members.retain(|m| *m != me);
+    members.sort();
+    members.dedup();
+    let max = server.config().limits.group_members;
+    if members.len() + 1 > max {
+        return Err(err(
+            ErrorCode::LimitExceeded,
+            format!("a group has at most {max} members"),
+        )
+        .into());
+    }
+    // Every member must exist before anything is written.
+    for m in &members {
+        load_user(&server, *m).await?;
+    }
+    let mut channel = server
+        .inner
+        .directory
+        .create_channel(
+            Channel {
+                id: ChannelId::new_random(),
+                kind: ChannelKind::Group,
+                name,
+                owner: Some(me),
+                members: vec![me],
+                created_at: server.now(),
+            },
+            &server.config().limits,
+        )
+        .await
+        .map_err(wire)?;
+    let mut invited = Vec::new();
+    let mut refused = Vec::new();
+    for m in members {
+        match server.add_or_invite(me, &channel, m).await {
+            Ok(Joined::Added(updated)) => channel = updated,
+            Ok(Joined::Invited) => invited.push(m),
+            Err(e) => {
+                tracing::debug!(code = ?e.code, "a new group's member was neither added nor invited");
+                refused.push(m);
+            }
+        }
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(GroupChange {
+            channel,
+            invited,
+            refused,
+        }),
+    ))
+}
+
+/// The group, if `me` is its owner (or, with `leaving`, a member): the
+/// same `not_found` as for a missing group when `me` is no member.
+async fn group_for_change(
     server: &ChatServer,
     me: UserId,
     id: ChannelId,
     leaving: bool,
-) -> ApiResult<()> {
+) -> ApiResult<Channel> {
     let channel = server.member_channel(me, id).await?;
     if channel.owner != Some(me) && !leaving {
         return Err(err(
@@ -445,37 +612,92 @@ async fn check_owner(
             "only the group's owner can change its members",
         ));
     }
-    Ok(())
+    Ok(channel)
 }
 
+/// `PUT /v1/groups/{id}/members/{user}` (owner only): adds the user, or
+/// invites them when their settings ask for consent (202).
 async fn add_member(
     State(server): State<ChatServer>,
     Caller(me): Caller,
     P((id, user)): P<(ChannelId, UserId)>,
-) -> HttpResult<Json<Channel>> {
-    check_owner(&server, me, id, false).await?;
-    let channel = server
-        .inner
-        .directory
-        .add_member(id, user, server.config().max_group_members)
-        .await
-        .map_err(wire)?;
-    Ok(Json(channel))
+) -> HttpResult<(StatusCode, Json<GroupChange>)> {
+    let group = group_for_change(&server, me, id, false).await?;
+    let (status, channel, invited) = match server.add_or_invite(me, &group, user).await? {
+        Joined::Added(channel) => (StatusCode::OK, channel, Vec::new()),
+        Joined::Invited => (StatusCode::ACCEPTED, group, vec![user]),
+    };
+    Ok((
+        status,
+        Json(GroupChange {
+            channel,
+            invited,
+            refused: Vec::new(),
+        }),
+    ))
 }
 
+/// `DELETE /v1/groups/{id}/members/{user}`: the owner removes a member or
+/// withdraws an invitation; a member leaves.
 async fn remove_member(
     State(server): State<ChatServer>,
     Caller(me): Caller,
     P((id, user)): P<(ChannelId, UserId)>,
 ) -> HttpResult<Json<Channel>> {
-    check_owner(&server, me, id, user == me).await?;
+    group_for_change(&server, me, id, user == me).await?;
+    let directory = &server.inner.directory;
+    directory.remove_invitation(id, user).await.map_err(wire)?;
+    let channel = directory.remove_member(id, user).await.map_err(wire)?;
+    Ok(Json(channel))
+}
+
+async fn invitations(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+) -> HttpResult<Json<InvitationList>> {
+    let (incoming, outgoing) = server
+        .inner
+        .directory
+        .invitations(me)
+        .await
+        .map_err(wire)?
+        .into_iter()
+        .partition(|i| i.invitee == me);
+    Ok(Json(InvitationList { incoming, outgoing }))
+}
+
+/// `PUT /v1/invitations/{channel}`: joins the group the caller is invited
+/// to. `not_found` without an invitation, whether or not the group exists.
+async fn accept_invitation(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+    P(id): P<ChannelId>,
+) -> HttpResult<Json<Channel>> {
     let channel = server
         .inner
         .directory
-        .remove_member(id, user)
+        .accept_invitation(id, me, &server.config().limits)
+        .await
+        .map_err(|e| match e {
+            chat_core::Error::NotFound { .. } => err(ErrorCode::NotFound, "invitation not found"),
+            other => wire(other),
+        })?;
+    Ok(Json(channel))
+}
+
+/// `DELETE /v1/invitations/{channel}`: declines (idempotent).
+async fn decline_invitation(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+    P(id): P<ChannelId>,
+) -> HttpResult<StatusCode> {
+    server
+        .inner
+        .directory
+        .remove_invitation(id, me)
         .await
         .map_err(wire)?;
-    Ok(Json(channel))
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn history(
@@ -514,13 +736,16 @@ async fn register_device(
     let device = server
         .inner
         .directory
-        .register_device(Device {
-            id,
-            user: me,
-            platform: req.platform,
-            push_token: req.push_token,
-            created_at: server.now(),
-        })
+        .register_device(
+            Device {
+                id,
+                user: me,
+                platform: req.platform,
+                push_token: req.push_token,
+                created_at: server.now(),
+            },
+            &server.config().limits,
+        )
         .await
         .map_err(wire)?;
     Ok(Json(device))
@@ -528,7 +753,7 @@ async fn register_device(
 
 async fn presence(
     State(server): State<ChatServer>,
-    Caller(_): Caller,
+    Caller(me): Caller,
     Q(q): Q<PresenceQuery>,
 ) -> HttpResult<Json<PresenceList>> {
     let users = q
@@ -544,15 +769,19 @@ async fn presence(
             )
         })?;
     Ok(Json(PresenceList {
-        users: server.presence_of(&users).await?,
+        users: server.presence_of(me, &users).await?,
     }))
 }
 
+/// `GET /v1/route`: where to open the WebSocket, for authenticated users
+/// only, and nothing else about the deployment.
 async fn route(
     State(server): State<ChatServer>,
+    Caller(_): Caller,
     Q(q): Q<RouteQuery>,
 ) -> HttpResult<Json<RouteResponse>> {
+    let chosen = server.route(q.region.as_deref()).await?;
     Ok(Json(RouteResponse {
-        server: server.route(q.region.as_deref()).await?,
+        ws_url: chosen.ws_url,
     }))
 }

@@ -24,8 +24,10 @@
 //! [`ChatServer::router`] instead and calls [`ChatServer::advertise`] with
 //! its public URLs.
 
+mod account;
 mod auth;
 mod config;
+mod consent;
 mod http;
 mod outbox;
 mod push;
@@ -33,7 +35,7 @@ mod server;
 mod sessions;
 mod ws;
 
-pub use auth::{Claims, Passwords, Tokens};
+pub use auth::{Claims, Passwords, TokenKind, Tokens};
 pub use config::ServerConfig;
 pub use server::{ApiResult, ChatServer, SendOutcome, ServerBuilder, Stats};
 

@@ -57,10 +57,29 @@ struct Args {
         requires = "postgres_url"
     )]
     history_shard_urls: Vec<String>,
-    /// Token signing secret (32+ bytes), shared by every server of a
-    /// deployment. Default: a random secret kept in DATA_DIR/token.secret.
+    /// A file holding the token signing secret (32+ bytes; surrounding
+    /// whitespace is ignored), shared by every server of a deployment: the
+    /// way to give the secret. Default: a random secret kept in
+    /// DATA_DIR/token.secret (or, with --memory, one for this run only).
+    #[arg(
+        long,
+        env = "CHAT_TOKEN_SECRET_FILE",
+        value_name = "FILE",
+        conflicts_with = "token_secret"
+    )]
+    token_secret_file: Option<PathBuf>,
+    /// The token signing secret itself (32+ bytes). Avoid it: on the command
+    /// line it is visible to every local user (`ps`, /proc/PID/cmdline), and
+    /// in the environment to whoever can read the process's environment;
+    /// use --token-secret-file.
     #[arg(long, env = "CHAT_TOKEN_SECRET", hide_env_values = true)]
     token_secret: Option<String>,
+    /// Minutes an access token is valid (clients refresh it).
+    #[arg(long, env = "CHAT_ACCESS_TOKEN_MINUTES", default_value_t = 15)]
+    access_token_minutes: u64,
+    /// Days a refresh token is valid (each refresh issues a new one).
+    #[arg(long, env = "CHAT_REFRESH_TOKEN_DAYS", default_value_t = 30)]
+    refresh_token_days: u64,
     /// This server's id in discovery.
     #[arg(long, env = "CHAT_SERVER_ID")]
     server_id: Option<String>,
@@ -91,6 +110,24 @@ struct Args {
     /// Most members of a group.
     #[arg(long, env = "CHAT_MAX_GROUP_MEMBERS", default_value_t = 100)]
     max_group_members: usize,
+    /// Most registered devices per user.
+    #[arg(long, env = "CHAT_MAX_DEVICES", default_value_t = 32)]
+    max_devices: usize,
+    /// Most friends per user.
+    #[arg(long, env = "CHAT_MAX_FRIENDS", default_value_t = 1_000)]
+    max_friends: usize,
+    /// Most groups a user is a member of (owned ones included).
+    #[arg(long, env = "CHAT_MAX_GROUPS_JOINED", default_value_t = 500)]
+    max_groups_joined: usize,
+    /// Most groups a user owns.
+    #[arg(long, env = "CHAT_MAX_GROUPS_OWNED", default_value_t = 100)]
+    max_groups_owned: usize,
+    /// Most pending friend requests and group invitations a user has sent.
+    #[arg(long, env = "CHAT_MAX_PENDING_SENT", default_value_t = 100)]
+    max_pending_sent: usize,
+    /// Most pending friend requests and group invitations a user has received.
+    #[arg(long, env = "CHAT_MAX_PENDING_RECEIVED", default_value_t = 1_000)]
+    max_pending_received: usize,
     /// Requests per second per connection.
     #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = 50)]
     rate_limit: u32,
@@ -225,6 +262,15 @@ fn open_file_limit() -> Option<usize> {
 }
 
 fn token_secret(args: &Args) -> std::io::Result<Vec<u8>> {
+    if let Some(path) = &args.token_secret_file {
+        let secret = std::fs::read_to_string(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot read the token secret {}: {e}", path.display()),
+            )
+        })?;
+        return Ok(secret.trim().as_bytes().to_vec());
+    }
     if let Some(s) = &args.token_secret {
         return Ok(s.as_bytes().to_vec());
     }
@@ -435,7 +481,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         presence_timeout: Duration::from_secs(args.presence_timeout_secs),
         max_message_chars: args.max_message_chars,
         max_frame_bytes: args.max_frame_bytes,
-        max_group_members: args.max_group_members,
+        token_ttl: Duration::from_secs(args.access_token_minutes.saturating_mul(60)),
+        refresh_token_ttl: Duration::from_secs(args.refresh_token_days.saturating_mul(24 * 3600)),
+        limits: chat_core::Limits {
+            group_members: args.max_group_members,
+            devices: args.max_devices,
+            friends: args.max_friends,
+            groups_joined: args.max_groups_joined,
+            groups_owned: args.max_groups_owned,
+            pending_sent: args.max_pending_sent,
+            pending_received: args.max_pending_received,
+        },
         rate_limit_per_sec: args.rate_limit,
         rate_limit_burst: args.rate_burst,
         max_connections_per_user: args.max_connections_per_user,

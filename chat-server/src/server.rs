@@ -352,6 +352,9 @@ impl ChatServer {
                 format!("message content is over {max} characters"),
             ));
         }
+        // Control characters other than tabs and line breaks would steer
+        // the terminals and logs that show the message.
+        chat_core::text::validate_message_text(&content).map_err(wire)?;
         let inner = &self.inner;
         let committed = self
             .within_deadline(async {
@@ -501,17 +504,6 @@ impl ChatServer {
         Ok(())
     }
 
-    /// Presence of some users.
-    pub async fn presence_of(&self, users: &[UserId]) -> ApiResult<Vec<Presence>> {
-        if users.len() > MAX_PAGE {
-            return Err(err(
-                ErrorCode::InvalidInput,
-                format!("at most {MAX_PAGE} users per presence query"),
-            ));
-        }
-        self.inner.presence.status(users).await.map_err(wire)
-    }
-
     /// Publishes a presence change to the user's friends.
     async fn announce(&self, presence: Presence) {
         let friends = match self.inner.directory.friends(presence.user).await {
@@ -524,6 +516,7 @@ impl ChatServer {
         if friends.is_empty() {
             return;
         }
+        let presence = self.shown_to_friends(presence).await;
         let envelope = Envelope {
             event: BusEvent::Presence { presence },
             skip_device: None,

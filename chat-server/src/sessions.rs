@@ -32,6 +32,10 @@ pub(crate) struct SessionHandle {
     pub(crate) outbox: Arc<Outbox>,
     /// Cancelled when the session must close because it fell behind.
     pub(crate) slow: CancellationToken,
+    /// The log-in session of the token the connection opened with.
+    pub(crate) login: u64,
+    /// Cancelled when that log-in session is revoked (close with 4100).
+    pub(crate) revoked: CancellationToken,
 }
 
 impl SessionHandle {
@@ -152,6 +156,20 @@ impl LocalDelivery {
     }
 }
 
+impl LocalDelivery {
+    /// Queues `event` for every session of `users` on this node that the
+    /// envelope targets, encoded once however many receive it.
+    fn broadcast(&self, users: &[UserId], envelope: &Envelope, event: Event) {
+        let mut text: Option<Utf8Bytes> = None;
+        for user in users {
+            for h in self.targets(*user, envelope) {
+                let text = text.get_or_insert_with(|| encode(&ServerFrame::Event(event.clone())));
+                h.offer(text.clone());
+            }
+        }
+    }
+}
+
 impl EnvelopeHandler for LocalDelivery {
     fn deliver(&self, users: &[UserId], envelope: &Envelope) {
         match &envelope.event {
@@ -175,16 +193,20 @@ impl EnvelopeHandler for LocalDelivery {
                     }
                 }
             }
-            BusEvent::Presence { presence } => {
-                let mut text: Option<Utf8Bytes> = None;
+            BusEvent::Presence { presence } => self.broadcast(
+                users,
+                envelope,
+                Event::Presence {
+                    presence: *presence,
+                },
+            ),
+            BusEvent::Notice { event } => self.broadcast(users, envelope, event.clone()),
+            BusEvent::Revoked { session } => {
                 for user in users {
-                    for h in self.targets(*user, envelope) {
-                        let text = text.get_or_insert_with(|| {
-                            encode(&ServerFrame::Event(Event::Presence {
-                                presence: *presence,
-                            }))
-                        });
-                        h.offer(text.clone());
+                    for h in self.sessions.handles(*user) {
+                        if session.is_none_or(|s| s == h.login) {
+                            h.revoked.cancel();
+                        }
                     }
                 }
             }

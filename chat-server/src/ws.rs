@@ -15,6 +15,8 @@ use chat_core::protocol::{
     PROTOCOL_VERSION,
 };
 use chat_core::{DeviceId, Page, UserId};
+
+use crate::auth::TokenKind;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -51,7 +53,12 @@ pub(crate) async fn upgrade(
         .token
         .clone()
         .or_else(|| crate::http::bearer(&headers));
-    let user = token.and_then(|t| server.inner.tokens.verify(&t, server.now()));
+    // Checked before the upgrade (against the directory: a logged-out
+    // session or an old epoch is refused), refused after it.
+    let auth = match token {
+        Some(t) => server.authenticate(&t, TokenKind::Access).await,
+        None => Err(err(ErrorCode::Unauthorized, "missing token")),
+    };
     let ws = ws
         .read_buffer_size(cfg.ws_read_buffer)
         .write_buffer_size(cfg.ws_write_buffer)
@@ -63,11 +70,18 @@ pub(crate) async fn upgrade(
             Some((close::SHUTDOWN, "server shutting down"))
         } else if query.v.unwrap_or(PROTOCOL_VERSION) != PROTOCOL_VERSION {
             Some((close::UNSUPPORTED_VERSION, "unsupported protocol version"))
-        } else if user.is_none() {
-            Some((close::UNAUTHORIZED, "missing, invalid or expired token"))
         } else {
-            None
+            match &auth {
+                Err(e) if e.code == ErrorCode::Unauthorized => Some((
+                    close::UNAUTHORIZED,
+                    "missing, invalid, expired or revoked token",
+                )),
+                // The directory could not tell: a node failure; try again.
+                Err(_) => Some((close::INTERNAL, "cannot check the token now")),
+                Ok(_) => None,
+            }
         };
+        let user = auth.ok();
         let permit = server.inner.conn_limit.clone().try_acquire_owned().ok();
         match (refusal, user, permit) {
             (Some((code, reason)), _, _) => refuse(socket, code, reason).await,
@@ -82,6 +96,7 @@ pub(crate) async fn upgrade(
                         server,
                         socket,
                         claims.sub,
+                        claims.sid,
                         query.device,
                         permit,
                     ))
@@ -149,12 +164,14 @@ enum End {
     Idle,
     TooBig,
     Broken,
+    Revoked,
 }
 
 async fn run_session(
     server: ChatServer,
     socket: WebSocket,
     user: UserId,
+    login: u64,
     device: DeviceId,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -167,6 +184,8 @@ async fn run_session(
         device,
         outbox: outbox.clone(),
         slow: slow.clone(),
+        login,
+        revoked: CancellationToken::new(),
     };
     let session_id = handle.id;
 
@@ -255,6 +274,7 @@ async fn run_session(
         }
         End::Idle => Some(close_msg(close::IDLE_TIMEOUT, "no heartbeat")),
         End::TooBig => Some(close_msg(1009, "frame too large")),
+        End::Revoked => Some(close_msg(close::UNAUTHORIZED, "token revoked")),
     };
     let _ = goodbye_tx.send(goodbye);
     let _ = writer.await;
@@ -382,6 +402,7 @@ async fn read_loop(
             _ = shutdown.cancelled() => return End::Shutdown,
             _ = slow.cancelled() => return End::Slow,
             _ = broken.cancelled() => return End::Broken,
+            _ = handle.revoked.cancelled() => return End::Revoked,
             _ = tokio::time::sleep_until(deadline) => return End::Idle,
             incoming = stream.next() => incoming,
         };
@@ -446,25 +467,52 @@ fn request_id(text: &str) -> Option<String> {
 }
 
 async fn handle_text(server: &ChatServer, user: UserId, device: DeviceId, text: &str) -> Reply {
-    let frame: ClientFrame = match serde_json::from_str(text) {
+    let frame = match parse_frame(text) {
         Ok(f) => f,
-        Err(e) => {
-            return Reply::err(
-                request_id(text),
-                err(ErrorCode::BadFrame, format!("malformed request: {e}")),
-            )
-        }
+        Err((id, e)) => return Reply::err(id, e),
     };
-    if frame.id.is_empty() || frame.id.len() > MAX_REQUEST_ID {
-        return Reply::err(
-            None,
-            err(ErrorCode::BadFrame, "request id must be 1 to 64 bytes"),
-        );
-    }
     match handle_request(server, user, device, frame.request).await {
         Ok(body) => Reply::ok(frame.id, body),
         Err(e) => Reply::err(Some(frame.id), e),
     }
+}
+
+/// Reads a request frame. `bad_frame` when the frame itself is unusable
+/// (not JSON, no usable request id, no or an unknown `type`); a frame of a
+/// known type whose fields do not parse (a bad `client_msg_id`, a channel
+/// id that is no UUID, a missing field) is `invalid_input`, answered with
+/// the frame's request id.
+fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, WireError)> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        (
+            None,
+            err(ErrorCode::BadFrame, format!("malformed request: {e}")),
+        )
+    })?;
+    let id = match value.get("id").and_then(|v| v.as_str()) {
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID => id.to_owned(),
+        _ => {
+            return Err((
+                None,
+                err(ErrorCode::BadFrame, "request id must be 1 to 64 bytes"),
+            ))
+        }
+    };
+    match value.get("type").and_then(|v| v.as_str()) {
+        Some(t) if Request::TYPES.contains(&t) => {}
+        _ => {
+            return Err((
+                Some(id),
+                err(ErrorCode::BadFrame, "missing or unknown request type"),
+            ))
+        }
+    }
+    serde_json::from_value(value).map_err(|e| {
+        (
+            Some(id),
+            err(ErrorCode::InvalidInput, format!("invalid request: {e}")),
+        )
+    })
 }
 
 async fn handle_request(
@@ -533,7 +581,7 @@ async fn handle_request(
             Ok(ReplyBody::History { messages, has_more })
         }
         Request::Presence { users } => Ok(ReplyBody::Presence {
-            users: server.presence_of(&users).await?,
+            users: server.presence_of(user, &users).await?,
         }),
         _ => Err(WireError::new(ErrorCode::BadFrame, "unknown request")),
     }

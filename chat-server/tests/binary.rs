@@ -106,6 +106,9 @@ async fn restart_scenario(extra: &[String]) {
     let http = ChatClient::new(&base).unwrap();
     let alice = http.signup("alice", "alice-password", None).await.unwrap();
     let bob = http.signup("bob", "bob-password", None).await.unwrap();
+    // A direct channel needs consent: they become friends first.
+    alice.add_friend(bob.user_id()).await.unwrap();
+    bob.add_friend(alice.user_id()).await.unwrap();
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
     let mut conn = alice
         .connect(
@@ -196,6 +199,8 @@ async fn binary_spreads_history_over_shard_databases() {
             .signup(&format!("peer{i}"), "peer-password", None)
             .await
             .unwrap();
+        peer.add_friend(alice.user_id()).await.unwrap();
+        alice.add_friend(peer.user_id()).await.unwrap();
         let direct = alice.open_direct(peer.user_id()).await.unwrap();
         conn.send(direct.id, &format!("to peer {i}")).await.unwrap();
         let history = peer.history(direct.id, &Default::default()).await.unwrap();
@@ -259,4 +264,112 @@ async fn count(client: &tokio_postgres::Client, schema: &str, channel: Option<uu
             .unwrap(),
     };
     row.get(0)
+}
+
+/// `GET /v1/me` with `token` against the server at `base`.
+async fn me_status(base: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// `--token-secret-file` (or `CHAT_TOKEN_SECRET_FILE`): the secret is read
+/// from the file (surrounding whitespace ignored), nothing is generated in
+/// the data directory, another secret invalidates the tokens, and a short
+/// or missing secret stops the server from starting.
+#[tokio::test]
+async fn the_token_secret_comes_from_a_file() {
+    let data = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("token.secret");
+    std::fs::write(&file, format!("  {}\n", "k".repeat(40))).unwrap();
+    let flag = [
+        "--token-secret-file".to_string(),
+        file.display().to_string(),
+    ];
+    // A new port for each start: a port left free between two starts could
+    // be taken by another test meanwhile.
+    let started = |env_file: Option<&std::path::Path>| {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        match env_file {
+            Some(path) => cmd.env("CHAT_TOKEN_SECRET_FILE", path),
+            None => cmd.args(&flag),
+        };
+        (cmd.spawn().unwrap(), format!("http://127.0.0.1:{port}"))
+    };
+
+    let (child, base) = started(None);
+    wait_healthy(&base).await;
+    let alice = ChatClient::new(&base)
+        .unwrap()
+        .signup("alice", "alice-password", None)
+        .await
+        .unwrap();
+    let token = alice.token();
+    assert_eq!(me_status(&base, &token).await, 200);
+    terminate(child);
+    assert!(
+        !data.path().join("token.secret").exists(),
+        "no secret is generated when a file is given"
+    );
+
+    // The same file through the environment: the token is still good.
+    let (child, base) = started(Some(&file));
+    wait_healthy(&base).await;
+    assert_eq!(me_status(&base, &token).await, 200);
+    terminate(child);
+
+    // Another secret in the file: the old token is refused.
+    std::fs::write(&file, "m".repeat(40)).unwrap();
+    let (child, base) = started(None);
+    wait_healthy(&base).await;
+    assert_eq!(me_status(&base, &token).await, 401);
+    terminate(child);
+
+    // Too short, or missing: the server does not start.
+    std::fs::write(&file, "short").unwrap();
+    let missing = secrets.path().join("absent");
+    for path in [&file, &missing] {
+        let status = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--token-secret-file")
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "started with the secret file {path:?}");
+    }
+}
+
+#[test]
+fn the_help_says_to_prefer_the_secret_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--token-secret-file"), "{help}");
+    let flag = help
+        .split("--token-secret <")
+        .nth(1)
+        .expect("--token-secret is documented");
+    assert!(
+        flag.contains("ps"),
+        "the help says why not on the command line: {flag}"
+    );
 }

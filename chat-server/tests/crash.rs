@@ -141,7 +141,10 @@ async fn crash_scenario(extra: Vec<String>) {
     let http = ChatClient::new(&server.base()).unwrap();
     let mut sessions: Vec<Session> = Vec::new();
     for name in ["alice", "bob", "carol", "dave"] {
-        sessions.push(http.signup(name, "crash-password", None).await.unwrap());
+        let s = http.signup(name, "crash-password", None).await.unwrap();
+        // This test is about delivery, not consent: anyone may add them.
+        s.update_privacy(&common::open_to_everyone()).await.unwrap();
+        sessions.push(s);
     }
     let id = |i: usize| sessions[i].user_id();
     let ab = sessions[0].open_direct(id(1)).await.unwrap();
@@ -149,7 +152,8 @@ async fn crash_scenario(extra: Vec<String>) {
     let group = sessions[0]
         .create_group("all", &[id(1), id(2), id(3)])
         .await
-        .unwrap();
+        .unwrap()
+        .channel;
     let channels: Vec<Channel> = vec![ab, cd, group];
 
     // Every user has a device that sends and shows; Bob has a second one
@@ -315,7 +319,7 @@ async fn crash_scenario(extra: Vec<String>) {
         history.insert(channel.id, all);
     }
     for s in &sessions {
-        let mut raw = raw_connect_to(&ws_url, s.token(), DeviceId::new_random()).await;
+        let mut raw = raw_connect_to(&ws_url, &s.token(), DeviceId::new_random()).await;
         let mut inbox: BTreeMap<Seq, (ChannelId, MessageId)> = BTreeMap::new();
         let mut after = Seq::ZERO;
         loop {

@@ -22,11 +22,7 @@ use common::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn signup(ts: &TestServer, name: &str) -> Session {
-    ChatClient::new(&ts.http)
-        .unwrap()
-        .signup(name, "password123", None)
-        .await
-        .unwrap()
+    signup_open(ts, name).await
 }
 
 fn fast_options() -> ConnectOptions {
@@ -114,7 +110,8 @@ async fn one_to_one_and_group_messages_reach_every_device() {
     let group = alice
         .create_group("trio", &[bob.user_id(), carol.user_id()])
         .await
-        .unwrap();
+        .unwrap()
+        .channel;
 
     let mut a1 = connect(&alice).await;
     let mut a2 = connect(&alice).await;
@@ -165,7 +162,8 @@ async fn an_offline_device_gets_everything_it_missed_in_order_once() {
     let group = alice
         .create_group("g", &[bob.user_id(), carol.user_id()])
         .await
-        .unwrap();
+        .unwrap()
+        .channel;
     let a = connect(&alice).await;
     let c = connect(&carol).await;
 
@@ -309,7 +307,10 @@ async fn errors_come_back_as_stable_codes_through_the_sdk() {
     );
     // A group over the member limit.
     let small = ServerConfig {
-        max_group_members: 3,
+        limits: chat_core::Limits {
+            group_members: 3,
+            ..Default::default()
+        },
         ..test_config()
     };
     let ts2 = start(small).await;
@@ -322,7 +323,11 @@ async fn errors_come_back_as_stable_codes_through_the_sdk() {
         code(owner.create_group("big", &members).await),
         ErrorCode::LimitExceeded
     );
-    let g = owner.create_group("ok", &members[..2]).await.unwrap();
+    let g = owner
+        .create_group("ok", &members[..2])
+        .await
+        .unwrap()
+        .channel;
     assert_eq!(
         code(owner.add_member(g.id, members[2]).await),
         ErrorCode::LimitExceeded
@@ -408,7 +413,7 @@ async fn the_device_cursor_advances_and_is_stored_on_the_server() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The server stored it (acked) for this device.
-    wait_server_cursor(&ts, bob.token(), device, last).await;
+    wait_server_cursor(&ts, &bob.token(), device, last).await;
     ts.stop().await;
 }
 
@@ -459,7 +464,7 @@ async fn a_restart_on_the_embedded_store_keeps_messages_and_cursors() {
     assert_eq!(ids(&messages(&mut b, 5).await), before);
     // The device's cursor is acknowledged by the server (the client acks it
     // asynchronously once the messages have settled).
-    wait_server_cursor(&ts, bob.token(), device, Seq(5)).await;
+    wait_server_cursor(&ts, &bob.token(), device, Seq(5)).await;
 
     // Stop the server: clients are told to reconnect and keep trying.
     ts.stop().await;
@@ -494,7 +499,7 @@ async fn a_restart_on_the_embedded_store_keeps_messages_and_cursors() {
         .await
         .unwrap();
     assert_eq!(ids(&history.messages), before);
-    let raw = raw_connect(&ts, bob.token(), device).await;
+    let raw = raw_connect(&ts, &bob.token(), device).await;
     assert!(raw.welcome.cursor >= Seq(5), "device cursor lost");
     drop(raw);
 
@@ -550,7 +555,8 @@ async fn push_goes_to_offline_recipients_only() {
     let group = alice
         .create_group("g", &[bob.user_id(), carol.user_id()])
         .await
-        .unwrap();
+        .unwrap()
+        .channel;
     let a = connect(&alice).await;
     let _c = connect(&carol).await;
 
@@ -600,7 +606,7 @@ async fn presence_follows_heartbeats_without_flapping() {
     let ts = start_memory(test_config()).await;
     let alice = signup(&ts, "alice").await;
     let bob = signup(&ts, "bob").await;
-    alice.add_friend(bob.user_id()).await.unwrap();
+    make_friends(&alice, &bob).await;
     let mut b = connect(&bob).await;
 
     // Alice comes online: Bob, her friend, is told.
@@ -770,7 +776,7 @@ async fn a_commit_that_lands_after_its_send_timed_out_still_reaches_the_recipien
     let from_carol = carol.open_direct(bob.user_id()).await.unwrap();
     // Alice on a raw connection: one attempt per request, no automatic
     // retry, so the test decides when she retries.
-    let mut a = raw_connect(&ts, alice.token(), DeviceId::new_random()).await;
+    let mut a = raw_connect(&ts, &alice.token(), DeviceId::new_random()).await;
     let c = connect(&carol).await;
     let device = DeviceId::new_random();
     let cursors = Arc::new(MemoryCursorStore::new());

@@ -163,6 +163,7 @@ async fn the_sdk_retries_through_an_outage_and_the_message_is_stored_once() {
     let client = ChatClient::new(&ts.http).unwrap();
     let alice = client.signup("alice", "password123", None).await.unwrap();
     let bob = client.signup("bob", "password123", None).await.unwrap();
+    make_friends(&alice, &bob).await;
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
     let a = alice
         .connect(

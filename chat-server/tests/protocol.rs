@@ -35,23 +35,48 @@ async fn malformed_frames_get_error_replies_and_the_connection_stays_usable() {
     let r = a.reply_for(Some("x1".into())).await;
     assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
 
-    // A send missing its content.
+    // A frame without an id, or whose id is no string: bad_frame, no id.
+    a.send_text(r#"{"type":"heartbeat"}"#).await;
+    let r = a.reply_for(None).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+    a.send_text(r#"{"id":7,"type":"heartbeat"}"#).await;
+    let r = a.reply_for(None).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+    // No type: bad_frame, the id echoed.
+    a.send_text(r#"{"id":"x0"}"#).await;
+    let r = a.reply_for(Some("x0".into())).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+
+    // A known request with a bad field is invalid_input, the id echoed:
+    // a send missing its content...
     a.send_text(format!(
         r#"{{"id":"x2","type":"send","channel":"{}","client_msg_id":"c"}}"#,
         channel.id
     ))
     .await;
     let r = a.reply_for(Some("x2".into())).await;
-    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+    assert_eq!(r.error.unwrap().code, ErrorCode::InvalidInput);
 
-    // A bad client message id.
-    a.send_text(format!(
-        r#"{{"id":"x3","type":"send","channel":"{}","client_msg_id":"has space","content":"hi"}}"#,
-        channel.id
-    ))
-    .await;
-    let r = a.reply_for(Some("x3".into())).await;
-    assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
+    // ...a client message id with a space (printable ASCII without spaces
+    // only), or over 64 bytes...
+    for (id, cmid) in [("x3", "has space".to_owned()), ("x4", "k".repeat(65))] {
+        a.send_text(format!(
+            r#"{{"id":"{id}","type":"send","channel":"{}","client_msg_id":"{cmid}","content":"hi"}}"#,
+            channel.id
+        ))
+        .await;
+        let r = a.reply_for(Some(id.into())).await;
+        assert_eq!(r.error.unwrap().code, ErrorCode::InvalidInput, "{cmid:?}");
+    }
+    // ...a channel id that is no UUID, a cursor that is no number.
+    a.send_text(r#"{"id":"x5","type":"history","channel":"general"}"#)
+        .await;
+    let r = a.reply_for(Some("x5".into())).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::InvalidInput);
+    a.send_text(r#"{"id":"x6","type":"ack","cursor":"soon"}"#)
+        .await;
+    let r = a.reply_for(Some("x6".into())).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::InvalidInput);
 
     // A binary frame.
     a.ws.send(WsMessage::Binary(vec![1, 2, 3].into()))
@@ -63,6 +88,12 @@ async fn malformed_frames_get_error_replies_and_the_connection_stays_usable() {
     // Empty content.
     let r = a.send_msg(channel.id, "empty", "").await;
     assert_eq!(r.error.unwrap().code, ErrorCode::InvalidInput);
+    // A control character that would steer a terminal (ESC); tabs and line
+    // breaks are text.
+    let r = a.send_msg(channel.id, "esc", "red \u{1b}[31m alert").await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::InvalidInput);
+    let (_, dup) = sent_id(a.send_msg(channel.id, "tabs", "a\tb\r\nc").await);
+    assert!(!dup);
 
     // Still usable: a real send works.
     let (id, dup) = sent_id(a.send_msg(channel.id, "ok-1", "hello").await);
@@ -112,40 +143,77 @@ async fn non_members_cannot_post_or_read() {
     let bob = http.signup("bob").await;
     let eve = http.signup("eve").await;
     let channel = http.open_direct(&alice.token, bob.user.id).await;
+    let group = http
+        .create_group(&alice.token, "g", vec![bob.user.id])
+        .await;
+    assert_eq!(group.status(), 201);
+    let group: chat_core::api::GroupChange = group.json().await.unwrap();
+    let group = group.channel.id;
+    let unknown = chat_core::ChannelId::new_random();
     let mut e = raw_connect(&ts, &eve.token, DeviceId::new_random()).await;
-    // Not a member and no such channel answer alike: nobody learns which
-    // direct channels exist.
-    let r = e.send_msg(channel.id, "sneaky", "hi").await;
-    assert_eq!(r.error.unwrap().code, ErrorCode::NotFound);
-    let r = e
-        .send_msg(chat_core::ChannelId::new_random(), "nowhere", "hi")
-        .await;
-    assert_eq!(r.error.unwrap().code, ErrorCode::NotFound);
-    let r = e
-        .request(Request::History {
-            channel: channel.id,
-            before: None,
-            after: None,
-            limit: None,
-        })
-        .await;
-    assert_eq!(r.error.unwrap().code, ErrorCode::NotFound);
-    // Over HTTP too.
-    let resp = http
-        .client
-        .get(format!("{}/v1/channels/{}/messages", ts.http, channel.id))
-        .bearer_auth(&eve.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let body: chat_core::api::ErrorBody = resp.json().await.unwrap();
-    assert_eq!(body.error.code, ErrorCode::NotFound);
-    // An unknown channel is not found.
-    let r = e
-        .send_msg(chat_core::ChannelId::new_random(), "x", "hi")
-        .await;
-    assert_eq!(r.error.unwrap().code, ErrorCode::NotFound);
+    // Over the WebSocket and over HTTP, a channel that exists without eve
+    // answers exactly as one that does not exist: the direct channel's id
+    // is a function of alice's and bob's, and must not tell eve whether
+    // they have talked.
+    let mut answers = Vec::new();
+    for id in [channel.id, group, unknown] {
+        let sent = e.send_msg(id, &format!("sneaky-{id}"), "hi").await;
+        let read = e
+            .request(Request::History {
+                channel: id,
+                before: None,
+                after: None,
+                limit: None,
+            })
+            .await;
+        let mut http_answers = Vec::new();
+        for path in [
+            format!("/v1/channels/{id}"),
+            format!("/v1/channels/{id}/messages"),
+        ] {
+            let resp = http
+                .client
+                .get(format!("{}{path}", ts.http))
+                .bearer_auth(&eve.token)
+                .send()
+                .await
+                .unwrap();
+            http_answers.push((resp.status().as_u16(), resp.text().await.unwrap()));
+        }
+        for (method, path) in [
+            (
+                reqwest::Method::PUT,
+                format!("/v1/groups/{id}/members/{}", eve.user.id),
+            ),
+            (
+                reqwest::Method::DELETE,
+                format!("/v1/groups/{id}/members/{}", bob.user.id),
+            ),
+            (reqwest::Method::PUT, format!("/v1/invitations/{id}")),
+        ] {
+            let resp = http
+                .client
+                .request(method, format!("{}{path}", ts.http))
+                .bearer_auth(&eve.token)
+                .send()
+                .await
+                .unwrap();
+            http_answers.push((resp.status().as_u16(), resp.text().await.unwrap()));
+        }
+        answers.push((sent.error.unwrap(), read.error.unwrap(), http_answers));
+    }
+    let (sent, read, http_answers) = &answers[2];
+    assert_eq!(sent.code, ErrorCode::NotFound);
+    assert_eq!(read.code, ErrorCode::NotFound);
+    assert!(
+        http_answers.iter().all(|(status, _)| *status == 404),
+        "{http_answers:?}"
+    );
+    assert_eq!(
+        answers[0], answers[2],
+        "a direct channel without eve reads as none"
+    );
+    assert_eq!(answers[1], answers[2], "a group without eve reads as none");
     ts.stop().await;
 }
 
@@ -415,13 +483,14 @@ async fn shutdown_tells_clients_to_reconnect_and_leaves_discovery() {
     let route: chat_core::api::RouteResponse = http
         .client
         .get(format!("{}/v1/route", ts.http))
+        .bearer_auth(&alice.token)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(route.server.ws_url, ts.ws_url());
+    assert_eq!(route.ws_url, ts.ws_url());
     let mut a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
     let server = ts.server.clone();
     ts.shutdown.cancel();

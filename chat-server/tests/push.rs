@@ -23,15 +23,16 @@ use chat_client::{
 };
 use chat_core::memory::{MemoryDirectory, MemoryNotifier, MemoryStore};
 use chat_core::{
-    Channel, ChannelId, ClientMsgId, DeliveryOutcome, Device, DeviceId, Directory, Platform,
-    Profile, PushNotification, PushNotifier, PushReport, User, UserId, UserRecord,
+    Channel, ChannelId, ClientMsgId, Contact, DeliveryOutcome, Device, DeviceId, Directory,
+    FriendOutcome, FriendRequest, Invitation, InviteOutcome, Limits, Platform, Privacy, Profile,
+    PushNotification, PushNotifier, PushReport, TokenState, User, UserId, UserRecord,
 };
 use chat_server::{ChatServer, ServerConfig};
 use chat_store::push::apns::ApnsNotifier;
 use chat_store::push::fcm::FcmNotifier;
 use chat_store::push::webhook::WebhookNotifier;
 use chat_store::push::PlatformRouter;
-use common::{start_with, test_config, TestServer};
+use common::{open_to_everyone, signup_open, start_with, test_config, TestServer};
 use push_mock::{Kind, MockPush, Reply, Seen};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -72,11 +73,7 @@ async fn server(mock: &MockPush, config: ServerConfig) -> (TestServer, Arc<Memor
 }
 
 async fn signup(ts: &TestServer, name: &str) -> Session {
-    ChatClient::new(&ts.http)
-        .unwrap()
-        .signup(name, "password123", None)
-        .await
-        .unwrap()
+    signup_open(ts, name).await
 }
 
 async fn connect(session: &Session) -> Connection {
@@ -155,7 +152,8 @@ async fn offline_recipients_get_one_push_per_device_and_online_ones_none() {
     let group = alice
         .create_group("g", &[bob.user_id(), carol.user_id()])
         .await
-        .unwrap();
+        .unwrap()
+        .channel;
     let a = connect(&alice).await;
 
     // Bob and Carol are offline: each of their devices is pushed once, over
@@ -400,15 +398,18 @@ async fn collapse_windows_follow_the_clock() {
         user(&*directory, "carol").await,
     );
     directory
-        .register_device(android(bob, DeviceId::new_random(), "bob-token"))
+        .register_device(
+            android(bob, DeviceId::new_random(), "bob-token"),
+            &Limits::default(),
+        )
         .await
         .unwrap();
     let from_alice = directory
-        .create_channel(Channel::direct(alice, bob, 0))
+        .create_channel(Channel::direct(alice, bob, 0), &Limits::default())
         .await
         .unwrap();
     let from_carol = directory
-        .create_channel(Channel::direct(carol, bob, 0))
+        .create_channel(Channel::direct(carol, bob, 0), &Limits::default())
         .await
         .unwrap();
     let send = |from: UserId, channel: ChannelId, text: &str| {
@@ -522,11 +523,14 @@ async fn previews_are_cut_and_absent_when_off() {
             user(&*directory, "bob").await,
         );
         directory
-            .register_device(android(bob, DeviceId::new_random(), "bob-token"))
+            .register_device(
+                android(bob, DeviceId::new_random(), "bob-token"),
+                &Limits::default(),
+            )
             .await
             .unwrap();
         let direct = directory
-            .create_channel(Channel::direct(alice, bob, 0))
+            .create_channel(Channel::direct(alice, bob, 0), &Limits::default())
             .await
             .unwrap();
         let text = "x".repeat(100_000);
@@ -567,13 +571,19 @@ async fn at_most_32_devices_are_pushed_the_most_recent() {
         user(&*directory, "alice").await,
         user(&*directory, "bob").await,
     );
+    // More devices than a push goes to: a deployment with a higher device
+    // cap, or devices registered before there was one.
+    let many = Limits {
+        devices: 1_000,
+        ..Limits::default()
+    };
     for i in 0..100u64 {
         let mut d = android(bob, DeviceId::new_random(), &format!("t{i}"));
         d.created_at = 1_000 + i;
-        directory.register_device(d).await.unwrap();
+        directory.register_device(d, &many).await.unwrap();
     }
     let direct = directory
-        .create_channel(Channel::direct(alice, bob, 0))
+        .create_channel(Channel::direct(alice, bob, 0), &Limits::default())
         .await
         .unwrap();
     server
@@ -635,8 +645,35 @@ impl Directory for RacingDirectory {
     async fn update_profile(&self, id: UserId, profile: Profile) -> chat_core::Result<User> {
         self.inner.update_profile(id, profile).await
     }
-    async fn add_friend(&self, a: UserId, b: UserId) -> chat_core::Result<()> {
-        self.inner.add_friend(a, b).await
+    async fn privacy(&self, user: UserId) -> chat_core::Result<Privacy> {
+        self.inner.privacy(user).await
+    }
+    async fn set_privacy(&self, user: UserId, privacy: Privacy) -> chat_core::Result<Privacy> {
+        self.inner.set_privacy(user, privacy).await
+    }
+    async fn token_state(&self, user: UserId, session: u64) -> chat_core::Result<TokenState> {
+        self.inner.token_state(user, session).await
+    }
+    async fn revoke_session(
+        &self,
+        user: UserId,
+        session: u64,
+        until: u64,
+        now: u64,
+    ) -> chat_core::Result<()> {
+        self.inner.revoke_session(user, session, until, now).await
+    }
+    async fn revoke_all_sessions(&self, user: UserId) -> chat_core::Result<u64> {
+        self.inner.revoke_all_sessions(user).await
+    }
+    async fn request_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        now: u64,
+        limits: &Limits,
+    ) -> chat_core::Result<FriendOutcome> {
+        self.inner.request_friend(from, to, now, limits).await
     }
     async fn remove_friend(&self, a: UserId, b: UserId) -> chat_core::Result<()> {
         self.inner.remove_friend(a, b).await
@@ -644,8 +681,18 @@ impl Directory for RacingDirectory {
     async fn friends(&self, user: UserId) -> chat_core::Result<Vec<UserId>> {
         self.inner.friends(user).await
     }
-    async fn create_channel(&self, channel: Channel) -> chat_core::Result<Channel> {
-        self.inner.create_channel(channel).await
+    async fn friend_requests(&self, user: UserId) -> chat_core::Result<Vec<FriendRequest>> {
+        self.inner.friend_requests(user).await
+    }
+    async fn contacts(&self, user: UserId, among: &[UserId]) -> chat_core::Result<Vec<Contact>> {
+        self.inner.contacts(user, among).await
+    }
+    async fn create_channel(
+        &self,
+        channel: Channel,
+        limits: &Limits,
+    ) -> chat_core::Result<Channel> {
+        self.inner.create_channel(channel, limits).await
     }
     async fn channel(&self, id: ChannelId) -> chat_core::Result<Option<Channel>> {
         self.inner.channel(id).await
@@ -654,25 +701,56 @@ impl Directory for RacingDirectory {
         &self,
         channel: ChannelId,
         user: UserId,
-        max_members: usize,
+        limits: &Limits,
     ) -> chat_core::Result<Channel> {
-        self.inner.add_member(channel, user, max_members).await
+        self.inner.add_member(channel, user, limits).await
     }
     async fn remove_member(&self, channel: ChannelId, user: UserId) -> chat_core::Result<Channel> {
         self.inner.remove_member(channel, user).await
     }
-    async fn channels_of(&self, user: UserId) -> chat_core::Result<Vec<Channel>> {
-        self.inner.channels_of(user).await
+    async fn channels_of(
+        &self,
+        user: UserId,
+        after: Option<ChannelId>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<Channel>> {
+        self.inner.channels_of(user, after, limit).await
     }
-    async fn register_device(&self, device: Device) -> chat_core::Result<Device> {
-        self.inner.register_device(device).await
+    async fn invite(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+        inviter: UserId,
+        now: u64,
+        limits: &Limits,
+    ) -> chat_core::Result<InviteOutcome> {
+        self.inner.invite(channel, user, inviter, now, limits).await
+    }
+    async fn invitations(&self, user: UserId) -> chat_core::Result<Vec<Invitation>> {
+        self.inner.invitations(user).await
+    }
+    async fn accept_invitation(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+        limits: &Limits,
+    ) -> chat_core::Result<Channel> {
+        self.inner.accept_invitation(channel, user, limits).await
+    }
+    async fn remove_invitation(&self, channel: ChannelId, user: UserId) -> chat_core::Result<bool> {
+        self.inner.remove_invitation(channel, user).await
+    }
+    async fn register_device(&self, device: Device, limits: &Limits) -> chat_core::Result<Device> {
+        self.inner.register_device(device, limits).await
     }
     async fn devices(&self, user: UserId) -> chat_core::Result<Vec<Device>> {
         let devices = self.inner.devices(user).await?;
         let race = self.race.lock().unwrap().take();
         match race {
             Some(Race::Register(device)) => {
-                self.inner.register_device(device).await?;
+                self.inner
+                    .register_device(device, &Limits::default())
+                    .await?;
             }
             Some(Race::Remove(user, device)) => self.inner.remove_device(user, device).await?,
             None => {}
@@ -753,7 +831,7 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
         user(&*directory, "bob").await,
     );
     let direct = directory
-        .create_channel(Channel::direct(alice, bob, 0))
+        .create_channel(Channel::direct(alice, bob, 0), &Limits::default())
         .await
         .unwrap();
     let stats = server.stats();
@@ -792,7 +870,7 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
         DeviceId::new_random(),
     );
     directory
-        .register_device(android(bob, d1, "old-1"))
+        .register_device(android(bob, d1, "old-1"), &Limits::default())
         .await
         .unwrap();
     *notifier.race.lock().unwrap() = Some(Race::Register(android(bob, d1, "new-1")));
@@ -802,7 +880,7 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
 
     // 2. The device is removed in between: it stays removed.
     directory
-        .register_device(android(bob, d2, "old-2"))
+        .register_device(android(bob, d2, "old-2"), &Limits::default())
         .await
         .unwrap();
     *notifier.race.lock().unwrap() = Some(Race::Remove(bob, d2));
@@ -814,15 +892,15 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
     // 3. Without a race the token is cleared, from every device holding it
     // (two devices sharing a token are pushed once); the devices stay.
     directory
-        .register_device(android(bob, d3, "old-3"))
+        .register_device(android(bob, d3, "old-3"), &Limits::default())
         .await
         .unwrap();
     directory
-        .register_device(android(bob, d4, "old-4"))
+        .register_device(android(bob, d4, "old-4"), &Limits::default())
         .await
         .unwrap();
     directory
-        .register_device(android(bob, d5, "old-4"))
+        .register_device(android(bob, d5, "old-4"), &Limits::default())
         .await
         .unwrap();
     send().await;
@@ -903,6 +981,7 @@ async fn the_binary_configures_every_provider_from_files_and_environment() {
         last.expect("the binary starts")
     };
     let bob = client.signup("bob", "password123", None).await.unwrap();
+    bob.update_privacy(&open_to_everyone()).await.unwrap();
     let bob_ios = apns_token(0xb1);
     for (platform, token) in [
         (Platform::Android, "bob-fcm"),

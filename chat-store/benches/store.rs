@@ -131,19 +131,25 @@ fn store(c: &mut Criterion) {
             let people = users(&*be.directory, 100).await;
             let direct = be
                 .directory
-                .create_channel(Channel::direct(people[0], people[1], 0))
+                .create_channel(
+                    Channel::direct(people[0], people[1], 0),
+                    &chat_core::Limits::default(),
+                )
                 .await
                 .expect("direct");
             let group = be
                 .directory
-                .create_channel(Channel {
-                    id: ChannelId::new_random(),
-                    kind: ChannelKind::Group,
-                    name: "bench".into(),
-                    owner: Some(people[0]),
-                    members: people.clone(),
-                    created_at: 0,
-                })
+                .create_channel(
+                    Channel {
+                        id: ChannelId::new_random(),
+                        kind: ChannelKind::Group,
+                        name: "bench".into(),
+                        owner: Some(people[0]),
+                        members: people.clone(),
+                        created_at: 0,
+                    },
+                    &chat_core::Limits::default(),
+                )
                 .await
                 .expect("group");
             (direct, group, people[1])

@@ -482,7 +482,10 @@ mod tests {
             );
         }
         let channel = directory
-            .create_channel(Channel::direct(users[0], users[1], 0))
+            .create_channel(
+                Channel::direct(users[0], users[1], 0),
+                &chat_core::Limits::default(),
+            )
             .await
             .unwrap();
         let send = NewMessage {

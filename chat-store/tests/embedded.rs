@@ -234,18 +234,24 @@ fn commits_are_atomic_and_acknowledged_ones_survive_sigkill() {
                 Err(_) => {
                     let people = users(&store, 5).await;
                     let direct = store
-                        .create_channel(Channel::direct(people[0], people[1], 0))
+                        .create_channel(
+                            Channel::direct(people[0], people[1], 0),
+                            &chat_core::Limits::default(),
+                        )
                         .await
                         .unwrap();
                     let group = store
-                        .create_channel(Channel {
-                            id: ChannelId::new_random(),
-                            kind: ChannelKind::Group,
-                            name: "crash".into(),
-                            owner: Some(people[0]),
-                            members: people.clone(),
-                            created_at: 0,
-                        })
+                        .create_channel(
+                            Channel {
+                                id: ChannelId::new_random(),
+                                kind: ChannelKind::Group,
+                                name: "crash".into(),
+                                owner: Some(people[0]),
+                                members: people.clone(),
+                                created_at: 0,
+                            },
+                            &chat_core::Limits::default(),
+                        )
                         .await
                         .unwrap();
                     let setup = CrashSetup {

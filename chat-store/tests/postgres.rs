@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, Channel, ChannelId, ClientMsgId, Committed, Device, DeviceId, Directory, Error,
-    Fanout, FanoutStore, HistoryStore, Inbox, InboxEntry, Message, MessageId, MessageStore,
-    NewMessage, Page, Paged, Profile, Result, Seq, User, UserId, UserRecord,
+    Appended, Channel, ChannelId, ClientMsgId, Committed, Contact, Device, DeviceId, Directory,
+    Error, Fanout, FanoutStore, FriendOutcome, FriendRequest, HistoryStore, Inbox, InboxEntry,
+    Invitation, InviteOutcome, Limits, Message, MessageId, MessageStore, NewMessage, Page, Paged,
+    Privacy, Profile, Result, Seq, TokenState, User, UserId, UserRecord,
 };
 use chat_store::conformance;
 use chat_store::postgres::{PostgresConfig, PostgresStore};
@@ -249,7 +250,7 @@ async fn history_sharded_over_two_databases_passes_the_conformance_suite() {
     // drain puts it on its home shard; a retry then answers the original.
     let [a, b] = [new_user(&stores[0]).await, new_user(&stores[0]).await];
     let channel = stores[0]
-        .create_channel(Channel::direct(a, b, 0))
+        .create_channel(Channel::direct(a, b, 0), &chat_core::Limits::default())
         .await
         .unwrap();
     let send = new_message(channel.id, a, 1 << 45, "cut short");
@@ -438,7 +439,10 @@ async fn migrations_are_idempotent_and_safe_when_servers_start_at_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(tables, 10, "nine data tables and schema_migrations");
+    assert_eq!(
+        tables, 13,
+        "nine data tables, three of migration 4, and schema_migrations"
+    );
 
     // Connecting again, and migrating again, change nothing.
     let again = PostgresStore::connect(schema.config()).await.unwrap();
@@ -570,7 +574,10 @@ async fn message_ids_above_2_63_keep_u64_order() {
     // last), and the inbox orders them by position, which is id order here.
     let (sender, reader) = (new_user(&store).await, new_user(&store).await);
     let direct = store
-        .create_channel(Channel::direct(sender, reader, 0))
+        .create_channel(
+            Channel::direct(sender, reader, 0),
+            &chat_core::Limits::default(),
+        )
         .await
         .unwrap();
     for &i in &ids {
@@ -1259,8 +1266,29 @@ impl Directory for TwoServers {
     async fn update_profile(&self, id: UserId, profile: Profile) -> Result<User> {
         self.pick().update_profile(id, profile).await
     }
-    async fn add_friend(&self, a: UserId, b: UserId) -> Result<()> {
-        self.pick().add_friend(a, b).await
+    async fn privacy(&self, user: UserId) -> Result<Privacy> {
+        self.pick().privacy(user).await
+    }
+    async fn set_privacy(&self, user: UserId, privacy: Privacy) -> Result<Privacy> {
+        self.pick().set_privacy(user, privacy).await
+    }
+    async fn token_state(&self, user: UserId, session: u64) -> Result<TokenState> {
+        self.pick().token_state(user, session).await
+    }
+    async fn revoke_session(&self, user: UserId, session: u64, until: u64, now: u64) -> Result<()> {
+        self.pick().revoke_session(user, session, until, now).await
+    }
+    async fn revoke_all_sessions(&self, user: UserId) -> Result<u64> {
+        self.pick().revoke_all_sessions(user).await
+    }
+    async fn request_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        now: u64,
+        limits: &Limits,
+    ) -> Result<FriendOutcome> {
+        self.pick().request_friend(from, to, now, limits).await
     }
     async fn remove_friend(&self, a: UserId, b: UserId) -> Result<()> {
         self.pick().remove_friend(a, b).await
@@ -1268,8 +1296,14 @@ impl Directory for TwoServers {
     async fn friends(&self, user: UserId) -> Result<Vec<UserId>> {
         self.pick().friends(user).await
     }
-    async fn create_channel(&self, channel: Channel) -> Result<Channel> {
-        self.pick().create_channel(channel).await
+    async fn friend_requests(&self, user: UserId) -> Result<Vec<FriendRequest>> {
+        self.pick().friend_requests(user).await
+    }
+    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
+        self.pick().contacts(user, among).await
+    }
+    async fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel> {
+        self.pick().create_channel(channel, limits).await
     }
     async fn channel(&self, id: ChannelId) -> Result<Option<Channel>> {
         self.pick().channel(id).await
@@ -1278,18 +1312,49 @@ impl Directory for TwoServers {
         &self,
         channel: ChannelId,
         user: UserId,
-        max_members: usize,
+        limits: &Limits,
     ) -> Result<Channel> {
-        self.pick().add_member(channel, user, max_members).await
+        self.pick().add_member(channel, user, limits).await
     }
     async fn remove_member(&self, channel: ChannelId, user: UserId) -> Result<Channel> {
         self.pick().remove_member(channel, user).await
     }
-    async fn channels_of(&self, user: UserId) -> Result<Vec<Channel>> {
-        self.pick().channels_of(user).await
+    async fn channels_of(
+        &self,
+        user: UserId,
+        after: Option<ChannelId>,
+        limit: usize,
+    ) -> Result<Vec<Channel>> {
+        self.pick().channels_of(user, after, limit).await
     }
-    async fn register_device(&self, device: Device) -> Result<Device> {
-        self.pick().register_device(device).await
+    async fn invite(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+        inviter: UserId,
+        now: u64,
+        limits: &Limits,
+    ) -> Result<InviteOutcome> {
+        self.pick()
+            .invite(channel, user, inviter, now, limits)
+            .await
+    }
+    async fn invitations(&self, user: UserId) -> Result<Vec<Invitation>> {
+        self.pick().invitations(user).await
+    }
+    async fn accept_invitation(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+        limits: &Limits,
+    ) -> Result<Channel> {
+        self.pick().accept_invitation(channel, user, limits).await
+    }
+    async fn remove_invitation(&self, channel: ChannelId, user: UserId) -> Result<bool> {
+        self.pick().remove_invitation(channel, user).await
+    }
+    async fn register_device(&self, device: Device, limits: &Limits) -> Result<Device> {
+        self.pick().register_device(device, limits).await
     }
     async fn devices(&self, user: UserId) -> Result<Vec<Device>> {
         self.pick().devices(user).await

@@ -8,11 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_core::api::{AuthResponse, CreateGroupRequest, OpenDirectRequest, SignupRequest};
+use chat_client::{
+    ChatClient, ClientError, ClientEvent, ConnectOptions, Connection, MemoryCursorStore, Session,
+};
+use chat_core::api::{
+    AuthResponse, CreateGroupRequest, OpenDirectRequest, SignupRequest, UpdatePrivacyRequest,
+};
+use chat_core::protocol::ErrorCode;
 use chat_core::protocol::{ClientFrame, Event, Reply, ReplyBody, Request, ServerFrame, Welcome};
 use chat_core::{
     Appended, Channel, ChannelId, ClientMsgId, Committed, DeviceId, HistoryStore, Inbox,
-    InboxEntry, Message, MessageId, MessageStore, NewMessage, Page, Paged, Seq, UserId,
+    InboxEntry, Message, MessageId, MessageStore, NewMessage, Page, Paged, Seq, UserId, WhoMayAdd,
 };
 use chat_server::{ChatServer, ServerBuilder, ServerConfig};
 use futures::{SinkExt, StreamExt};
@@ -153,6 +159,92 @@ impl Drop for PgSchema {
     }
 }
 
+/// The privacy update that lets anyone add a user to groups and open direct
+/// channels with them.
+pub fn open_to_everyone() -> UpdatePrivacyRequest {
+    UpdatePrivacyRequest {
+        who_may_add: Some(WhoMayAdd::Everyone),
+        hide_last_seen: None,
+    }
+}
+
+/// Signs `name` up through the SDK and lets anyone add them (`who_may_add:
+/// everyone`): the delivery tests are about messages, not consent, which
+/// `tests/consent.rs` tests with the default settings.
+pub async fn signup_open(ts: &TestServer, name: &str) -> Session {
+    let session = ChatClient::new(&ts.http)
+        .unwrap()
+        .signup(name, "password123", None)
+        .await
+        .unwrap();
+    session.update_privacy(&open_to_everyone()).await.unwrap();
+    session
+}
+
+/// Signs `name` up through the SDK with the default privacy settings.
+pub async fn signup_sdk(ts: &TestServer, name: &str) -> Session {
+    ChatClient::new(&ts.http)
+        .unwrap()
+        .signup(name, "password123", None)
+        .await
+        .unwrap()
+}
+
+/// Logs `name` in through the SDK: a new session.
+pub async fn login_sdk(ts: &TestServer, name: &str) -> Session {
+    ChatClient::new(&ts.http)
+        .unwrap()
+        .login(name, "password123")
+        .await
+        .unwrap()
+}
+
+/// A live SDK connection of a new device, synced.
+pub async fn connect_synced(session: &Session) -> Connection {
+    let mut conn = session
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+    next_event(&mut conn, |e| matches!(e, ClientEvent::Synced { .. })).await;
+    conn
+}
+
+/// The next event `wanted` accepts, skipping others; fails the test after
+/// 20 s.
+pub async fn next_event(
+    conn: &mut Connection,
+    wanted: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, conn.next_event()).await {
+            Ok(Some(e)) if wanted(&e) => return e,
+            Ok(Some(ClientEvent::Error(e))) => panic!("connection error: {e:?}"),
+            Ok(Some(_)) => continue,
+            other => panic!("no such event: {other:?}"),
+        }
+    }
+}
+
+/// The code of an SDK call that must fail with an API error.
+pub fn api_code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
+    match r {
+        Err(ClientError::Api(w)) => w.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Makes two users friends the only way there is: a request and its
+/// acceptance.
+pub async fn make_friends(a: &Session, b: &Session) {
+    a.add_friend(b.user_id()).await.unwrap();
+    b.add_friend(a.user_id()).await.unwrap();
+}
+
 /// Plain HTTP calls for test setup.
 pub struct Http {
     pub base: String,
@@ -167,6 +259,7 @@ impl Http {
         }
     }
 
+    /// Signs a user up, open to everyone (as [`signup_open`]).
     pub async fn signup(&self, username: &str) -> AuthResponse {
         let resp = self
             .client
@@ -180,7 +273,17 @@ impl Http {
             .await
             .unwrap();
         assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
-        resp.json().await.unwrap()
+        let auth: AuthResponse = resp.json().await.unwrap();
+        let resp = self
+            .client
+            .patch(format!("{}/v1/me/privacy", self.base))
+            .bearer_auth(&auth.token)
+            .json(&open_to_everyone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        auth
     }
 
     pub async fn open_direct(&self, token: &str, other: UserId) -> Channel {
@@ -214,6 +317,7 @@ impl Http {
             .unwrap()
     }
 
+    /// `PUT /v1/friends/{other}`: a request, or the acceptance of theirs.
     pub async fn befriend(&self, token: &str, other: UserId) {
         let resp = self
             .client
@@ -222,7 +326,7 @@ impl Http {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 204);
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     }
 }
 

@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::collections::BTreeMap;
 
 use chat_core::{
-    Appended, Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, Error, HistoryStore,
-    Inbox, MessageId, MessageStore, Page, Platform, Seq, UserId,
+    Appended, Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, Error, FriendOutcome,
+    HistoryStore, Inbox, Limits, MessageId, MessageStore, Page, Platform, Seq, UserId,
 };
 
 use super::messages::{group, new_message, users, whole_history, whole_inbox};
@@ -41,7 +41,14 @@ const RACERS: u64 = 32;
 ///   `channels_of` agrees with the final members;
 /// * `clear_push_token` of a device's old token racing a registration of a
 ///   new token: the new token survives whichever lands first; racing the
-///   device's removal: the device stays removed.
+///   device's removal: the device stays removed;
+/// * crossed friend requests (`a → b` and `b → a` at once): one is
+///   `Requested`, the other `Accepted`, and they end friends with nothing
+///   pending;
+/// * per-user caps under concurrent writes: requests to one user, devices
+///   of one user, groups one user joins, and acceptances racing new
+///   requests never pass their caps;
+/// * concurrent `revoke_all_sessions`: every call moves the epoch.
 ///
 /// # Panics
 ///
@@ -55,6 +62,9 @@ pub async fn concurrency_suite(store: &dyn MessageStore, directory: &dyn Directo
     racing_usernames(directory).await;
     racing_members(directory).await;
     racing_token_clears(directory).await;
+    racing_friend_requests(directory).await;
+    racing_caps(directory).await;
+    racing_epochs(directory).await;
 }
 
 async fn racing_appends(history: &dyn HistoryStore) {
@@ -271,7 +281,9 @@ async fn commits_racing_a_new_member(store: &dyn MessageStore, directory: &dyn D
     let join = async {
         tokio::task::yield_now().await;
         ok(
-            directory.add_member(channel.id, joiner, 100).await,
+            directory
+                .add_member(channel.id, joiner, &chat_core::Limits::default())
+                .await,
             "add_member",
         )
     };
@@ -331,20 +343,28 @@ async fn racing_members(directory: &dyn Directory) {
     let candidates = join_all((0..RACERS).map(|_| new_user(directory, "rmem"))).await;
     let group = ok(
         directory
-            .create_channel(Channel {
-                id: ChannelId::new_random(),
-                kind: ChannelKind::Group,
-                name: "race".into(),
-                owner: Some(owner),
-                members: vec![owner],
-                created_at: 1_700_000_000_000,
-            })
+            .create_channel(
+                Channel {
+                    id: ChannelId::new_random(),
+                    kind: ChannelKind::Group,
+                    name: "race".into(),
+                    owner: Some(owner),
+                    members: vec![owner],
+                    created_at: 1_700_000_000_000,
+                },
+                &Limits::default(),
+            )
             .await,
         "create_channel",
     );
+    let seats = Limits {
+        group_members: SEATS,
+        ..Limits::default()
+    };
     let results = join_all(candidates.iter().map(|u| {
         let id = group.id;
-        async move { (*u, directory.add_member(id, *u, SEATS).await) }
+        let seats = &seats;
+        async move { (*u, directory.add_member(id, *u, seats).await) }
     }))
     .await;
     let mut admitted = Vec::new();
@@ -376,7 +396,7 @@ async fn racing_members(directory: &dyn Directory) {
         "the group's members are the owner and the admitted"
     );
     for user in candidates {
-        let member_of = ok(directory.channels_of(user).await, "channels_of");
+        let member_of = ok(directory.channels_of(user, None, 100).await, "channels_of");
         let listed = member_of.iter().any(|c| c.id == group.id);
         assert_eq!(
             listed,
@@ -399,7 +419,7 @@ async fn racing_token_clears(directory: &dyn Directory) {
     for (k, id) in ids.iter().enumerate() {
         ok(
             directory
-                .register_device(device(*id, format!("old-{k}")))
+                .register_device(device(*id, format!("old-{k}")), &Limits::default())
                 .await,
             "register_device",
         );
@@ -419,7 +439,7 @@ async fn racing_token_clears(directory: &dyn Directory) {
         let write = async move {
             if k % 2 == 0 {
                 ok(
-                    directory.register_device(fresh).await,
+                    directory.register_device(fresh, &Limits::default()).await,
                     "concurrent register_device",
                 );
             } else {
@@ -452,4 +472,197 @@ async fn racing_token_clears(directory: &dyn Directory) {
             );
         }
     }
+}
+
+async fn racing_friend_requests(directory: &dyn Directory) {
+    let limits = Limits::default();
+    let users = join_all((0..RACERS * 2).map(|_| new_user(directory, "rfr"))).await;
+    let pairs: Vec<(UserId, UserId)> = users.chunks(2).map(|p| (p[0], p[1])).collect();
+    let results = join_all(pairs.iter().flat_map(|(a, b)| {
+        let limits = &limits;
+        [(*a, *b), (*b, *a)].map(|(from, to)| async move {
+            (
+                from,
+                ok(
+                    directory.request_friend(from, to, 1_000, limits).await,
+                    "concurrent request_friend",
+                ),
+            )
+        })
+    }))
+    .await;
+    for (pair, outcomes) in pairs.iter().zip(results.chunks(2)) {
+        let mut got: Vec<FriendOutcome> = outcomes.iter().map(|(_, o)| *o).collect();
+        got.sort_by_key(|o| *o == FriendOutcome::Accepted);
+        assert_eq!(
+            got,
+            vec![FriendOutcome::Requested, FriendOutcome::Accepted],
+            "of crossed requests, one is Requested and the other Accepted"
+        );
+        let (a, b) = *pair;
+        assert_eq!(
+            ok(directory.friends(a).await, "friends"),
+            vec![b],
+            "crossed requests end as friends"
+        );
+        assert_eq!(ok(directory.friends(b).await, "friends"), vec![a]);
+        assert!(
+            ok(directory.friend_requests(a).await, "friend_requests").is_empty(),
+            "crossed requests leave nothing pending"
+        );
+    }
+}
+
+async fn racing_caps(directory: &dyn Directory) {
+    const CAP: usize = 5;
+    let limits = Limits {
+        pending_received: CAP,
+        devices: CAP,
+        groups_joined: CAP,
+        friends: CAP - 2,
+        ..Limits::default()
+    };
+    let target = new_user(directory, "rcap").await;
+    let askers = join_all((0..RACERS).map(|_| new_user(directory, "rask"))).await;
+    let results = join_all(askers.iter().map(|a| {
+        let limits = &limits;
+        async move { directory.request_friend(*a, target, 1_000, limits).await }
+    }))
+    .await;
+    let accepted = count_within_cap(results, "request_friend");
+    assert_eq!(
+        accepted, CAP,
+        "concurrent requests to one user stop at the received cap"
+    );
+    assert_eq!(
+        ok(directory.friend_requests(target).await, "friend_requests").len(),
+        CAP,
+        "exactly the admitted requests are stored"
+    );
+
+    // The target accepts every pending request at once, with room for
+    // fewer friends: the friends cap holds, and the refused stay pending.
+    let pending: Vec<UserId> = ok(directory.friend_requests(target).await, "friend_requests")
+        .into_iter()
+        .map(|r| r.from)
+        .collect();
+    let results = join_all(pending.iter().map(|from| {
+        let limits = &limits;
+        async move {
+            directory
+                .request_friend(target, *from, 2_000, limits)
+                .await
+                .map(drop)
+        }
+    }))
+    .await;
+    assert_eq!(count_within_cap(results, "accept"), CAP - 2);
+    assert_eq!(
+        ok(directory.friends(target).await, "friends").len(),
+        CAP - 2,
+        "concurrent acceptances stop at the friends cap"
+    );
+    assert_eq!(
+        ok(directory.friend_requests(target).await, "friend_requests").len(),
+        2,
+        "refused acceptances leave their requests pending"
+    );
+
+    let devices = join_all((0..RACERS).map(|_| {
+        let limits = &limits;
+        async move {
+            directory
+                .register_device(
+                    Device {
+                        id: DeviceId::new_random(),
+                        user: target,
+                        platform: Platform::Web,
+                        push_token: None,
+                        created_at: 0,
+                    },
+                    limits,
+                )
+                .await
+                .map(drop)
+        }
+    }))
+    .await;
+    assert_eq!(count_within_cap(devices, "register_device"), CAP);
+    assert_eq!(
+        ok(directory.devices(target).await, "devices").len(),
+        CAP,
+        "concurrent registrations stop at the device cap"
+    );
+
+    let owners = join_all((0..RACERS).map(|_| new_user(directory, "rgo"))).await;
+    let groups = join_all(owners.iter().map(|o| async move {
+        ok(
+            directory
+                .create_channel(
+                    Channel {
+                        id: ChannelId::new_random(),
+                        kind: ChannelKind::Group,
+                        name: "cap race".into(),
+                        owner: Some(*o),
+                        members: vec![*o],
+                        created_at: 0,
+                    },
+                    &Limits::default(),
+                )
+                .await,
+            "create_channel",
+        )
+        .id
+    }))
+    .await;
+    let joins = join_all(groups.iter().map(|g| {
+        let limits = &limits;
+        async move { directory.add_member(*g, target, limits).await.map(drop) }
+    }))
+    .await;
+    assert_eq!(count_within_cap(joins, "add_member"), CAP);
+    assert_eq!(
+        ok(
+            directory.channels_of(target, None, 100).await,
+            "channels_of"
+        )
+        .len(),
+        CAP,
+        "concurrent joins stop at the joined cap"
+    );
+}
+
+/// How many of `results` succeeded, failing on any error but `LimitExceeded`.
+fn count_within_cap(results: Vec<chat_core::Result<impl Sized>>, what: &str) -> usize {
+    let mut n = 0;
+    for r in results {
+        match r {
+            Ok(_) => n += 1,
+            Err(Error::LimitExceeded { .. }) => {}
+            Err(e) => panic!("concurrent {what} failed unexpectedly: {e}"),
+        }
+    }
+    n
+}
+
+async fn racing_epochs(directory: &dyn Directory) {
+    let user = new_user(directory, "rep").await;
+    let epochs = join_all((0..RACERS).map(|_| async move {
+        ok(
+            directory.revoke_all_sessions(user).await,
+            "concurrent revoke_all_sessions",
+        )
+    }))
+    .await;
+    let mut sorted = epochs.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (1..=RACERS).collect::<Vec<_>>(),
+        "every concurrent revoke_all_sessions moves the epoch once"
+    );
+    assert_eq!(
+        ok(directory.token_state(user, 0).await, "token_state").epoch,
+        RACERS
+    );
 }

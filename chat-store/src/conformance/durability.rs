@@ -1,13 +1,14 @@
 //! Everything acknowledged before a restart is there after it.
 
 use chat_core::{
-    Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, InboxEntry, Message, MessageId,
-    MessageStore, Platform, Profile, Seq, User, UserId, UserRecord,
+    Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, FriendRequest, InboxEntry,
+    Invitation, Limits, Message, MessageId, MessageStore, Platform, Privacy, Profile, Seq,
+    TokenState, User, UserId, UserRecord, WhoMayAdd, MAX_PAGE,
 };
 use serde::{Deserialize, Serialize};
 
 use super::messages::{new_message, whole_history, whole_inbox};
-use super::{ok, user_record, Ids};
+use super::{befriend, ok, user_record, Ids};
 
 /// What [`durability_check_write`] had acknowledged, for
 /// [`durability_check_read`] to find again.
@@ -35,6 +36,19 @@ pub struct DurabilityProbe {
     inboxes: Vec<(UserId, Vec<InboxEntry>)>,
     /// Stored cursors.
     cursors: Vec<(UserId, DeviceId, Seq)>,
+    /// Privacy settings, pending requests and invitations, token state.
+    #[serde(default)]
+    consent: Option<ConsentProbe>,
+}
+
+/// The consent and account part of a [`DurabilityProbe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ConsentProbe {
+    privacy: (UserId, Privacy),
+    requests: (UserId, Vec<FriendRequest>),
+    invitations: (UserId, Vec<Invitation>),
+    /// `(user, revoked session, state)`.
+    token: (UserId, u64, TokenState),
 }
 
 impl DurabilityProbe {
@@ -77,37 +91,62 @@ pub async fn durability_check_write(
         directory.update_profile(alice, profile).await,
         "update_profile",
     );
-    ok(directory.add_friend(alice, bob).await, "add_friend");
-    ok(directory.add_friend(alice, carol).await, "add_friend");
+    let limits = Limits::default();
+    befriend(directory, alice, bob).await;
+    befriend(directory, alice, carol).await;
     ok(directory.remove_friend(alice, carol).await, "remove_friend");
+    ok(
+        directory.request_friend(carol, bob, 2_500, &limits).await,
+        "request_friend",
+    );
+    let privacy = Privacy {
+        who_may_add: WhoMayAdd::Nobody,
+        hide_last_seen: true,
+    };
+    ok(directory.set_privacy(carol, privacy).await, "set_privacy");
+    ok(
+        directory.revoke_all_sessions(bob).await,
+        "revoke_all_sessions",
+    );
+    ok(
+        directory.revoke_session(bob, 77, u64::MAX, 0).await,
+        "revoke_session",
+    );
 
     let direct = ok(
         directory
-            .create_channel(Channel::direct(alice, bob, 1_000))
+            .create_channel(Channel::direct(alice, bob, 1_000), &limits)
             .await,
         "create_channel",
     );
     let group_id = ChannelId::new_random();
     ok(
         directory
-            .create_channel(Channel {
-                id: group_id,
-                kind: ChannelKind::Group,
-                name: "durable group".into(),
-                owner: Some(alice),
-                members: vec![alice, bob],
-                created_at: 2_000,
-            })
+            .create_channel(
+                Channel {
+                    id: group_id,
+                    kind: ChannelKind::Group,
+                    name: "durable group".into(),
+                    owner: Some(alice),
+                    members: vec![alice, bob],
+                    created_at: 2_000,
+                },
+                &limits,
+            )
             .await,
         "create_channel",
     );
     ok(
-        directory.add_member(group_id, carol, 10).await,
+        directory.add_member(group_id, carol, &limits).await,
         "add_member",
     );
     let group = ok(
         directory.remove_member(group_id, bob).await,
         "remove_member",
+    );
+    ok(
+        directory.invite(group_id, bob, alice, 2_600, &limits).await,
+        "invite",
     );
 
     let device = |user, id, platform, token: &str| Device {
@@ -131,7 +170,7 @@ pub async fn durability_check_write(
     ];
     for d in &devices {
         ok(
-            directory.register_device(d.clone()).await,
+            directory.register_device(d.clone(), &limits).await,
             "register_device",
         );
     }
@@ -214,6 +253,35 @@ pub async fn durability_check_write(
         messages,
         inboxes,
         cursors,
+        consent: Some(ConsentProbe {
+            privacy: (carol, privacy),
+            requests: (
+                bob,
+                vec![FriendRequest {
+                    from: carol,
+                    to: bob,
+                    created_at: 2_500,
+                }],
+            ),
+            invitations: (
+                bob,
+                vec![Invitation {
+                    channel: group_id,
+                    group_name: "durable group".into(),
+                    inviter: alice,
+                    invitee: bob,
+                    created_at: 2_600,
+                }],
+            ),
+            token: (
+                bob,
+                77,
+                TokenState {
+                    epoch: 1,
+                    revoked: true,
+                },
+            ),
+        }),
     }
 }
 
@@ -260,11 +328,40 @@ pub async fn durability_check_read(
             "an acknowledged channel and its membership changes survive"
         );
     }
+    if let Some(c) = &probe.consent {
+        assert_eq!(
+            ok(directory.privacy(c.privacy.0).await, "privacy"),
+            c.privacy.1,
+            "acknowledged privacy settings survive"
+        );
+        assert_eq!(
+            ok(
+                directory.friend_requests(c.requests.0).await,
+                "friend_requests"
+            ),
+            c.requests.1,
+            "an acknowledged friend request survives"
+        );
+        assert_eq!(
+            ok(directory.invitations(c.invitations.0).await, "invitations"),
+            c.invitations.1,
+            "an acknowledged invitation survives"
+        );
+        let (user, session, state) = c.token;
+        assert_eq!(
+            ok(directory.token_state(user, session).await, "token_state"),
+            state,
+            "an acknowledged epoch and revocation survive"
+        );
+    }
     for (user, expected) in &probe.memberships {
-        let got: Vec<ChannelId> = ok(directory.channels_of(*user).await, "channels_of")
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let got: Vec<ChannelId> = ok(
+            directory.channels_of(*user, None, MAX_PAGE).await,
+            "channels_of",
+        )
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
         assert_eq!(&got, expected, "the membership index survives");
     }
     for (user, expected) in &probe.devices {

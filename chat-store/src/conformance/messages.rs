@@ -71,14 +71,17 @@ pub(super) fn new_message(
 pub(super) async fn group(directory: &dyn Directory, members: &[UserId]) -> Channel {
     ok(
         directory
-            .create_channel(Channel {
-                id: ChannelId::new_random(),
-                kind: ChannelKind::Group,
-                name: "conformance group".into(),
-                owner: Some(members[0]),
-                members: members.to_vec(),
-                created_at: 1_000,
-            })
+            .create_channel(
+                Channel {
+                    id: ChannelId::new_random(),
+                    kind: ChannelKind::Group,
+                    name: "conformance group".into(),
+                    owner: Some(members[0]),
+                    members: members.to_vec(),
+                    created_at: 1_000,
+                },
+                &chat_core::Limits::default(),
+            )
             .await,
         "create_channel",
     )
@@ -154,7 +157,9 @@ async fn commit(store: &dyn MessageStore, m: NewMessage) -> chat_core::Committed
 async fn commit_fans_out(store: &dyn MessageStore, directory: &dyn Directory) {
     let [a, b, c, outsider] = users::<4>(directory).await;
     let direct = ok(
-        directory.create_channel(Channel::direct(a, b, 0)).await,
+        directory
+            .create_channel(Channel::direct(a, b, 0), &chat_core::Limits::default())
+            .await,
         "create_channel",
     );
     let group = group(directory, &[a, b, c]).await;
@@ -261,7 +266,9 @@ async fn members_as_of_commit(store: &dyn MessageStore, directory: &dyn Director
     let ids = Ids::fresh();
     let before = commit(store, new_message(channel.id, owner, ids.at(1), "before")).await;
     ok(
-        directory.add_member(channel.id, joins, 100).await,
+        directory
+            .add_member(channel.id, joins, &chat_core::Limits::default())
+            .await,
         "add_member",
     );
     ok(

@@ -18,8 +18,8 @@
 //! |---|---|
 //! | [`history_suite`] | [`HistoryStore`]: append/get, every [`Page`](chat_core::Page) mode with entry and byte limits and `has_more`, ordering by numeric id, channel isolation, idempotent retries returning the original message, conflicts that write nothing, per-sender keys |
 //! | [`message_store_suite`] | [`MessageStore`](chat_core::MessageStore): the atomic commit to history and every member's inbox, dense per-user positions, ids raised to keep each channel increasing, members as of the commit, refusals and late commits that write nothing, duplicates with their original positions, inbox reads with entry and byte limits, monotonic per-device cursors |
-//! | [`directory_suite`] | [`Directory`]: unique usernames, users and profiles, symmetric idempotent friendships, direct and group channels, membership limits, `channels_of`, devices, compare-and-clear of push tokens |
-//! | [`concurrency_suite`] | the clauses only concurrency can break: one winner per idempotency key (appends and commits), username, group seat; concurrent commits from several nodes keep each channel in id order in every inbox at dense positions; a member added during commits gets a suffix of history; cursors keep the maximum; a push-token clear never erases a newer token or re-creates a removed device |
+//! | [`directory_suite`] | [`Directory`]: unique usernames, users, profiles and privacy settings, token epochs and revoked sessions, friend requests and their acceptance, direct and group channels, invitations, membership limits, per-user caps, paged `channels_of`, `contacts`, devices, compare-and-clear of push tokens |
+//! | [`concurrency_suite`] | the clauses only concurrency can break: one winner per idempotency key (appends and commits), username, group seat; concurrent commits from several nodes keep each channel in id order in every inbox at dense positions; a member added during commits gets a suffix of history; cursors keep the maximum; crossed friend requests end as one friendship; per-user caps hold; every epoch bump counts; a push-token clear never erases a newer token or re-creates a removed device |
 //! | [`durability_check_write`] / [`durability_check_read`] | everything acknowledged before a restart (or a crash) is there after it |
 //! | [`run_all`] | all of the above but the restart |
 //!
@@ -39,8 +39,8 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use chat_core::{
-    ChannelId, ClientMsgId, Directory, Message, MessageId, MessageStore, Profile, Result, User,
-    UserId, UserRecord,
+    ChannelId, ClientMsgId, Directory, FriendOutcome, Limits, Message, MessageId, MessageStore,
+    Profile, Result, User, UserId, UserRecord,
 };
 use uuid::Uuid;
 
@@ -165,6 +165,26 @@ fn user_record(tag: &str) -> UserRecord {
 async fn new_user(directory: &dyn Directory, tag: &str) -> UserId {
     let record = user_record(tag);
     ok(directory.create_user(record).await, "create_user").id
+}
+
+/// Makes `a` and `b` friends the only way there is: a request and its
+/// acceptance.
+async fn befriend(directory: &dyn Directory, a: UserId, b: UserId) {
+    let limits = Limits::default();
+    assert_eq!(
+        ok(
+            directory.request_friend(a, b, 1_000, &limits).await,
+            "request_friend"
+        ),
+        FriendOutcome::Requested
+    );
+    assert_eq!(
+        ok(
+            directory.request_friend(b, a, 2_000, &limits).await,
+            "request_friend"
+        ),
+        FriendOutcome::Accepted
+    );
 }
 
 /// Polls all `futures` concurrently from the current task and returns their

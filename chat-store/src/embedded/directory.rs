@@ -1,11 +1,20 @@
 //! [`Directory`] for [`EmbeddedStore`].
 
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
 use async_trait::async_trait;
-use chat_core::rules::{apply_membership, validate_new_channel, validate_new_user};
-use chat_core::{
-    Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, Error, Profile, Result, User,
-    UserId, UserRecord,
+use chat_core::directory::{Contact, FriendOutcome, InviteOutcome, Limits, TokenState};
+use chat_core::rules::{
+    apply_membership, check_cap, check_friend_pair, check_groups_joined, check_invite_caps,
+    check_new_group_caps, decide_friend_request, decide_invite, revoked_after,
+    validate_new_channel, validate_new_user, FriendPair,
 };
+use chat_core::{
+    Channel, ChannelId, ChannelKind, Device, DeviceId, Directory, Error, FriendRequest, Invitation,
+    Privacy, Profile, Result, User, UserId, UserRecord,
+};
+use fjall::PartitionHandle;
 use serde::{Deserialize, Serialize};
 
 use super::locks::{Kind, StripeKey};
@@ -17,11 +26,24 @@ use super::{commit, db, decode, encode, keys, EmbeddedStore, Inner};
 /// names must not reach fjall either.
 const MAX_USERNAME_KEY: usize = 4_096;
 
+/// The value of a `memberships` entry: what the channel is to the member,
+/// so the per-user group caps count without reading channels. Entries
+/// written before the tags existed are empty and read the channel.
+const DIRECT: &[u8] = b"d";
+const GROUP: &[u8] = b"g";
+const OWNED: &[u8] = b"o";
+
 /// The value of the `users` partition ([`UserRecord`] is not serde).
 #[derive(Serialize, Deserialize)]
 struct StoredUser {
     user: User,
     password_hash: String,
+    /// Absent in users stored before privacy settings existed: the default.
+    #[serde(default)]
+    privacy: Privacy,
+    /// Absent in users stored before token epochs existed: 0.
+    #[serde(default)]
+    token_epoch: u64,
 }
 
 impl From<StoredUser> for UserRecord {
@@ -33,12 +55,35 @@ impl From<StoredUser> for UserRecord {
     }
 }
 
+/// The stripe of a user: every write that counts toward one of the user's
+/// caps, or changes the user's record, holds it.
+fn user_stripe(user: UserId) -> StripeKey {
+    StripeKey::new(Kind::User, user.as_bytes())
+}
+
+fn channel_stripe(channel: ChannelId) -> StripeKey {
+    StripeKey::new(Kind::Channel, channel.as_bytes())
+}
+
+/// The membership tag of `member` in `channel`.
+fn membership_tag(channel: &Channel, member: UserId) -> &'static [u8] {
+    match channel.kind {
+        ChannelKind::Group if channel.owner == Some(member) => OWNED,
+        ChannelKind::Group => GROUP,
+        _ => DIRECT,
+    }
+}
+
 impl Inner {
     fn load_user(&self, id: UserId) -> Result<Option<StoredUser>> {
         match self.users.get(id.as_bytes()).map_err(db)? {
             Some(v) => decode(&v, "user").map(Some),
             None => Ok(None),
         }
+    }
+
+    fn require_stored(&self, id: UserId) -> Result<StoredUser> {
+        self.load_user(id)?.ok_or(Error::not_found("user"))
     }
 
     /// Users are never deleted, so an existence check needs no lock.
@@ -57,6 +102,57 @@ impl Inner {
         }
     }
 
+    /// Entries under a 16-byte prefix (bounded by the caps that the callers
+    /// count against).
+    fn count(partition: &PartitionHandle, prefix: &[u8; 16]) -> Result<usize> {
+        let mut n = 0;
+        for kv in partition.prefix(prefix) {
+            kv.map_err(db)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Pending requests `user` has sent: friend requests and invitations.
+    fn sent(&self, user: UserId) -> Result<usize> {
+        Ok(Self::count(&self.friend_requests, user.as_bytes())?
+            + Self::count(&self.invitations_sent, user.as_bytes())?)
+    }
+
+    /// Pending requests `user` has received: friend requests and invitations.
+    fn received(&self, user: UserId) -> Result<usize> {
+        Ok(Self::count(&self.friend_requests_in, user.as_bytes())?
+            + Self::count(&self.invitations, user.as_bytes())?)
+    }
+
+    /// `(groups joined, groups owned)` of `user`, from the membership tags.
+    fn group_counts(&self, user: UserId) -> Result<(usize, usize)> {
+        let (mut joined, mut owned) = (0, 0);
+        for kv in self.memberships.prefix(user.as_bytes()) {
+            let (key, tag) = kv.map_err(db)?;
+            let tag: &[u8] = match &*tag {
+                t @ (DIRECT | GROUP | OWNED) => t,
+                _ => {
+                    // An untagged entry from an older store: read the channel.
+                    let id = ChannelId::from_bytes(keys::pair_second(&key)?);
+                    let channel = self
+                        .load_channel(id)?
+                        .ok_or_else(|| keys::corrupt("membership", "its channel is missing"))?;
+                    membership_tag(&channel, user)
+                }
+            };
+            match tag {
+                OWNED => {
+                    joined += 1;
+                    owned += 1;
+                }
+                GROUP => joined += 1,
+                _ => {}
+            }
+        }
+        Ok((joined, owned))
+    }
+
     fn create_user(&self, record: UserRecord) -> Result<User> {
         validate_new_user(&record)?;
         let UserRecord {
@@ -65,7 +161,7 @@ impl Inner {
         } = record;
         let _guards = self.stripes.lock(&[
             StripeKey::new(Kind::Username, user.username.as_bytes()),
-            StripeKey::new(Kind::User, user.id.as_bytes()),
+            user_stripe(user.id),
         ]);
         if self
             .usernames
@@ -80,6 +176,8 @@ impl Inner {
         let stored = StoredUser {
             user,
             password_hash,
+            privacy: Privacy::default(),
+            token_epoch: 0,
         };
         let mut batch = self.batch();
         batch.insert(&self.users, *stored.user.id.as_bytes(), encode(&stored)?);
@@ -109,50 +207,140 @@ impl Inner {
         Ok(Some(stored.into()))
     }
 
-    fn update_profile(&self, id: UserId, profile: Profile) -> Result<User> {
-        let _guards = self
-            .stripes
-            .lock(&[StripeKey::new(Kind::User, id.as_bytes())]);
-        let mut stored = self.load_user(id)?.ok_or(Error::not_found("user"))?;
-        stored.user.profile = profile;
+    /// Read-modify-write of a user record under the user's stripe.
+    fn update_user<T>(&self, id: UserId, change: impl FnOnce(&mut StoredUser) -> T) -> Result<T> {
+        let _guards = self.stripes.lock(&[user_stripe(id)]);
+        let mut stored = self.require_stored(id)?;
+        let out = change(&mut stored);
         let mut batch = self.batch();
         batch.insert(&self.users, *id.as_bytes(), encode(&stored)?);
         commit(batch)?;
-        Ok(stored.user)
+        Ok(out)
     }
 
-    fn add_friend(&self, a: UserId, b: UserId) -> Result<()> {
-        if a == b {
-            return Err(Error::invalid("a user cannot befriend themselves"));
-        }
-        self.require_user(a)?;
-        self.require_user(b)?;
-        let ab = keys::pair(a.as_bytes(), b.as_bytes());
-        let ba = keys::pair(b.as_bytes(), a.as_bytes());
-        // Both keys are written by one batch; if both are visible, the
-        // friendship is already stored (and durable).
-        if self.friends.contains_key(ab).map_err(db)?
-            && self.friends.contains_key(ba).map_err(db)?
-        {
-            return Ok(());
+    fn token_state(&self, user: UserId, session: u64) -> Result<TokenState> {
+        let (users, revoked) = self.snapshots(&self.users, &self.revoked_sessions);
+        let value = users
+            .get(user.as_bytes())
+            .map_err(db)?
+            .ok_or(Error::not_found("user"))?;
+        let stored: StoredUser = decode(&value, "user")?;
+        Ok(TokenState {
+            epoch: stored.token_epoch,
+            revoked: revoked
+                .contains_key(keys::session(user, session))
+                .map_err(db)?,
+        })
+    }
+
+    fn revoke_session(&self, user: UserId, session: u64, until: u64, now: u64) -> Result<()> {
+        let _guards = self.stripes.lock(&[user_stripe(user)]);
+        let mut stored = self.require_stored(user)?;
+        let mut kept = Vec::new();
+        for kv in self.revoked_sessions.prefix(user.as_bytes()) {
+            let (key, value) = kv.map_err(db)?;
+            kept.push((
+                keys::parse_session(&key)?,
+                keys::parse_u64(&value, "revoked session")?,
+            ));
         }
         let mut batch = self.batch();
-        batch.insert(&self.friends, ab, []);
-        batch.insert(&self.friends, ba, []);
+        match revoked_after(kept.iter().copied(), session, until, now) {
+            Some(live) => {
+                let live_ids: BTreeSet<u64> = live.iter().map(|(s, _)| *s).collect();
+                for (s, _) in kept.iter().filter(|(s, _)| !live_ids.contains(s)) {
+                    batch.remove(&self.revoked_sessions, keys::session(user, *s));
+                }
+                batch.insert(
+                    &self.revoked_sessions,
+                    keys::session(user, session),
+                    until.to_be_bytes(),
+                );
+            }
+            None => {
+                stored.token_epoch += 1;
+                batch.insert(&self.users, *user.as_bytes(), encode(&stored)?);
+                for (s, _) in &kept {
+                    batch.remove(&self.revoked_sessions, keys::session(user, *s));
+                }
+            }
+        }
         commit(batch)
     }
 
+    fn revoke_all_sessions(&self, user: UserId) -> Result<u64> {
+        let _guards = self.stripes.lock(&[user_stripe(user)]);
+        let mut stored = self.require_stored(user)?;
+        stored.token_epoch += 1;
+        let mut batch = self.batch();
+        batch.insert(&self.users, *user.as_bytes(), encode(&stored)?);
+        for kv in self.revoked_sessions.prefix(user.as_bytes()) {
+            let (key, _) = kv.map_err(db)?;
+            batch.remove(&self.revoked_sessions, key);
+        }
+        commit(batch)?;
+        Ok(stored.token_epoch)
+    }
+
+    fn request_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        now: u64,
+        limits: &Limits,
+    ) -> Result<FriendOutcome> {
+        check_friend_pair(from, to)?;
+        self.require_user(from)?;
+        self.require_user(to)?;
+        let _guards = self.stripes.lock(&[user_stripe(from), user_stripe(to)]);
+        let (from_to, to_from) = (
+            keys::pair(from.as_bytes(), to.as_bytes()),
+            keys::pair(to.as_bytes(), from.as_bytes()),
+        );
+        let pair = FriendPair {
+            friends: self.friends.contains_key(from_to).map_err(db)?,
+            requested: self.friend_requests.contains_key(from_to).map_err(db)?,
+            incoming: self.friend_requests.contains_key(to_from).map_err(db)?,
+            from_friends: Self::count(&self.friends, from.as_bytes())?,
+            to_friends: Self::count(&self.friends, to.as_bytes())?,
+            from_sent: self.sent(from)?,
+            to_received: self.received(to)?,
+        };
+        let outcome = decide_friend_request(&pair, limits)?;
+        let mut batch = self.batch();
+        match outcome {
+            FriendOutcome::Accepted => {
+                batch.remove(&self.friend_requests, to_from);
+                batch.remove(&self.friend_requests_in, from_to);
+                batch.insert(&self.friends, from_to, []);
+                batch.insert(&self.friends, to_from, []);
+            }
+            FriendOutcome::Requested => {
+                batch.insert(&self.friend_requests, from_to, now.to_be_bytes());
+                batch.insert(&self.friend_requests_in, to_from, []);
+            }
+            FriendOutcome::AlreadyFriends | FriendOutcome::AlreadyRequested => {}
+        }
+        commit(batch)?;
+        Ok(outcome)
+    }
+
     fn remove_friend(&self, a: UserId, b: UserId) -> Result<()> {
+        let _guards = self.stripes.lock(&[user_stripe(a), user_stripe(b)]);
         let ab = keys::pair(a.as_bytes(), b.as_bytes());
         let ba = keys::pair(b.as_bytes(), a.as_bytes());
-        if !self.friends.contains_key(ab).map_err(db)?
-            && !self.friends.contains_key(ba).map_err(db)?
-        {
-            return Ok(());
-        }
         let mut batch = self.batch();
-        batch.remove(&self.friends, ab);
-        batch.remove(&self.friends, ba);
+        for key in [ab, ba] {
+            if self.friends.contains_key(key).map_err(db)? {
+                batch.remove(&self.friends, key);
+            }
+            if self.friend_requests.contains_key(key).map_err(db)? {
+                batch.remove(&self.friend_requests, key);
+            }
+            if self.friend_requests_in.contains_key(key).map_err(db)? {
+                batch.remove(&self.friend_requests_in, key);
+            }
+        }
         commit(batch)
     }
 
@@ -166,19 +354,101 @@ impl Inner {
             .collect()
     }
 
-    fn create_channel(&self, channel: Channel) -> Result<Channel> {
+    fn friend_requests(&self, user: UserId) -> Result<Vec<FriendRequest>> {
+        let (out, inc) = self.snapshots(&self.friend_requests, &self.friend_requests_in);
+        let mut requests = Vec::new();
+        for kv in out.prefix(user.as_bytes()) {
+            let (key, value) = kv.map_err(db)?;
+            requests.push(FriendRequest {
+                from: user,
+                to: UserId::from_bytes(keys::pair_second(&key)?),
+                created_at: keys::parse_u64(&value, "friend request")?,
+            });
+        }
+        for kv in inc.prefix(user.as_bytes()) {
+            let (key, _) = kv.map_err(db)?;
+            let from = UserId::from_bytes(keys::pair_second(&key)?);
+            let value = out
+                .get(keys::pair(from.as_bytes(), user.as_bytes()))
+                .map_err(db)?
+                .ok_or_else(|| keys::corrupt("friend request index", "its request is missing"))?;
+            requests.push(FriendRequest {
+                from,
+                to: user,
+                created_at: keys::parse_u64(&value, "friend request")?,
+            });
+        }
+        requests.sort_by_key(|r| (r.from, r.to));
+        Ok(requests)
+    }
+
+    fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
+        let instant = self.keyspace.instant();
+        let friends = self.friends.snapshot_at(instant);
+        let memberships = self.memberships.snapshot_at(instant);
+        let channels = self.channels.snapshot_at(instant);
+        let users = self.users.snapshot_at(instant);
+        let mut known = BTreeSet::new();
+        for kv in friends.prefix(user.as_bytes()) {
+            let (key, _) = kv.map_err(db)?;
+            known.insert(UserId::from_bytes(keys::pair_second(&key)?));
+        }
+        for kv in memberships.prefix(user.as_bytes()) {
+            let (key, _) = kv.map_err(db)?;
+            let value = channels
+                .get(keys::pair_second(&key)?)
+                .map_err(db)?
+                .ok_or_else(|| keys::corrupt("membership", "its channel is missing"))?;
+            let channel: Channel = decode(&value, "channel")?;
+            known.extend(channel.members);
+        }
+        known.remove(&user);
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for u in among.iter().copied() {
+            if !known.contains(&u) || !seen.insert(u) {
+                continue;
+            }
+            let value = users
+                .get(u.as_bytes())
+                .map_err(db)?
+                .ok_or_else(|| keys::corrupt("friend or member", "its user is missing"))?;
+            let stored: StoredUser = decode(&value, "user")?;
+            out.push(Contact {
+                user: u,
+                privacy: stored.privacy,
+            });
+        }
+        Ok(out)
+    }
+
+    fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel> {
         let channel = validate_new_channel(&channel)?;
         for member in &channel.members {
             self.require_user(*member)?;
         }
-        let _guards = self
-            .stripes
-            .lock(&[StripeKey::new(Kind::Channel, channel.id.as_bytes())]);
+        let mut stripes = vec![channel_stripe(channel.id)];
+        if channel.kind == ChannelKind::Group {
+            stripes.extend(channel.members.iter().map(|m| user_stripe(*m)));
+        }
+        let _guards = self.stripes.lock(&stripes);
         if let Some(existing) = self.load_channel(channel.id)? {
             return match channel.kind {
                 ChannelKind::Direct => Ok(existing),
                 _ => Err(Error::AlreadyExists { what: "channel" }),
             };
+        }
+        if channel.kind == ChannelKind::Group {
+            let owned = match channel.owner {
+                Some(owner) => self.group_counts(owner)?.1,
+                None => 0,
+            };
+            let joined = channel
+                .members
+                .iter()
+                .map(|m| Ok(self.group_counts(*m)?.0))
+                .collect::<Result<Vec<usize>>>()?;
+            check_new_group_caps(&channel, owned, &joined, limits)?;
         }
         let mut batch = self.batch();
         batch.insert(&self.channels, *channel.id.as_bytes(), encode(&channel)?);
@@ -186,37 +456,84 @@ impl Inner {
             batch.insert(
                 &self.memberships,
                 keys::pair(member.as_bytes(), channel.id.as_bytes()),
-                [],
+                membership_tag(&channel, *member),
             );
         }
         commit(batch)?;
         Ok(channel)
     }
 
+    /// Removes `user`'s invitation to `channel` in `batch`, if there is one.
+    /// The caller holds the channel's stripe.
+    fn drop_invitation(
+        &self,
+        batch: &mut super::Batch<'_>,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<bool> {
+        let key = keys::pair(user.as_bytes(), channel.as_bytes());
+        let Some(value) = self.invitations.get(key).map_err(db)? else {
+            return Ok(false);
+        };
+        let invitation: Invitation = decode(&value, "invitation")?;
+        batch.remove(&self.invitations, key);
+        batch.remove(
+            &self.invitations_sent,
+            keys::triple(
+                invitation.inviter.as_bytes(),
+                user.as_bytes(),
+                channel.as_bytes(),
+            ),
+        );
+        Ok(true)
+    }
+
+    /// `add_member`, `remove_member` and `accept_invitation`: under the
+    /// channel's and the user's stripes, so the group's size and the
+    /// user's joined groups are read and written atomically.
     fn change_membership(
         &self,
         channel: ChannelId,
         user: UserId,
         add: bool,
-        max_members: usize,
+        limits: &Limits,
+        need_invitation: bool,
     ) -> Result<Channel> {
         if add {
             self.require_user(user)?;
         }
         let _guards = self
             .stripes
-            .lock(&[StripeKey::new(Kind::Channel, channel.as_bytes())]);
+            .lock(&[channel_stripe(channel), user_stripe(user)]);
+        if need_invitation
+            && !self
+                .invitations
+                .contains_key(keys::pair(user.as_bytes(), channel.as_bytes()))
+                .map_err(db)?
+        {
+            return Err(Error::not_found("invitation"));
+        }
         let current = self
             .load_channel(channel)?
             .ok_or(Error::not_found("channel"))?;
-        let Some(updated) = apply_membership(&current, user, add, max_members)? else {
+        let mut batch = self.batch();
+        let Some(updated) = apply_membership(&current, user, add, limits.group_members)? else {
+            if add {
+                self.drop_invitation(&mut batch, channel, user)?;
+                commit(batch)?;
+            }
             return Ok(current);
         };
         let membership = keys::pair(user.as_bytes(), channel.as_bytes());
-        let mut batch = self.batch();
         batch.insert(&self.channels, *channel.as_bytes(), encode(&updated)?);
         if add {
-            batch.insert(&self.memberships, membership, []);
+            check_groups_joined(self.group_counts(user)?.0, limits)?;
+            batch.insert(
+                &self.memberships,
+                membership,
+                membership_tag(&updated, user),
+            );
+            self.drop_invitation(&mut batch, channel, user)?;
         } else {
             batch.remove(&self.memberships, membership);
         }
@@ -224,10 +541,20 @@ impl Inner {
         Ok(updated)
     }
 
-    fn channels_of(&self, user: UserId) -> Result<Vec<Channel>> {
+    fn channels_of(
+        &self,
+        user: UserId,
+        after: Option<ChannelId>,
+        limit: usize,
+    ) -> Result<Vec<Channel>> {
         let (memberships, channels) = self.snapshots(&self.memberships, &self.channels);
+        let lower = match after {
+            Some(c) => Bound::Excluded(keys::pair(user.as_bytes(), c.as_bytes())),
+            None => Bound::Included(keys::pair(user.as_bytes(), &[0; 16])),
+        };
+        let upper = Bound::Included(keys::pair(user.as_bytes(), &[0xff; 16]));
         let mut out = Vec::new();
-        for kv in memberships.prefix(user.as_bytes()) {
+        for kv in memberships.range((lower, upper)).take(limit) {
             let (key, _) = kv.map_err(db)?;
             let id = keys::pair_second(&key)?;
             let value = channels
@@ -239,10 +566,91 @@ impl Inner {
         Ok(out)
     }
 
-    fn register_device(&self, device: Device) -> Result<Device> {
+    fn invite(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+        inviter: UserId,
+        now: u64,
+        limits: &Limits,
+    ) -> Result<InviteOutcome> {
+        self.require_user(user)?;
+        self.require_user(inviter)?;
+        let _guards = self.stripes.lock(&[
+            channel_stripe(channel),
+            user_stripe(user),
+            user_stripe(inviter),
+        ]);
+        let group = self
+            .load_channel(channel)?
+            .ok_or(Error::not_found("channel"))?;
+        let key = keys::pair(user.as_bytes(), channel.as_bytes());
+        let invited = self.invitations.contains_key(key).map_err(db)?;
+        if let Some(outcome) = decide_invite(&group, user, invited)? {
+            return Ok(outcome);
+        }
+        check_invite_caps(self.sent(inviter)?, self.received(user)?, limits)?;
+        let invitation = Invitation {
+            channel,
+            group_name: group.name,
+            inviter,
+            invitee: user,
+            created_at: now,
+        };
+        let mut batch = self.batch();
+        batch.insert(&self.invitations, key, encode(&invitation)?);
+        batch.insert(
+            &self.invitations_sent,
+            keys::triple(inviter.as_bytes(), user.as_bytes(), channel.as_bytes()),
+            [],
+        );
+        commit(batch)?;
+        Ok(InviteOutcome::Invited)
+    }
+
+    fn invitations(&self, user: UserId) -> Result<Vec<Invitation>> {
+        let (received, sent) = self.snapshots(&self.invitations, &self.invitations_sent);
+        let mut out = Vec::new();
+        for kv in received.prefix(user.as_bytes()) {
+            let (_, value) = kv.map_err(db)?;
+            out.push(decode(&value, "invitation")?);
+        }
+        for kv in sent.prefix(user.as_bytes()) {
+            let (key, _) = kv.map_err(db)?;
+            let (invitee, channel) = keys::triple_tail(&key)?;
+            let value = received
+                .get(keys::pair(&invitee, &channel))
+                .map_err(db)?
+                .ok_or_else(|| keys::corrupt("invitation index", "its invitation is missing"))?;
+            out.push(decode(&value, "invitation")?);
+        }
+        out.sort_by_key(|i: &Invitation| (i.invitee, i.channel));
+        Ok(out)
+    }
+
+    fn remove_invitation(&self, channel: ChannelId, user: UserId) -> Result<bool> {
+        let _guards = self
+            .stripes
+            .lock(&[channel_stripe(channel), user_stripe(user)]);
+        let mut batch = self.batch();
+        let removed = self.drop_invitation(&mut batch, channel, user)?;
+        commit(batch)?;
+        Ok(removed)
+    }
+
+    fn register_device(&self, device: Device, limits: &Limits) -> Result<Device> {
         self.require_user(device.user)?;
         let key = keys::pair(device.user.as_bytes(), device.id.as_bytes());
-        let _guards = self.stripes.lock(&[StripeKey::new(Kind::Device, &key)]);
+        let _guards = self
+            .stripes
+            .lock(&[StripeKey::new(Kind::Device, &key), user_stripe(device.user)]);
+        if !self.devices.contains_key(key).map_err(db)? {
+            check_cap(
+                Self::count(&self.devices, device.user.as_bytes())?,
+                limits.devices,
+                "devices of a user",
+            )?;
+        }
         let mut batch = self.batch();
         batch.insert(&self.devices, key, encode(&device)?);
         commit(batch)?;
@@ -308,11 +716,49 @@ impl Directory for EmbeddedStore {
     }
 
     async fn update_profile(&self, id: UserId, profile: Profile) -> Result<User> {
-        self.blocking(move |s| s.update_profile(id, profile)).await
+        self.blocking(move |s| {
+            s.update_user(id, |u| {
+                u.user.profile = profile;
+                u.user.clone()
+            })
+        })
+        .await
     }
 
-    async fn add_friend(&self, a: UserId, b: UserId) -> Result<()> {
-        self.blocking(move |s| s.add_friend(a, b)).await
+    async fn privacy(&self, user: UserId) -> Result<Privacy> {
+        self.blocking(move |s| Ok(s.require_stored(user)?.privacy))
+            .await
+    }
+
+    async fn set_privacy(&self, user: UserId, privacy: Privacy) -> Result<Privacy> {
+        self.blocking(move |s| s.update_user(user, |u| u.privacy = privacy))
+            .await?;
+        Ok(privacy)
+    }
+
+    async fn token_state(&self, user: UserId, session: u64) -> Result<TokenState> {
+        self.blocking(move |s| s.token_state(user, session)).await
+    }
+
+    async fn revoke_session(&self, user: UserId, session: u64, until: u64, now: u64) -> Result<()> {
+        self.blocking(move |s| s.revoke_session(user, session, until, now))
+            .await
+    }
+
+    async fn revoke_all_sessions(&self, user: UserId) -> Result<u64> {
+        self.blocking(move |s| s.revoke_all_sessions(user)).await
+    }
+
+    async fn request_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        now: u64,
+        limits: &Limits,
+    ) -> Result<FriendOutcome> {
+        let limits = *limits;
+        self.blocking(move |s| s.request_friend(from, to, now, &limits))
+            .await
     }
 
     async fn remove_friend(&self, a: UserId, b: UserId) -> Result<()> {
@@ -323,8 +769,19 @@ impl Directory for EmbeddedStore {
         self.blocking(move |s| s.friends(user)).await
     }
 
-    async fn create_channel(&self, channel: Channel) -> Result<Channel> {
-        self.blocking(move |s| s.create_channel(channel)).await
+    async fn friend_requests(&self, user: UserId) -> Result<Vec<FriendRequest>> {
+        self.blocking(move |s| s.friend_requests(user)).await
+    }
+
+    async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
+        let among = among.to_vec();
+        self.blocking(move |s| s.contacts(user, &among)).await
+    }
+
+    async fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel> {
+        let limits = *limits;
+        self.blocking(move |s| s.create_channel(channel, &limits))
+            .await
     }
 
     async fn channel(&self, id: ChannelId) -> Result<Option<Channel>> {
@@ -335,23 +792,69 @@ impl Directory for EmbeddedStore {
         &self,
         channel: ChannelId,
         user: UserId,
-        max_members: usize,
+        limits: &Limits,
     ) -> Result<Channel> {
-        self.blocking(move |s| s.change_membership(channel, user, true, max_members))
+        let limits = *limits;
+        self.blocking(move |s| s.change_membership(channel, user, true, &limits, false))
             .await
     }
 
     async fn remove_member(&self, channel: ChannelId, user: UserId) -> Result<Channel> {
-        self.blocking(move |s| s.change_membership(channel, user, false, usize::MAX))
+        let limits = Limits {
+            group_members: usize::MAX,
+            ..Limits::default()
+        };
+        self.blocking(move |s| s.change_membership(channel, user, false, &limits, false))
             .await
     }
 
-    async fn channels_of(&self, user: UserId) -> Result<Vec<Channel>> {
-        self.blocking(move |s| s.channels_of(user)).await
+    async fn channels_of(
+        &self,
+        user: UserId,
+        after: Option<ChannelId>,
+        limit: usize,
+    ) -> Result<Vec<Channel>> {
+        self.blocking(move |s| s.channels_of(user, after, limit))
+            .await
     }
 
-    async fn register_device(&self, device: Device) -> Result<Device> {
-        self.blocking(move |s| s.register_device(device)).await
+    async fn invite(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+        inviter: UserId,
+        now: u64,
+        limits: &Limits,
+    ) -> Result<InviteOutcome> {
+        let limits = *limits;
+        self.blocking(move |s| s.invite(channel, user, inviter, now, &limits))
+            .await
+    }
+
+    async fn invitations(&self, user: UserId) -> Result<Vec<Invitation>> {
+        self.blocking(move |s| s.invitations(user)).await
+    }
+
+    async fn accept_invitation(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+        limits: &Limits,
+    ) -> Result<Channel> {
+        let limits = *limits;
+        self.blocking(move |s| s.change_membership(channel, user, true, &limits, true))
+            .await
+    }
+
+    async fn remove_invitation(&self, channel: ChannelId, user: UserId) -> Result<bool> {
+        self.blocking(move |s| s.remove_invitation(channel, user))
+            .await
+    }
+
+    async fn register_device(&self, device: Device, limits: &Limits) -> Result<Device> {
+        let limits = *limits;
+        self.blocking(move |s| s.register_device(device, &limits))
+            .await
     }
 
     async fn devices(&self, user: UserId) -> Result<Vec<Device>> {

@@ -96,6 +96,43 @@ pub(super) fn pair_second(key: &[u8]) -> Result<[u8; 16]> {
     Ok(id)
 }
 
+/// `a ++ b ++ c` for three 16-byte ids: invitations by inviter
+/// (`inviter ++ invitee ++ channel`).
+pub(super) fn triple(a: &[u8; 16], b: &[u8; 16], c: &[u8; 16]) -> [u8; 48] {
+    let mut key = [0u8; 48];
+    key[..16].copy_from_slice(a);
+    key[16..32].copy_from_slice(b);
+    key[32..].copy_from_slice(c);
+    key
+}
+
+/// The second and third ids of a [`triple`] key.
+pub(super) fn triple_tail(key: &[u8]) -> Result<([u8; 16], [u8; 16])> {
+    if key.len() != 48 {
+        return Err(corrupt("triple key", "length is not 48 bytes"));
+    }
+    let mut b = [0u8; 16];
+    let mut c = [0u8; 16];
+    b.copy_from_slice(&key[16..32]);
+    c.copy_from_slice(&key[32..]);
+    Ok((b, c))
+}
+
+/// `user_id ++ session` (8 bytes big-endian): a revoked session.
+pub(super) fn session(user: UserId, session: u64) -> [u8; 24] {
+    id_key(user.as_bytes(), MessageId(session))
+}
+
+/// The session of a [`session`] key.
+pub(super) fn parse_session(key: &[u8]) -> Result<u64> {
+    Ok(split_id_key(key, "revoked session key")?.1 .0)
+}
+
+/// A `u64` stored as 8 bytes big-endian (a time).
+pub(super) fn parse_u64(bytes: &[u8], what: &'static str) -> Result<u64> {
+    Ok(parse_message_id(bytes, what)?.0)
+}
+
 /// A 16-byte id stored as a value.
 pub(super) fn parse_id16(bytes: &[u8], what: &'static str) -> Result<[u8; 16]> {
     bytes
@@ -181,6 +218,22 @@ mod tests {
             (c, MessageId(7), positions)
         );
         assert!(parse_idempotency_value(&v[..30]).is_err());
+    }
+
+    #[test]
+    fn triple_and_session_keys_round_trip() {
+        let (a, b, c) = (
+            UserId::new_random(),
+            UserId::new_random(),
+            ChannelId::new_random(),
+        );
+        let k = triple(a.as_bytes(), b.as_bytes(), c.as_bytes());
+        assert_eq!(&k[..16], a.as_bytes());
+        assert_eq!(triple_tail(&k).unwrap(), (*b.as_bytes(), *c.as_bytes()));
+        assert!(triple_tail(&k[..47]).is_err());
+        let s = session(a, u64::MAX - 3);
+        assert_eq!(parse_session(&s).unwrap(), u64::MAX - 3);
+        assert!(session(a, 1) < session(a, 256), "sessions sort numerically");
     }
 
     #[test]

@@ -17,21 +17,31 @@
 //! | `channel_idempotency` | `channel_id ++ sender ++ client_msg_id` (ASCII) | `channel_id ++ message_id`, then `user_id ++ seq` per inbox it reached (raw, 24 bytes each) |
 //! | `inbox_entries` | `user_id ++ seq` | the [`Message`] at that position of the user's inbox |
 //! | `cursors` | `user_id ++ device_id` | the cursor (an inbox position), 8 bytes big-endian |
-//! | `users` | `user_id` | the user and its password hash |
+//! | `users` | `user_id` | the user, its password hash, privacy settings and token epoch |
 //! | `usernames` | username (UTF-8) | `user_id` (raw, 16 bytes) |
 //! | `friends` | `user_id ++ friend_id` (both directions) | empty |
+//! | `friend_requests` | `from ++ to` | request time, 8 bytes big-endian |
+//! | `friend_requests_in` | `to ++ from` (index of the above by recipient) | empty |
 //! | `channels` | `channel_id` | the [`Channel`] with its sorted members |
-//! | `memberships` | `user_id ++ channel_id` | empty |
+//! | `memberships` | `user_id ++ channel_id` | `d` (direct), `g` (group) or `o` (owned group); empty in stores written before the tags |
+//! | `invitations` | `invitee ++ channel_id` | the [`Invitation`] |
+//! | `invitations_sent` | `inviter ++ invitee ++ channel_id` (index by inviter) | empty |
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
+//! | `revoked_sessions` | `user_id ++ session` (8 bytes big-endian) | until when, 8 bytes big-endian |
 //! | `meta` | `format` | the layout version, `3` |
 //!
 //! So a channel's history is one contiguous key range ordered by id (a page
 //! is a bounded range scan, backward for "latest" and "before", forward for
 //! "after", and never reads another channel); a user's inbox is one range
 //! ordered by position, and a sync is a forward range scan from the cursor;
-//! a user's friends, channels and devices are each one prefix range, already
-//! sorted by id. Messages, inbox entries and idempotency records are never
-//! deleted or expired.
+//! a user's friends, friend requests (either way), invitations (either
+//! way), channels, devices and revoked sessions are each one prefix range,
+//! already sorted by id. The per-user caps count these ranges (bounded by
+//! the caps themselves), and groups joined and owned count the membership
+//! tags. The partitions and fields added for consent (requests,
+//! invitations, privacy, tokens, tags) need no upgrade: a store without
+//! them reads as having none, with default settings and epoch 0. Messages,
+//! inbox entries and idempotency records are never deleted or expired.
 //!
 //! Older layouts are upgraded when the store is opened, each in one atomic
 //! batch (a crash leaves the old format, upgraded again at the next open):
@@ -113,6 +123,7 @@
 //! [`Message`]: chat_core::Message
 //! [`Channel`]: chat_core::Channel
 //! [`Device`]: chat_core::Device
+//! [`Invitation`]: chat_core::Invitation
 
 mod directory;
 mod group;
@@ -224,9 +235,14 @@ struct Inner {
     users: PartitionHandle,
     usernames: PartitionHandle,
     friends: PartitionHandle,
+    friend_requests: PartitionHandle,
+    friend_requests_in: PartitionHandle,
     channels: PartitionHandle,
     memberships: PartitionHandle,
+    invitations: PartitionHandle,
+    invitations_sent: PartitionHandle,
     devices: PartitionHandle,
+    revoked_sessions: PartitionHandle,
     stripes: Stripes,
     group: Committer,
 }
@@ -459,9 +475,14 @@ impl Inner {
             users: open("users")?,
             usernames: open("usernames")?,
             friends: open("friends")?,
+            friend_requests: open("friend_requests")?,
+            friend_requests_in: open("friend_requests_in")?,
             channels,
             memberships: open("memberships")?,
+            invitations: open("invitations")?,
+            invitations_sent: open("invitations_sent")?,
             devices: open("devices")?,
+            revoked_sessions: open("revoked_sessions")?,
             stripes: Stripes::default(),
             group: Committer::start(keyspace.clone(), tables, reserve)?,
             keyspace,
@@ -663,7 +684,10 @@ mod tests {
             );
         }
         let channel = store
-            .create_channel(Channel::direct(ids[0], ids[1], 0))
+            .create_channel(
+                Channel::direct(ids[0], ids[1], 0),
+                &chat_core::Limits::default(),
+            )
             .await
             .unwrap();
         let send = |k: u64| NewMessage {

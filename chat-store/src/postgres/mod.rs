@@ -32,9 +32,12 @@
 //! | `messages` | `channel_id uuid, message_id bigint, sender uuid, content text, created_at bigint, client_msg_id text` | `PRIMARY KEY (channel_id, message_id)`; `UNIQUE (channel_id, sender, client_msg_id)` |
 //! | `inbox` | `user_id uuid, message_id bigint`, and a copy of the message's other columns | `PRIMARY KEY (user_id, message_id)` |
 //! | `cursors` | `user_id uuid, device_id uuid, cursor bigint` | `PRIMARY KEY (user_id, device_id)` |
-//! | `users` | `user_id uuid, username text, display_name text, about text, created_at bigint, password_hash text` | `PRIMARY KEY (user_id)`; `UNIQUE (username)` |
+//! | `users` | `user_id uuid, username text, display_name text, about text, created_at bigint, password_hash text, who_may_add text, hide_last_seen boolean, token_epoch bigint` | `PRIMARY KEY (user_id)`; `UNIQUE (username)` |
 //! | `friends` | `user_id uuid, friend_id uuid` (both directions) | `PRIMARY KEY (user_id, friend_id)`; both reference `users` |
-//! | `channels` | `channel_id uuid, kind text, name text, owner uuid, created_at bigint` | `PRIMARY KEY (channel_id)` |
+//! | `friend_requests` | `from_user uuid, to_user uuid, created_at bigint` | `PRIMARY KEY (from_user, to_user)`; index `(to_user, from_user)` |
+//! | `channels` | `channel_id uuid, kind text, name text, owner uuid, created_at bigint` | `PRIMARY KEY (channel_id)`; index `(owner)` |
+//! | `invitations` | `user_id uuid` (invitee), `channel_id uuid, inviter uuid, created_at bigint` | `PRIMARY KEY (user_id, channel_id)`; index `(inviter, user_id, channel_id)` |
+//! | `revoked_sessions` | `user_id uuid, session_id bigint, until bigint` | `PRIMARY KEY (user_id, session_id)` |
 //! | `channel_members` | `channel_id uuid, user_id uuid` | `PRIMARY KEY (channel_id, user_id)`; index `(user_id, channel_id)` |
 //! | `devices` | `user_id uuid, device_id uuid, platform text, push_token text, created_at bigint` | `PRIMARY KEY (user_id, device_id)` |
 //! | `schema_migrations` | `version integer, name text, applied_at timestamptz` | `PRIMARY KEY (version)` |
@@ -108,8 +111,15 @@
 //! * `create_channel`: the channel row and its members in one transaction;
 //!   `ON CONFLICT (channel_id) DO NOTHING` lets two servers opening the same
 //!   direct channel agree on one.
-//! * Reads that span tables (`channel`, `channels_of`) are one statement,
-//!   so one snapshot.
+//! * Friend requests, invitations, membership changes, device registrations
+//!   and token revocations lock the rows of the users concerned (`FOR NO
+//!   KEY UPDATE`, in id order, in one statement), then count and write in
+//!   the same transaction: per-user caps hold across servers, and a request
+//!   racing its acceptance, decline or cancel is serialised. Locks follow
+//!   the order of `commit_messages`: a channel's row (a membership change
+//!   locks it first) before any user's, so no cycle of waits forms.
+//! * Reads that span tables (`channel`, `channels_of`, `contacts`,
+//!   `invitations`) are one statement, so one snapshot.
 //!
 //! # Durability
 //!
