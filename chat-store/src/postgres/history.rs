@@ -12,11 +12,16 @@ use super::{
 };
 
 /// Stores a message unless either unique index (the id in its channel, or
-/// the idempotency key) already holds it. Inserts one row or none.
+/// the idempotency key) already holds it, and keeps the channel's last id
+/// (if this database holds the channel) at least the message's, so later
+/// commits propose above it. Answers how many rows it inserted, 1 or 0.
 pub(super) const INSERT: &str = concat!(
-    "INSERT INTO messages (",
+    "WITH ins AS (INSERT INTO messages (",
     message_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
+    ") VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING channel_id, message_id),",
+    " last AS (UPDATE channels c SET last_message_id = greatest(c.last_message_id, ins.message_id)",
+    " FROM ins WHERE c.channel_id = ins.channel_id RETURNING 1)",
+    " SELECT count(*) FROM ins"
 );
 
 /// The message stored under an idempotency key.
@@ -80,8 +85,8 @@ impl HistoryStore for PostgresStore {
         self.run(move |client| {
             Box::pin(async move {
                 let insert = client.prepare_cached(INSERT).await.map_err(pg_error)?;
-                let inserted = client
-                    .execute(
+                let inserted: i64 = client
+                    .query_one(
                         &insert,
                         &[
                             &message.channel_id.0,
@@ -93,6 +98,8 @@ impl HistoryStore for PostgresStore {
                         ],
                     )
                     .await
+                    .map_err(pg_error)?
+                    .try_get(0)
                     .map_err(pg_error)?;
                 if inserted == 1 {
                     return Ok(Appended::Stored(message));

@@ -244,6 +244,13 @@ CREATE INDEX sends_undrained ON {schema}.sends (committed_at) WHERE NOT drained;
 -- and content), drained (a duplicate of a fan-out commit whose content
 -- moved to history), conflict, no_channel, forbidden, stale (the proposed id
 -- is not above the channel's last, answered in message_id).
+--
+-- Set-based, so a batch costs a handful of statements whatever its size:
+-- the locks, one query deciding each message (against stored state and
+-- the batch's earlier messages), then one statement that hands out
+-- positions (each member's head plus the rank of the message among the
+-- batch's messages to that member) and writes the inbox entries, the
+-- messages (or outbox entries), the heads and the channels' last ids.
 CREATE FUNCTION {schema}.commit_messages(
     p_channels uuid[], p_senders uuid[], p_keys text[], p_contents text[],
     p_created bigint[], p_proposed bigint[], p_outbox boolean[])
@@ -252,16 +259,15 @@ RETURNS TABLE (idx integer, status text, message_id bigint, created_at bigint,
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
-    i integer;
-    v_members uuid[];
-    v_last bigint;
-    v_id bigint;
-    v_created bigint;
-    v_content text;
-    v_drained boolean;
-    v_users uuid[];
-    v_seqs bigint[];
+    n integer := coalesce(array_length(p_channels, 1), 0);
+    v_status text[];
+    v_last bigint[];
+    v_ok integer[];
+    v_keyed integer[];
 BEGIN
+    IF n = 0 THEN
+        RETURN;
+    END IF;
     -- Locks in one order, channels then users, each by id: concurrent
     -- batches never deadlock, and a membership change (which locks its
     -- channel FOR UPDATE) and a commit to that channel are serialized.
@@ -271,79 +277,139 @@ BEGIN
         WHERE u.user_id IN (SELECT m.user_id FROM {schema}.channel_members m
                             WHERE m.channel_id = ANY (p_channels))
         ORDER BY u.user_id FOR NO KEY UPDATE;
-    FOR i IN 1 .. coalesce(array_length(p_channels, 1), 0) LOOP
-        idx := i - 1;
-        status := NULL; message_id := NULL; created_at := NULL; users := NULL; seqs := NULL;
-        SELECT c.last_message_id INTO v_last FROM {schema}.channels c
-            WHERE c.channel_id = p_channels[i];
-        IF NOT FOUND THEN
-            status := 'no_channel'; RETURN NEXT; CONTINUE;
-        END IF;
-        v_members := ARRAY(SELECT m.user_id FROM {schema}.channel_members m
-                           WHERE m.channel_id = p_channels[i] ORDER BY m.user_id);
-        IF NOT (p_senders[i] = ANY (v_members)) THEN
-            status := 'forbidden'; RETURN NEXT; CONTINUE;
-        END IF;
-        IF p_outbox[i] THEN
-            SELECT s.message_id, s.created_at, s.content, s.drained, s.position_users, s.position_seqs
-                INTO v_id, v_created, v_content, v_drained, v_users, v_seqs
-                FROM {schema}.sends s
-                WHERE s.channel_id = p_channels[i] AND s.sender = p_senders[i]
-                  AND s.client_msg_id = p_keys[i];
-        ELSE
-            SELECT m.message_id, m.created_at, m.content, false, m.position_users, m.position_seqs
-                INTO v_id, v_created, v_content, v_drained, v_users, v_seqs
-                FROM {schema}.messages m
-                WHERE m.channel_id = p_channels[i] AND m.sender = p_senders[i]
-                  AND m.client_msg_id = p_keys[i];
-        END IF;
-        IF FOUND THEN
-            message_id := v_id; created_at := v_created; users := v_users; seqs := v_seqs;
-            IF v_drained THEN
-                status := 'drained';
-            ELSIF v_content = p_contents[i] THEN
-                status := 'duplicate';
-            ELSE
-                status := 'conflict';
-            END IF;
-            RETURN NEXT; CONTINUE;
-        END IF;
-        IF NOT p_outbox[i] THEN
-            -- Messages appended as given count too.
-            v_last := greatest(v_last, (SELECT max(m.message_id) FROM {schema}.messages m
-                                        WHERE m.channel_id = p_channels[i]));
-        END IF;
-        IF v_last IS NOT NULL AND p_proposed[i] <= v_last THEN
-            status := 'stale'; message_id := v_last; RETURN NEXT; CONTINUE;
-        END IF;
-        v_id := p_proposed[i];
-        WITH bumped AS (
-            UPDATE {schema}.users u SET inbox_head = u.inbox_head + 1
-                WHERE u.user_id = ANY (v_members)
-                RETURNING u.user_id, u.inbox_head
-        )
-        SELECT array_agg(b.user_id ORDER BY b.user_id), array_agg(b.inbox_head ORDER BY b.user_id)
-            INTO v_users, v_seqs FROM bumped b;
-        INSERT INTO {schema}.inbox_entries
+
+    -- Each message against stored state (the channel, membership, its key)
+    -- and against the batch's earlier messages: a key sent twice is
+    -- answered like a stored key (after the writes below), and an id must
+    -- be above the channel's last and above every earlier proposal to the
+    -- channel in this batch (even one refused for another reason: that only
+    -- costs a sender a new proposal, never an id out of order).
+    SELECT array_agg(q.s ORDER BY q.i),
+           array_agg(q.last ORDER BY q.i),
+           coalesce(array_agg(q.i::integer) FILTER (WHERE q.s = 'ok'), '{}'),
+           coalesce(array_agg(q.i::integer) FILTER (WHERE q.s = 'keyed'), '{}')
+        INTO v_status, v_last, v_ok, v_keyed
+        FROM (
+            SELECT b.i,
+                   CASE WHEN b.s <> 'ok' THEN b.s
+                        WHEN b.dup > 1 THEN 'keyed'
+                        WHEN greatest(b.chlast, b.earlier) >= b.proposed THEN 'stale'
+                        ELSE 'ok' END AS s,
+                   greatest(b.chlast, b.earlier) AS last
+            FROM (
+                SELECT t.i, t.proposed, c.last_message_id AS chlast,
+                       max(t.proposed) OVER (PARTITION BY t.ch ORDER BY t.i
+                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                           AS earlier,
+                       row_number() OVER (PARTITION BY t.ch, t.sender, t.key ORDER BY t.i) AS dup,
+                       CASE WHEN c.channel_id IS NULL THEN 'no_channel'
+                            WHEN NOT EXISTS (SELECT 1 FROM {schema}.channel_members m
+                                             WHERE m.channel_id = t.ch AND m.user_id = t.sender)
+                                 THEN 'forbidden'
+                            WHEN EXISTS (SELECT 1 FROM {schema}.messages m
+                                         WHERE NOT t.outbox AND m.channel_id = t.ch
+                                           AND m.sender = t.sender AND m.client_msg_id = t.key)
+                              OR EXISTS (SELECT 1 FROM {schema}.sends s
+                                         WHERE t.outbox AND s.channel_id = t.ch
+                                           AND s.sender = t.sender AND s.client_msg_id = t.key)
+                                 THEN 'keyed'
+                            ELSE 'ok' END AS s
+                FROM unnest(p_channels, p_senders, p_keys, p_outbox, p_proposed) WITH ORDINALITY
+                     AS t(ch, sender, key, outbox, proposed, i)
+                LEFT JOIN {schema}.channels c ON c.channel_id = t.ch
+            ) b
+        ) q;
+
+    -- The writes, in one statement: positions are each member's head plus
+    -- the rank of the message among this batch's messages to them (in batch
+    -- order, which is id order within a channel).
+    IF array_length(v_ok, 1) IS NOT NULL THEN
+        RETURN QUERY
+        WITH ok AS (
+            SELECT o.i FROM unnest(v_ok) AS o(i)
+        ), pairs AS (
+            SELECT ok.i, m.user_id FROM ok
+            JOIN {schema}.channel_members m ON m.channel_id = p_channels[ok.i]
+        ), ranked AS (
+            SELECT p.i, p.user_id, row_number() OVER (PARTITION BY p.user_id ORDER BY p.i) AS k
+            FROM pairs p
+        ), counts AS (
+            SELECT p.user_id, count(*) AS cnt FROM pairs p GROUP BY p.user_id
+        ), bumped AS (
+            UPDATE {schema}.users u SET inbox_head = u.inbox_head + c.cnt
+            FROM counts c WHERE u.user_id = c.user_id
+            RETURNING u.user_id, u.inbox_head - c.cnt AS base
+        ), placed AS (
+            SELECT r.i, r.user_id, b.base + r.k AS seq
+            FROM ranked r JOIN bumped b ON b.user_id = r.user_id
+        ), inboxed AS (
+            INSERT INTO {schema}.inbox_entries
                 (user_id, seq, channel_id, message_id, sender, content, created_at, client_msg_id)
-            SELECT t.u, t.s, p_channels[i], v_id, p_senders[i], p_contents[i], p_created[i], p_keys[i]
-            FROM unnest(v_users, v_seqs) AS t(u, s);
-        IF p_outbox[i] THEN
-            INSERT INTO {schema}.sends (channel_id, sender, client_msg_id, message_id, created_at,
-                                        content, position_users, position_seqs)
-                VALUES (p_channels[i], p_senders[i], p_keys[i], v_id, p_created[i],
-                        p_contents[i], v_users, v_seqs);
-        ELSE
+            SELECT pl.user_id, pl.seq, p_channels[pl.i], p_proposed[pl.i], p_senders[pl.i],
+                   p_contents[pl.i], p_created[pl.i], p_keys[pl.i]
+            FROM placed pl
+            RETURNING 1
+        ), per_message AS (
+            SELECT pl.i, array_agg(pl.user_id ORDER BY pl.user_id) AS us,
+                   array_agg(pl.seq ORDER BY pl.user_id) AS ss
+            FROM placed pl GROUP BY pl.i
+        ), stored AS (
             INSERT INTO {schema}.messages (channel_id, message_id, sender, content, created_at,
                                            client_msg_id, position_users, position_seqs)
-                VALUES (p_channels[i], v_id, p_senders[i], p_contents[i], p_created[i],
-                        p_keys[i], v_users, v_seqs);
-        END IF;
-        UPDATE {schema}.channels c SET last_message_id = v_id WHERE c.channel_id = p_channels[i];
-        status := 'new'; message_id := v_id; created_at := p_created[i];
-        users := v_users; seqs := v_seqs;
-        RETURN NEXT;
-    END LOOP;
+            SELECT p_channels[pm.i], p_proposed[pm.i], p_senders[pm.i], p_contents[pm.i],
+                   p_created[pm.i], p_keys[pm.i], pm.us, pm.ss
+            FROM per_message pm WHERE NOT p_outbox[pm.i]
+            RETURNING 1
+        ), outboxed AS (
+            INSERT INTO {schema}.sends (channel_id, sender, client_msg_id, message_id, created_at,
+                                        content, position_users, position_seqs)
+            SELECT p_channels[pm.i], p_senders[pm.i], p_keys[pm.i], p_proposed[pm.i],
+                   p_created[pm.i], p_contents[pm.i], pm.us, pm.ss
+            FROM per_message pm WHERE p_outbox[pm.i]
+            RETURNING 1
+        ), lasts AS (
+            UPDATE {schema}.channels c SET last_message_id = x.top
+            FROM (SELECT p_channels[ok.i] AS ch, max(p_proposed[ok.i]) AS top
+                  FROM ok GROUP BY 1) x
+            WHERE c.channel_id = x.ch
+            RETURNING 1
+        )
+        SELECT pm.i - 1, 'new'::text, p_proposed[pm.i], p_created[pm.i], pm.us, pm.ss
+        FROM per_message pm;
+    END IF;
+
+    -- Keys already stored (or stored just above, for a key sent twice):
+    -- the original answers, and its content decides duplicate or conflict.
+    IF array_length(v_keyed, 1) IS NOT NULL THEN
+        RETURN QUERY
+        SELECT k.i - 1,
+               CASE WHEN e.drained THEN 'drained'
+                    WHEN e.content = p_contents[k.i] THEN 'duplicate'
+                    ELSE 'conflict' END,
+               e.id, e.created, e.us, e.ss
+        FROM unnest(v_keyed) AS k(i)
+        CROSS JOIN LATERAL (
+            SELECT m.message_id AS id, m.created_at AS created, m.content, false AS drained,
+                   m.position_users AS us, m.position_seqs AS ss
+            FROM {schema}.messages m
+            WHERE NOT p_outbox[k.i] AND m.channel_id = p_channels[k.i]
+              AND m.sender = p_senders[k.i] AND m.client_msg_id = p_keys[k.i]
+            UNION ALL
+            SELECT s.message_id, s.created_at, s.content, s.drained,
+                   s.position_users, s.position_seqs
+            FROM {schema}.sends s
+            WHERE p_outbox[k.i] AND s.channel_id = p_channels[k.i]
+              AND s.sender = p_senders[k.i] AND s.client_msg_id = p_keys[k.i]
+        ) e;
+    END IF;
+
+    -- The rest: refusals that wrote nothing.
+    RETURN QUERY
+    SELECT r.i::integer - 1, v_status[r.i],
+           CASE WHEN v_status[r.i] = 'stale' THEN v_last[r.i] END,
+           NULL::bigint, NULL::uuid[], NULL::bigint[]
+    FROM generate_series(1, n) AS r(i)
+    WHERE v_status[r.i] IN ('no_channel', 'forbidden', 'stale');
 END
 $fn$;
 "#;
