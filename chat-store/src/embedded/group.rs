@@ -2,7 +2,8 @@
 //! group of writes.
 //!
 //! Every write of the store goes to one committer thread as a [`Request`]:
-//! a plain [`Batch`] of inserts and removes (the directory, cursors), a
+//! a plain [`Batch`] of inserts and removes (the directory), a device
+//! cursor to [advance](Committer::advance_cursor), a
 //! message [commit](Committer::commit_message) (history, idempotency record
 //! and every member's inbox entry), or a raw history
 //! [append](Committer::append). The committer takes whatever is queued,
@@ -106,6 +107,7 @@ pub(super) struct Tables {
     pub(super) idempotency: PartitionHandle,
     pub(super) inbox: PartitionHandle,
     pub(super) channels: PartitionHandle,
+    pub(super) cursors: PartitionHandle,
 }
 
 /// What the committer is asked to do.
@@ -123,6 +125,11 @@ enum Request {
         message: Message,
         done: oneshot::Sender<Result<Appended>>,
     },
+    Cursor {
+        key: [u8; 32],
+        cursor: Seq,
+        done: oneshot::Sender<Result<Seq>>,
+    },
 }
 
 impl Request {
@@ -136,6 +143,9 @@ impl Request {
                 let _ = done.send(Err(error()));
             }
             Request::Append { done, .. } => {
+                let _ = done.send(Err(error()));
+            }
+            Request::Cursor { done, .. } => {
                 let _ = done.send(Err(error()));
             }
         }
@@ -301,6 +311,18 @@ impl Committer {
             .unwrap_or_else(|_| Err(Error::temporary(BACKEND, "the store is closing")))
     }
 
+    /// Moves a device cursor (`key`: user ++ device) forward to `cursor`;
+    /// answers the cursor now stored. Cursors are acked often (every device,
+    /// about once a second): the committer keeps the maximum without a lock
+    /// and without parking a thread per ack.
+    pub(super) async fn advance_cursor(&self, key: [u8; 32], cursor: Seq) -> Result<Seq> {
+        let (done, result) = oneshot::channel();
+        self.submit(Request::Cursor { key, cursor, done });
+        result
+            .await
+            .unwrap_or_else(|_| Err(Error::temporary(BACKEND, "the store is closing")))
+    }
+
     /// Appends a message to history as given.
     pub(super) async fn append(&self, message: Message) -> Result<Appended> {
         let (done, result) = oneshot::channel();
@@ -358,6 +380,8 @@ struct Changes {
     heads: HashMap<UserId, u64>,
     /// Idempotency keys written in this group, with what they answer.
     keys: HashMap<Vec<u8>, Sent>,
+    /// Cursors written in this group.
+    cursors: HashMap<[u8; 32], Seq>,
 }
 
 /// An answer to send once the group's commit is known.
@@ -365,6 +389,7 @@ enum Answer {
     Write(mpsc::SyncSender<std::result::Result<(), String>>),
     Commit(oneshot::Sender<Result<Committed>>, Result<Committed>),
     Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
+    Cursor(oneshot::Sender<Result<Seq>>, Result<Seq>),
 }
 
 struct Worker {
@@ -494,6 +519,10 @@ impl Worker {
                     let result = self.stage_append(message, &mut batch, &mut changes);
                     answers.push(Answer::Append(done, result));
                 }
+                Request::Cursor { key, cursor, done } => {
+                    let result = self.stage_cursor(key, cursor, &mut batch, &mut changes);
+                    answers.push(Answer::Cursor(done, result));
+                }
             }
         }
         let outcome = batch.commit().map_err(|e| db(e).to_string());
@@ -525,6 +554,12 @@ impl Worker {
                     let _ = done.send(Err(Error::temporary(BACKEND, why.clone())));
                 }
                 (Answer::Append(done, _), Err(why)) => {
+                    let _ = done.send(Err(Error::temporary(BACKEND, why.clone())));
+                }
+                (Answer::Cursor(done, result), Ok(())) => {
+                    let _ = done.send(result);
+                }
+                (Answer::Cursor(done, _), Err(why)) => {
                     let _ = done.send(Err(Error::temporary(BACKEND, why.clone())));
                 }
             }
@@ -693,6 +728,28 @@ impl Worker {
         })
     }
 
+    fn stage_cursor(
+        &mut self,
+        key: [u8; 32],
+        cursor: Seq,
+        batch: &mut fjall::Batch,
+        changes: &mut Changes,
+    ) -> Result<Seq> {
+        let stored = match changes.cursors.get(&key) {
+            Some(s) => *s,
+            None => match self.tables.cursors.get(key).map_err(db)? {
+                Some(v) => Seq(keys::parse_message_id(&v, "cursor")?.0),
+                None => Seq::ZERO,
+            },
+        };
+        if cursor <= stored {
+            return Ok(stored);
+        }
+        batch.insert(&self.tables.cursors, key, cursor.0.to_be_bytes());
+        changes.cursors.insert(key, cursor);
+        Ok(cursor)
+    }
+
     fn stage_append(
         &mut self,
         message: Message,
@@ -747,6 +804,7 @@ mod tests {
             idempotency: open("idempotency"),
             inbox: open("inbox"),
             channels: open("channels"),
+            cursors: open("cursors"),
         };
         let committer = Arc::new(Committer::start(keyspace.clone(), tables, None).unwrap());
         (dir, keyspace, p, committer)
@@ -806,6 +864,7 @@ mod tests {
             idempotency: open("idempotency"),
             inbox: open("inbox"),
             channels: open("channels"),
+            cursors: open("cursors"),
         };
         let q = open("q");
         let committer = Committer::start(

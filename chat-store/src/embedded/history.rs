@@ -10,8 +10,7 @@ use chat_core::{
 };
 use fjall::{KvPair, PartitionHandle};
 
-use super::locks::{Kind, StripeKey};
-use super::{commit, db, decode, keys, EmbeddedStore, Inner};
+use super::{db, decode, keys, EmbeddedStore, Inner};
 
 /// The inclusive id range a page's exclusive bounds leave, or `None` if no
 /// id fits between them.
@@ -105,19 +104,6 @@ impl Inner {
             None => Ok(Seq::ZERO),
         }
     }
-
-    fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
-        let key = keys::pair(user.as_bytes(), device.as_bytes());
-        let _guards = self.stripes.lock(&[StripeKey::new(Kind::Cursor, &key)]);
-        let stored = self.cursor(user, device)?;
-        if cursor <= stored {
-            return Ok(stored);
-        }
-        let mut batch = self.batch();
-        batch.insert(&self.cursors, key, cursor.0.to_be_bytes());
-        commit(batch)?;
-        Ok(cursor)
-    }
 }
 
 #[async_trait]
@@ -160,7 +146,9 @@ impl Inbox for EmbeddedStore {
     }
 
     async fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
-        self.blocking(move |s| s.advance_cursor(user, device, cursor))
+        self.inner()?
+            .group
+            .advance_cursor(keys::pair(user.as_bytes(), device.as_bytes()), cursor)
             .await
     }
 }

@@ -103,8 +103,10 @@
 //!
 //! fjall calls block, so reads and directory writes run on tokio's blocking
 //! pool ([`tokio::task::spawn_blocking`]); the methods must be called from
-//! inside a tokio runtime. Directory read-modify-write operations —
-//! `advance_cursor`'s max, `create_user`'s uniqueness, `update_profile`,
+//! inside a tokio runtime. Message commits, history appends and cursor
+//! advances go to the committer and wait on a channel, holding no thread.
+//! Directory read-modify-write operations — `create_user`'s uniqueness,
+//! `update_profile`,
 //! `create_channel`'s existence check and `add_member`/`remove_member`'s
 //! limit check — hold striped `std::sync::Mutex`es for the keys they read
 //! and write, inside the blocking closure only (never across an `.await`).
@@ -463,6 +465,7 @@ impl Inner {
             idempotency,
             inbox: inbox.clone(),
             channels: channels.clone(),
+            cursors: cursors.clone(),
         };
         let reserve = (options.free_space_reserve > 0).then(|| SpaceReserve {
             path: path.to_path_buf(),
