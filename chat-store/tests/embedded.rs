@@ -598,6 +598,18 @@ async fn a_format_2_store_is_upgraded_to_inbox_positions() {
         assert_eq!(store.cursor(alice, phone).await.unwrap(), Seq(2));
         assert_eq!(store.cursor(alice, laptop).await.unwrap(), Seq(2));
         assert_eq!(store.cursor(bob, phone).await.unwrap(), Seq::ZERO);
+        // Format 2 wrote history and inboxes in two steps; a message a crash
+        // left only in inboxes is in history again.
+        for id in ids {
+            assert_eq!(
+                store
+                    .get(channel, MessageId(id))
+                    .await
+                    .unwrap()
+                    .map(|m| m.id),
+                Some(MessageId(id))
+            );
+        }
     }
 }
 

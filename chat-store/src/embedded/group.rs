@@ -695,7 +695,9 @@ impl Worker {
         let last = self.last_id(new.channel_id, changes)?;
         let id = chat_core::rules::check_channel_id(new.id, last)?;
         let message = new.to_message(id);
-        let value = encode(&message)?;
+        // Inbox entries refer to the history record (24 bytes each) rather
+        // than copy the message: a 100-member group writes its text once.
+        let location = keys::history(new.channel_id, id);
         let mut positions = Vec::with_capacity(channel.members.len());
         for member in &channel.members {
             let seq = self.head(*member, changes)? + 1;
@@ -703,15 +705,11 @@ impl Worker {
             batch.insert(
                 &self.tables.inbox,
                 keys::inbox(*member, Seq(seq)),
-                value.as_slice(),
+                location.as_slice(),
             );
             positions.push((*member, Seq(seq)));
         }
-        batch.insert(
-            &self.tables.history,
-            keys::history(new.channel_id, id),
-            value,
-        );
+        batch.insert(&self.tables.history, location, encode(&message)?);
         batch.insert(
             &self.tables.idempotency,
             key.clone(),

@@ -83,9 +83,16 @@ impl Inner {
             return Ok(Paged::empty());
         };
         let range = keys::inbox(user, Seq(lo))..=keys::inbox(user, Seq(u64::MAX));
-        let entries = messages(self.inbox.range(range)).map(|r| {
-            let (key, message) = r?;
+        // Entries refer to history records; both read at one instant (a
+        // commit writes them in one batch).
+        let (inbox, history) = self.snapshots(&self.inbox, &self.history);
+        let entries = inbox.range(range).map(|kv| {
+            let (key, location) = kv.map_err(db)?;
             let (_, seq) = keys::parse_id_key(&key, "inbox key")?;
+            let message = match history.get(&location).map_err(db)? {
+                Some(v) => decode(&v, "message")?,
+                None => return Err(keys::corrupt("inbox entry", "its message is missing")),
+            };
             Ok(InboxEntry {
                 seq: Seq(seq.0),
                 message,

@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `history` | `channel_id ++ message_id` | the [`Message`] |
 //! | `channel_idempotency` | `channel_id ++ sender ++ client_msg_id` (ASCII) | `channel_id ++ message_id`, then `user_id ++ seq` per inbox it reached (raw, 24 bytes each) |
-//! | `inbox_entries` | `user_id ++ seq` | the [`Message`] at that position of the user's inbox |
+//! | `inbox_entries` | `user_id ++ seq` | `channel_id ++ message_id` (raw, 24 bytes): the history record at that position of the user's inbox |
 //! | `cursors` | `user_id ++ device_id` | the cursor (an inbox position), 8 bytes big-endian |
 //! | `users` | `user_id` | the user, its password hash, privacy settings and token epoch |
 //! | `usernames` | username (UTF-8) | `user_id` (raw, 16 bytes) |
@@ -48,9 +48,12 @@
 //! format 1 kept idempotency records in a partition `idempotency` keyed
 //! `sender ++ client_msg_id`, before the key was scoped to the channel;
 //! format 2 kept inboxes in a partition `inbox` keyed `user_id ++
-//! message_id` and cursors as message ids, before inboxes were ordered by
-//! positions. Each user's entries get positions 1, 2, ... in message id
-//! order, and each cursor becomes the number of entries at or below it.
+//! message_id` (with a copy of the message) and cursors as message ids,
+//! before inboxes were ordered by positions. Each user's entries get
+//! positions 1, 2, ... in message id order, referring to the history record
+//! (restored from the inbox's copy where a crash of format 2's two-step send
+//! left it missing), and each cursor becomes the number of entries at or
+//! below it.
 //!
 //! # Durability
 //!
@@ -439,7 +442,7 @@ impl Inner {
         match format {
             Some(v) if &*v == FORMAT_VERSION => {}
             Some(v) if &*v == FORMAT_2 => {
-                upgrade_from_format_2(&keyspace, &meta, &inbox, &cursors)?
+                upgrade_from_format_2(&keyspace, &meta, &inbox, &cursors, &open("history")?)?
             }
             Some(v) => {
                 return Err(Error::backend(
@@ -524,16 +527,18 @@ fn upgrade_from_format_1(
 }
 
 /// Upgrades a format-2 store: every user's inbox entries, in message id
-/// order, get positions 1, 2, ... in the `inbox_entries` partition, and each
-/// cursor (a message id) becomes the number of the user's entries at or
-/// below it; then format 3 is recorded, all in one atomic batch (a crash
-/// leaves format 2, upgraded again at the next open), and the old partition
-/// is dropped.
+/// order, get positions 1, 2, ... in the `inbox_entries` partition, each a
+/// reference to its history record (written from the inbox's copy if
+/// format 2's two-step send left it missing), and each cursor (a message id)
+/// becomes the number of the user's entries at or below it; then format 3
+/// is recorded, all in one atomic batch (a crash leaves format 2, upgraded
+/// again at the next open), and the old partition is dropped.
 fn upgrade_from_format_2(
     keyspace: &Keyspace,
     meta: &PartitionHandle,
     inbox: &PartitionHandle,
     cursors: &PartitionHandle,
+    history: &PartitionHandle,
 ) -> Result<()> {
     let old = keyspace
         .open_partition(INBOX_V2, PartitionCreateOptions::default())
@@ -546,13 +551,18 @@ fn upgrade_from_format_2(
     for entry in old.iter() {
         let (key, value) = entry.map_err(db)?;
         let (user, id) = keys::parse_id_key(&key, "format-2 inbox key")?;
+        let message: chat_core::Message = decode(&value, "format-2 inbox entry")?;
+        let location = keys::history(message.channel_id, message.id);
+        if !history.contains_key(location).map_err(db)? {
+            batch.insert(history, location, value);
+        }
         let list = positions.entry(user).or_default();
         let seq = list.len() as u64 + 1;
         list.push((id, seq));
         batch.insert(
             inbox,
             keys::inbox(chat_core::UserId::from_bytes(user), chat_core::Seq(seq)),
-            value,
+            location,
         );
         entries += 1;
     }
