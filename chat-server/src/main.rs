@@ -396,10 +396,10 @@ fn storage(
 fn push(
     args: &PushArgs,
 ) -> Result<Option<Arc<dyn chat_core::PushNotifier>>, Box<dyn std::error::Error>> {
-    let mut router = chat_store::push::PlatformRouter::new();
+    let mut router = chat_push::PlatformRouter::new();
     #[cfg(feature = "push-fcm")]
     if let Some(path) = &args.fcm_credentials {
-        use chat_store::push::fcm::{FcmConfig, FcmNotifier, ServiceAccount};
+        use chat_push::fcm::{FcmConfig, FcmNotifier, ServiceAccount};
         let mut config = FcmConfig::new(ServiceAccount::from_file(path)?);
         if let Some(url) = &args.fcm_base_url {
             config = config.with_base_url(url);
@@ -417,7 +417,7 @@ fn push(
         &args.apns_team_id,
         &args.apns_topic,
     ) {
-        use chat_store::push::apns::{ApnsConfig, ApnsNotifier};
+        use chat_push::apns::{ApnsConfig, ApnsNotifier};
         let pem = std::fs::read_to_string(key)
             .map_err(|e| format!("cannot read the APNs key {}: {e}", key.display()))?;
         let mut config = ApnsConfig::new(pem, key_id, team_id, topic);
@@ -432,7 +432,7 @@ fn push(
     }
     #[cfg(feature = "push-webhook")]
     if let Some(url) = &args.webhook_url {
-        use chat_store::push::webhook::{WebhookConfig, WebhookNotifier};
+        use chat_push::webhook::{WebhookConfig, WebhookNotifier};
         let secret = match (&args.webhook_secret, &args.webhook_secret_file) {
             (Some(secret), _) => secret.clone(),
             (None, Some(path)) => std::fs::read_to_string(path)

@@ -1,6 +1,6 @@
 //! Push end to end: the real server, the real client SDK, and the real FCM,
 //! APNs and webhook providers talking HTTP to local stand-ins for the
-//! platforms (chat-store's `push_mock`, which checks every request against
+//! platforms (chat-push's `push_mock`, which checks every request against
 //! the platforms' documented formats). The collapse windows and the
 //! clearing of invalid tokens are also driven through the server's own API
 //! with in-memory backends and a recording notifier, on tokio's paused
@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "../../chat-store/tests/push_mock/mod.rs"]
+#[path = "../../chat-push/tests/push_mock/mod.rs"]
 mod push_mock;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,11 +27,11 @@ use chat_core::{
     FriendOutcome, FriendRequest, Invitation, InviteOutcome, Limits, Platform, Privacy, Profile,
     PushNotification, PushNotifier, PushReport, TokenState, User, UserId, UserRecord,
 };
+use chat_push::apns::ApnsNotifier;
+use chat_push::fcm::FcmNotifier;
+use chat_push::webhook::WebhookNotifier;
+use chat_push::PlatformRouter;
 use chat_server::{ChatServer, ServerConfig};
-use chat_store::push::apns::ApnsNotifier;
-use chat_store::push::fcm::FcmNotifier;
-use chat_store::push::webhook::WebhookNotifier;
-use chat_store::push::PlatformRouter;
 use common::{open_to_everyone, signup_open, start_with, test_config, TestServer};
 use push_mock::{Kind, MockPush, Reply, Seen};
 
@@ -932,7 +932,7 @@ async fn the_binary_configures_every_provider_from_files_and_environment() {
     std::fs::write(&secret_file, push_mock::WEBHOOK_SECRET).unwrap();
     let fcm_credentials = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../chat-store/tests/fixtures/test-only-fcm-service-account.json"
+        "/../chat-push/tests/fixtures/test-only-fcm-service-account.json"
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1002,7 +1002,7 @@ async fn the_binary_configures_every_provider_from_files_and_environment() {
     assert_eq!(mock.seen_token(&bob_ios).len(), 1);
     let hooks = mock.seen_kind(Kind::Webhook);
     assert_eq!(hooks.len(), 1);
-    use chat_store::push::webhook::{verify_webhook_signature, SIGNATURE_HEADER};
+    use chat_push::webhook::{verify_webhook_signature, SIGNATURE_HEADER};
     let signature = hooks[0].headers[SIGNATURE_HEADER].to_str().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -16,12 +16,6 @@
 //!   chat history over N stores of any backend by a stable hash of the
 //!   channel id (one channel, one shard, its order kept), and
 //!   [`sharded::ShardedInbox`] inboxes by user.
-//! * [`push`]: push notification providers behind
-//!   [`PushNotifier`](chat_core::PushNotifier), each behind its own feature
-//!   (all off by default): a signed webhook (`push-webhook`), Firebase Cloud
-//!   Messaging (`push-fcm`) and APNs (`push-apns`), plus a
-//!   [`PlatformRouter`](push::PlatformRouter) that sends each device to the
-//!   provider for its platform. See `docs/push.md`.
 //! * [`conformance`] (always compiled): public async functions that take a
 //!   backend as a trait object and assert every clause of the trait
 //!   contracts in `chat-core`, in the style of `object_store`'s integration
@@ -87,5 +81,4 @@ pub mod conformance;
 pub mod embedded;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-pub mod push;
 pub mod sharded;

@@ -1,12 +1,15 @@
-//! Push notification providers behind [`chat_core::PushNotifier`].
+//! # chat-push
+//!
+//! Push notification providers behind [`chat_core::PushNotifier`], for
+//! recipients with no connected device.
 //!
 //! | provider | feature | module |
 //! |---|---|---|
-//! | a signed HTTP webhook | `push-webhook` | `webhook` |
-//! | Firebase Cloud Messaging, HTTP v1 | `push-fcm` | `fcm` |
-//! | Apple Push Notification service, token auth over HTTP/2 | `push-apns` | `apns` |
+//! | a signed HTTP webhook | `webhook` | `webhook` |
+//! | Firebase Cloud Messaging, HTTP v1 | `fcm` | `fcm` |
+//! | Apple Push Notification service, token auth over HTTP/2 | `apns` | `apns` |
 //!
-//! (`push` turns on all three.) [`PlatformRouter`] is always compiled: it
+//! (`all` turns on all three; none is on by default.) [`PlatformRouter`] is always compiled: it
 //! sends each device to the notifier for its platform (Android to FCM, iOS
 //! to APNs, the rest to a webhook), so one server can use all three at once.
 //!
@@ -37,17 +40,17 @@ mod router;
 
 pub use router::PlatformRouter;
 
-#[cfg(any(feature = "push-webhook", feature = "push-fcm", feature = "push-apns"))]
+#[cfg(any(feature = "webhook", feature = "fcm", feature = "apns"))]
 mod http;
-#[cfg(any(feature = "push-fcm", feature = "push-apns"))]
+#[cfg(any(feature = "fcm", feature = "apns"))]
 mod jwt;
 
-#[cfg(any(feature = "push-webhook", feature = "push-fcm", feature = "push-apns"))]
+#[cfg(any(feature = "webhook", feature = "fcm", feature = "apns"))]
 pub use http::RetryPolicy;
 
-#[cfg(feature = "push-apns")]
+#[cfg(feature = "apns")]
 pub mod apns;
-#[cfg(feature = "push-fcm")]
+#[cfg(feature = "fcm")]
 pub mod fcm;
-#[cfg(feature = "push-webhook")]
+#[cfg(feature = "webhook")]
 pub mod webhook;

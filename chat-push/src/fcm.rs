@@ -1,4 +1,4 @@
-//! Push through Firebase Cloud Messaging, HTTP v1 API (feature `push-fcm`).
+//! Push through Firebase Cloud Messaging, HTTP v1 API (feature `fcm`).
 //!
 //! * **Credentials**: a Google service-account key file (JSON, from the
 //!   Firebase console: Project settings, Service accounts), read with

@@ -3,7 +3,7 @@
 //! `push_mock`): the requests they send, and what they make of each
 //! documented answer.
 
-#![cfg(all(feature = "push-webhook", feature = "push-fcm", feature = "push-apns"))]
+#![cfg(all(feature = "webhook", feature = "fcm", feature = "apns"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod push_mock;
@@ -15,10 +15,10 @@ use chat_core::{
     ChannelId, DeliveryOutcome, Device, DeviceId, MessageId, Platform, PushNotification,
     PushNotifier, UserId,
 };
-use chat_store::push::apns::ApnsNotifier;
-use chat_store::push::fcm::FcmNotifier;
-use chat_store::push::webhook::{verify_webhook_signature, WebhookNotifier, WebhookPayload};
-use chat_store::push::{PlatformRouter, RetryPolicy};
+use chat_push::apns::ApnsNotifier;
+use chat_push::fcm::FcmNotifier;
+use chat_push::webhook::{verify_webhook_signature, WebhookNotifier, WebhookPayload};
+use chat_push::{PlatformRouter, RetryPolicy};
 use push_mock::{Kind, MockPush, Reply};
 
 fn device(user: UserId, platform: Platform, token: &str) -> Device {

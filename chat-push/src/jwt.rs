@@ -4,10 +4,7 @@
 
 // FCM uses only RS256 and APNs only ES256: with one of them compiled in,
 // the other algorithm is unused.
-#![cfg_attr(
-    not(all(feature = "push-fcm", feature = "push-apns")),
-    allow(dead_code)
-)]
+#![cfg_attr(not(all(feature = "fcm", feature = "apns")), allow(dead_code))]
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;

@@ -1,4 +1,4 @@
-//! Push through the Apple Push Notification service (feature `push-apns`).
+//! Push through the Apple Push Notification service (feature `apns`).
 //!
 //! * **Authentication** is token-based: a provider token, a JWT signed with
 //!   the team's APNs signing key (a `.p8` file, ES256; header `kid` the key

@@ -22,7 +22,7 @@
 //! is neither retryable nor about the token. Replies can be scripted per
 //! device token (a queue, then success), and responses held back.
 //!
-//! Shared by chat-store's and chat-server's push tests (included with
+//! Shared by chat-push's and chat-server's push tests (included with
 //! `#[path]`), so both test against the same stand-ins.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
@@ -46,10 +46,10 @@ use ring::signature::{
 };
 use serde_json::{json, Value};
 
-use chat_store::push::apns::ApnsConfig;
-use chat_store::push::fcm::{FcmConfig, ServiceAccount};
-use chat_store::push::webhook::WebhookConfig;
-use chat_store::push::RetryPolicy;
+use chat_push::apns::ApnsConfig;
+use chat_push::fcm::{FcmConfig, ServiceAccount};
+use chat_push::webhook::WebhookConfig;
+use chat_push::RetryPolicy;
 
 /// The test-only service account (see tests/fixtures/README.md).
 pub const SERVICE_ACCOUNT: &str = include_str!("../fixtures/test-only-fcm-service-account.json");

@@ -1,4 +1,4 @@
-//! Push through a signed HTTP webhook (feature `push-webhook`).
+//! Push through a signed HTTP webhook (feature `webhook`).
 //!
 //! For each notification the [`WebhookNotifier`] POSTs one JSON
 //! [`WebhookPayload`] to the configured URL, with the header
@@ -24,7 +24,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use chat_store::push::webhook::{sign_webhook, verify_webhook_signature};
+//! use chat_push::webhook::{sign_webhook, verify_webhook_signature};
 //!
 //! let secret = b"whsec_0123456789abcdef0123456789abcdef";
 //! let body = br#"{"version":1}"#;

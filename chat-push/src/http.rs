@@ -88,10 +88,7 @@ pub(crate) enum Step<T = DeliveryOutcome> {
     },
     /// The platform refused our credentials (FCM 401, APNs 403
     /// `ExpiredProviderToken`): worth one more attempt with fresh ones.
-    #[cfg_attr(
-        not(any(feature = "push-fcm", feature = "push-apns")),
-        allow(dead_code)
-    )]
+    #[cfg_attr(not(any(feature = "fcm", feature = "apns")), allow(dead_code))]
     AuthRejected {
         /// What the platform said.
         reason: String,
@@ -236,7 +233,7 @@ pub(crate) struct Reply {
     pub(crate) status: reqwest::StatusCode,
     pub(crate) retry_after: Option<Duration>,
     /// Read by APNs (its `apns-id`).
-    #[cfg_attr(not(feature = "push-apns"), allow(dead_code))]
+    #[cfg_attr(not(feature = "apns"), allow(dead_code))]
     pub(crate) headers: HeaderMap,
     pub(crate) body: Vec<u8>,
 }
@@ -245,7 +242,7 @@ pub(crate) struct Reply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SuccessBody {
     /// The body is the answer (a token): unreadable, it is a retry.
-    #[cfg_attr(not(feature = "push-fcm"), allow(dead_code))]
+    #[cfg_attr(not(feature = "fcm"), allow(dead_code))]
     Needed,
     /// The endpoint took the request; only its optional answer is lost:
     /// an empty body.
@@ -335,18 +332,12 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 /// The default notification title.
-#[cfg_attr(
-    not(any(feature = "push-fcm", feature = "push-apns")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(feature = "fcm", feature = "apns")), allow(dead_code))]
 pub(crate) const DEFAULT_TITLE: &str = "New message";
 
 /// The notification's body text: the preview if the server sent one,
 /// otherwise a count that reveals nothing of the content.
-#[cfg_attr(
-    not(any(feature = "push-fcm", feature = "push-apns")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(feature = "fcm", feature = "apns")), allow(dead_code))]
 pub(crate) fn body_text(n: &PushNotification) -> String {
     match (&n.preview, n.count) {
         (Some(preview), 0 | 1) => preview.clone(),
@@ -393,28 +384,19 @@ pub(crate) fn endpoint_url(url: &str, what: &str) -> chat_core::Result<String> {
 
 /// Checks that a configured base URL is absolute http(s) and drops a
 /// trailing slash, for a base that paths are appended to (FCM, APNs).
-#[cfg_attr(
-    not(any(feature = "push-fcm", feature = "push-apns")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(feature = "fcm", feature = "apns")), allow(dead_code))]
 pub(crate) fn base_url(url: &str, what: &str) -> chat_core::Result<String> {
     Ok(endpoint_url(url, what)?.trim_end_matches('/').to_owned())
 }
 
 /// Most requests one notification has in flight at once (FCM and APNs send
 /// one request per device).
-#[cfg_attr(
-    not(any(feature = "push-fcm", feature = "push-apns")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(feature = "fcm", feature = "apns")), allow(dead_code))]
 pub(crate) const MAX_CONCURRENT_SENDS: usize = 8;
 
 /// Runs `send` for each device, at most [`MAX_CONCURRENT_SENDS`] at a
 /// time, and collects the outcomes into a report in device order.
-#[cfg_attr(
-    not(any(feature = "push-fcm", feature = "push-apns")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(feature = "fcm", feature = "apns")), allow(dead_code))]
 pub(crate) async fn send_each<'a, F, Fut>(devices: &'a [Device], send: F) -> PushReport
 where
     F: Fn(&'a Device) -> Fut,

@@ -20,7 +20,7 @@ use chat_core::{
 /// ```
 /// use std::sync::Arc;
 /// use chat_core::memory::MemoryNotifier;
-/// use chat_store::push::PlatformRouter;
+/// use chat_push::PlatformRouter;
 ///
 /// let fcm = Arc::new(MemoryNotifier::default());
 /// let webhook = Arc::new(MemoryNotifier::default());
