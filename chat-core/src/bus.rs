@@ -71,6 +71,13 @@ pub trait EnvelopeHandler: Send + Sync + Debug + 'static {
     /// `users`. One call per envelope per node, so the node can encode the
     /// event once however many of its users receive it.
     fn deliver(&self, users: &[UserId], envelope: &Envelope);
+
+    /// Live delivery to this node may have had a gap: the bus lost its
+    /// broker (or could not keep a subscription there) and is whole again,
+    /// every subscription restored. Envelopes published meanwhile may be
+    /// lost; the node tells its connections to sync from their cursors
+    /// (everything is in the inboxes).
+    fn resync(&self);
 }
 
 /// Routes live events between chat servers.
@@ -93,7 +100,14 @@ pub trait EnvelopeHandler: Send + Sync + Debug + 'static {
 /// * **Subscriptions are counted**: `subscribe` twice needs `unsubscribe`
 ///   twice, so several connections of one user on a node are simple to track.
 /// * **Expiry**: subscriptions of a node that dies disappear with it (a bus
-///   on a broker ties them to the node's broker connection).
+///   on a broker ties them to the node's broker connection, or to a lease
+///   the node keeps alive). Envelopes for them go nowhere; a publish never
+///   fails because a subscribed node died.
+/// * **Gaps**: a bus that loses its broker keeps this node's subscriptions
+///   and restores every one of them when the broker is back, then calls
+///   [`EnvelopeHandler::resync`]. `subscribe` and `unsubscribe` meanwhile
+///   update the node's own record and succeed; `publish` fails with a
+///   temporary error (nothing is lost: the message is in every inbox).
 #[async_trait]
 pub trait DeliveryBus: Send + Sync + Debug + 'static {
     /// Sets the handler that receives this node's envelopes. Called once.

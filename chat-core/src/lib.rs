@@ -79,7 +79,7 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use directory::{
     Contact, Directory, FriendOutcome, InviteOutcome, Limits, TokenState, UserRecord,
 };
-pub use discovery::{pick_server, ServerInfo, ServiceDiscovery};
+pub use discovery::{pick_server, pick_server_with, ServerInfo, ServiceDiscovery};
 pub use error::{BoxError, Error, Result};
 pub use id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 pub use idgen::{ChannelSequence, MessageIdGenerator, Snowflake};

@@ -400,6 +400,28 @@ impl Default for MemoryBus {
     }
 }
 
+impl MemoryBus {
+    /// Ends this node as a crash would: its subscriptions and handler leave
+    /// the hub, and envelopes for its users go nowhere.
+    pub fn crash(&self) {
+        let mut st = lock(&self.hub.state);
+        st.handlers.remove(&self.node);
+        st.routes.retain(|_, nodes| {
+            nodes.remove(&self.node);
+            !nodes.is_empty()
+        });
+    }
+
+    /// Acts out a lost and restored broker connection: the subscriptions
+    /// stay, and the handler is told that live delivery may have had a gap.
+    pub fn simulate_gap(&self) {
+        let handler = lock(&self.hub.state).handlers.get(&self.node).cloned();
+        if let Some(handler) = handler {
+            handler.resync();
+        }
+    }
+}
+
 #[async_trait]
 impl DeliveryBus for MemoryBus {
     async fn attach(&self, handler: Arc<dyn EnvelopeHandler>) -> Result<()> {
@@ -465,18 +487,24 @@ impl DeliveryBus for MemoryBus {
 struct PresenceState {
     /// Alive devices: user → device → last heartbeat.
     alive: HashMap<UserId, HashMap<DeviceId, u64>>,
-    /// Devices with an open connection.
-    connected: HashMap<UserId, HashSet<DeviceId>>,
+    /// Open connections: user → (device, tracker) → last heartbeat through
+    /// that tracker.
+    connected: HashMap<UserId, HashMap<(DeviceId, u64), u64>>,
     /// Last heartbeat of any device, kept after the user goes offline.
     last_active: HashMap<UserId, u64>,
+    /// Trackers made on this state so far.
+    trackers: u64,
 }
 
-/// Presence in memory (one node's view; a multi-node deployment needs a
-/// shared tracker such as Redis).
+/// Presence in memory, for one process. [`MemoryPresence::handle`] gives
+/// further trackers on the same state, as several chat servers on one shared
+/// store (Redis, in `chat-cluster`) would have.
 #[derive(Debug)]
 pub struct MemoryPresence {
     timeout_ms: u64,
-    state: Mutex<PresenceState>,
+    /// This tracker's number on the shared state.
+    tracker: u64,
+    state: Arc<Mutex<PresenceState>>,
 }
 
 impl MemoryPresence {
@@ -485,7 +513,19 @@ impl MemoryPresence {
     pub fn new(timeout_ms: u64) -> Self {
         Self {
             timeout_ms,
-            state: Mutex::new(PresenceState::default()),
+            tracker: 0,
+            state: Arc::new(Mutex::new(PresenceState::default())),
+        }
+    }
+
+    /// Another tracker on the same state.
+    pub fn handle(&self) -> Self {
+        let mut st = lock(&self.state);
+        st.trackers += 1;
+        Self {
+            timeout_ms: self.timeout_ms,
+            tracker: st.trackers,
+            state: self.state.clone(),
         }
     }
 }
@@ -508,22 +548,29 @@ impl PresenceTracker for MemoryPresence {
         let mut st = lock(&self.state);
         let devices = st.alive.entry(user).or_default();
         let was_online = !devices.is_empty();
-        devices.insert(device, now_ms);
-        st.connected.entry(user).or_default().insert(device);
+        let last = devices.entry(device).or_insert(now_ms);
+        *last = (*last).max(now_ms);
+        let seen = st
+            .connected
+            .entry(user)
+            .or_default()
+            .entry((device, self.tracker))
+            .or_insert(now_ms);
+        *seen = (*seen).max(now_ms);
         let last = st.last_active.entry(user).or_insert(now_ms);
         *last = (*last).max(now_ms);
         Ok((!was_online).then_some(Presence {
             user,
             status: PresenceStatus::Online,
-            last_active_at: Some(now_ms),
+            last_active_at: Some(*last),
         }))
     }
 
     async fn disconnect(&self, user: UserId, device: DeviceId, _now_ms: u64) -> Result<()> {
         let mut st = lock(&self.state);
-        if let Some(set) = st.connected.get_mut(&user) {
-            set.remove(&device);
-            if set.is_empty() {
+        if let Some(map) = st.connected.get_mut(&user) {
+            map.remove(&(device, self.tracker));
+            if map.is_empty() {
                 st.connected.remove(&user);
             }
         }
@@ -542,6 +589,12 @@ impl PresenceTracker for MemoryPresence {
             } else {
                 true
             }
+        });
+        // Connections whose heartbeats stopped (their server died) no
+        // longer count; forget them.
+        st.connected.retain(|_, map| {
+            map.retain(|_, last| *last > deadline);
+            !map.is_empty()
         });
         Ok(went_offline
             .into_iter()
@@ -569,11 +622,16 @@ impl PresenceTracker for MemoryPresence {
             .collect())
     }
 
-    async fn connected(&self, users: &[UserId]) -> Result<Vec<UserId>> {
+    async fn connected(&self, users: &[UserId], now_ms: u64) -> Result<Vec<UserId>> {
         let st = lock(&self.state);
+        let deadline = now_ms.saturating_sub(self.timeout_ms);
         Ok(users
             .iter()
-            .filter(|u| st.connected.contains_key(u))
+            .filter(|u| {
+                st.connected
+                    .get(u)
+                    .is_some_and(|map| map.values().any(|last| *last > deadline))
+            })
             .copied()
             .collect())
     }
@@ -646,11 +704,29 @@ impl PushNotifier for MemoryNotifier {
     }
 }
 
-/// Service discovery in memory, with leases read from a clock.
+/// One registered server: its entry, when its lease ends, and the client
+/// that holds it.
+#[derive(Debug)]
+struct Registration {
+    info: ServerInfo,
+    expires: u64,
+    client: u64,
+}
+
+#[derive(Debug, Default)]
+struct RegistryState {
+    servers: BTreeMap<String, Registration>,
+    clients: u64,
+}
+
+/// Service discovery in memory, with leases read from a clock. Each value is
+/// one client of the registry; [`MemoryDiscovery::handle`] gives another
+/// client of the same registry, as another chat server would be.
 #[derive(Debug)]
 pub struct MemoryDiscovery {
     clock: Arc<dyn Clock>,
-    servers: Mutex<BTreeMap<String, (ServerInfo, u64)>>,
+    client: u64,
+    state: Arc<Mutex<RegistryState>>,
 }
 
 impl MemoryDiscovery {
@@ -658,7 +734,19 @@ impl MemoryDiscovery {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
             clock,
-            servers: Mutex::new(BTreeMap::new()),
+            client: 0,
+            state: Arc::new(Mutex::new(RegistryState::default())),
+        }
+    }
+
+    /// Another client of the same registry.
+    pub fn handle(&self) -> Self {
+        let mut st = lock(&self.state);
+        st.clients += 1;
+        Self {
+            clock: self.clock.clone(),
+            client: st.clients,
+            state: self.state.clone(),
         }
     }
 }
@@ -672,21 +760,46 @@ impl Default for MemoryDiscovery {
 #[async_trait]
 impl ServiceDiscovery for MemoryDiscovery {
     async fn register(&self, info: ServerInfo, ttl_ms: u64) -> Result<()> {
-        let expires = self.clock.now_ms().saturating_add(ttl_ms);
-        lock(&self.servers).insert(info.id.clone(), (info, expires));
+        let now = self.clock.now_ms();
+        let mut st = lock(&self.state);
+        st.servers.retain(|_, r| r.expires > now);
+        for (id, r) in &st.servers {
+            if r.client == self.client {
+                continue;
+            }
+            if *id == info.id {
+                return Err(Error::AlreadyExists { what: "server id" });
+            }
+            if r.info.node_id == info.node_id {
+                return Err(Error::AlreadyExists { what: "node id" });
+            }
+        }
+        let expires = now.saturating_add(ttl_ms);
+        let client = self.client;
+        st.servers.insert(
+            info.id.clone(),
+            Registration {
+                info,
+                expires,
+                client,
+            },
+        );
         Ok(())
     }
 
     async fn deregister(&self, id: &str) -> Result<()> {
-        lock(&self.servers).remove(id);
+        let mut st = lock(&self.state);
+        if st.servers.get(id).is_some_and(|r| r.client == self.client) {
+            st.servers.remove(id);
+        }
         Ok(())
     }
 
     async fn servers(&self) -> Result<Vec<ServerInfo>> {
         let now = self.clock.now_ms();
-        let mut servers = lock(&self.servers);
-        servers.retain(|_, (_, expires)| *expires > now);
-        Ok(servers.values().map(|(s, _)| s.clone()).collect())
+        let mut st = lock(&self.state);
+        st.servers.retain(|_, r| r.expires > now);
+        Ok(st.servers.values().map(|r| r.info.clone()).collect())
     }
 }
 
@@ -704,9 +817,9 @@ mod tests {
         assert!(p.heartbeat(u, d2, 2_000).await.unwrap().is_none());
         assert!(p.heartbeat(u, d1, 5_000).await.unwrap().is_none());
         p.disconnect(u, d1, 6_000).await.unwrap();
-        assert_eq!(p.connected(&[u]).await.unwrap(), vec![u]);
+        assert_eq!(p.connected(&[u], 6_000).await.unwrap(), vec![u]);
         p.disconnect(u, d2, 6_000).await.unwrap();
-        assert!(p.connected(&[u]).await.unwrap().is_empty());
+        assert!(p.connected(&[u], 6_000).await.unwrap().is_empty());
         // d1 last beat at 5 s: still online at 34 s, offline at 35 s.
         assert!(p.expire(34_000).await.unwrap().is_empty());
         let gone = p.expire(35_000).await.unwrap();
@@ -726,6 +839,7 @@ mod tests {
             fn deliver(&self, users: &[UserId], _e: &Envelope) {
                 lock(&self.0).extend_from_slice(users);
             }
+            fn resync(&self) {}
         }
         let hub = MemoryBusHub::new();
         let (a, b) = (hub.node(), hub.node());
@@ -763,6 +877,7 @@ mod tests {
         let d = MemoryDiscovery::new(clock.clone());
         let info = ServerInfo {
             id: "s1".into(),
+            node_id: 1,
             ws_url: "ws://x".into(),
             http_url: "http://x".into(),
             region: None,

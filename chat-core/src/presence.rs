@@ -28,6 +28,16 @@ use crate::types::Presence;
 ///   thereby went offline, once, with `last_active_at` = the time of their
 ///   last heartbeat. Status changes happen only in `heartbeat` and `expire`.
 /// * `last_active_at` is kept after a user goes offline.
+/// * **Several trackers, one store**: a tracker per chat server on one shared
+///   store behaves as one tracker. A user is online while any device is
+///   alive on any server; each offline change is returned by exactly one
+///   `expire` call, however many servers sweep at once; a device that
+///   reconnects to another server within the timeout does not flap; and a
+///   `disconnect` only ends the connection this tracker recorded (a late
+///   close on the old server leaves the device connected on the new one).
+/// * A connection counts for [`connected`](Self::connected) only while its
+///   device's heartbeats through that tracker are within the timeout, so the
+///   connections of a server that died without closing them stop counting.
 #[async_trait]
 pub trait PresenceTracker: Send + Sync + Debug + 'static {
     /// Records a heartbeat (or a new connection) from a device.
@@ -47,7 +57,7 @@ pub trait PresenceTracker: Send + Sync + Debug + 'static {
     /// Presence of each user, in the given order.
     async fn status(&self, users: &[UserId]) -> Result<Vec<Presence>>;
 
-    /// Which of `users` have at least one device connected right now (used
+    /// Which of `users` have at least one device connected at `now_ms` (used
     /// to decide who gets a push notification).
-    async fn connected(&self, users: &[UserId]) -> Result<Vec<UserId>>;
+    async fn connected(&self, users: &[UserId], now_ms: u64) -> Result<Vec<UserId>>;
 }

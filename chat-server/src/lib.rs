@@ -82,13 +82,21 @@ pub async fn serve(
     let srv = server.clone();
     // axum's graceful shutdown waits for HTTP connections; WebSocket sessions
     // are tracked by the server itself, so start its shutdown at the same time.
+    // The node may also stop by itself (see `ChatServer::advertise`).
+    let stopped = server.shutdown_token();
     let graceful = async move {
-        stop.cancelled().await;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = stopped.cancelled() => {}
+        }
         srv.shutdown().await;
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await?;
     server.shutdown().await;
-    Ok(())
+    match server.fatal_error() {
+        Some(reason) => Err(std::io::Error::other(reason)),
+        None => Ok(()),
+    }
 }

@@ -396,7 +396,7 @@ impl ChatServer {
         users.dedup();
         let mut connected = HashSet::new();
         for chunk in users.chunks(PRESENCE_CHUNK) {
-            match self.inner.presence.connected(chunk).await {
+            match self.inner.presence.connected(chunk, self.now()).await {
                 Ok(c) => connected.extend(c),
                 Err(e) => {
                     // Without presence we cannot tell who is offline; a push

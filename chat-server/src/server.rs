@@ -189,6 +189,7 @@ impl ServerBuilder {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             advertised: Mutex::new(None),
+            fatal: Mutex::new(None),
             config,
         });
         let server = ChatServer { inner };
@@ -253,6 +254,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     /// This server's entry in discovery, once it advertises itself.
     advertised: Mutex<Option<ServerInfo>>,
+    /// Set when the node stops by itself, with the reason.
+    fatal: Mutex<Option<String>>,
 }
 
 /// A running chat node. Cheap to clone; all clones are the same node.
@@ -557,10 +560,21 @@ impl ChatServer {
     /// lease (and the connection count in it) fresh until shutdown. `serve`
     /// calls this; a host that mounts [`ChatServer::router`] itself calls it
     /// with its own URLs.
+    ///
+    /// The server's id and node id must be free in discovery. A live holder
+    /// may be this server's own predecessor that died without leaving, so
+    /// the claim is retried until such a lease would have run out; a holder
+    /// still there after that is another server, and this fails with
+    /// [`chat_core::Error::Conflict`]. Should another server take the
+    /// ids later (this server's lease ran out while discovery was away), the
+    /// node stops: two servers with one node id would make the same message
+    /// ids. A discovery outage alone never stops it: the lease is refreshed
+    /// again once discovery is back.
     pub async fn advertise(&self, ws_url: String, http_url: String) -> chat_core::Result<()> {
         let cfg = &self.inner.config;
         let info = ServerInfo {
             id: cfg.server_id.clone(),
+            node_id: cfg.node_id,
             ws_url,
             http_url,
             region: cfg.region.clone(),
@@ -568,7 +582,32 @@ impl ChatServer {
             connections: 0,
         };
         let ttl = cfg.discovery_ttl.as_millis() as u64;
-        self.inner.discovery.register(info.clone(), ttl).await?;
+        let give_up = tokio::time::Instant::now() + cfg.discovery_ttl + cfg.discovery_ttl / 2;
+        loop {
+            match self.inner.discovery.register(info.clone(), ttl).await {
+                Ok(()) => break,
+                Err(chat_core::Error::AlreadyExists { what })
+                    if tokio::time::Instant::now() < give_up =>
+                {
+                    tracing::warn!(
+                        what,
+                        node_id = info.node_id,
+                        server_id = %info.id,
+                        "held by another live server in discovery; waiting for its lease to end"
+                    );
+                    tokio::time::sleep(cfg.discovery_ttl / 10).await;
+                }
+                Err(chat_core::Error::AlreadyExists { what }) => {
+                    return Err(chat_core::Error::conflict(format!(
+                        "this server's {what} is held by another live server in discovery \
+                         (server id {}, node id {}): give every server its own --node-id \
+                         and --server-id",
+                        info.id, info.node_id
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
         *self
             .inner
             .advertised
@@ -595,8 +634,21 @@ impl ChatServer {
                         listed = true;
                         let mut entry = info.clone();
                         entry.connections = server.connections() as u32;
-                        if let Err(e) = server.inner.discovery.register(entry, ttl).await {
-                            tracing::warn!(error = %e, "discovery refresh failed");
+                        match server.inner.discovery.register(entry, ttl).await {
+                            Ok(()) => {}
+                            Err(chat_core::Error::AlreadyExists { what }) => {
+                                let reason = format!(
+                                    "another server took this server's {what} in discovery \
+                                     (server id {}, node id {}); stopping",
+                                    info.id, info.node_id
+                                );
+                                tracing::error!("{reason}");
+                                *server.inner.fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(reason);
+                                shutdown.cancel();
+                                break;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "discovery refresh failed"),
                         }
                     }
                     unhealthy => {
@@ -612,6 +664,16 @@ impl ChatServer {
             }
         });
         Ok(())
+    }
+
+    /// Why the node stopped by itself, if it did (its ids were taken in
+    /// discovery by another server).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Stops the node: sessions are told to reconnect elsewhere (close code

@@ -171,6 +171,24 @@ impl LocalDelivery {
 }
 
 impl EnvelopeHandler for LocalDelivery {
+    /// Every session on this node is told to sync: live delivery may have
+    /// missed events while the bus was away.
+    fn resync(&self) {
+        let text = encode(&ServerFrame::Event(Event::Resync {}));
+        let handles: Vec<SessionHandle> = lock(&self.sessions.by_user)
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        tracing::info!(
+            sessions = handles.len(),
+            "live delivery had a gap; telling every session to sync"
+        );
+        for h in handles {
+            h.offer(text.clone());
+        }
+    }
+
     fn deliver(&self, users: &[UserId], envelope: &Envelope) {
         match &envelope.event {
             BusEvent::Message { message, positions } => {
