@@ -18,5 +18,26 @@
 
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(any(feature = "nats", test))]
 mod wire;
+
+/// Checks a key or subject prefix: 1 to 64 characters of `A-Z a-z 0-9 _ -`,
+/// valid in NATS subjects and bucket names, Redis keys, etcd keys and
+/// ZooKeeper paths alike.
+#[allow(dead_code)] // with no engine compiled in
+pub(crate) fn check_prefix(prefix: &str) -> chat_core::Result<()> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(chat_core::Error::invalid(format!(
+            "prefix {prefix:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '-'"
+        )))
+    }
+}

@@ -174,7 +174,7 @@ impl NatsBus {
     /// the local copy of the routes is current. Fails if the broker cannot
     /// be reached or has no JetStream.
     pub async fn connect(config: NatsBusConfig) -> Result<Self> {
-        wire::check_prefix(&config.prefix)?;
+        crate::check_prefix(&config.prefix)?;
         let node = uuid::Uuid::new_v4().simple().to_string();
         // The callback needs the bus, which needs the client: a cell filled
         // right after.

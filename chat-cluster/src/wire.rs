@@ -41,24 +41,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Vec<UserId>, Envelope)> {
     Ok((d.u, d.e))
 }
 
-/// Checks a key or subject prefix: 1 to 64 characters of `A-Z a-z 0-9 _ -`,
-/// valid in NATS subjects and bucket names, Redis keys, etcd keys and
-/// ZooKeeper paths alike.
-pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
-    let ok = !prefix.is_empty()
-        && prefix.len() <= 64
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "prefix {prefix:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '-'"
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,9 +64,9 @@ mod tests {
         assert_eq!((u, e), (users, env));
         assert!(decode(b"{\"u\":[1],\"e\":{}}").is_err());
         assert!(decode(b"\xff").is_err());
-        assert!(check_prefix("chat-test_1").is_ok());
+        assert!(crate::check_prefix("chat-test_1").is_ok());
         for bad in ["", "a.b", "a b", "a/b", &"x".repeat(65)] {
-            assert!(check_prefix(bad).is_err(), "{bad:?}");
+            assert!(crate::check_prefix(bad).is_err(), "{bad:?}");
         }
     }
 }
