@@ -16,6 +16,8 @@
 //! under a prefix of the caller's choosing, so deployments and test runs
 //! sharing one broker never meet.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "redis")]

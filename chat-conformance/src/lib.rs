@@ -12,6 +12,9 @@
 //! | [`presence::run_all`] | [`PresenceTracker`](chat_core::PresenceTracker) | [`presence::PresenceStores`]: trackers on one fresh store |
 //! | [`discovery::run_all`] | [`ServiceDiscovery`](chat_core::ServiceDiscovery) | [`discovery::Registries`]: clients of one fresh registry |
 //!
+//! [`engines`] starts private engine processes (NATS, Redis, etcd) that fault
+//! tests may kill and restart.
+//!
 //! The in-memory implementations of `chat_core::memory` run every suite in
 //! this crate's tests; `chat-cluster` runs them against NATS, Redis and
 //! etcd. (The storage suites still live in `chat_store::conformance`.)
@@ -44,6 +47,7 @@
 
 pub mod bus;
 pub mod discovery;
+pub mod engines;
 pub mod presence;
 
 use std::future::Future;
