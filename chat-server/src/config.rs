@@ -203,6 +203,9 @@ impl ServerConfig {
         if self.push_collapse_window > MAX_PUSH_COLLAPSE_WINDOW {
             return Err("push_collapse_window must be at most ten minutes".into());
         }
+        if self.discovery_ttl < std::time::Duration::from_secs(2) {
+            return Err("discovery_ttl must be at least 2 seconds".into());
+        }
         if self.outbound_queue_bytes == 0
             || self.max_connections == 0
             || self.sync_page == 0

@@ -167,8 +167,48 @@ struct Args {
     /// at most 600000).
     #[arg(long, env = "CHAT_PUSH_COLLAPSE_WINDOW_MS", default_value_t = 2_000)]
     push_collapse_window_ms: u64,
+    /// Seconds of this server's lease in discovery (refreshed every third).
+    #[arg(long, env = "CHAT_DISCOVERY_TTL_SECS", default_value_t = 15)]
+    discovery_ttl_secs: u64,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[command(flatten)]
     push: PushArgs,
+}
+
+/// Cluster engines (see docs/architecture.md). Several servers with these on
+/// the same engines and one PostgreSQL are one system: give each its own
+/// --node-id and all the same --token-secret.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Carry live events between servers over NATS with JetStream
+    /// (comma-separated URLs, e.g. nats://10.0.0.2:4222). Default: this
+    /// server alone.
+    #[cfg(feature = "nats")]
+    #[arg(long, env = "CHAT_NATS_URL", hide_env_values = true)]
+    nats_url: Option<String>,
+    /// Prefix of the bus's NATS subjects and routes bucket (A-Z a-z 0-9 _ -).
+    #[cfg(feature = "nats")]
+    #[arg(long, env = "CHAT_NATS_PREFIX", default_value = "chat")]
+    nats_prefix: String,
+    /// Keep presence in Redis, shared by every server
+    /// (e.g. redis://10.0.0.3:6379/0). Default: in this server's memory.
+    #[cfg(feature = "redis")]
+    #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Prefix of the presence keys in Redis (A-Z a-z 0-9 _ -).
+    #[cfg(feature = "redis")]
+    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat")]
+    redis_prefix: String,
+    /// Register in, and route from, etcd (comma-separated client URLs,
+    /// e.g. http://10.0.0.4:2379). Default: this server alone.
+    #[cfg(feature = "etcd")]
+    #[arg(long, env = "CHAT_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Prefix of the discovery keys in etcd (A-Z a-z 0-9 _ -).
+    #[cfg(feature = "etcd")]
+    #[arg(long, env = "CHAT_ETCD_PREFIX", default_value = "chat")]
+    etcd_prefix: String,
 }
 
 /// Push providers (see docs/push.md). Android devices go to FCM, iOS devices
@@ -456,6 +496,49 @@ fn push(
     Ok(Some(Arc::new(router)))
 }
 
+/// Plugs the configured cluster engines into the builder; whatever is not
+/// configured stays the single-server default.
+#[allow(unused_variables, unused_mut)] // with no engine compiled in
+async fn cluster(
+    mut builder: chat_server::ServerBuilder,
+    args: &ClusterArgs,
+    presence_timeout: Duration,
+) -> Result<chat_server::ServerBuilder, Box<dyn std::error::Error>> {
+    #[cfg(feature = "nats")]
+    if let Some(url) = &args.nats_url {
+        use chat_cluster::nats::{NatsBus, NatsBusConfig};
+        let bus = NatsBus::connect(NatsBusConfig::new(url.clone(), &args.nats_prefix))
+            .await
+            .map_err(|e| format!("cannot start the NATS bus: {e}"))?;
+        tracing::info!(node = bus.node(), prefix = %args.nats_prefix, "delivery bus on NATS");
+        builder = builder.bus(Arc::new(bus));
+    }
+    #[cfg(feature = "redis")]
+    if let Some(url) = &args.redis_url {
+        use chat_cluster::redis::{RedisPresence, RedisPresenceConfig};
+        let mut config = RedisPresenceConfig::new(url.clone(), &args.redis_prefix);
+        config.timeout = presence_timeout;
+        let presence = RedisPresence::connect(config)
+            .await
+            .map_err(|e| format!("cannot reach Redis for presence: {e}"))?;
+        tracing::info!(prefix = %args.redis_prefix, "presence in Redis");
+        builder = builder.presence(Arc::new(presence));
+    }
+    #[cfg(feature = "etcd")]
+    if !args.etcd_endpoints.is_empty() {
+        use chat_cluster::etcd::{EtcdDiscovery, EtcdDiscoveryConfig};
+        let discovery = EtcdDiscovery::connect(EtcdDiscoveryConfig::new(
+            args.etcd_endpoints.clone(),
+            &args.etcd_prefix,
+        ))
+        .await
+        .map_err(|e| format!("cannot reach etcd for discovery: {e}"))?;
+        tracing::info!(prefix = %args.etcd_prefix, "service discovery on etcd");
+        builder = builder.discovery(Arc::new(discovery));
+    }
+    Ok(builder)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -502,9 +585,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         push_queue: args.push_queue,
         push_concurrency: args.push_concurrency,
         push_collapse_window: Duration::from_millis(args.push_collapse_window_ms),
+        discovery_ttl: Duration::from_secs(args.discovery_ttl_secs),
         ..defaults
     };
+    let presence_timeout = config.presence_timeout;
     let mut builder = storage(ChatServer::builder(config), &args)?;
+    builder = cluster(builder, &args.cluster, presence_timeout).await?;
     if let Some(notifier) = push(&args.push)? {
         builder = builder.push(notifier);
     }

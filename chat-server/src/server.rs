@@ -227,6 +227,9 @@ pub struct Stats {
     /// Sends refused because the store was unavailable or slow (answered
     /// `unavailable`, retryable).
     pub sends_unavailable: AtomicU64,
+    /// Heartbeats the presence tracker could not record (it was
+    /// unreachable); the connection carries on regardless.
+    pub presence_failures: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -494,15 +497,26 @@ impl ChatServer {
     }
 
     /// Records a heartbeat; tells friends if the user just came online.
+    ///
+    /// Fails soft: a presence tracker that cannot be reached is logged and
+    /// counted (`Stats::presence_failures`), and the connection carries on;
+    /// presence catches up with the next heartbeat after it is back.
     pub async fn heartbeat(&self, user: UserId, device: DeviceId) -> ApiResult<()> {
-        let change = self
+        match self
             .inner
             .presence
             .heartbeat(user, device, self.now())
             .await
-            .map_err(wire)?;
-        if let Some(presence) = change {
-            self.announce(presence).await;
+        {
+            Ok(Some(presence)) => self.announce(presence).await,
+            Ok(None) => {}
+            Err(e) => {
+                self.inner
+                    .stats
+                    .presence_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "presence heartbeat failed");
+            }
         }
         Ok(())
     }
