@@ -9,6 +9,7 @@
 //! | `nats` | NATS with JetStream | [`nats::NatsBus`] | [`DeliveryBus`](chat_core::DeliveryBus) |
 //! | `redis` | Redis | `redis::RedisPresence` | [`PresenceTracker`](chat_core::PresenceTracker) |
 //! | `etcd` | etcd v3 (needs `protoc` to build) | `etcd::EtcdDiscovery` | [`ServiceDiscovery`](chat_core::ServiceDiscovery) |
+//! | `zookeeper` | ZooKeeper 3.6 or later | `zookeeper::ZooKeeperDiscovery` | [`ServiceDiscovery`](chat_core::ServiceDiscovery) |
 //!
 //! Every engine passes the conformance suite of its trait
 //! (`chat-conformance`) against the real service; `docs/architecture.md`
@@ -24,6 +25,8 @@ pub mod nats;
 pub mod redis;
 #[cfg(any(feature = "nats", test))]
 mod wire;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 /// Checks a key or subject prefix: 1 to 64 characters of `A-Z a-z 0-9 _ -`,
 /// valid in NATS subjects and bucket names, Redis keys, etcd keys and

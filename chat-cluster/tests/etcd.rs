@@ -32,7 +32,7 @@ impl Registries for Etcd {
         let abandoned = d.clone();
         TestClient {
             discovery: Arc::new(d),
-            kill: Box::new(move || abandoned.abandon()),
+            kill: Box::new(move || Box::pin(async move { abandoned.abandon() })),
         }
     }
 

@@ -23,7 +23,7 @@ pub struct TestClient {
     pub discovery: Arc<dyn ServiceDiscovery>,
     /// Ends the client as a crash would: it stops refreshing anything and
     /// never deregisters (its leases run out by themselves).
-    pub kill: Box<dyn FnOnce() + Send>,
+    pub kill: Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>,
 }
 
 impl std::fmt::Debug for TestClient {
@@ -163,7 +163,7 @@ pub async fn lease_ends_with_its_holder(r: &dyn Registries) {
         .expect("register");
     wait_for_entry(&*b.discovery, &entry).await;
     let TestClient { kill, .. } = a;
-    kill();
+    kill().await;
     wait_for_absence(&*b.discovery, &id, Duration::from_millis(ttl) + PROPAGATION).await;
 }
 

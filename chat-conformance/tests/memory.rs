@@ -58,7 +58,7 @@ impl Registries for Registry {
             discovery: Arc::new(self.0.handle()),
             // A memory client has nothing running: once its owner stops
             // refreshing, its lease simply runs out.
-            kill: Box::new(|| {}),
+            kill: Box::new(|| Box::pin(async {})),
         }
     }
 

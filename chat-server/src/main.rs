@@ -209,6 +209,16 @@ struct ClusterArgs {
     #[cfg(feature = "etcd")]
     #[arg(long, env = "CHAT_ETCD_PREFIX", default_value = "chat")]
     etcd_prefix: String,
+    /// Register in, and route from, ZooKeeper (connect string, e.g.
+    /// 10.0.0.4:2181,10.0.0.5:2181). The lease is the ZooKeeper session:
+    /// --discovery-ttl-secs sets its timeout.
+    #[cfg(feature = "zookeeper")]
+    #[arg(long, env = "CHAT_ZOOKEEPER")]
+    zookeeper: Option<String>,
+    /// Root path of the registry in ZooKeeper.
+    #[cfg(feature = "zookeeper")]
+    #[arg(long, env = "CHAT_ZOOKEEPER_PATH", default_value = "/chat")]
+    zookeeper_path: String,
 }
 
 /// Push providers (see docs/push.md). Android devices go to FCM, iOS devices
@@ -503,7 +513,12 @@ async fn cluster(
     mut builder: chat_server::ServerBuilder,
     args: &ClusterArgs,
     presence_timeout: Duration,
+    discovery_ttl: Duration,
 ) -> Result<chat_server::ServerBuilder, Box<dyn std::error::Error>> {
+    #[cfg(all(feature = "etcd", feature = "zookeeper"))]
+    if !args.etcd_endpoints.is_empty() && args.zookeeper.is_some() {
+        return Err("choose one discovery: --etcd-endpoints or --zookeeper".into());
+    }
     #[cfg(feature = "nats")]
     if let Some(url) = &args.nats_url {
         use chat_cluster::nats::{NatsBus, NatsBusConfig};
@@ -534,6 +549,17 @@ async fn cluster(
         .await
         .map_err(|e| format!("cannot reach etcd for discovery: {e}"))?;
         tracing::info!(prefix = %args.etcd_prefix, "service discovery on etcd");
+        builder = builder.discovery(Arc::new(discovery));
+    }
+    #[cfg(feature = "zookeeper")]
+    if let Some(connect) = &args.zookeeper {
+        use chat_cluster::zookeeper::{ZooKeeperDiscovery, ZooKeeperDiscoveryConfig};
+        let mut config = ZooKeeperDiscoveryConfig::new(connect.clone(), &args.zookeeper_path);
+        config.session_timeout = discovery_ttl;
+        let discovery = ZooKeeperDiscovery::connect(config)
+            .await
+            .map_err(|e| format!("cannot reach ZooKeeper for discovery: {e}"))?;
+        tracing::info!(path = %args.zookeeper_path, "service discovery on ZooKeeper");
         builder = builder.discovery(Arc::new(discovery));
     }
     Ok(builder)
@@ -588,9 +614,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         discovery_ttl: Duration::from_secs(args.discovery_ttl_secs),
         ..defaults
     };
-    let presence_timeout = config.presence_timeout;
+    let (presence_timeout, discovery_ttl) = (config.presence_timeout, config.discovery_ttl);
     let mut builder = storage(ChatServer::builder(config), &args)?;
-    builder = cluster(builder, &args.cluster, presence_timeout).await?;
+    builder = cluster(builder, &args.cluster, presence_timeout, discovery_ttl).await?;
     if let Some(notifier) = push(&args.push)? {
         builder = builder.push(notifier);
     }

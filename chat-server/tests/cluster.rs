@@ -9,7 +9,8 @@
 //!
 //! Needs PostgreSQL (`CHAT_TEST_PG_URL`), NATS with JetStream
 //! (`CHAT_TEST_NATS_URL`), Redis (`CHAT_TEST_REDIS_URL`) and etcd
-//! (`CHAT_TEST_ETCD_ENDPOINTS`) as the README lists, and `nats-server`,
+//! (`CHAT_TEST_ETCD_ENDPOINTS`), and ZooKeeper (`CHAT_TEST_ZOOKEEPER`) as
+//! the README lists, and `nats-server`,
 //! `redis-server` and `etcd` on `PATH` for the fault tests. Every run uses
 //! its own schema and prefixes.
 #![cfg(all(
@@ -47,8 +48,8 @@ struct Cluster {
     nats_url: String,
     redis_url: String,
     etcd: String,
-    /// Extra flags for every server.
-    extra: Vec<String>,
+    /// Use ZooKeeper (this connect string) for discovery instead of etcd.
+    zookeeper: Option<String>,
 }
 
 /// One `chat-server` process.
@@ -100,8 +101,8 @@ impl Cluster {
             nats_url: env_or("CHAT_TEST_NATS_URL", "nats://127.0.0.1:4222"),
             redis_url: env_or("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
             etcd: env_or("CHAT_TEST_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
+            zookeeper: None,
             run,
-            extra: Vec::new(),
         }
     }
 
@@ -131,13 +132,18 @@ impl Cluster {
             .args(["--nats-prefix", &self.prefix()])
             .args(["--redis-url", &self.redis_url])
             .args(["--redis-prefix", &self.prefix()])
-            .args(["--etcd-endpoints", &self.etcd])
-            .args(["--etcd-prefix", &self.prefix()])
             .args(["--heartbeat-secs", "1"])
             .args(["--presence-timeout-secs", "3"])
-            .args(["--discovery-ttl-secs", "3"])
-            .args(&self.extra)
-            .env("RUST_LOG", env_or("CHAT_TEST_SERVER_LOG", "warn"))
+            .args(["--discovery-ttl-secs", "3"]);
+        match &self.zookeeper {
+            Some(zk) => cmd
+                .args(["--zookeeper", zk])
+                .args(["--zookeeper-path", &format!("/{}", self.prefix())]),
+            None => cmd
+                .args(["--etcd-endpoints", &self.etcd])
+                .args(["--etcd-prefix", &self.prefix()]),
+        };
+        cmd.env("RUST_LOG", env_or("CHAT_TEST_SERVER_LOG", "warn"))
             .stdin(Stdio::null())
             // The servers log to stdout: shown with CHAT_TEST_SERVER_LOG set.
             .stdout(if std::env::var_os("CHAT_TEST_SERVER_LOG").is_some() {
@@ -654,5 +660,38 @@ async fn discovery_outage_keeps_serving_and_routing_from_the_last_view() {
     let got = messages_with(&mut late, "after discovery is back", Duration::from_secs(3)).await;
     assert_eq!(got, vec![sent.message_id]);
     drop((a, b, late, n1, n2));
+    cluster.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_discovery_routes_between_nodes_and_guards_node_ids() {
+    let mut cluster = Cluster::new();
+    cluster.zookeeper = Some(env_or("CHAT_TEST_ZOOKEEPER", "127.0.0.1:2181"));
+    let n1 = cluster.start(1).await;
+    let n2 = cluster.start(2).await;
+    cluster.wait_for_servers(&n1, 2).await;
+    cluster.wait_for_servers(&n2, 2).await;
+    let alice = signup(&n1, "alice").await;
+    let bob = signup(&n2, "bob").await;
+    let direct = alice.open_direct(bob.user_id()).await.unwrap();
+    let (a, s) = device_in(&alice, "r1").await;
+    assert_eq!(s, "node1");
+    let (mut b, s) = device_in(&bob, "r2").await;
+    assert_eq!(s, "node2");
+    let sent = a.send(direct.id, "routed by zookeeper").await.unwrap();
+    let got = messages_with(&mut b, "routed by zookeeper", Duration::from_secs(3)).await;
+    assert_eq!(got, vec![sent.message_id]);
+    let out = cluster
+        .command_as(2, "impostor", free_port())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the second server must not serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node id is held by another live server"),
+        "{err}"
+    );
+    drop((a, b, n1, n2));
     cluster.drop_schema().await;
 }
