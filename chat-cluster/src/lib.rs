@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | `nats` | NATS with JetStream | [`nats::NatsBus`] | [`DeliveryBus`](chat_core::DeliveryBus) |
 //! | `redis` | Redis | `redis::RedisPresence` | [`PresenceTracker`](chat_core::PresenceTracker) |
+//! | `redis` | Redis pub/sub | `redis::RedisBus` | [`DeliveryBus`](chat_core::DeliveryBus) |
 //! | `etcd` | etcd v3 (needs `protoc` to build) | `etcd::EtcdDiscovery` | [`ServiceDiscovery`](chat_core::ServiceDiscovery) |
 //! | `zookeeper` | ZooKeeper 3.6 or later | `zookeeper::ZooKeeperDiscovery` | [`ServiceDiscovery`](chat_core::ServiceDiscovery) |
 //!
@@ -23,7 +24,7 @@ pub mod etcd;
 pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(any(feature = "nats", test))]
+#[cfg(any(feature = "nats", feature = "redis", test))]
 mod wire;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;

@@ -21,7 +21,9 @@ pub(crate) fn encode_envelope(envelope: &Envelope) -> Result<Vec<u8>> {
     serde_json::to_vec(envelope).map_err(|e| Error::backend("bus encoding", e))
 }
 
-/// One node's copy: its users, then the encoded envelope.
+/// One node's copy: its users, then the encoded envelope. (The Redis bus's
+/// publish script builds the same shape on the server.)
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn delivery(users: &[UserId], envelope_json: &[u8]) -> Result<Vec<u8>> {
     let users = serde_json::to_vec(users).map_err(|e| Error::backend("bus encoding", e))?;
     let mut out = Vec::with_capacity(envelope_json.len() + users.len() + 16);

@@ -196,10 +196,15 @@ struct ClusterArgs {
     #[cfg(feature = "redis")]
     #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
-    /// Prefix of the presence keys in Redis (A-Z a-z 0-9 _ -).
+    /// Prefix of the presence (and bus) keys in Redis (A-Z a-z 0-9 _ -).
     #[cfg(feature = "redis")]
     #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat")]
     redis_prefix: String,
+    /// Carry live events between servers over Redis pub/sub too (at
+    /// --redis-url), for deployments without NATS.
+    #[cfg(feature = "redis")]
+    #[arg(long, env = "CHAT_REDIS_BUS", requires = "redis_url")]
+    redis_bus: bool,
     /// Register in, and route from, etcd (comma-separated client URLs,
     /// e.g. http://10.0.0.4:2379). Default: this server alone.
     #[cfg(feature = "etcd")]
@@ -526,6 +531,19 @@ async fn cluster(
             .await
             .map_err(|e| format!("cannot start the NATS bus: {e}"))?;
         tracing::info!(node = bus.node(), prefix = %args.nats_prefix, "delivery bus on NATS");
+        builder = builder.bus(Arc::new(bus));
+    }
+    #[cfg(all(feature = "nats", feature = "redis"))]
+    if args.redis_bus && args.nats_url.is_some() {
+        return Err("choose one bus: --nats-url or --redis-bus".into());
+    }
+    #[cfg(feature = "redis")]
+    if let (true, Some(url)) = (args.redis_bus, &args.redis_url) {
+        use chat_cluster::redis::{RedisBus, RedisBusConfig};
+        let bus = RedisBus::connect(RedisBusConfig::new(url.clone(), &args.redis_prefix))
+            .await
+            .map_err(|e| format!("cannot start the Redis bus: {e}"))?;
+        tracing::info!(node = bus.node(), prefix = %args.redis_prefix, "delivery bus on Redis");
         builder = builder.bus(Arc::new(bus));
     }
     #[cfg(feature = "redis")]

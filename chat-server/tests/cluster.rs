@@ -50,6 +50,8 @@ struct Cluster {
     etcd: String,
     /// Use ZooKeeper (this connect string) for discovery instead of etcd.
     zookeeper: Option<String>,
+    /// Carry live events over Redis pub/sub instead of NATS.
+    redis_bus: bool,
 }
 
 /// One `chat-server` process.
@@ -102,6 +104,7 @@ impl Cluster {
             redis_url: env_or("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
             etcd: env_or("CHAT_TEST_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
             zookeeper: None,
+            redis_bus: false,
             run,
         }
     }
@@ -128,13 +131,17 @@ impl Cluster {
             .args(["--node-id", &node_id.to_string()])
             .args(["--server-id", server_id])
             .args(["--region", &format!("r{node_id}")])
-            .args(["--nats-url", &self.nats_url])
-            .args(["--nats-prefix", &self.prefix()])
             .args(["--redis-url", &self.redis_url])
             .args(["--redis-prefix", &self.prefix()])
             .args(["--heartbeat-secs", "1"])
             .args(["--presence-timeout-secs", "3"])
             .args(["--discovery-ttl-secs", "3"]);
+        if self.redis_bus {
+            cmd.arg("--redis-bus");
+        } else {
+            cmd.args(["--nats-url", &self.nats_url])
+                .args(["--nats-prefix", &self.prefix()]);
+        }
         match &self.zookeeper {
             Some(zk) => cmd
                 .args(["--zookeeper", zk])
@@ -344,6 +351,30 @@ async fn messages_reach_every_device_on_every_node_once() {
     }
     drop((a1, a2, b1, b2));
     drop((n1, n2, n3));
+    cluster.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_bus_carries_messages_between_nodes() {
+    let mut cluster = Cluster::new();
+    cluster.redis_bus = true;
+    let n1 = cluster.start(1).await;
+    let n2 = cluster.start(2).await;
+    cluster.wait_for_servers(&n1, 2).await;
+    let alice = signup(&n1, "alice").await;
+    let bob = signup(&n2, "bob").await;
+    let direct = alice.open_direct(bob.user_id()).await.unwrap();
+    let (a, _) = device_in(&alice, "r1").await;
+    let (mut b1, s) = device_in(&bob, "r1").await;
+    assert_eq!(s, "node1");
+    let (mut b2, s) = device_in(&bob, "r2").await;
+    assert_eq!(s, "node2");
+    let sent = a.send(direct.id, "over redis").await.unwrap();
+    for b in [&mut b1, &mut b2] {
+        let got = messages_with(b, "over redis", Duration::from_secs(3)).await;
+        assert_eq!(got, vec![sent.message_id]);
+    }
+    drop((a, b1, b2, n1, n2));
     cluster.drop_schema().await;
 }
 
