@@ -156,6 +156,12 @@ pub struct OneToOneArgs {
     /// Also run the same workload against the bare relay and print the ratio.
     #[arg(long)]
     pub baseline: bool,
+    /// Also run the same workload on two chat servers in this process on
+    /// one store of the --embedded-server kind, every sender on one and
+    /// every recipient on the other, with the delivery bus on NATS at this
+    /// URL (JetStream on); print both runs side by side.
+    #[arg(long, value_name = "NATS_URL", requires = "embedded_server")]
+    pub two_servers_nats: Option<String>,
 }
 
 /// Options of `group`.

@@ -41,6 +41,7 @@
 //! ```
 
 pub mod cli;
+pub mod cluster;
 pub mod connections;
 pub mod error;
 pub mod limits;

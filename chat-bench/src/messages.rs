@@ -64,6 +64,8 @@ fn report(
         server_stats,
         baseline: None,
         ratio: None,
+        two_servers: None,
+        two_servers_ratio: None,
     }
 }
 
@@ -132,29 +134,8 @@ pub async fn one_to_one(args: &OneToOneArgs, quiet: bool) -> Result<(TrafficRepo
         let pairs: Vec<_> = senders.iter().zip(recipients).collect();
         progress.phase("opening channels");
         let channels = open_directs(&pairs, args.load.signup_concurrency).await?;
-        let sources = SourceIps::new(ips.clone());
-        let rate = args.messages.rate.map(|r| r / p as f64);
-        let mut specs = Vec::with_capacity(2 * p as usize);
-        for (i, ((s, r), ch)) in pairs.iter().zip(&channels).enumerate() {
-            specs.push(ConnSpec {
-                url: crate::wire::chat_url(&target.ws_url, DeviceId::new_random(), &s.token),
-                addr: target.ws_addr,
-                source: sources.next(),
-                send: Some(SendSpec {
-                    sender: i as u32,
-                    to: SendTo::Channel(*ch),
-                    rate,
-                }),
-                expects_from: Vec::new(),
-            });
-            specs.push(ConnSpec {
-                url: crate::wire::chat_url(&target.ws_url, DeviceId::new_random(), &r.token),
-                addr: target.ws_addr,
-                source: sources.next(),
-                send: None,
-                expects_from: vec![i as u32],
-            });
-        }
+        let at = (target.ws_url.as_str(), target.ws_addr);
+        let specs = pair_specs(&pairs, &channels, at, at, &ips, args.messages.rate);
         progress.phase("sending");
         send_chat(specs, &args.load, &args.messages, &counters, &target).await
     }
@@ -163,12 +144,111 @@ pub async fn one_to_one(args: &OneToOneArgs, quiet: bool) -> Result<(TrafficRepo
     target.stop().await;
     let (outcome, server_stats) = result?;
     let mut report = report(Wire::Chat, (p, 2, p), &args.messages, outcome, server_stats);
+    if let (Some(nats), Some(store)) = (&args.two_servers_nats, args.target.embedded_server) {
+        let two = two_servers_run(args, nats, store, &ips, quiet).await?;
+        report.two_servers_ratio = Some(Ratio::of(&two.outcome, &report.outcome));
+        report.two_servers = Some(Box::new(two));
+    }
     if args.baseline {
         let base = relay_run(p, &args.load, &args.messages, &ips, quiet).await?;
         report.ratio = Some(Ratio::of(&report.outcome, &base.outcome));
         report.baseline = Some(Box::new(base));
     }
     Ok((report, info))
+}
+
+/// Connections for pairs on direct channels: each sender at `from`, each
+/// recipient at `to` (`(ws_url, addr)`), sharing `rate` over the pairs.
+fn pair_specs(
+    pairs: &[(&crate::setup::BenchUser, &crate::setup::BenchUser)],
+    channels: &[chat_core::ChannelId],
+    from: (&str, std::net::SocketAddr),
+    to: (&str, std::net::SocketAddr),
+    ips: &[std::net::IpAddr],
+    rate: Option<f64>,
+) -> Vec<ConnSpec> {
+    let sources = SourceIps::new(ips.to_vec());
+    let rate = rate.map(|r| r / pairs.len().max(1) as f64);
+    let mut specs = Vec::with_capacity(2 * pairs.len());
+    for (i, ((s, r), ch)) in pairs.iter().zip(channels).enumerate() {
+        specs.push(ConnSpec {
+            url: crate::wire::chat_url(from.0, DeviceId::new_random(), &s.token),
+            addr: from.1,
+            source: sources.next(),
+            send: Some(SendSpec {
+                sender: i as u32,
+                to: SendTo::Channel(*ch),
+                rate,
+            }),
+            expects_from: Vec::new(),
+        });
+        specs.push(ConnSpec {
+            url: crate::wire::chat_url(to.0, DeviceId::new_random(), &r.token),
+            addr: to.1,
+            source: sources.next(),
+            send: None,
+            expects_from: vec![i as u32],
+        });
+    }
+    specs
+}
+
+/// The one-to-one workload on two servers with the bus on NATS between
+/// them: senders on one, recipients on the other.
+async fn two_servers_run(
+    args: &OneToOneArgs,
+    nats_url: &str,
+    store: crate::target::StoreKind,
+    ips: &[std::net::IpAddr],
+    quiet: bool,
+) -> Result<TrafficReport> {
+    let p = args.pairs;
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start(quiet, "one-to-one, two servers over NATS", counters.clone());
+    progress.phase("starting two servers");
+    let two = crate::cluster::TwoServers::start(store, nats_url, &args.target.postgres_url).await?;
+    let result = async {
+        progress.phase("signing up");
+        let users = signup_users(
+            &two.client,
+            &run_prefix(),
+            (2 * p) as usize,
+            args.load.signup_concurrency,
+            &counters,
+        )
+        .await?;
+        let (senders, recipients) = users.split_at(p as usize);
+        let pairs: Vec<_> = senders.iter().zip(recipients).collect();
+        progress.phase("opening channels");
+        let channels = open_directs(&pairs, args.load.signup_concurrency).await?;
+        let specs = pair_specs(
+            &pairs,
+            &channels,
+            (two.a.ws_url.as_str(), two.a.ws_addr),
+            (two.b.ws_url.as_str(), two.b.ws_addr),
+            ips,
+            args.messages.rate,
+        );
+        progress.phase("sending");
+        let outcome = traffic::run(
+            specs,
+            &opts(Wire::Chat, &args.load, &args.messages),
+            counters.clone(),
+        )
+        .await?;
+        Ok::<_, BenchError>((outcome, ServerStats::of(&two.a.server)))
+    }
+    .await;
+    progress.stop();
+    two.stop().await;
+    let (outcome, stats) = result?;
+    Ok(report(
+        Wire::Chat,
+        (p, 2, p),
+        &args.messages,
+        outcome,
+        Some(stats),
+    ))
 }
 
 /// `baseline`: the one-to-one workload against the bare relay.

@@ -162,6 +162,13 @@ pub struct TrafficReport {
     pub baseline: Option<Box<TrafficReport>>,
     /// Ratios of this run to the baseline.
     pub ratio: Option<Ratio>,
+    /// The same workload on two servers with the bus on NATS between them
+    /// (senders on one, recipients on the other), when run alongside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_servers: Option<Box<TrafficReport>>,
+    /// Ratios of the two-server run to this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_servers_ratio: Option<Ratio>,
 }
 
 /// The counters of a server in this process (`chat_server::Stats`).
@@ -226,6 +233,13 @@ impl TrafficReport {
         let mut f = self.outcome.failures();
         if let Some(b) = &self.baseline {
             f.extend(b.failures().into_iter().map(|m| format!("baseline: {m}")));
+        }
+        if let Some(b) = &self.two_servers {
+            f.extend(
+                b.failures()
+                    .into_iter()
+                    .map(|m| format!("two servers: {m}")),
+            );
         }
         f
     }
@@ -393,19 +407,24 @@ impl RunReport {
         match &self.report {
             Report::Connections(r) => connections_rows(&mut t, r),
             Report::OneToOne(r) | Report::Group(r) | Report::Baseline(r) => {
-                traffic_rows(&mut t, r);
+                traffic_rows(&mut t, r, None);
+                if let Some(b) = &r.two_servers {
+                    traffic_rows(
+                        &mut t,
+                        b,
+                        Some(
+                            "two chat servers over NATS (senders on one, recipients on the other)",
+                        ),
+                    );
+                }
+                if let Some(ratio) = &r.two_servers_ratio {
+                    ratio_rows(&mut t, "two servers over NATS / one server", ratio);
+                }
                 if let Some(b) = &r.baseline {
-                    traffic_rows(&mut t, b);
+                    traffic_rows(&mut t, b, None);
                 }
                 if let Some(ratio) = &r.ratio {
-                    t.section("chat server / baseline relay");
-                    t.row("acked/s ratio", format!("{:.2}", ratio.acked_per_sec));
-                    t.row(
-                        "delivered/s ratio",
-                        format!("{:.2}", ratio.delivered_per_sec),
-                    );
-                    t.row("p50 latency ratio", format!("{:.2}", ratio.p50_latency));
-                    t.row("p99 latency ratio", format!("{:.2}", ratio.p99_latency));
+                    ratio_rows(&mut t, "chat server / baseline relay", ratio);
                 }
             }
             Report::ReconnectStorm(r) => reconnect_rows(&mut t, r),
@@ -503,12 +522,23 @@ fn connections_rows(t: &mut Table, r: &ConnectionsReport) {
     }
 }
 
-fn traffic_rows(t: &mut Table, r: &TrafficReport) {
+fn ratio_rows(t: &mut Table, title: &str, ratio: &Ratio) {
+    t.section(title);
+    t.row("acked/s ratio", format!("{:.2}", ratio.acked_per_sec));
+    t.row(
+        "delivered/s ratio",
+        format!("{:.2}", ratio.delivered_per_sec),
+    );
+    t.row("p50 latency ratio", format!("{:.2}", ratio.p50_latency));
+    t.row("p99 latency ratio", format!("{:.2}", ratio.p99_latency));
+}
+
+fn traffic_rows(t: &mut Table, r: &TrafficReport, title: Option<&str>) {
     let o = &r.outcome;
-    t.section(match r.wire {
+    t.section(title.unwrap_or(match r.wire {
         Wire::Chat => "chat server",
         Wire::Relay => "baseline relay (bare WebSocket relay, same workload)",
-    });
+    }));
     t.row(
         "workload",
         format!(

@@ -58,15 +58,26 @@ pub struct PgSchema {
 }
 
 impl PgSchema {
-    fn fresh(url: &str) -> Self {
+    pub(crate) fn fresh(url: &str) -> Self {
         Self {
             url: url.to_owned(),
             schema: format!("chat_bench_{}", uuid::Uuid::new_v4().simple()),
         }
     }
 
+    /// Opens the store in this schema (migrated on first use).
+    pub(crate) async fn open(&self, pool: usize) -> Result<chat_store::postgres::PostgresStore> {
+        use chat_store::postgres::{PostgresConfig, PostgresStore};
+        let config = PostgresConfig::new(self.url.clone())
+            .with_schema(self.schema.clone())
+            .with_pool_size(pool);
+        PostgresStore::connect(config)
+            .await
+            .map_err(|e| BenchError::setup(format!("cannot open PostgreSQL: {e}")))
+    }
+
     /// Drops the schema and everything in it.
-    async fn drop_schema(&self) {
+    pub(crate) async fn drop_schema(&self) {
         match tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await {
             Ok((client, conn)) => {
                 tokio::spawn(conn);
@@ -192,15 +203,8 @@ async fn start_server(
     let mut builder = ChatServer::builder(bench_server_config());
     let mut dir = None;
     if kind == StoreKind::Postgres {
-        use chat_store::postgres::{PostgresConfig, PostgresStore};
         let pg = pg.ok_or_else(|| BenchError::plan("the postgres store needs a URL and schema"))?;
-        let config = PostgresConfig::new(pg.url.clone())
-            .with_schema(pg.schema.clone())
-            .with_pool_size(16);
-        let store = PostgresStore::connect(config)
-            .await
-            .map_err(|e| BenchError::setup(format!("cannot open PostgreSQL: {e}")))?;
-        builder = builder.storage(Arc::new(store));
+        builder = builder.storage(Arc::new(pg.open(16).await?));
     }
     if kind == StoreKind::Embedded {
         let path = match data_dir {

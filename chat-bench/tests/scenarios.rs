@@ -283,3 +283,34 @@ fn several_load_processes_add_up() {
     assert_eq!((c.processes, c.connected, c.held), (2, 60, 60));
     assert_eq!(c.server_connections, Some(60));
 }
+
+/// `--two-servers-nats`: the same pairs on two servers with the bus on NATS
+/// (`CHAT_TEST_NATS_URL`, default the local server) between them, every
+/// message crossing the broker, reported beside the one-server run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_across_two_servers_over_nats() {
+    let nats =
+        std::env::var("CHAT_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let r = passing(&[
+        "one-to-one",
+        "--embedded-server",
+        "memory",
+        "--pairs",
+        "10",
+        "--duration",
+        "1.5",
+        "--two-servers-nats",
+        &nats,
+    ])
+    .await;
+    let Report::OneToOne(t) = &r.report else {
+        panic!("not a one-to-one report")
+    };
+    let two = &t.two_servers.as_ref().expect("the two-server run").outcome;
+    assert!(two.acked > 0);
+    assert_eq!(two.expected_deliveries, two.acked);
+    assert_eq!(two.delivered + two.recovered_by_sync, two.acked);
+    assert_eq!((two.lost, two.duplicated, two.unanswered), (0, 0, 0));
+    assert!(t.two_servers_ratio.is_some());
+    assert!(r.table().contains("two chat servers over NATS"));
+}

@@ -240,6 +240,18 @@ impl NatsBus {
         &self.inner.node
     }
 
+    /// Deletes the routes bucket of this bus's prefix: for tests and
+    /// benchmarks that are done with a prefix. Every node on it stops
+    /// routing until it restores its routes.
+    pub async fn remove_routes(&self) -> Result<()> {
+        self.inner
+            .js
+            .delete_stream(format!("KV_{}", self.inner.bucket))
+            .await
+            .map_err(temporary)?;
+        Ok(())
+    }
+
     /// Stops the background tasks and closes the connection. The node's
     /// routes stay until others see its heartbeat stop (as after a crash);
     /// a graceful server shutdown unsubscribes its users first.
