@@ -120,20 +120,10 @@ pub async fn one_to_one(args: &OneToOneArgs, quiet: bool) -> Result<(TrafficRepo
     let target = Target::start(&args.target).await?;
     let info = TargetInfo::from(&target);
     let result = async {
-        progress.phase("signing up");
-        let prefix = run_prefix();
-        let users = signup_users(
-            &target.client,
-            &prefix,
-            (2 * p) as usize,
-            args.load.signup_concurrency,
-            &counters,
-        )
-        .await?;
+        let (users, channels) =
+            pairs_on_directs(&target.client, p, &args.load, &counters, &progress).await?;
         let (senders, recipients) = users.split_at(p as usize);
         let pairs: Vec<_> = senders.iter().zip(recipients).collect();
-        progress.phase("opening channels");
-        let channels = open_directs(&pairs, args.load.signup_concurrency).await?;
         let at = (target.ws_url.as_str(), target.ws_addr);
         let specs = pair_specs(&pairs, &channels, at, at, &ips, args.messages.rate);
         progress.phase("sending");
@@ -155,6 +145,31 @@ pub async fn one_to_one(args: &OneToOneArgs, quiet: bool) -> Result<(TrafficRepo
         report.baseline = Some(Box::new(base));
     }
     Ok((report, info))
+}
+
+/// Signs up `2p` users (senders first, then recipients) and opens the
+/// direct channel of each pair.
+async fn pairs_on_directs(
+    client: &chat_client::ChatClient,
+    p: u64,
+    load: &LoadArgs,
+    counters: &Arc<Counters>,
+    progress: &Progress,
+) -> Result<(Vec<crate::setup::BenchUser>, Vec<chat_core::ChannelId>)> {
+    progress.phase("signing up");
+    let users = signup_users(
+        client,
+        &run_prefix(),
+        (2 * p) as usize,
+        load.signup_concurrency,
+        counters,
+    )
+    .await?;
+    let (senders, recipients) = users.split_at(p as usize);
+    let pairs: Vec<_> = senders.iter().zip(recipients).collect();
+    progress.phase("opening channels");
+    let channels = open_directs(&pairs, load.signup_concurrency).await?;
+    Ok((users, channels))
 }
 
 /// Connections for pairs on direct channels: each sender at `from`, each
@@ -208,19 +223,10 @@ async fn two_servers_run(
     progress.phase("starting two servers");
     let two = crate::cluster::TwoServers::start(store, nats_url, &args.target.postgres_url).await?;
     let result = async {
-        progress.phase("signing up");
-        let users = signup_users(
-            &two.client,
-            &run_prefix(),
-            (2 * p) as usize,
-            args.load.signup_concurrency,
-            &counters,
-        )
-        .await?;
+        let (users, channels) =
+            pairs_on_directs(&two.client, p, &args.load, &counters, &progress).await?;
         let (senders, recipients) = users.split_at(p as usize);
         let pairs: Vec<_> = senders.iter().zip(recipients).collect();
-        progress.phase("opening channels");
-        let channels = open_directs(&pairs, args.load.signup_concurrency).await?;
         let specs = pair_specs(
             &pairs,
             &channels,

@@ -20,6 +20,8 @@
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(any(feature = "nats", feature = "redis"))]
+mod local;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "redis")]

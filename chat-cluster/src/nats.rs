@@ -34,7 +34,7 @@
 //! thought it dead) does the same.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -47,15 +47,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::local::LocalUsers;
 use crate::wire;
 
 const BACKEND: &str = "nats";
 
 /// Route writes in flight at once when a node rewrites all of its routes.
 const REWRITE_CONCURRENCY: usize = 64;
-
-/// Striped locks that order route writes per user.
-const ROUTE_LOCKS: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -146,11 +144,17 @@ struct Inner {
     kv: Mutex<Option<kv::Store>>,
     handler: OnceLock<Arc<dyn EnvelopeHandler>>,
     /// Users held here, with their subscription counts.
-    local: Mutex<HashMap<UserId, usize>>,
-    route_locks: Vec<tokio::sync::Mutex<()>>,
+    local: LocalUsers,
     replica: Mutex<Replica>,
     /// Highest stream sequence the watch has applied.
     applied: watch::Sender<u64>,
+    /// Barrier tickets handed out: a publish takes the next one.
+    tickets: AtomicU64,
+    /// Wakes the barrier task.
+    barrier_wanted: Notify,
+    /// The barrier task's last answer: the highest ticket it covers, and
+    /// the stream's last sequence (or why it could not be read).
+    barrier_seq: watch::Sender<(u64, std::result::Result<u64, String>)>,
     /// The routes need writing again (a lost connection, a failed write,
     /// or others declared this node dead); live delivery may have had a gap.
     dirty: AtomicBool,
@@ -198,6 +202,7 @@ impl NatsBus {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
         let (applied, _) = watch::channel(0);
+        let (barrier_seq, _) = watch::channel((0, Ok(0)));
         let inner = Arc::new(Inner {
             bucket: format!("{}-routes", config.prefix),
             config,
@@ -206,12 +211,12 @@ impl NatsBus {
             node,
             kv: Mutex::new(None),
             handler: OnceLock::new(),
-            local: Mutex::new(HashMap::new()),
-            route_locks: (0..ROUTE_LOCKS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            local: LocalUsers::new(),
             replica: Mutex::new(Replica::default()),
             applied,
+            tickets: AtomicU64::new(0),
+            barrier_wanted: Notify::new(),
+            barrier_seq,
             dirty: AtomicBool::new(false),
             wake: Notify::new(),
             rewatch: Notify::new(),
@@ -231,6 +236,7 @@ impl NatsBus {
         inner.tasks.spawn(inner.clone().deliver_loop(deliveries));
         inner.tasks.spawn(inner.clone().watch_loop(watcher));
         inner.tasks.spawn(inner.clone().maintain_loop());
+        inner.tasks.spawn(inner.clone().barrier_loop());
         inner.barrier().await?;
         Ok(Self { inner })
     }
@@ -354,34 +360,56 @@ impl Inner {
         Ok(())
     }
 
-    fn route_lock(&self, user: UserId) -> &tokio::sync::Mutex<()> {
-        let i = (user.0.as_u128() % ROUTE_LOCKS as u128) as usize;
-        &self.route_locks[i]
-    }
-
     /// Waits until the local copy holds every route written before this
     /// call began.
+    ///
+    /// The stream's last sequence is read by one task for every publish
+    /// waiting at the time (one request per round trip, however many
+    /// publishes run at once). A publish takes a ticket first; the task
+    /// notes the highest ticket handed out *before* it sends each request,
+    /// so a publish only trusts an answer to a request sent after it began.
     async fn barrier(&self) -> Result<()> {
-        let stream = self
-            .js
-            .get_stream(format!("KV_{}", self.bucket))
-            .await
-            .map_err(temporary)?;
-        let target = stream.cached_info().state.last_sequence;
-        let mut applied = self.applied.subscribe();
-        tokio::time::timeout(
-            self.config.request_timeout,
-            applied.wait_for(|seq| *seq >= target),
-        )
-        .await
-        .map_err(|_| {
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        self.barrier_wanted.notify_one();
+        let mut answers = self.barrier_seq.subscribe();
+        let timeout = self.config.request_timeout;
+        let behind = || {
             Error::temporary(
                 BACKEND,
                 "the routes watch is behind the broker; retry later",
             )
-        })?
-        .map_err(temporary)?;
+        };
+        let answer =
+            tokio::time::timeout(timeout, answers.wait_for(|(covered, _)| *covered >= ticket))
+                .await
+                .map_err(|_| behind())?
+                .map_err(temporary)?
+                .1
+                .clone();
+        let target = answer.map_err(|e| Error::temporary(BACKEND, e))?;
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|seq| *seq >= target))
+            .await
+            .map_err(|_| behind())?
+            .map_err(temporary)?;
         Ok(())
+    }
+
+    /// Reads the routes stream's last sequence whenever publishes wait for
+    /// it (see [`Inner::barrier`]).
+    async fn barrier_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.barrier_wanted.notified() => {}
+            }
+            let covered = self.tickets.load(Ordering::SeqCst);
+            let seq = match self.js.get_stream(format!("KV_{}", self.bucket)).await {
+                Ok(stream) => Ok(stream.cached_info().state.last_sequence),
+                Err(e) => Err(format!("cannot read the routes stream: {e}")),
+            };
+            self.barrier_seq.send_modify(|answer| *answer = (covered, seq));
+        }
     }
 
     async fn start_watch(&self) -> Result<kv::Watch> {
@@ -453,14 +481,7 @@ impl Inner {
     /// Hands `envelope` to the handler for those of `users` held here (a
     /// sender's copy of the table may be a little stale).
     fn deliver_local(&self, users: &[UserId], envelope: &Envelope) {
-        let here: Vec<UserId> = {
-            let local = lock(&self.local);
-            users
-                .iter()
-                .filter(|u| local.contains_key(u))
-                .copied()
-                .collect()
-        };
+        let here = self.local.here(users);
         if here.is_empty() {
             return;
         }
@@ -547,11 +568,10 @@ impl Inner {
         *lock(&self.kv) = None;
         let result = async {
             self.heartbeat().await?;
-            let users: Vec<UserId> = lock(&self.local).keys().copied().collect();
-            futures::stream::iter(users)
+            futures::stream::iter(self.local.all())
                 .map(|u| async move {
-                    let _order = self.route_lock(u).lock().await;
-                    if lock(&self.local).contains_key(&u) {
+                    let _order = self.local.route_lock(u).lock().await;
+                    if self.local.holds(u) {
                         self.put_route(u).await
                     } else {
                         Ok(())
@@ -632,14 +652,8 @@ impl DeliveryBus for NatsBus {
 
     async fn subscribe(&self, user: UserId) -> Result<()> {
         let inner = &self.inner;
-        let _order = inner.route_lock(user).lock().await;
-        let first = {
-            let mut local = lock(&inner.local);
-            let count = local.entry(user).or_insert(0);
-            *count += 1;
-            *count == 1
-        };
-        if first {
+        let _order = inner.local.route_lock(user).lock().await;
+        if inner.local.add(user) {
             if !inner.connected() {
                 // No waiting on a broker that is away: the repair writes
                 // the route when it is back, then asks for a resync.
@@ -657,22 +671,8 @@ impl DeliveryBus for NatsBus {
 
     async fn unsubscribe(&self, user: UserId) -> Result<()> {
         let inner = &self.inner;
-        let _order = inner.route_lock(user).lock().await;
-        let last = {
-            let mut local = lock(&inner.local);
-            match local.get_mut(&user) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
-                }
-                Some(_) => {
-                    local.remove(&user);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last && inner.connected() {
+        let _order = inner.local.route_lock(user).lock().await;
+        if inner.local.remove(user) && inner.connected() {
             if let Err(e) = inner.delete_route(&inner.node, user).await {
                 // A stale route only costs a message this node drops.
                 tracing::debug!(error = %e, %user, "bus route removal failed");

@@ -19,9 +19,8 @@
 //! The script touches keys named from its arguments: one Redis primary, not
 //! Redis Cluster.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -32,13 +31,10 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::local::LocalUsers;
 use crate::wire;
 
 const BACKEND: &str = "redis";
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn temporary(e: ::redis::RedisError) -> Error {
     Error::temporary(BACKEND, e)
@@ -100,13 +96,11 @@ struct Inner {
     node: String,
     publish: Script,
     handler: OnceLock<Arc<dyn EnvelopeHandler>>,
-    local: Mutex<HashMap<UserId, usize>>,
+    local: LocalUsers,
     /// Whether the node's channel is subscribed now.
     listening: AtomicBool,
     /// Set when the node's routes need writing again.
     dirty: AtomicBool,
-    /// Orders route writes per user.
-    route_locks: Vec<tokio::sync::Mutex<()>>,
     wake: Notify,
     stop: CancellationToken,
 }
@@ -148,10 +142,9 @@ impl RedisBus {
             node: uuid::Uuid::new_v4().simple().to_string(),
             publish: Script::new(PUBLISH),
             handler: OnceLock::new(),
-            local: Mutex::new(HashMap::new()),
+            local: LocalUsers::new(),
             listening: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
-            route_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             wake: Notify::new(),
             stop: CancellationToken::new(),
         });
@@ -181,10 +174,6 @@ impl Inner {
         format!("{}:r:{user}", self.config.prefix)
     }
 
-    fn route_lock(&self, user: UserId) -> &tokio::sync::Mutex<()> {
-        &self.route_locks[(user.0.as_u128() % self.route_locks.len() as u128) as usize]
-    }
-
     async fn listen(&self) -> Result<::redis::aio::PubSubStream> {
         let mut pubsub = self.client.get_async_pubsub().await.map_err(temporary)?;
         pubsub.subscribe(self.channel()).await.map_err(temporary)?;
@@ -204,14 +193,7 @@ impl Inner {
     }
 
     fn deliver_local(&self, users: &[UserId], envelope: &Envelope) {
-        let here: Vec<UserId> = {
-            let local = lock(&self.local);
-            users
-                .iter()
-                .filter(|u| local.contains_key(u))
-                .copied()
-                .collect()
-        };
+        let here = self.local.here(users);
         if let (false, Some(handler)) = (here.is_empty(), self.handler.get()) {
             handler.deliver(&here, envelope);
         }
@@ -262,10 +244,9 @@ impl Inner {
     /// that live delivery may have had a gap.
     async fn restore(&self) {
         self.dirty.store(false, Ordering::SeqCst);
-        let users: Vec<UserId> = lock(&self.local).keys().copied().collect();
-        for user in users {
-            let _order = self.route_lock(user).lock().await;
-            if !lock(&self.local).contains_key(&user) {
+        for user in self.local.all() {
+            let _order = self.local.route_lock(user).lock().await;
+            if !self.local.holds(user) {
                 continue;
             }
             if let Err(e) = self.add_route(user).await {
@@ -294,14 +275,8 @@ impl DeliveryBus for RedisBus {
 
     async fn subscribe(&self, user: UserId) -> Result<()> {
         let inner = &self.inner;
-        let _order = inner.route_lock(user).lock().await;
-        let first = {
-            let mut local = lock(&inner.local);
-            let count = local.entry(user).or_insert(0);
-            *count += 1;
-            *count == 1
-        };
-        if first {
+        let _order = inner.local.route_lock(user).lock().await;
+        if inner.local.add(user) {
             if !inner.listening.load(Ordering::SeqCst) {
                 // Restored with the rest once the connection is back.
                 inner.dirty.store(true, Ordering::SeqCst);
@@ -316,22 +291,8 @@ impl DeliveryBus for RedisBus {
 
     async fn unsubscribe(&self, user: UserId) -> Result<()> {
         let inner = &self.inner;
-        let _order = inner.route_lock(user).lock().await;
-        let last = {
-            let mut local = lock(&inner.local);
-            match local.get_mut(&user) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
-                }
-                Some(_) => {
-                    local.remove(&user);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
+        let _order = inner.local.route_lock(user).lock().await;
+        if inner.local.remove(user) {
             let mut conn = inner.conn.clone();
             let removed: std::result::Result<i64, _> = ::redis::cmd("SREM")
                 .arg(inner.route_key(user))
