@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chat_client::ChatClient;
 use chat_cluster::nats::{NatsBus, NatsBusConfig};
-use chat_core::memory::{MemoryDirectory, MemoryHistory, MemoryInbox};
+use chat_core::memory::{MemoryDirectory, MemoryStore};
 use chat_server::{ChatServer, ServerBuilder, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -54,16 +54,12 @@ fn share_storage(
 ) -> Result<Vec<ServerBuilder>> {
     Ok(match kind {
         StoreKind::Memory => {
-            let history = Arc::new(MemoryHistory::default());
-            let inbox = Arc::new(MemoryInbox::default());
+            // The store reads channel members from the directory: one of each.
             let directory = Arc::new(MemoryDirectory::default());
+            let messages = Arc::new(MemoryStore::new(directory.clone()));
             builders
                 .into_iter()
-                .map(|b| {
-                    b.history(history.clone())
-                        .inbox(inbox.clone())
-                        .directory(directory.clone())
-                })
+                .map(|b| b.messages(messages.clone()).directory(directory.clone()))
                 .collect()
         }
         StoreKind::Postgres => {

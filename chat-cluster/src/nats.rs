@@ -408,7 +408,8 @@ impl Inner {
                 Ok(stream) => Ok(stream.cached_info().state.last_sequence),
                 Err(e) => Err(format!("cannot read the routes stream: {e}")),
             };
-            self.barrier_seq.send_modify(|answer| *answer = (covered, seq));
+            self.barrier_seq
+                .send_modify(|answer| *answer = (covered, seq));
         }
     }
 

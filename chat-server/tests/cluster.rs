@@ -485,9 +485,10 @@ struct Raw {
 impl Raw {
     async fn connect(node: &Node, token: &str) -> Self {
         let url = format!(
-            "{}/v1/ws?device={}&token={token}&v=1",
+            "{}/v1/ws?device={}&token={token}&v={}",
             node.base.replace("http://", "ws://"),
-            DeviceId::new_random()
+            DeviceId::new_random(),
+            chat_core::protocol::PROTOCOL_VERSION
         );
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let mut raw = Self { ws, next: 0 };
@@ -545,7 +546,7 @@ impl Raw {
         let mut before = Vec::new();
         loop {
             let f = self.frame().await;
-            if let ServerFrame::Event(Event::Message { message }) = &f {
+            if let ServerFrame::Event(Event::Message { message, .. }) = &f {
                 if message.content == content {
                     return before;
                 }
@@ -596,15 +597,15 @@ async fn bus_broker_restart_sends_ack_and_live_delivery_resumes_with_a_resync() 
     // ...and a sync from his cursor has the message.
     let synced = b
         .request(Request::Sync {
-            after: Some(MessageId::ZERO),
+            after: Some(chat_core::Seq::ZERO),
             limit: None,
         })
         .await;
-    let Some(ReplyBody::Synced { messages, .. }) = synced.result else {
+    let Some(ReplyBody::Synced { entries, .. }) = synced.result else {
         panic!("{synced:?}")
     };
     assert!(
-        messages.iter().any(|m| m.id == message_id),
+        entries.iter().any(|e| e.message.id == message_id),
         "the message is in the inbox"
     );
     // Live delivery is back by itself.
