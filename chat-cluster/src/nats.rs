@@ -34,7 +34,7 @@
 //! thought it dead) does the same.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -155,11 +155,6 @@ struct Inner {
     /// The barrier task's last answer: the highest ticket it covers, and
     /// the stream's last sequence (or why it could not be read).
     barrier_seq: watch::Sender<(u64, std::result::Result<u64, String>)>,
-    /// The routes need writing again (a lost connection, a failed write,
-    /// or others declared this node dead); live delivery may have had a gap.
-    dirty: AtomicBool,
-    /// Wakes the maintenance task.
-    wake: Notify,
     /// Tells the watch task to start over.
     rewatch: Notify,
     shutdown: CancellationToken,
@@ -217,8 +212,6 @@ impl NatsBus {
             tickets: AtomicU64::new(0),
             barrier_wanted: Notify::new(),
             barrier_seq,
-            dirty: AtomicBool::new(false),
-            wake: Notify::new(),
             rewatch: Notify::new(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -282,11 +275,11 @@ impl Inner {
         match event {
             async_nats::Event::Disconnected => {
                 tracing::warn!(node = %self.node, "NATS connection lost; live delivery paused");
-                self.dirty.store(true, Ordering::SeqCst);
+                self.local.mark_dirty();
             }
             async_nats::Event::Connected => {
                 tracing::info!(node = %self.node, "NATS connected");
-                self.wake.notify_one();
+                self.local.wake_repair();
             }
             other => tracing::debug!(event = %other, "NATS event"),
         }
@@ -448,8 +441,8 @@ impl Inner {
                             // Others thought this node dead and removed its
                             // routes: write them again.
                             tracing::warn!(node = %self.node, "this node was declared dead; restoring its routes");
-                            self.dirty.store(true, Ordering::SeqCst);
-                            self.wake.notify_one();
+                            self.local.mark_dirty();
+                            self.local.wake_repair();
                         }
                     } else {
                         replica.nodes.insert(node, Instant::now());
@@ -521,7 +514,7 @@ impl Inner {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot watch the routes bucket");
-                        self.dirty.store(true, Ordering::SeqCst);
+                        self.local.mark_dirty();
                         tokio::select! {
                             _ = self.shutdown.cancelled() => return,
                             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -539,22 +532,22 @@ impl Inner {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
-                _ = self.wake.notified() => {}
+                _ = self.local.repair_wanted() => {}
             }
-            if self.dirty.load(Ordering::SeqCst) {
+            if self.local.is_dirty() {
                 if let Err(e) = self.repair().await {
                     tracing::warn!(error = %e, "cannot restore the bus routes yet");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
-                    self.wake.notify_one();
+                    self.local.wake_repair();
                     continue;
                 }
             }
             if let Err(e) = self.heartbeat().await {
                 tracing::warn!(error = %e, "bus heartbeat failed");
-                self.dirty.store(true, Ordering::SeqCst);
+                self.local.mark_dirty();
                 continue;
             }
             self.collect_dead().await;
@@ -564,7 +557,7 @@ impl Inner {
     /// After a gap: writes the heartbeat and every route again, restarts the
     /// watch, and tells the node that live delivery may have missed events.
     async fn repair(&self) -> Result<()> {
-        self.dirty.store(false, Ordering::SeqCst);
+        self.local.clear_dirty();
         // The bucket may have been lost with the broker: open it afresh.
         *lock(&self.kv) = None;
         let result = async {
@@ -586,7 +579,7 @@ impl Inner {
         }
         .await;
         if let Err(e) = result {
-            self.dirty.store(true, Ordering::SeqCst);
+            self.local.mark_dirty();
             return Err(e);
         }
         tracing::info!(node = %self.node, "bus routes restored; asking sessions to resync");
@@ -653,32 +646,21 @@ impl DeliveryBus for NatsBus {
 
     async fn subscribe(&self, user: UserId) -> Result<()> {
         let inner = &self.inner;
-        let _order = inner.local.route_lock(user).lock().await;
-        if inner.local.add(user) {
-            if !inner.connected() {
-                // No waiting on a broker that is away: the repair writes
-                // the route when it is back, then asks for a resync.
-                inner.dirty.store(true, Ordering::SeqCst);
-            } else if let Err(e) = inner.put_route(user).await {
-                // Counted here; the repair writes it and then asks for a
-                // resync, so nothing is missed for good.
-                tracing::warn!(error = %e, %user, "bus route write failed; will retry");
-                inner.dirty.store(true, Ordering::SeqCst);
-                inner.wake.notify_one();
-            }
-        }
+        inner
+            .local
+            .subscribe(user, inner.connected(), || inner.put_route(user))
+            .await;
         Ok(())
     }
 
     async fn unsubscribe(&self, user: UserId) -> Result<()> {
         let inner = &self.inner;
-        let _order = inner.local.route_lock(user).lock().await;
-        if inner.local.remove(user) && inner.connected() {
-            if let Err(e) = inner.delete_route(&inner.node, user).await {
-                // A stale route only costs a message this node drops.
-                tracing::debug!(error = %e, %user, "bus route removal failed");
-            }
-        }
+        inner
+            .local
+            .unsubscribe(user, inner.connected(), || {
+                inner.delete_route(&inner.node, user)
+            })
+            .await;
         Ok(())
     }
 

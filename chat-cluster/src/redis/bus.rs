@@ -28,7 +28,6 @@ use ::redis::Script;
 use async_trait::async_trait;
 use chat_core::{DeliveryBus, Envelope, EnvelopeHandler, Error, Result, UserId};
 use futures::StreamExt;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::local::LocalUsers;
@@ -99,9 +98,6 @@ struct Inner {
     local: LocalUsers,
     /// Whether the node's channel is subscribed now.
     listening: AtomicBool,
-    /// Set when the node's routes need writing again.
-    dirty: AtomicBool,
-    wake: Notify,
     stop: CancellationToken,
 }
 
@@ -144,8 +140,6 @@ impl RedisBus {
             handler: OnceLock::new(),
             local: LocalUsers::new(),
             listening: AtomicBool::new(false),
-            dirty: AtomicBool::new(false),
-            wake: Notify::new(),
             stop: CancellationToken::new(),
         });
         let messages = inner.listen().await?;
@@ -192,6 +186,17 @@ impl Inner {
         Ok(())
     }
 
+    async fn remove_route(&self, user: UserId) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = ::redis::cmd("SREM")
+            .arg(self.route_key(user))
+            .arg(&self.node)
+            .query_async(&mut conn)
+            .await
+            .map_err(temporary)?;
+        Ok(())
+    }
+
     fn deliver_local(&self, users: &[UserId], envelope: &Envelope) {
         let here = self.local.here(users);
         if let (false, Some(handler)) = (here.is_empty(), self.handler.get()) {
@@ -204,9 +209,9 @@ impl Inner {
             loop {
                 let next = tokio::select! {
                     _ = self.stop.cancelled() => return,
-                    _ = self.wake.notified() => {
+                    _ = self.local.repair_wanted() => {
                         // A route write failed: write them all again.
-                        if self.dirty.load(Ordering::SeqCst) {
+                        if self.local.is_dirty() {
                             self.restore().await;
                         }
                         continue;
@@ -220,7 +225,7 @@ impl Inner {
                 }
             }
             self.listening.store(false, Ordering::SeqCst);
-            self.dirty.store(true, Ordering::SeqCst);
+            self.local.mark_dirty();
             tracing::warn!(node = %self.node, "Redis bus connection lost; live delivery paused");
             // Subscribe again, until it works.
             loop {
@@ -243,7 +248,7 @@ impl Inner {
     /// Adds every user held here back to the routes, then tells the node
     /// that live delivery may have had a gap.
     async fn restore(&self) {
-        self.dirty.store(false, Ordering::SeqCst);
+        self.local.clear_dirty();
         for user in self.local.all() {
             let _order = self.local.route_lock(user).lock().await;
             if !self.local.holds(user) {
@@ -251,9 +256,9 @@ impl Inner {
             }
             if let Err(e) = self.add_route(user).await {
                 tracing::warn!(error = %e, "cannot restore the bus routes yet");
-                self.dirty.store(true, Ordering::SeqCst);
+                self.local.mark_dirty();
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                self.wake.notify_one();
+                self.local.wake_repair();
                 return;
             }
         }
@@ -275,36 +280,21 @@ impl DeliveryBus for RedisBus {
 
     async fn subscribe(&self, user: UserId) -> Result<()> {
         let inner = &self.inner;
-        let _order = inner.local.route_lock(user).lock().await;
-        if inner.local.add(user) {
-            if !inner.listening.load(Ordering::SeqCst) {
-                // Restored with the rest once the connection is back.
-                inner.dirty.store(true, Ordering::SeqCst);
-            } else if let Err(e) = inner.add_route(user).await {
-                tracing::warn!(error = %e, %user, "bus route write failed; will retry");
-                inner.dirty.store(true, Ordering::SeqCst);
-                inner.wake.notify_one();
-            }
-        }
+        let reachable = inner.listening.load(Ordering::SeqCst);
+        inner
+            .local
+            .subscribe(user, reachable, || inner.add_route(user))
+            .await;
         Ok(())
     }
 
     async fn unsubscribe(&self, user: UserId) -> Result<()> {
         let inner = &self.inner;
-        let _order = inner.local.route_lock(user).lock().await;
-        if inner.local.remove(user) {
-            let mut conn = inner.conn.clone();
-            let removed: std::result::Result<i64, _> = ::redis::cmd("SREM")
-                .arg(inner.route_key(user))
-                .arg(&inner.node)
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = removed {
-                // A stale route costs one message this node drops, or is
-                // removed by the first publish no one receives.
-                tracing::debug!(error = %e, %user, "bus route removal failed");
-            }
-        }
+        let reachable = inner.listening.load(Ordering::SeqCst);
+        inner
+            .local
+            .unsubscribe(user, reachable, || inner.remove_route(user))
+            .await;
         Ok(())
     }
 
