@@ -226,6 +226,15 @@ impl Cluster {
         );
     }
 
+    /// Nodes 1 and 2, each listed in the other's route view.
+    async fn two_nodes(&self) -> (Node, Node) {
+        let n1 = self.start(1).await;
+        let n2 = self.start(2).await;
+        self.wait_for_servers(&n1, 2).await;
+        self.wait_for_servers(&n2, 2).await;
+        (n1, n2)
+    }
+
     async fn drop_schema(&self) {
         let (client, conn) = tokio_postgres::connect(&self.pg_url, tokio_postgres::NoTls)
             .await
@@ -292,9 +301,7 @@ async fn messages_with(conn: &mut Connection, content: &str, wait: Duration) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_every_device_on_every_node_once() {
     let cluster = Cluster::new();
-    let n1 = cluster.start(1).await;
-    let n2 = cluster.start(2).await;
-    cluster.wait_for_servers(&n1, 2).await;
+    let (n1, n2) = cluster.two_nodes().await;
 
     // One-to-one: Alice and Bob each have a device on each node.
     let alice = signup(&n1, "alice").await;
@@ -358,9 +365,7 @@ async fn messages_reach_every_device_on_every_node_once() {
 async fn the_redis_bus_carries_messages_between_nodes() {
     let mut cluster = Cluster::new();
     cluster.redis_bus = true;
-    let n1 = cluster.start(1).await;
-    let n2 = cluster.start(2).await;
-    cluster.wait_for_servers(&n1, 2).await;
+    let (n1, n2) = cluster.two_nodes().await;
     let alice = signup(&n1, "alice").await;
     let bob = signup(&n2, "bob").await;
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
@@ -381,9 +386,7 @@ async fn the_redis_bus_carries_messages_between_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friend_on_another_node_sees_online_and_offline_once() {
     let cluster = Cluster::new();
-    let n1 = cluster.start(1).await;
-    let n2 = cluster.start(2).await;
-    cluster.wait_for_servers(&n1, 2).await;
+    let (n1, n2) = cluster.two_nodes().await;
     let carol = signup(&n1, "carol").await;
     let dave = signup(&n2, "dave").await;
     carol.add_friend(dave.user_id()).await.unwrap();
@@ -664,9 +667,7 @@ async fn discovery_outage_keeps_serving_and_routing_from_the_last_view() {
     let mut etcd = Engine::start(Kind::Etcd).await.unwrap();
     let mut cluster = Cluster::new();
     cluster.etcd = etcd.url();
-    let n1 = cluster.start(1).await;
-    let n2 = cluster.start(2).await;
-    cluster.wait_for_servers(&n1, 2).await;
+    let (n1, n2) = cluster.two_nodes().await;
     let alice = signup(&n1, "alice").await;
     let bob = signup(&n2, "bob").await;
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
@@ -699,10 +700,7 @@ async fn discovery_outage_keeps_serving_and_routing_from_the_last_view() {
 async fn zookeeper_discovery_routes_between_nodes_and_guards_node_ids() {
     let mut cluster = Cluster::new();
     cluster.zookeeper = Some(env_or("CHAT_TEST_ZOOKEEPER", "127.0.0.1:2181"));
-    let n1 = cluster.start(1).await;
-    let n2 = cluster.start(2).await;
-    cluster.wait_for_servers(&n1, 2).await;
-    cluster.wait_for_servers(&n2, 2).await;
+    let (n1, n2) = cluster.two_nodes().await;
     let alice = signup(&n1, "alice").await;
     let bob = signup(&n2, "bob").await;
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
