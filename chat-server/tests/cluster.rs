@@ -30,7 +30,9 @@ use chat_client::{
     ChatClient, ClientEvent, ConnectOptions, Connection, MemoryCursorStore, Session,
 };
 use chat_conformance::engines::{free_port, Engine, Kind};
+use chat_core::api::UpdatePrivacyRequest;
 use chat_core::protocol::{ClientFrame, Event, Reply, ReplyBody, Request, ServerFrame};
+use chat_core::WhoMayAdd;
 use chat_core::{ChannelId, ClientMsgId, DeviceId, MessageId, PresenceStatus, UserId};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -52,6 +54,10 @@ struct Cluster {
     zookeeper: Option<String>,
     /// Carry live events over Redis pub/sub instead of NATS.
     redis_bus: bool,
+    /// node id → HTTP port of the nodes started.
+    ports: std::sync::Mutex<HashMap<u16, u16>>,
+    /// The token of a user who asks `route` (signed-in users only).
+    prober: tokio::sync::OnceCell<String>,
 }
 
 /// One `chat-server` process.
@@ -105,6 +111,8 @@ impl Cluster {
             etcd: env_or("CHAT_TEST_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
             zookeeper: None,
             redis_bus: false,
+            ports: Default::default(),
+            prober: tokio::sync::OnceCell::new(),
             run,
         }
     }
@@ -170,6 +178,7 @@ impl Cluster {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        self.ports.lock().unwrap().insert(node_id, port);
         // Killed and waited for when dropped.
         let node = Node {
             child: Some(child),
@@ -188,31 +197,46 @@ impl Cluster {
         panic!("node {node_id} never became healthy");
     }
 
+    /// The WebSocket URL of node `node_id`, as `route` names it.
+    fn ws_of(&self, node_id: u16) -> String {
+        let port = self
+            .ports
+            .lock()
+            .unwrap()
+            .get(&node_id)
+            .copied()
+            .unwrap_or(0);
+        format!("ws://127.0.0.1:{port}/v1/ws")
+    }
+
+    /// `route` asked of `via` (as a signed-in user), for `region`.
+    async fn route(&self, via: &Node, region: Option<&str>) -> Option<String> {
+        let token = self
+            .prober
+            .get_or_init(|| async { signup(via, "prober").await.token() })
+            .await;
+        let mut req = reqwest::Client::new()
+            .get(format!("{}/v1/route", via.base))
+            .bearer_auth(token);
+        if let Some(r) = region {
+            req = req.query(&[("region", r)]);
+        }
+        let v: serde_json::Value = req.send().await.ok()?.json().await.ok()?;
+        v["ws_url"].as_str().map(str::to_owned)
+    }
+
     /// Waits until `node`'s route view lists nodes `1..=n`: asked for
-    /// region `r{i}`, route names `node{i}` (a server in the client's
-    /// region is preferred whenever the view has one).
+    /// region `r{i}`, route names node `i` (a server in the client's region
+    /// is preferred whenever the view has one).
     async fn wait_for_servers(&self, node: &Node, n: u16) {
-        let http = reqwest::Client::new();
-        let mut last = String::new();
+        let mut last = None;
         for _ in 0..100 {
             let mut all = true;
             for i in 1..=n {
-                let answer = async {
-                    let r = http
-                        .get(format!("{}/v1/route?region=r{i}", node.base))
-                        .send()
-                        .await
-                        .ok()?;
-                    r.json::<serde_json::Value>().await.ok()
-                }
-                .await;
-                let found = answer
-                    .as_ref()
-                    .and_then(|v| v["server"]["id"].as_str())
-                    .is_some_and(|id| id == format!("node{i}"));
-                if !found {
+                let answer = self.route(node, Some(&format!("r{i}"))).await;
+                if answer.as_deref() != Some(self.ws_of(i).as_str()) {
                     all = false;
-                    last = format!("{answer:?}");
+                    last = answer;
                 }
             }
             if all {
@@ -221,7 +245,7 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!(
-            "the route view of {} never showed {n} servers; last answer {last}",
+            "the route view of {} never showed {n} servers; last answer {last:?}",
             node.server_id
         );
     }
@@ -247,11 +271,22 @@ impl Cluster {
     }
 }
 
+/// Signs `name` up and lets anyone add them: these tests are about
+/// delivery across servers, not consent.
 async fn signup(node: &Node, name: &str) -> Session {
-    node.client()
+    let session = node
+        .client()
         .signup(name, "cluster-test-password", None)
         .await
-        .unwrap()
+        .unwrap();
+    session
+        .update_privacy(&UpdatePrivacyRequest {
+            who_may_add: Some(WhoMayAdd::Everyone),
+            hide_last_seen: None,
+        })
+        .await
+        .unwrap();
+    session
 }
 
 /// A device of `session` on the server `route` picks in `region`; returns
@@ -335,7 +370,7 @@ async fn messages_reach_every_device_on_every_node_once() {
     }
     let others: Vec<UserId> = members[1..].iter().map(|m| m.user_id()).collect();
     let group = members[0].create_group("hundred", &others).await.unwrap();
-    assert_eq!(group.members.len(), 100);
+    assert_eq!(group.channel.members.len(), 100, "{:?}", group.invited);
     let mut devices = Vec::new();
     let mut per_node: HashMap<String, usize> = HashMap::new();
     for (i, m) in members.iter().enumerate() {
@@ -344,7 +379,10 @@ async fn messages_reach_every_device_on_every_node_once() {
         devices.push(conn);
     }
     assert_eq!(per_node.len(), 3, "devices on every node: {per_node:?}");
-    let sent = devices[0].send(group.id, "to the hundred").await.unwrap();
+    let sent = devices[0]
+        .send(group.channel.id, "to the hundred")
+        .await
+        .unwrap();
     let mut waits = Vec::new();
     for (i, mut conn) in devices.into_iter().enumerate().skip(1) {
         waits.push(tokio::spawn(async move {
@@ -390,6 +428,7 @@ async fn friend_on_another_node_sees_online_and_offline_once() {
     let carol = signup(&n1, "carol").await;
     let dave = signup(&n2, "dave").await;
     carol.add_friend(dave.user_id()).await.unwrap();
+    dave.add_friend(carol.user_id()).await.unwrap();
     let (mut watcher, s) = device_in(&carol, "r1").await;
     assert_eq!(s, "node1");
     let (dave_conn, s) = device_in(&dave, "r2").await;
@@ -424,25 +463,19 @@ async fn route_spreads_clients_over_every_node() {
         cluster.start(2).await,
         cluster.start(3).await,
     ];
-    cluster.wait_for_servers(&nodes[0], 3).await;
-    let http = reqwest::Client::new();
+    for n in &nodes {
+        cluster.wait_for_servers(n, 3).await;
+    }
     let mut counts: HashMap<String, usize> = HashMap::new();
     for i in 0..600 {
-        let node = &nodes[i % 3];
-        let v: serde_json::Value = http
-            .get(format!("{}/v1/route", node.base))
-            .send()
+        let ws = cluster
+            .route(&nodes[i % 3], None)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        *counts
-            .entry(v["server"]["id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
+            .expect("route answers");
+        *counts.entry(ws).or_default() += 1;
     }
-    for n in &nodes {
-        let c = counts.get(&n.server_id).copied().unwrap_or(0);
+    for id in 1..=3 {
+        let c = counts.get(&cluster.ws_of(id)).copied().unwrap_or(0);
         assert!(
             (140..=260).contains(&c),
             "{counts:?}: every node gets about a third"
@@ -582,8 +615,8 @@ async fn bus_broker_restart_sends_ack_and_live_delivery_resumes_with_a_resync() 
     let alice = signup(&n1, "alice").await;
     let bob = signup(&n2, "bob").await;
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
-    let mut a = Raw::connect(&n1, alice.token()).await;
-    let mut b = Raw::connect(&n2, bob.token()).await;
+    let mut a = Raw::connect(&n1, &alice.token()).await;
+    let mut b = Raw::connect(&n2, &bob.token()).await;
     ok(&a.send(direct.id, "before").await);
     b.until_message("before").await;
 
@@ -627,8 +660,8 @@ async fn presence_store_restart_fails_soft_and_recovers() {
     let alice = signup(&n1, "alice").await;
     let bob = signup(&n1, "bob").await;
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
-    let mut a = Raw::connect(&n1, alice.token()).await;
-    let mut b = Raw::connect(&n1, bob.token()).await;
+    let mut a = Raw::connect(&n1, &alice.token()).await;
+    let mut b = Raw::connect(&n1, &bob.token()).await;
 
     redis.kill();
     // Heartbeats are answered and sends delivered while presence is down.
