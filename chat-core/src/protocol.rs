@@ -399,6 +399,9 @@ pub mod close {
     pub const INTERNAL: u16 = 4003;
     /// The server is at its connection limit; reconnect after backoff.
     pub const SERVER_FULL: u16 = 4004;
+    /// The client kept sending frames (requests, pings, binary frames)
+    /// after its rate limit ran out; reconnect after backoff, slower.
+    pub const FLOOD: u16 = 4005;
     /// The token is missing, invalid or expired: log in again.
     pub const UNAUTHORIZED: u16 = 4100;
     /// The user has the maximum number of connections open.

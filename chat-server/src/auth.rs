@@ -1,9 +1,9 @@
 //! Passwords (Argon2id) and signed, expiring bearer tokens (HMAC-SHA256).
 
 use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+    self, rand_core::OsRng, Output, ParamsString, PasswordHash, SaltString,
 };
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chat_core::{Error, UserId};
@@ -12,9 +12,42 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// Hashes and verifies passwords with Argon2id.
+///
+/// [`Passwords::hash`] and [`Passwords::verify`] allocate Argon2's memory
+/// (`memory_kib`, 19 MiB by default) on every call; the server's hashing
+/// pool calls the `_with` variants with one [`HashMemory`] per worker
+/// instead, allocated once.
 #[derive(Debug, Clone)]
 pub struct Passwords {
     params: Params,
+}
+
+/// Argon2 working memory, reusable across hashes.
+#[derive(Debug, Default)]
+pub struct HashMemory {
+    blocks: Vec<Block>,
+}
+
+impl HashMemory {
+    /// Memory for hashes with `params` (and grown on demand for stored
+    /// hashes that need more).
+    fn for_params(params: &Params) -> Self {
+        Self {
+            blocks: vec![Block::default(); params.block_count()],
+        }
+    }
+
+    fn blocks(&mut self, params: &Params) -> &mut [Block] {
+        let need = params.block_count();
+        if self.blocks.len() < need {
+            self.blocks.resize(need, Block::default());
+        }
+        &mut self.blocks[..need]
+    }
+}
+
+fn argon2_error(e: impl std::fmt::Display) -> Error {
+    Error::backend("argon2", e.to_string())
 }
 
 impl Passwords {
@@ -25,30 +58,101 @@ impl Passwords {
         Ok(Self { params })
     }
 
-    fn argon2(&self) -> Argon2<'static> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    /// Working memory sized for this configuration's hashes.
+    pub fn memory(&self) -> HashMemory {
+        HashMemory::for_params(&self.params)
     }
 
     /// A PHC-format hash of `password` with a fresh random salt. CPU-heavy:
     /// call from `spawn_blocking`.
     pub fn hash(&self, password: &str) -> Result<String, Error> {
+        self.hash_with(password, &mut self.memory())
+    }
+
+    /// [`Passwords::hash`] in `memory`.
+    pub fn hash_with(&self, password: &str, memory: &mut HashMemory) -> Result<String, Error> {
         let salt = SaltString::generate(&mut OsRng);
-        self.argon2()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| Error::backend("argon2", e.to_string()))
+        let mut salt_bytes = [0u8; 64];
+        let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(argon2_error)?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone());
+        let len = self
+            .params
+            .output_len()
+            .unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+        let output = Output::init_with(len, |out| {
+            argon2
+                .hash_password_into_with_memory(
+                    password.as_bytes(),
+                    salt_bytes,
+                    out,
+                    memory.blocks(&self.params),
+                )
+                .map_err(password_hash::Error::from)
+        })
+        .map_err(argon2_error)?;
+        let hash = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&self.params).map_err(argon2_error)?,
+            salt: Some(salt.as_salt()),
+            hash: Some(output),
+        };
+        Ok(hash.to_string())
     }
 
     /// Whether `password` matches the stored `hash` (the parameters stored
     /// in the hash are used, so old hashes keep working after a change).
     pub fn verify(&self, password: &str, hash: &str) -> bool {
-        PasswordHash::new(hash)
-            .map(|parsed| {
-                self.argon2()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
+        self.verify_with(password, hash, &mut self.memory())
+    }
+
+    /// [`Passwords::verify`] in `memory`; compares in constant time.
+    pub fn verify_with(&self, password: &str, hash: &str, memory: &mut HashMemory) -> bool {
+        let mut check = || -> Option<bool> {
+            let parsed = PasswordHash::new(hash).ok()?;
+            let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+            let version = parsed.version.map(Version::try_from).transpose().ok()?;
+            let params = Params::try_from(&parsed).ok()?;
+            let expected = parsed.hash?;
+            let mut salt = [0u8; 64];
+            let salt = parsed.salt?.decode_b64(&mut salt).ok()?;
+            let argon2 = Argon2::new(algorithm, version.unwrap_or_default(), params.clone());
+            let actual = Output::init_with(expected.len(), |out| {
+                argon2
+                    .hash_password_into_with_memory(
+                        password.as_bytes(),
+                        salt,
+                        out,
+                        memory.blocks(&params),
+                    )
+                    .map_err(password_hash::Error::from)
             })
-            .unwrap_or(false)
+            .ok()?;
+            // Output's equality is constant-time.
+            Some(actual == expected)
+        };
+        check().unwrap_or(false)
+    }
+
+    /// A hash no password matches in practice (random salt and output)
+    /// that costs as much to check as a real one: what a login for an
+    /// unknown username is verified against, so that its answer takes as
+    /// long as a wrong password's.
+    pub fn decoy(&self) -> String {
+        let salt = SaltString::generate(&mut OsRng);
+        let len = self
+            .params
+            .output_len()
+            .unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+        let random: [u8; 64] = std::array::from_fn(|_| rand::random());
+        let hash = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&self.params).unwrap_or_default(),
+            salt: Some(salt.as_salt()),
+            hash: Output::new(&random[..len.min(64)]).ok(),
+        };
+        hash.to_string()
     }
 }
 
@@ -144,6 +248,34 @@ mod tests {
         assert!(p.verify("correct horse", &h));
         assert!(!p.verify("wrong", &h));
         assert!(!p.verify("correct horse", "not a hash"));
+        // The reused-memory path agrees with argon2's own PHC verifier,
+        // both ways.
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, p.params.clone());
+        let parsed = PasswordHash::new(&h).unwrap();
+        assert!(argon2.verify_password(b"correct horse", &parsed).is_ok());
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = argon2.hash_password(b"other", &salt).unwrap().to_string();
+        let mut memory = p.memory();
+        assert!(p.verify_with("other", &theirs, &mut memory));
+        assert!(!p.verify_with("wrong", &theirs, &mut memory));
+        // A stored hash with more memory than configured grows the block.
+        let bigger = Passwords::new(2048, 1).unwrap();
+        let big = bigger.hash("grown").unwrap();
+        assert!(p.verify_with("grown", &big, &mut memory));
+    }
+
+    #[test]
+    fn the_decoy_matches_nothing_and_costs_a_real_verification() {
+        let p = Passwords::new(1024, 1).unwrap();
+        let decoy = p.decoy();
+        assert!(decoy.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
+        assert!(
+            PasswordHash::new(&decoy).is_ok(),
+            "it parses, so it is computed"
+        );
+        assert!(!p.verify("", &decoy));
+        assert!(!p.verify("password123", &decoy));
     }
 
     #[test]

@@ -101,6 +101,65 @@ pub struct ServerConfig {
     /// Include message text in push notifications (off: a preview hands the
     /// content to a third party).
     pub push_preview: bool,
+
+    // The network edge (see docs/protocol.md, "Connection limits").
+    /// Most sockets open at once, HTTP and WebSocket together; more are
+    /// closed as soon as they are accepted. The binary derives it from the
+    /// open-file limit less what the store needs.
+    pub max_open_connections: usize,
+    /// Most sockets open at once from one address (an IPv4 address or an
+    /// IPv6 /64); 0 for no such cap.
+    pub max_connections_per_address: usize,
+    /// How long a client has to send a complete request head, counted from
+    /// accept and again after every answered request (so it is also the
+    /// keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// How long a request may take once its head has arrived, body and
+    /// handler included; then it is answered `unavailable` and its
+    /// connection closed.
+    pub request_timeout: Duration,
+    /// A socket whose peer takes no bytes for this long while the server
+    /// has bytes for it is closed (before and after a WebSocket upgrade).
+    pub write_stall_timeout: Duration,
+    /// Browser origins allowed to open a WebSocket (`Origin` header), as
+    /// `scheme://host[:port]`, or `*` for any. A request without `Origin`
+    /// (a native client) and a same-origin request are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Bytes of message content one user may send per second on this node,
+    /// over all their connections (0: no limit).
+    pub send_bytes_per_sec: u64,
+    /// Burst allowance of [`ServerConfig::send_bytes_per_sec`]: the most
+    /// bytes sent at once after a quiet spell.
+    pub send_bytes_burst: u64,
+    /// Threads that hash and verify passwords (each holds one Argon2 memory
+    /// block of `argon2_memory_kib` for its whole life).
+    pub hash_workers: usize,
+    /// Password hashes waiting for a worker before sign-ups and logins are
+    /// answered `unavailable`.
+    pub hash_queue: usize,
+    /// Sign-ups and logins from one address: sustained per minute, and the
+    /// burst (0 per minute: no limit).
+    pub auth_per_address: RateSpec,
+    /// Logins to one username: sustained per minute, and the burst (0 per
+    /// minute: no limit).
+    pub login_per_username: RateSpec,
+}
+
+/// A token-bucket rate: `per_minute` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    /// Sustained rate, events per minute; 0 turns the limit off.
+    pub per_minute: u32,
+    /// Events allowed at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl RateSpec {
+    /// No limit.
+    pub const OFF: RateSpec = RateSpec {
+        per_minute: 0,
+        burst: 0,
+    };
 }
 
 impl Default for ServerConfig {
@@ -139,6 +198,26 @@ impl Default for ServerConfig {
             push_batch: 1_000,
             push_collapse_window: Duration::from_secs(2),
             push_preview: false,
+            max_open_connections: 11_000,
+            max_connections_per_address: 256,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            write_stall_timeout: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
+            send_bytes_per_sec: 256 * 1024,
+            send_bytes_burst: 2 * 1024 * 1024,
+            hash_workers: std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2),
+            hash_queue: 64,
+            auth_per_address: RateSpec {
+                per_minute: 60,
+                burst: 30,
+            },
+            login_per_username: RateSpec {
+                per_minute: 6,
+                burst: 10,
+            },
         }
     }
 }
@@ -202,6 +281,23 @@ impl ServerConfig {
         }
         if self.push_collapse_window > MAX_PUSH_COLLAPSE_WINDOW {
             return Err("push_collapse_window must be at most ten minutes".into());
+        }
+        if self.max_open_connections == 0 || self.hash_workers == 0 || self.hash_queue == 0 {
+            return Err(
+                "max_open_connections, hash_workers and hash_queue must be positive".into(),
+            );
+        }
+        if self.header_timeout.is_zero()
+            || self.request_timeout.is_zero()
+            || self.write_stall_timeout.is_zero()
+        {
+            return Err("header, request and write stall timeouts must be positive".into());
+        }
+        if self.send_bytes_per_sec != 0 && self.send_bytes_burst == 0 {
+            return Err("send_bytes_burst must be positive when send_bytes_per_sec is".into());
+        }
+        for origin in &self.allowed_origins {
+            crate::origin::parse_allowed(origin)?;
         }
         if self.discovery_ttl < std::time::Duration::from_secs(2) {
             return Err("discovery_ttl must be at least 2 seconds".into());

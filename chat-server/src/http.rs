@@ -1,7 +1,9 @@
 //! The stateless HTTP API. Every handler is a thin mapping onto the directory
 //! and [`ChatServer`]; any server of a deployment can answer any call.
 
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::{Claims, TokenKind};
 use crate::consent::Joined;
+use crate::limits::{HttpError, Throttled};
 use crate::server::{clamp_limit, err, wire, ApiResult, ChatServer};
 
 /// Longest push token, in bytes.
@@ -161,7 +164,13 @@ pub(crate) fn routes(server: ChatServer) -> Router {
         .route("/v1/devices/{id}", put(register_device))
         .route("/v1/presence", get(presence))
         .route("/v1/route", get(route))
-        .route("/v1/ws", get(crate::ws::upgrade))
+        .route(
+            "/v1/ws",
+            get(crate::ws::upgrade).route_layer(axum::middleware::from_fn_with_state(
+                server.clone(),
+                crate::origin::check,
+            )),
+        )
         .with_state(server)
 }
 
@@ -189,28 +198,45 @@ async fn healthz(State(server): State<ChatServer>) -> Response {
     }
 }
 
-/// Runs CPU-heavy password work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| err(ErrorCode::Internal, "password hashing failed"))
+/// The peer's address, when the router is served by [`crate::serve`] (or
+/// by a host that adds axum's `ConnectInfo<SocketAddr>`).
+pub(crate) struct Peer(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+        ))
+    }
+}
+
+/// Counts a throttled attempt.
+fn throttled(server: &ChatServer, t: Throttled) -> HttpError {
+    server
+        .stats()
+        .rate_limited
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    t.into()
 }
 
 async fn signup(
     State(server): State<ChatServer>,
+    Peer(peer): Peer,
     Body(req): Body<SignupRequest>,
-) -> HttpResult<(StatusCode, Json<AuthResponse>)> {
+) -> Result<(StatusCode, Json<AuthResponse>), HttpError> {
+    let limits = &server.inner.auth_limits;
+    limits.address(peer).map_err(|t| throttled(&server, t))?;
     validate_username(&req.username).map_err(wire)?;
     if !(8..=1024).contains(&req.password.len()) {
         return Err(err(ErrorCode::InvalidInput, "password must be 8 to 1,024 bytes").into());
     }
     let display_name = req.display_name.unwrap_or_else(|| req.username.clone());
     validate_name(&display_name, "display name").map_err(wire)?;
-    let passwords = server.inner.passwords.clone();
-    let password = req.password;
-    let hash = blocking(move || passwords.hash(&password))
-        .await?
-        .map_err(wire)?;
+    let hash = server.inner.hashing.hash(req.password).await?;
     let user = server
         .inner
         .directory
@@ -233,17 +259,24 @@ async fn signup(
 
 async fn login(
     State(server): State<ChatServer>,
+    Peer(peer): Peer,
     Body(req): Body<LoginRequest>,
-) -> HttpResult<Json<AuthResponse>> {
+) -> Result<Json<AuthResponse>, HttpError> {
+    let limits = &server.inner.auth_limits;
+    limits.address(peer).map_err(|t| throttled(&server, t))?;
+    limits
+        .username(&req.username)
+        .map_err(|t| throttled(&server, t))?;
     let record = server
         .inner
         .directory
         .user_by_name(&req.username)
         .await
         .map_err(wire)?;
-    let passwords = server.inner.passwords.clone();
+    // An unknown username is checked against a decoy hash: the answer
+    // takes as long as for a wrong password.
     let hash = record.as_ref().map(|r| r.password_hash.clone());
-    let ok = blocking(move || hash.is_some_and(|h| passwords.verify(&req.password, &h))).await?;
+    let ok = server.inner.hashing.verify(req.password, hash).await?;
     match record {
         Some(r) if ok => Ok(Json(server.log_in(r.user).await?)),
         _ => Err(err(ErrorCode::Unauthorized, "invalid username or password").into()),

@@ -24,19 +24,24 @@
 //! [`ChatServer::router`] instead and calls [`ChatServer::advertise`] with
 //! its public URLs.
 
+mod accept;
 mod account;
 mod auth;
 mod config;
 mod consent;
+mod hashing;
 mod http;
+mod limits;
+mod origin;
 mod outbox;
 mod push;
+mod send_quota;
 mod server;
 mod sessions;
 mod ws;
 
-pub use auth::{Claims, Passwords, TokenKind, Tokens};
-pub use config::ServerConfig;
+pub use auth::{Claims, HashMemory, Passwords, TokenKind, Tokens};
+pub use config::{RateSpec, ServerConfig};
 pub use server::{ApiResult, ChatServer, SendOutcome, ServerBuilder, Stats};
 
 use tokio::net::TcpListener;
@@ -53,6 +58,12 @@ impl ChatServer {
 /// Serves `server` on `listener` until `shutdown` is cancelled, then shuts
 /// down gracefully: stops accepting, closes every session with code 4000
 /// (reconnect elsewhere), leaves discovery and waits for sessions to drain.
+///
+/// Every accepted socket gets `TCP_NODELAY`, counts against
+/// [`ServerConfig::max_open_connections`] and
+/// [`ServerConfig::max_connections_per_address`], and is closed when it
+/// idles past the header, request or write-stall timeouts; a failed accept
+/// (out of file descriptors) pauses the loop and never ends it.
 ///
 /// The caller binds the listener (tests bind `127.0.0.1:0`). The server
 /// advertises itself in discovery with URLs from its configuration, or from
@@ -77,24 +88,7 @@ pub async fn serve(
         .await
         .map_err(std::io::Error::other)?;
     tracing::info!(%addr, server_id = %cfg.server_id, "chat server listening");
-    let app = server.router();
-    let stop = shutdown.clone();
-    let srv = server.clone();
-    // axum's graceful shutdown waits for HTTP connections; WebSocket sessions
-    // are tracked by the server itself, so start its shutdown at the same time.
-    // The node may also stop by itself (see `ChatServer::advertise`).
-    let stopped = server.shutdown_token();
-    let graceful = async move {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = stopped.cancelled() => {}
-        }
-        srv.shutdown().await;
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await?;
-    server.shutdown().await;
+    accept::run(server.clone(), listener, shutdown).await?;
     match server.fatal_error() {
         Some(reason) => Err(std::io::Error::other(reason)),
         None => Ok(()),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_server::{ChatServer, ServerConfig};
+use chat_server::{ChatServer, RateSpec, ServerConfig};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -137,7 +137,8 @@ struct Args {
     /// Most connections per user.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_USER", default_value_t = 10)]
     max_connections_per_user: usize,
-    /// Most WebSocket connections (default: the open-file limit less a reserve).
+    /// Most WebSocket connections (default: nine tenths of
+    /// --max-open-connections).
     #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Bytes of frames queued per connection before it is cut off as a slow
@@ -152,6 +153,65 @@ struct Args {
     /// many MiB; writes resume once space is freed. 0 turns it off.
     #[arg(long, env = "CHAT_DISK_RESERVE_MB", default_value_t = 256)]
     disk_reserve_mb: u64,
+    /// Most sockets open at once, HTTP and WebSocket (default: the
+    /// open-file limit less the store's files and a reserve).
+    #[arg(long, env = "CHAT_MAX_OPEN_CONNECTIONS")]
+    max_open_connections: Option<usize>,
+    /// Most sockets open at once from one address (IPv4 address or IPv6
+    /// /64); 0 for no cap.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    max_connections_per_address: usize,
+    /// Seconds a client has to send a whole request head, from accept and
+    /// between requests (also the keep-alive idle timeout).
+    #[arg(long, env = "CHAT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Seconds a request may take once its head has arrived (body and
+    /// handler).
+    #[arg(long, env = "CHAT_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    request_timeout_secs: u64,
+    /// Seconds a peer may take no bytes while the server has some for it.
+    #[arg(long, env = "CHAT_WRITE_STALL_TIMEOUT_SECS", default_value_t = 30)]
+    write_stall_timeout_secs: u64,
+    /// Segment files the embedded store keeps open (default: an eighth of
+    /// the open-file limit, 32 to 900).
+    #[arg(long, env = "CHAT_STORE_OPEN_FILES")]
+    store_open_files: Option<usize>,
+    /// A browser origin allowed to open a WebSocket, as
+    /// scheme://host[:port], or * for any (repeat the flag, or a
+    /// comma-separated list in the environment). Clients without an Origin
+    /// header and same-origin pages are always allowed.
+    #[arg(
+        long = "allowed-origin",
+        env = "CHAT_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// Bytes of message content one user may send per second on this
+    /// server (0: no limit).
+    #[arg(long, env = "CHAT_SEND_BYTES_PER_SEC", default_value_t = 256 * 1024)]
+    send_bytes_per_sec: u64,
+    /// Bytes one user may send at once after a quiet spell.
+    #[arg(long, env = "CHAT_SEND_BYTES_BURST", default_value_t = 2 * 1024 * 1024)]
+    send_bytes_burst: u64,
+    /// Password-hashing threads (default: one per core).
+    #[arg(long, env = "CHAT_HASH_WORKERS")]
+    hash_workers: Option<usize>,
+    /// Sign-ups and logins waiting for a hashing thread before more are
+    /// answered `unavailable`.
+    #[arg(long, env = "CHAT_HASH_QUEUE", default_value_t = 64)]
+    hash_queue: usize,
+    /// Sign-ups and logins per minute from one address (0: no limit).
+    #[arg(long, env = "CHAT_AUTH_PER_ADDRESS_PER_MINUTE", default_value_t = 60)]
+    auth_per_address_per_minute: u32,
+    /// Burst of sign-ups and logins from one address.
+    #[arg(long, env = "CHAT_AUTH_PER_ADDRESS_BURST", default_value_t = 30)]
+    auth_per_address_burst: u32,
+    /// Logins per minute to one username (0: no limit).
+    #[arg(long, env = "CHAT_LOGIN_PER_USERNAME_PER_MINUTE", default_value_t = 6)]
+    login_per_username_per_minute: u32,
+    /// Burst of logins to one username.
+    #[arg(long, env = "CHAT_LOGIN_PER_USERNAME_BURST", default_value_t = 10)]
+    login_per_username_burst: u32,
     /// Put message text in push notifications (off by default: a preview
     /// hands message content to Google, Apple or the webhook's owner).
     #[arg(long, env = "CHAT_PUSH_PREVIEW")]
@@ -306,14 +366,99 @@ struct PushArgs {
     webhook_secret_file: Option<PathBuf>,
 }
 
-/// File descriptors kept for the store, logs and HTTP calls.
-const FD_RESERVE: usize = 256;
+/// File descriptors kept for everything but sockets and the store:
+/// standard streams, the runtime's epoll and wakers, the token secret,
+/// logs, DNS look-ups. Outgoing connections (PostgreSQL pools, push
+/// providers) are added to it.
+const FD_RESERVE: usize = 64;
 
-/// The soft open-file limit, from /proc (Linux); `None` elsewhere.
-fn open_file_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+/// Fewest sockets a budget may leave: below it the server could not serve.
+const MIN_SOCKETS: usize = 16;
+
+/// How the open-file limit is shared out.
+#[derive(Debug)]
+struct FdBudget {
+    limit: usize,
+    /// The embedded store's descriptor table (segment files).
+    store_table: usize,
+    /// Everything the store may hold (table and the rest).
+    store: usize,
+    reserve: usize,
+    /// Sockets, HTTP and WebSocket.
+    sockets: usize,
+    /// Of them, WebSocket sessions.
+    websockets: usize,
+}
+
+/// The soft open-file limit.
+fn open_file_limit() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit
+        .current
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        .unwrap_or(usize::MAX)
+}
+
+/// Shares the open-file limit between the store, outgoing connections and
+/// sockets; explicit flags win, and a budget that leaves too few sockets
+/// is an error at start rather than a failure under load.
+fn fd_budget(args: &Args, limit: usize) -> Result<FdBudget, String> {
+    let embedded = !args.memory && !uses_postgres(args);
+    let store_table = args.store_open_files.unwrap_or((limit / 8).clamp(32, 900));
+    let store = if embedded {
+        chat_store::embedded::EmbeddedOptions::default()
+            .with_max_open_files(store_table)
+            .file_budget()
+    } else {
+        0
+    };
+    let reserve = FD_RESERVE + outgoing_connections(args);
+    let free = limit.saturating_sub(store + reserve);
+    let sockets = args.max_open_connections.unwrap_or(free);
+    if sockets < MIN_SOCKETS || (args.max_open_connections.is_none() && free < MIN_SOCKETS) {
+        return Err(format!(
+            "the open-file limit ({limit}) leaves {free} descriptors for sockets after the \
+             store ({store}) and the reserve ({reserve}); raise it (ulimit -n) or lower \
+             --store-open-files"
+        ));
+    }
+    if sockets > free {
+        tracing::warn!(
+            sockets,
+            free,
+            "--max-open-connections is above what the open-file limit leaves for sockets"
+        );
+    }
+    let websockets = args.max_connections.unwrap_or(sockets - sockets / 10);
+    Ok(FdBudget {
+        limit,
+        store_table,
+        store,
+        reserve,
+        sockets,
+        websockets,
+    })
+}
+
+fn uses_postgres(args: &Args) -> bool {
+    #[cfg(feature = "postgres")]
+    return args.postgres_url.is_some();
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = args;
+        false
+    }
+}
+
+/// Connections the server itself opens: PostgreSQL pools and push calls.
+fn outgoing_connections(args: &Args) -> usize {
+    #[allow(unused_mut)]
+    let mut n = args.push_concurrency;
+    #[cfg(feature = "postgres")]
+    if args.postgres_url.is_some() {
+        n += args.postgres_pool * (1 + args.history_shard_urls.len());
+    }
+    n
 }
 
 fn token_secret(args: &Args) -> std::io::Result<Vec<u8>> {
@@ -395,6 +540,7 @@ async fn shutdown_signal(token: CancellationToken) {
 fn storage(
     builder: chat_server::ServerBuilder,
     args: &Args,
+    store_table: usize,
 ) -> Result<chat_server::ServerBuilder, Box<dyn std::error::Error>> {
     if args.memory {
         tracing::warn!("--memory: nothing is kept after exit");
@@ -439,7 +585,8 @@ fn storage(
         return Ok(builder.messages(messages).directory(main));
     }
     let options = chat_store::embedded::EmbeddedOptions::default()
-        .with_free_space_reserve(args.disk_reserve_mb.saturating_mul(1 << 20));
+        .with_free_space_reserve(args.disk_reserve_mb.saturating_mul(1 << 20))
+        .with_max_open_files(store_table);
     let store = chat_store::embedded::EmbeddedStore::open_with(&args.data_dir, options)?;
     tracing::info!(data_dir = %args.data_dir.display(), "embedded store open");
     Ok(builder.storage(Arc::new(store)))
@@ -585,6 +732,10 @@ async fn cluster(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Everything this process creates (the data directory, the store's
+    // journals and segments, the token secret) is its owner's alone: it
+    // holds messages and password hashes.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -592,11 +743,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
     let defaults = ServerConfig::default();
-    let max_connections = args.max_connections.unwrap_or_else(|| {
-        open_file_limit()
-            .map(|l| l.saturating_sub(FD_RESERVE).max(1))
-            .unwrap_or(defaults.max_connections)
-    });
+    let budget = fd_budget(&args, open_file_limit())?;
+    tracing::info!(
+        limit = budget.limit,
+        store = budget.store,
+        reserve = budget.reserve,
+        sockets = budget.sockets,
+        websockets = budget.websockets,
+        "file descriptor budget"
+    );
     let config = ServerConfig {
         server_id: args.server_id.clone().unwrap_or(defaults.server_id.clone()),
         node_id: args.node_id,
@@ -622,7 +777,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rate_limit_per_sec: args.rate_limit,
         rate_limit_burst: args.rate_burst,
         max_connections_per_user: args.max_connections_per_user,
-        max_connections,
+        max_connections: budget.websockets,
+        max_open_connections: budget.sockets,
+        max_connections_per_address: args.max_connections_per_address,
+        header_timeout: Duration::from_secs(args.header_timeout_secs),
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
+        write_stall_timeout: Duration::from_secs(args.write_stall_timeout_secs),
+        allowed_origins: args.allowed_origins.clone(),
+        send_bytes_per_sec: args.send_bytes_per_sec,
+        send_bytes_burst: args.send_bytes_burst,
+        hash_workers: args.hash_workers.unwrap_or(defaults.hash_workers),
+        hash_queue: args.hash_queue,
+        auth_per_address: RateSpec {
+            per_minute: args.auth_per_address_per_minute,
+            burst: args.auth_per_address_burst,
+        },
+        login_per_username: RateSpec {
+            per_minute: args.login_per_username_per_minute,
+            burst: args.login_per_username_burst,
+        },
         outbound_queue_bytes: args.outbound_queue_bytes,
         page_bytes: args.page_bytes,
         push_preview: args.push_preview,
@@ -633,7 +806,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..defaults
     };
     let (presence_timeout, discovery_ttl) = (config.presence_timeout, config.discovery_ttl);
-    let mut builder = storage(ChatServer::builder(config), &args)?;
+    let mut builder = storage(ChatServer::builder(config), &args, budget.store_table)?;
     builder = cluster(builder, &args.cluster, presence_timeout, discovery_ttl).await?;
     if let Some(notifier) = push(&args.push)? {
         builder = builder.push(notifier);

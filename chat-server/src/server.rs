@@ -20,9 +20,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::ConnLimits;
 use crate::auth::{Passwords, Tokens};
 use crate::config::ServerConfig;
+use crate::hashing::HashPool;
+use crate::limits::AuthLimits;
 use crate::push::{PushJob, PushQueue};
+use crate::send_quota::SendQuota;
 use crate::sessions::{LocalDelivery, Sessions};
 
 /// How often a send proposes a new id after its store found the proposal
@@ -171,8 +175,15 @@ impl ServerBuilder {
                 }
             };
         let (push_queue, push_rx) = PushQueue::new(config.push_queue);
+        let passwords = Passwords::new(config.argon2_memory_kib, config.argon2_iterations)?;
         let inner = Arc::new(Inner {
-            passwords: Passwords::new(config.argon2_memory_kib, config.argon2_iterations)?,
+            hashing: HashPool::start(passwords, config.hash_workers, config.hash_queue)?,
+            auth_limits: AuthLimits::new(config.auth_per_address, config.login_per_username),
+            send_quota: SendQuota::new(&config),
+            conn_limits: ConnLimits::new(
+                config.max_open_connections,
+                config.max_connections_per_address,
+            ),
             tokens: Tokens::new(&config.token_secret)?,
             conn_limit: Arc::new(Semaphore::new(config.max_connections)),
             directory,
@@ -230,6 +241,14 @@ pub struct Stats {
     /// Heartbeats the presence tracker could not record (it was
     /// unreachable); the connection carries on regardless.
     pub presence_failures: AtomicU64,
+    /// Sockets closed at accept because a connection cap was reached.
+    pub connections_refused: AtomicU64,
+    /// Failed accepts other than of one connection (out of file
+    /// descriptors), each followed by a pause.
+    pub accept_errors: AtomicU64,
+    /// Requests answered `rate_limited`: sends over a user's byte rate,
+    /// sign-ups and logins over an address's or username's rate.
+    pub rate_limited: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -243,7 +262,14 @@ pub(crate) struct Inner {
     pub(crate) discovery: Arc<dyn ServiceDiscovery>,
     pub(crate) ids: Arc<dyn MessageIdGenerator>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) passwords: Passwords,
+    /// Password hashing, on a bounded pool of threads.
+    pub(crate) hashing: HashPool,
+    /// Sign-up and login attempts per address and per username.
+    pub(crate) auth_limits: AuthLimits,
+    /// Send bytes per user.
+    pub(crate) send_quota: SendQuota,
+    /// Every open socket, in total and per address (see `accept.rs`).
+    pub(crate) conn_limits: Arc<ConnLimits>,
     pub(crate) tokens: Tokens,
     pub(crate) sessions: Arc<Sessions>,
     /// Caps WebSocket connections (each holds a file descriptor).
@@ -300,6 +326,26 @@ impl ChatServer {
         self.inner.sessions.total()
     }
 
+    /// Sockets open on this server (HTTP and WebSocket) when it is served
+    /// by [`crate::serve`].
+    pub fn open_sockets(&self) -> usize {
+        self.inner
+            .conn_limits
+            .open(self.inner.config.max_open_connections)
+    }
+
+    /// The most password hashes that ever ran at once (each takes a
+    /// thread and a working memory): at most `hash_workers`, however many
+    /// sign-ups and logins arrive together.
+    pub fn hashing_peak(&self) -> u64 {
+        self.inner.hashing.stats.peak.load(Ordering::Relaxed)
+    }
+
+    /// Sign-ups and logins turned away because the hashing queue was full.
+    pub fn hashes_rejected(&self) -> u64 {
+        self.inner.hashing.stats.rejected.load(Ordering::Relaxed)
+    }
+
     /// Current wall-clock time as the server sees it.
     pub(crate) fn now(&self) -> u64 {
         self.inner.clock.now_ms()
@@ -347,6 +393,7 @@ impl ChatServer {
         client_msg_id: ClientMsgId,
         content: String,
     ) -> ApiResult<SendOutcome> {
+        self.charge_send(sender, &content)?;
         let max = self.inner.config.max_message_chars;
         if content.is_empty() {
             return Err(err(ErrorCode::InvalidInput, "message content is empty"));
@@ -450,6 +497,18 @@ impl ChatServer {
             duplicate: false,
             seq,
         })
+    }
+
+    /// Charges a send to the user's byte rate (`send_quota.rs`).
+    fn charge_send(&self, sender: UserId, content: &str) -> ApiResult<()> {
+        let charged = self.inner.send_quota.charge(sender, content);
+        if charged.is_err() {
+            self.inner
+                .stats
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        charged
     }
 
     /// A page of `user`'s inbox after position `after`, within the page's

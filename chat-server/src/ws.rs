@@ -123,39 +123,6 @@ fn close_msg(code: u16, reason: &'static str) -> WsMessage {
     }))
 }
 
-/// A token bucket: `rate` per second sustained, `burst` at once.
-#[derive(Debug)]
-struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: tokio::time::Instant,
-}
-
-impl RateLimit {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            rate: rate as f64,
-            burst: burst.max(1) as f64,
-            tokens: burst.max(1) as f64,
-            last: tokio::time::Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// How a session ended, for the close frame.
 enum End {
     ClientClosed,
@@ -165,6 +132,7 @@ enum End {
     TooBig,
     Broken,
     Revoked,
+    Flood,
 }
 
 async fn run_session(
@@ -275,6 +243,7 @@ async fn run_session(
         End::Idle => Some(close_msg(close::IDLE_TIMEOUT, "no heartbeat")),
         End::TooBig => Some(close_msg(1009, "frame too large")),
         End::Revoked => Some(close_msg(close::UNAUTHORIZED, "token revoked")),
+        End::Flood => Some(close_msg(close::FLOOD, "too many frames; slow down")),
     };
     let _ = goodbye_tx.send(goodbye);
     let _ = writer.await;
@@ -393,7 +362,7 @@ async fn read_loop(
     handle.offer(encode(&welcome));
 
     let shutdown = server.shutdown_token();
-    let mut limiter = RateLimit::new(cfg.rate_limit_per_sec, cfg.rate_limit_burst);
+    let mut limiter = FrameLimit::new(cfg);
     let idle = cfg.presence_timeout;
     let mut deadline = tokio::time::Instant::now() + idle;
     loop {
@@ -418,9 +387,13 @@ async fn read_loop(
             }
         };
         deadline = tokio::time::Instant::now() + idle;
+        let allowed = match limiter.admit() {
+            Some(allowed) => allowed,
+            None => return End::Flood,
+        };
         let reply = match msg {
             WsMessage::Text(text) => {
-                if limiter.allow() {
+                if allowed {
                     // Boxed: the request's state (the whole send pipeline)
                     // lives on the heap only while it runs, not in every
                     // idle session's future.
@@ -434,6 +407,7 @@ async fn read_loop(
             }
             WsMessage::Close(_) => return End::ClientClosed,
             WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            WsMessage::Binary(_) if !allowed => continue,
             WsMessage::Binary(_) => Reply::err(
                 None,
                 err(
@@ -443,6 +417,42 @@ async fn read_loop(
             ),
         };
         handle.offer(encode(&ServerFrame::Reply(reply)));
+    }
+}
+
+/// The per-connection frame rate: every frame a client sends (text,
+/// binary, ping, pong) takes a token. A text request without one is
+/// answered `rate_limited` and other frames are dropped, but a client that
+/// sends twice `rate_burst` frames (at least 32) in a row without a token
+/// is flooding (pings even make the server write pongs) and is closed with
+/// [`close::FLOOD`].
+struct FrameLimit {
+    bucket: crate::limits::Bucket,
+    refused_in_a_row: u32,
+    max_refused: u32,
+}
+
+impl FrameLimit {
+    fn new(cfg: &crate::ServerConfig) -> Self {
+        Self {
+            bucket: crate::limits::Bucket::new(
+                f64::from(cfg.rate_limit_per_sec),
+                f64::from(cfg.rate_limit_burst),
+            ),
+            refused_in_a_row: 0,
+            max_refused: cfg.rate_limit_burst.saturating_mul(2).max(32),
+        }
+    }
+
+    /// `Some(true)`: go ahead; `Some(false)`: refuse this frame; `None`:
+    /// close the connection.
+    fn admit(&mut self) -> Option<bool> {
+        if self.bucket.take(1.0).is_ok() {
+            self.refused_in_a_row = 0;
+            return Some(true);
+        }
+        self.refused_in_a_row += 1;
+        (self.refused_in_a_row < self.max_refused).then_some(false)
     }
 }
 

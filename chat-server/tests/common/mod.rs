@@ -20,7 +20,7 @@ use chat_core::{
     Appended, Channel, ChannelId, ClientMsgId, Committed, DeviceId, HistoryStore, Inbox,
     InboxEntry, Message, MessageId, MessageStore, NewMessage, Page, Paged, Seq, UserId, WhoMayAdd,
 };
-use chat_server::{ChatServer, ServerBuilder, ServerConfig};
+use chat_server::{ChatServer, RateSpec, ServerBuilder, ServerConfig};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -33,6 +33,14 @@ pub fn test_config() -> ServerConfig {
         token_secret: vec![7; 32],
         argon2_memory_kib: 256,
         argon2_iterations: 1,
+        // Tests on paused time sleep past any keep-alive idle timeout,
+        // while reqwest's pool (on the real clock) still reuses the
+        // connection the server closed. The timeout has tests of its own.
+        header_timeout: Duration::from_secs(3_600),
+        // Setting up a test signs many users up from one address and some
+        // send megabytes at once; the tests of these limits set them.
+        auth_per_address: RateSpec::OFF,
+        send_bytes_per_sec: 0,
         ..ServerConfig::default()
     }
 }

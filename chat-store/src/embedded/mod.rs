@@ -131,6 +131,7 @@
 //! [`Invitation`]: chat_core::Invitation
 
 mod directory;
+mod files;
 mod group;
 mod history;
 mod keys;
@@ -182,12 +183,18 @@ pub struct EmbeddedOptions {
     /// store has less free space than this, so a full disk never leaves the
     /// store half-written; `0` turns the check off. Default: 256 MiB.
     pub free_space_reserve: u64,
+    /// Segment files fjall keeps open at once (its descriptor table, an
+    /// LRU cache: a smaller table reopens files more often, it never
+    /// fails). At least 2. Default: 900, fjall's own. See
+    /// [`EmbeddedOptions::file_budget`].
+    pub max_open_files: usize,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             free_space_reserve: 256 << 20,
+            max_open_files: 900,
         }
     }
 }
@@ -424,7 +431,12 @@ impl EmbeddedStore {
 
 impl Inner {
     fn open(path: &Path, options: &EmbeddedOptions) -> Result<Self> {
-        let keyspace = Config::new(path).open().map_err(db)?;
+        // A directory it creates is private to its owner (0700).
+        files::private_dir(path)?;
+        let keyspace = Config::new(path)
+            .max_open_files(options.max_open_files.max(2))
+            .open()
+            .map_err(db)?;
         let open = |name: &str| {
             keyspace
                 .open_partition(name, PartitionCreateOptions::default())
