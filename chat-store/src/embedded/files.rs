@@ -56,3 +56,34 @@ pub(super) fn private_dir(path: &Path) -> Result<()> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::super::EmbeddedStore;
+    use super::*;
+
+    #[test]
+    fn a_new_data_directory_is_private_and_the_budget_covers_the_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a/b/store");
+        let options = EmbeddedOptions::default().with_max_open_files(16);
+        let store = EmbeddedStore::open_with(&path, options).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(options.file_budget(), 16 + FILES_BESIDE_TABLE);
+        assert_eq!(
+            EmbeddedOptions::default()
+                .with_max_open_files(0)
+                .max_open_files,
+            2
+        );
+        drop(store);
+        // Reopening an existing directory leaves its mode alone.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o750)).unwrap();
+        drop(EmbeddedStore::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
+    }
+}
