@@ -46,6 +46,9 @@ pub enum Command {
     /// The one-to-one workload against a bare WebSocket relay started in this
     /// process: what the WebSocket stack alone does on this machine.
     Baseline(BaselineArgs),
+    /// Sign N users up one after another and sample the server's resident
+    /// memory as it goes: memory that grows with every sign-up shows.
+    Signups(SignupsArgs),
     /// Run a chat server tuned for benchmarks (cheap password hashing, no
     /// rate limit) until Ctrl-C; prints `listening http://ADDR`.
     Serve(ServeArgs),
@@ -219,4 +222,22 @@ pub struct BaselineArgs {
     /// Sender/recipient pairs.
     #[arg(long, default_value_t = 50)]
     pub pairs: u64,
+}
+
+/// Options of `signups`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignupsArgs {
+    /// The server (its pid is needed for memory: known for servers the tool
+    /// starts, `--server-pid` for others).
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Users to sign up.
+    #[arg(short = 'n', long = "users", default_value_t = 20_000)]
+    pub n: u64,
+    /// Sign-ups in flight at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Sample the server's memory every this many sign-ups.
+    #[arg(long, default_value_t = 1_000)]
+    pub sample_every: u64,
 }

@@ -22,7 +22,9 @@
 //! * [`reconnect_storm`]: drop N clients at once, send to them while away,
 //!   reconnect all, time until all are synced;
 //! * [`baseline`]: the one-to-one workload against [`relay::Relay`], a bare
-//!   WebSocket relay on the same stack, for ratios.
+//!   WebSocket relay on the same stack, for ratios;
+//! * [`signups::signups`]: users signed up one after another, the server's
+//!   memory sampled as it goes.
 //!
 //! Only loopback addresses are ever loaded. Every loop is bounded in count
 //! and time.
@@ -53,6 +55,7 @@ pub mod reconnect;
 pub mod relay;
 pub mod report;
 pub mod setup;
+pub mod signups;
 pub mod stats;
 pub mod target;
 pub mod traffic;
@@ -96,6 +99,10 @@ pub async fn run(cli: &Cli) -> Result<RunReport> {
         Command::ReconnectStorm(a) => {
             let (r, t) = reconnect_storm(a, quiet).await?;
             (Report::ReconnectStorm(r), Some(t))
+        }
+        Command::Signups(a) => {
+            let (r, t) = signups::signups(a, quiet).await?;
+            (Report::Signups(r), Some(t))
         }
         Command::Baseline(a) => (Report::Baseline(baseline(a, quiet).await?), None),
         Command::Serve(_) => {

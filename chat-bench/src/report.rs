@@ -313,6 +313,8 @@ pub enum Report {
     ReconnectStorm(ReconnectReport),
     /// `baseline`.
     Baseline(TrafficReport),
+    /// `signups`.
+    Signups(crate::signups::SignupsReport),
 }
 
 impl Report {
@@ -322,6 +324,7 @@ impl Report {
             Report::Connections(r) => r.failures(),
             Report::OneToOne(r) | Report::Group(r) | Report::Baseline(r) => r.failures(),
             Report::ReconnectStorm(r) => r.failures(),
+            Report::Signups(r) => r.failures(),
         }
     }
 }
@@ -428,6 +431,7 @@ impl RunReport {
                 }
             }
             Report::ReconnectStorm(r) => reconnect_rows(&mut t, r),
+            Report::Signups(r) => signups_rows(&mut t, r),
         }
         t.section("result");
         if self.passed {
@@ -444,6 +448,46 @@ impl RunReport {
 fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string())
         .unwrap_or_else(|| "unlimited".into())
+}
+
+fn signups_rows(t: &mut Table, r: &crate::signups::SignupsReport) {
+    t.section("signups");
+    t.row(
+        "signed up",
+        format!(
+            "{} of {} ({} failed), {} at once",
+            r.signed_up, r.requested, r.failed, r.concurrency
+        ),
+    );
+    t.row("rate", format!("{:.0} /s ({:.1} s)", r.per_sec, r.secs));
+    if let (Some(b), Some(a)) = (r.server_rss_before_kib, r.server_rss_after_kib) {
+        t.row(
+            "server RSS",
+            format!(
+                "{:.1} MiB -> {:.1} MiB (+{:.1} MiB)",
+                b as f64 / 1024.0,
+                a as f64 / 1024.0,
+                a.saturating_sub(b) as f64 / 1024.0
+            ),
+        );
+    }
+    if let Some(g) = r.late_growth_bytes_per_signup {
+        t.row(
+            "late growth",
+            format!("{:.0} bytes per sign-up (second half)", g),
+        );
+    }
+    let curve: Vec<String> = r
+        .samples
+        .iter()
+        .map(|(n, kib)| format!("{n}:{:.0}", *kib as f64 / 1024.0))
+        .collect();
+    if !curve.is_empty() {
+        t.row("RSS MiB by sign-ups", curve.join(" "));
+    }
+    for e in &r.errors {
+        t.row("error", e.clone());
+    }
 }
 
 fn connections_rows(t: &mut Table, r: &ConnectionsReport) {

@@ -314,3 +314,27 @@ async fn one_to_one_across_two_servers_over_nats() {
     assert!(t.two_servers_ratio.is_some());
     assert!(r.table().contains("two chat servers over NATS"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signups_sample_the_server_s_memory_on_the_embedded_store() {
+    let r = passing(&[
+        "signups",
+        "--embedded-server",
+        "embedded",
+        "-n",
+        "60",
+        "--concurrency",
+        "4",
+        "--sample-every",
+        "20",
+    ])
+    .await;
+    let Report::Signups(s) = &r.report else {
+        panic!("not a signups report")
+    };
+    assert_eq!((s.signed_up, s.failed), (60, 0));
+    let points: Vec<u64> = s.samples.iter().map(|(n, _)| *n).collect();
+    assert_eq!(points, [0, 20, 40, 60]);
+    assert!(s.server_rss_after_kib.is_some());
+    assert!(s.late_growth_bytes_per_signup.is_some());
+}
