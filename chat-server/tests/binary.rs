@@ -3,20 +3,15 @@
 //! users, messages and the token secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chat_client::{ChatClient, ClientEvent, ConnectOptions, MemoryCursorStore};
 use chat_core::DeviceId;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 fn spawn(port: u16, data: &std::path::Path, extra: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_chat-server"))

@@ -49,6 +49,21 @@ async fn signup(client: &reqwest::Client, ts: &TestServer, user: &str) -> reqwes
         .unwrap()
 }
 
+/// Alice and Bob signed up, and their direct channel.
+async fn alice_and_bob(
+    ts: &TestServer,
+) -> (
+    chat_core::api::AuthResponse,
+    chat_core::api::AuthResponse,
+    chat_core::Channel,
+) {
+    let http = Http::new(&ts.http);
+    let alice = http.signup("alice").await;
+    let bob = http.signup("bob").await;
+    let direct = http.open_direct(&alice.token, bob.user.id).await;
+    (alice, bob, direct)
+}
+
 /// A 429 with code `rate_limited`, retryable, and a Retry-After of whole
 /// seconds.
 async fn assert_throttled(resp: reqwest::Response) -> u64 {
@@ -124,10 +139,7 @@ async fn a_user_s_send_bytes_are_limited_across_their_connections() {
         ..test_config()
     })
     .await;
-    let http = Http::new(&ts.http);
-    let alice = http.signup("alice").await;
-    let bob = http.signup("bob").await;
-    let direct = http.open_direct(&alice.token, bob.user.id).await;
+    let (alice, bob, direct) = alice_and_bob(&ts).await;
     let mut phone = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
     let mut laptop = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
     let mut b = raw_connect(&ts, &bob.token, DeviceId::new_random()).await;
@@ -253,10 +265,7 @@ async fn the_send_byte_rate_refills_with_time() {
         ..test_config()
     })
     .await;
-    let http = Http::new(&ts.http);
-    let alice = http.signup("alice").await;
-    let bob = http.signup("bob").await;
-    let direct = http.open_direct(&alice.token, bob.user.id).await;
+    let (alice, _bob, direct) = alice_and_bob(&ts).await;
     let send = |cid: &'static str| {
         let ts = &ts;
         let (user, channel) = (alice.user.id, direct.id);
@@ -276,5 +285,40 @@ async fn the_send_byte_rate_refills_with_time() {
     assert_eq!(send("b").await.unwrap_err().code, ErrorCode::RateLimited);
     tokio::time::advance(Duration::from_secs(2)).await;
     send("b").await.unwrap();
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_login_burst_runs_at_most_hash_workers_hashes_at_once() {
+    let ts = start(ServerConfig {
+        hash_workers: 2,
+        hash_queue: 4,
+        argon2_memory_kib: 16_384,
+        login_per_username: RateSpec::OFF,
+        ..test_config()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let attempts = (0..32).map(|i| {
+        login(
+            &client,
+            &ts,
+            if i % 2 == 0 { "alice" } else { "nobody" },
+            "wrong-password",
+        )
+    });
+    let statuses: Vec<u16> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert!(
+        statuses.iter().all(|&s| s == 401 || s == 503),
+        "{statuses:?}"
+    );
+    let refused = statuses.iter().filter(|&&s| s == 503).count() as u64;
+    assert!(refused > 0);
+    assert_eq!(ts.server.hashes_rejected(), refused);
+    assert!(ts.server.hashing_peak() >= 1 && ts.server.hashing_peak() <= 2);
     ts.stop().await;
 }

@@ -27,6 +27,33 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+/// A port free on 127.0.0.1 (for servers started as processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An SDK connection of a new device of `session`, once its first sync is
+/// done.
+pub async fn connect_synced(session: &chat_client::Session) -> chat_client::Connection {
+    let mut conn = session
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(chat_client::MemoryCursorStore::new()),
+            chat_client::ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+    while !matches!(
+        conn.next_event().await,
+        Some(chat_client::ClientEvent::Synced { .. })
+    ) {}
+    conn
+}
+
 /// A configuration for tests: cheap password hashing, fixed secret.
 pub fn test_config() -> ServerConfig {
     ServerConfig {
