@@ -49,6 +49,10 @@ pub enum Command {
     /// Sign N users up one after another and sample the server's resident
     /// memory as it goes: memory that grows with every sign-up shows.
     Signups(SignupsArgs),
+    /// Attackers hammer failed logins while a real user logs in from
+    /// another address: the real user's login latency and the server's
+    /// memory.
+    LoginStorm(LoginStormArgs),
     /// Run a chat server tuned for benchmarks (cheap password hashing, no
     /// rate limit) until Ctrl-C; prints `listening http://ADDR`.
     Serve(ServeArgs),
@@ -240,4 +244,27 @@ pub struct SignupsArgs {
     /// Sample the server's memory every this many sign-ups.
     #[arg(long, default_value_t = 1_000)]
     pub sample_every: u64,
+}
+
+/// Options of `login-storm`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoginStormArgs {
+    /// The server (an external one shows what users get: servers the tool
+    /// starts hash cheaply and have no sign-up or login limits).
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Connection options: the first `--source-ips` address is the
+    /// attackers', the second the real user's.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Attacking clients, each with one failed login in flight.
+    #[arg(long, default_value_t = 32)]
+    pub attackers: usize,
+    /// Seconds of attack.
+    #[arg(long, default_value_t = 12.0)]
+    pub duration: f64,
+    /// Seconds between the real user's logins (the server allows one
+    /// username 10 at once, then 6 a minute).
+    #[arg(long, default_value_t = 1.5)]
+    pub real_interval: f64,
 }

@@ -24,7 +24,9 @@
 //! * [`baseline`]: the one-to-one workload against [`relay::Relay`], a bare
 //!   WebSocket relay on the same stack, for ratios;
 //! * [`signups::signups`]: users signed up one after another, the server's
-//!   memory sampled as it goes.
+//!   memory sampled as it goes;
+//! * [`login_storm::login_storm`]: failed logins hammered while a real user
+//!   logs in.
 //!
 //! Only loopback addresses are ever loaded. Every loop is bounded in count
 //! and time.
@@ -47,6 +49,7 @@ pub mod cluster;
 pub mod connections;
 pub mod error;
 pub mod limits;
+pub mod login_storm;
 pub mod messages;
 pub mod net;
 pub mod payload;
@@ -103,6 +106,10 @@ pub async fn run(cli: &Cli) -> Result<RunReport> {
         Command::Signups(a) => {
             let (r, t) = signups::signups(a, quiet).await?;
             (Report::Signups(r), Some(t))
+        }
+        Command::LoginStorm(a) => {
+            let (r, t) = login_storm::login_storm(a).await?;
+            (Report::LoginStorm(r), Some(t))
         }
         Command::Baseline(a) => (Report::Baseline(baseline(a, quiet).await?), None),
         Command::Serve(_) => {

@@ -315,6 +315,8 @@ pub enum Report {
     Baseline(TrafficReport),
     /// `signups`.
     Signups(crate::signups::SignupsReport),
+    /// `login-storm`.
+    LoginStorm(crate::login_storm::LoginStormReport),
 }
 
 impl Report {
@@ -325,6 +327,7 @@ impl Report {
             Report::OneToOne(r) | Report::Group(r) | Report::Baseline(r) => r.failures(),
             Report::ReconnectStorm(r) => r.failures(),
             Report::Signups(r) => r.failures(),
+            Report::LoginStorm(r) => r.failures(),
         }
     }
 }
@@ -432,6 +435,7 @@ impl RunReport {
             }
             Report::ReconnectStorm(r) => reconnect_rows(&mut t, r),
             Report::Signups(r) => signups_rows(&mut t, r),
+            Report::LoginStorm(r) => login_storm_rows(&mut t, r),
         }
         t.section("result");
         if self.passed {
@@ -448,6 +452,45 @@ impl RunReport {
 fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string())
         .unwrap_or_else(|| "unlimited".into())
+}
+
+fn login_storm_rows(t: &mut Table, r: &crate::login_storm::LoginStormReport) {
+    t.section("login storm");
+    t.row(
+        "attack",
+        format!("{} clients for {:.1} s", r.attackers, r.secs),
+    );
+    let answered: Vec<String> = r
+        .attack_statuses
+        .iter()
+        .map(|(s, n)| format!("{s}: {n}"))
+        .collect();
+    t.row("attack answers", answered.join(", "));
+    t.row("real login idle", format!("{:.1} ms", r.real_login_idle_ms));
+    let l = &r.real_logins;
+    t.row(
+        "real login",
+        format!(
+            "{} ok, p50 {:.1} / p90 {:.1} / max {:.1} ms",
+            l.count, l.p50_ms, l.p90_ms, l.max_ms
+        ),
+    );
+    if !r.real_failures.is_empty() {
+        t.row("real login failed", format!("{:?}", r.real_failures));
+    }
+    let mib = |k: Option<u64>| {
+        k.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "?".into())
+    };
+    t.row(
+        "server RSS",
+        format!(
+            "{} before, {} at the end, {} 5 s later",
+            mib(r.server_rss_before_kib),
+            mib(r.server_rss_end_kib),
+            mib(r.server_rss_after_kib)
+        ),
+    );
 }
 
 fn signups_rows(t: &mut Table, r: &crate::signups::SignupsReport) {

@@ -338,3 +338,27 @@ async fn signups_sample_the_server_s_memory_on_the_embedded_store() {
     assert!(s.server_rss_after_kib.is_some());
     assert!(s.late_growth_bytes_per_signup.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_storm_reports_the_real_user_s_logins_and_the_attack_answers() {
+    let r = passing(&[
+        "login-storm",
+        "--embedded-server",
+        "memory",
+        "--attackers",
+        "4",
+        "--duration",
+        "1",
+        "--real-interval",
+        "0.1",
+        "--source-ips",
+        "127.0.0.1,127.0.0.2",
+    ])
+    .await;
+    let Report::LoginStorm(s) = &r.report else {
+        panic!("not a login-storm report")
+    };
+    assert!(s.real_logins.count > 0);
+    assert!(s.attack_statuses.get(&401).copied().unwrap_or(0) > 0);
+    assert!(s.server_rss_after_kib.is_some());
+}
