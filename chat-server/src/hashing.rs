@@ -152,7 +152,9 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verifies_and_refuses_beyond_its_queue() {
-        let pool = HashPool::start(Passwords::new(2048, 1).unwrap(), 2, 4).unwrap();
+        // The default cost (19 MiB, two passes): a hash takes milliseconds,
+        // far longer than submitting every call below.
+        let pool = HashPool::start(Passwords::new(19_456, 2).unwrap(), 2, 4).unwrap();
         let hash = pool.hash("correct horse".into()).await.unwrap();
         assert!(pool
             .verify("correct horse".into(), Some(hash.clone()))

@@ -156,7 +156,7 @@ async fn a_user_s_send_bytes_are_limited_across_their_connections() {
     // Bob's own budget is untouched.
     sent_id(b.send_msg(direct.id, "b1", &text).await);
     // Nothing refused was stored: bob's history has the three sent.
-    let history = ts
+    let (history, _) = ts
         .server
         .history(bob.user.id, direct.id, chat_core::Page::latest(10))
         .await

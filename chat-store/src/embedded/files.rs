@@ -69,7 +69,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("a/b/store");
         let options = EmbeddedOptions::default().with_max_open_files(16);
-        let store = EmbeddedStore::open_with(&path, options).unwrap();
+        let store = EmbeddedStore::open_with(&path, options.clone()).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         assert_eq!(options.file_budget(), 16 + FILES_BESIDE_TABLE);
