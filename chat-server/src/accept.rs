@@ -57,6 +57,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct ConnLimits {
     total: Arc<Semaphore>,
+    capacity: usize,
     per_address: usize,
     by_address: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -107,6 +108,7 @@ impl ConnLimits {
     pub(crate) fn new(total: usize, per_address: usize) -> Arc<Self> {
         Arc::new(Self {
             total: Arc::new(Semaphore::new(total)),
+            capacity: total,
             per_address,
             by_address: Mutex::new(HashMap::new()),
         })
@@ -131,8 +133,8 @@ impl ConnLimits {
     }
 
     /// Sockets open now.
-    pub(crate) fn open(&self, capacity: usize) -> usize {
-        capacity - self.total.available_permits()
+    pub(crate) fn open(&self) -> usize {
+        self.capacity - self.total.available_permits()
     }
 }
 
@@ -384,11 +386,11 @@ mod tests {
         assert!(limits.admit(a).is_none(), "a is at its per-address cap");
         let b1 = limits.admit(b).expect("b has its own count");
         assert!(limits.admit(b).is_none(), "the total cap is reached");
-        assert_eq!(limits.open(3), 3);
+        assert_eq!(limits.open(), 3);
         drop(a1);
         assert!(limits.admit(a).is_some(), "a closed one, so may open one");
         drop((a2, b1));
-        assert_eq!(limits.open(3), 0, "every permit released");
+        assert_eq!(limits.open(), 0, "every permit released");
         assert!(limits.by_address.lock().unwrap().is_empty());
     }
 

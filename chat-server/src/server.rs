@@ -329,9 +329,7 @@ impl ChatServer {
     /// Sockets open on this server (HTTP and WebSocket) when it is served
     /// by [`crate::serve`].
     pub fn open_sockets(&self) -> usize {
-        self.inner
-            .conn_limits
-            .open(self.inner.config.max_open_connections)
+        self.inner.conn_limits.open()
     }
 
     /// The most password hashes that ever ran at once (each takes a

@@ -322,3 +322,53 @@ async fn a_login_burst_runs_at_most_hash_workers_hashes_at_once() {
     assert!(ts.server.hashing_peak() >= 1 && ts.server.hashing_peak() <= 2);
     ts.stop().await;
 }
+
+/// Polls `f` until it holds, for up to 10 s.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1_000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test]
+async fn every_open_socket_counts_against_the_per_address_cap_websockets_included() {
+    use tokio::io::AsyncReadExt;
+    let ts = start(ServerConfig {
+        max_connections_per_address: 3,
+        ..test_config()
+    })
+    .await;
+    let alice = Http::new(&ts.http).signup("alice").await; // its connection closes
+    eventually("the sign-up's socket closed", || {
+        ts.server.open_sockets() == 0
+    })
+    .await;
+    let a = raw_connect(&ts, &alice.token, DeviceId::new_random()).await;
+    let idle1 = tokio::net::TcpStream::connect(ts.addr).await.unwrap();
+    let idle2 = tokio::net::TcpStream::connect(ts.addr).await.unwrap();
+    eventually("three sockets open", || ts.server.open_sockets() == 3).await;
+    // The fourth from this address is closed unread.
+    let mut fourth = tokio::net::TcpStream::connect(ts.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), fourth.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(
+        ts.server
+            .stats()
+            .connections_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The WebSocket's share is given back when the session ends.
+    drop(a);
+    drop((idle1, idle2));
+    eventually("every socket released", || ts.server.open_sockets() == 0).await;
+    ts.stop().await;
+}
