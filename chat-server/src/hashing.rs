@@ -27,6 +27,8 @@ pub(crate) struct PoolStats {
     pub(crate) peak: AtomicU64,
     /// Requests turned away because the queue was full.
     pub(crate) rejected: AtomicU64,
+    /// Hashes computed (sign-ups, logins, decoy checks included).
+    pub(crate) completed: AtomicU64,
 }
 
 /// At most `workers` hashes at once, each in one of `workers` working
@@ -120,6 +122,7 @@ impl HashPool {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(memory);
             stats.running.fetch_sub(1, Ordering::Relaxed);
+            stats.completed.fetch_add(1, Ordering::Relaxed);
             drop(permit);
             out
         });

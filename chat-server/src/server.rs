@@ -339,6 +339,12 @@ impl ChatServer {
         self.inner.hashing.stats.peak.load(Ordering::Relaxed)
     }
 
+    /// Password hashes computed: one per sign-up and per login, whether
+    /// or not the username exists.
+    pub fn hashes_computed(&self) -> u64 {
+        self.inner.hashing.stats.completed.load(Ordering::Relaxed)
+    }
+
     /// Sign-ups and logins turned away because the hashing queue was full.
     pub fn hashes_rejected(&self) -> u64 {
         self.inner.hashing.stats.rejected.load(Ordering::Relaxed)

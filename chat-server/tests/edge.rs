@@ -466,3 +466,23 @@ async fn the_data_directory_and_everything_in_it_are_private() {
     assert!(root.join("token.secret").exists());
     server.assert_running();
 }
+
+#[test]
+fn an_open_file_limit_too_small_for_the_store_and_sockets_is_refused_at_start() {
+    // 128 descriptors: the embedded store's share (32 + 64) and the
+    // reserve (64 + 16 for push) leave nothing for sockets.
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 128 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(data.path().join("data"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("open-file limit (128)"), "{stderr}");
+}

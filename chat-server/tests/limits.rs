@@ -372,3 +372,32 @@ async fn every_open_socket_counts_against_the_per_address_cap_websockets_include
     eventually("every socket released", || ts.server.open_sockets() == 0).await;
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn a_login_for_an_unknown_username_does_the_same_hashing_work() {
+    let ts = start(test_config()).await;
+    let client = reqwest::Client::new();
+    assert_eq!(signup(&client, &ts, "alice").await.status(), 201);
+    let before = ts.server.hashes_computed();
+    assert_eq!(
+        login(&client, &ts, "alice", "wrong-password")
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        ts.server.hashes_computed(),
+        before + 1,
+        "a wrong password is hashed"
+    );
+    let resp = login(&client, &ts, "nobody-by-this-name", "wrong-password").await;
+    assert_eq!(resp.status(), 401);
+    let body: ErrorBody = resp.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::Unauthorized);
+    assert_eq!(
+        ts.server.hashes_computed(),
+        before + 2,
+        "so is a login for a user that does not exist, against the decoy"
+    );
+    ts.stop().await;
+}
