@@ -439,10 +439,9 @@ async fn the_data_directory_and_everything_in_it_are_private() {
     server.wait_healthy().await;
     let http = ChatClient::new(&server.base).unwrap();
     let alice = http.signup("alice", "alice-password", None).await.unwrap();
-    let bob = http.signup("bob", "bob-password", None).await.unwrap();
-    let direct = alice.open_direct(bob.user_id()).await.unwrap();
+    let notes = alice.create_group("notes", &[]).await.unwrap();
     let conn = connect_synced(&alice).await;
-    conn.send(direct.id, "private").await.unwrap();
+    conn.send(notes.channel.id, "private").await.unwrap();
     conn.close().await;
 
     use std::os::unix::fs::PermissionsExt;

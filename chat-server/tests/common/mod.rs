@@ -36,24 +36,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// An SDK connection of a new device of `session`, once its first sync is
-/// done.
-pub async fn connect_synced(session: &chat_client::Session) -> chat_client::Connection {
-    let mut conn = session
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(chat_client::MemoryCursorStore::new()),
-            chat_client::ConnectOptions::default(),
-        )
-        .await
-        .unwrap();
-    while !matches!(
-        conn.next_event().await,
-        Some(chat_client::ClientEvent::Synced { .. })
-    ) {}
-    conn
-}
-
 /// A configuration for tests: cheap password hashing, fixed secret.
 pub fn test_config() -> ServerConfig {
     ServerConfig {
