@@ -111,7 +111,7 @@ async fn run(args: &SignupsArgs, quiet: bool, target: &Target) -> SignupsReport 
                 }
             }
         }
-        if done % args.sample_every == 0 {
+        if done.is_multiple_of(args.sample_every) {
             if let Some(kib) = rss() {
                 report.samples.push((done, kib));
             }

@@ -58,7 +58,7 @@ pub fn sample_envelope(n: u64) -> Envelope {
                 last_active_at: Some(n),
             },
         },
-        skip_device: (n % 2 == 0).then(DeviceId::new_random),
+        skip_device: n.is_multiple_of(2).then(DeviceId::new_random),
     }
 }
 

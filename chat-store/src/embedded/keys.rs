@@ -59,7 +59,7 @@ pub(super) type Positions = Vec<(UserId, Seq)>;
 
 pub(super) fn parse_idempotency_value(bytes: &[u8]) -> Result<(ChannelId, MessageId, Positions)> {
     const WHAT: &str = "idempotency record";
-    if bytes.len() < 24 || bytes.len() % 24 != 0 {
+    if bytes.len() < 24 || !bytes.len().is_multiple_of(24) {
         return Err(corrupt(WHAT, "length is not a multiple of 24 bytes"));
     }
     let (channel, id) = split_id_key(&bytes[..24], WHAT)?;
