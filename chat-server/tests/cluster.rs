@@ -143,7 +143,9 @@ impl Cluster {
             .args(["--redis-prefix", &self.prefix()])
             .args(["--heartbeat-secs", "1"])
             .args(["--presence-timeout-secs", "3"])
-            .args(["--discovery-ttl-secs", "3"]);
+            .args(["--discovery-ttl-secs", "3"])
+            // Every test user signs up from 127.0.0.1.
+            .args(["--auth-per-address-per-minute", "0"]);
         if self.redis_bus {
             cmd.arg("--redis-bus");
         } else {
