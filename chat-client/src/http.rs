@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::connection::{ConnectOptions, Connection};
 use crate::error::{ClientError, Result};
 use crate::store::CursorStore;
+use crate::tls::TlsOptions;
 
 /// How long one HTTP call may take by default.
 const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,29 +46,51 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Clone)]
 pub struct ChatClient {
     http: reqwest::Client,
+    /// TLS for `wss` (and, unless the caller gave its own HTTP client, for
+    /// `https`).
+    tls: Arc<rustls::ClientConfig>,
     /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8080`.
     base: Arc<str>,
 }
 
 impl ChatClient {
-    /// A client for the API at `base_url` (e.g. `http://127.0.0.1:8080`),
-    /// with a 30 s timeout per call. Idle pooled connections are dropped
-    /// after 5 s, before the server's keep-alive timeout (10 s by default)
-    /// can close one just as a request goes out on it; `TCP_NODELAY` is on.
+    /// A client for the API at `base_url` (e.g. `http://127.0.0.1:8080` or
+    /// `https://chat.example.com`), with a 30 s timeout per call, trusting
+    /// the webpki roots for `https` and `wss`. Idle pooled connections are
+    /// dropped after 5 s, before the server's keep-alive timeout (10 s by
+    /// default) can close one just as a request goes out on it;
+    /// `TCP_NODELAY` is on.
     pub fn new(base_url: &str) -> Result<Self> {
+        Self::with_tls(base_url, TlsOptions::default())
+    }
+
+    /// A client that trusts the roots of `tls` for `https` and `wss` (the
+    /// platform's, or a custom root such as a test's self-signed
+    /// certificate).
+    pub fn with_tls(base_url: &str, tls: TlsOptions) -> Result<Self> {
+        let tls = tls.client_config()?;
         let http = reqwest::Client::builder()
             .timeout(DEFAULT_HTTP_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            .use_preconfigured_tls((*tls).clone())
             .build()
             .map_err(ClientError::from)?;
-        Self::with_http_client(base_url, http)
+        Self::build(base_url, http, tls)
     }
 
     /// A client using a `reqwest::Client` you configured (timeouts, proxies,
-    /// TLS if the feature is enabled).
+    /// its own TLS); the WebSocket trusts the webpki roots.
     pub fn with_http_client(base_url: &str, http: reqwest::Client) -> Result<Self> {
+        Self::build(base_url, http, TlsOptions::default().client_config()?)
+    }
+
+    fn build(
+        base_url: &str,
+        http: reqwest::Client,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Self> {
         let url = Url::parse(base_url)
             .map_err(|e| ClientError::Config(format!("invalid base URL {base_url:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -77,8 +100,14 @@ impl ChatClient {
         }
         Ok(Self {
             http,
+            tls,
             base: Arc::from(base_url.trim_end_matches('/')),
         })
+    }
+
+    /// The TLS configuration for `wss`.
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
     }
 
     /// The base URL, without a trailing slash.

@@ -89,6 +89,7 @@ mod error;
 mod http;
 mod store;
 mod sync;
+mod tls;
 mod worker;
 
 pub use chat_core::api::{HistoryQuery, MessagePage, UpdateProfileRequest};
@@ -99,3 +100,4 @@ pub use connection::{
 pub use error::{ClientError, Result};
 pub use http::{ChatClient, Session};
 pub use store::{CursorStore, DeviceState, FileCursorStore, MemoryCursorStore};
+pub use tls::TlsOptions;

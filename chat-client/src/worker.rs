@@ -184,7 +184,12 @@ pub(crate) async fn open_socket(
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     debug!(url = %server.ws_url, "connecting");
-    let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        Some(config),
+        true,
+        Some(tokio_tungstenite::Connector::Rustls(session.client().tls())),
+    );
     let (mut ws, _response) = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => return Err(ClientError::Timeout),
         Ok(Err(tungstenite::Error::Http(response))) => {

@@ -13,6 +13,7 @@ use crate::protocol::WireError;
 use crate::types::{Channel, Invitation, Message, Platform, Presence, User, WhoMayAdd};
 
 /// `POST /v1/signup`
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignupRequest {
     /// Unique login name.
@@ -25,6 +26,7 @@ pub struct SignupRequest {
 }
 
 /// `POST /v1/login`
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoginRequest {
     /// Login name.
@@ -34,6 +36,7 @@ pub struct LoginRequest {
 }
 
 /// Answer to sign-up, log-in and refresh.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthResponse {
     /// Access token: the bearer token for HTTP and the WebSocket.
@@ -52,6 +55,7 @@ pub struct AuthResponse {
 }
 
 /// `POST /v1/refresh`
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RefreshRequest {
     /// The refresh token of [`AuthResponse::refresh_token`].
@@ -60,6 +64,7 @@ pub struct RefreshRequest {
 
 /// `PATCH /v1/me/privacy` — fields left out stay as they are; `GET` and
 /// `PATCH` answer the settings as a [`Privacy`](crate::types::Privacy).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UpdatePrivacyRequest {
     /// Who may add the caller to groups and open direct channels with them.
@@ -71,6 +76,7 @@ pub struct UpdatePrivacyRequest {
 }
 
 /// `PATCH /v1/me` — fields left out stay as they are.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UpdateProfileRequest {
     /// New display name.
@@ -82,6 +88,7 @@ pub struct UpdateProfileRequest {
 }
 
 /// `GET /v1/users/{id}` answers a [`User`]; `GET /v1/friends` answers this.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserList {
     /// The users.
@@ -89,6 +96,7 @@ pub struct UserList {
 }
 
 /// Where a friendship stands after `PUT /v1/friends/{user}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -100,6 +108,7 @@ pub enum FriendStatus {
 }
 
 /// Answer of `PUT /v1/friends/{user}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FriendAnswer {
     /// Where the friendship stands now.
@@ -107,6 +116,7 @@ pub struct FriendAnswer {
 }
 
 /// One pending friend request, as its sender or recipient sees it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingFriend {
     /// The other user: who asks (incoming) or who is asked (outgoing).
@@ -116,6 +126,7 @@ pub struct PendingFriend {
 }
 
 /// Answer of `GET /v1/friends/requests`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FriendRequests {
     /// Requests to the caller, waiting for the caller's answer.
@@ -125,6 +136,7 @@ pub struct FriendRequests {
 }
 
 /// Answer of `GET /v1/invitations`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InvitationList {
     /// Invitations to the caller, waiting for the caller's answer.
@@ -134,6 +146,7 @@ pub struct InvitationList {
 }
 
 /// `POST /v1/channels/direct` — open (or get) the direct channel with a user.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpenDirectRequest {
     /// The other user.
@@ -141,6 +154,7 @@ pub struct OpenDirectRequest {
 }
 
 /// `POST /v1/groups`
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateGroupRequest {
     /// Group name (1 to 100 characters).
@@ -153,6 +167,7 @@ pub struct CreateGroupRequest {
 /// Answer of `POST /v1/groups` and `PUT /v1/groups/{id}/members/{user}`:
 /// the group as it is now (a [`Channel`]'s fields) and who was invited
 /// rather than added, because their privacy settings ask for that.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupChange {
     /// The group.
@@ -169,6 +184,7 @@ pub struct GroupChange {
 }
 
 /// Query of `GET /v1/channels`: a page of the caller's channels by id.
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChannelsQuery {
     /// Exclusive lower bound: the `next` of the previous page.
@@ -184,6 +200,7 @@ pub struct ChannelsQuery {
 pub const MAX_CHANNEL_PAGE: usize = 100;
 
 /// Answer of `GET /v1/channels`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelList {
     /// The caller's channels, ascending by id.
@@ -194,6 +211,7 @@ pub struct ChannelList {
 }
 
 /// Query of `GET /v1/channels/{id}/messages` (see [`crate::Page`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HistoryQuery {
     /// Exclusive upper bound.
@@ -209,6 +227,7 @@ pub struct HistoryQuery {
 }
 
 /// A page of history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessagePage {
     /// Messages in ascending id order.
@@ -220,6 +239,7 @@ pub struct MessagePage {
 }
 
 /// `PUT /v1/devices/{device_id}`
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterDeviceRequest {
     /// Kind of client.
@@ -230,6 +250,7 @@ pub struct RegisterDeviceRequest {
 }
 
 /// Query of `GET /v1/route`.
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RouteQuery {
     /// The client's region, to prefer servers near it.
@@ -240,6 +261,7 @@ pub struct RouteQuery {
 /// Answer of `GET /v1/route`: the chat server to open the WebSocket to.
 /// Only what a client needs: server ids, capacities and loads stay
 /// inside the deployment.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteResponse {
     /// The WebSocket URL to open (add `device`, `token` and `v`).
@@ -247,6 +269,7 @@ pub struct RouteResponse {
 }
 
 /// Query of `GET /v1/presence?users=a,b,c`.
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PresenceQuery {
     /// Comma-separated user ids.
@@ -254,6 +277,7 @@ pub struct PresenceQuery {
 }
 
 /// Answer of `GET /v1/presence`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PresenceList {
     /// One entry per asked user, in order.
@@ -261,6 +285,7 @@ pub struct PresenceList {
 }
 
 /// The body of every HTTP error.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The error.
@@ -268,6 +293,7 @@ pub struct ErrorBody {
 }
 
 /// Query parameters of the WebSocket endpoint `GET /v1/ws`.
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectQuery {
     /// The device opening the connection.

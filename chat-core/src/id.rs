@@ -15,6 +15,7 @@ macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, format = Uuid))]
         #[serde(transparent)]
         pub struct $name(pub Uuid);
 
@@ -91,6 +92,11 @@ impl ChannelId {
 /// Messages are always ordered by this id, never by `created_at`, since two
 /// messages can share a timestamp.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, pattern = "^[0-9]{1,20}$", example = "1234567890123456789")
+)]
 pub struct MessageId(pub u64);
 
 impl MessageId {
@@ -158,6 +164,11 @@ impl<'de> Deserialize<'de> for MessageId {
 /// a retry. 1 to [`ClientMsgId::MAX_LEN`] printable ASCII characters; the SDK
 /// uses a UUID.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, pattern = "^[!-~]{1,64}$")
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct ClientMsgId(String);
 

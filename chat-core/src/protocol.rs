@@ -266,6 +266,7 @@ pub enum Event {
 }
 
 /// Stable error codes. Clients branch on these, never on the message text.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -321,6 +322,7 @@ impl ErrorCode {
 }
 
 /// An error as it travels to the client.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct WireError {

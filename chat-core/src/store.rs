@@ -51,6 +51,7 @@ pub fn entry_bytes(message: &Message) -> usize {
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = u64))]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 

@@ -8,6 +8,7 @@ use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 pub const MAX_USERNAME_LEN: usize = 32;
 
 /// A user's public profile.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     /// Name shown to others.
@@ -18,6 +19,7 @@ pub struct Profile {
 }
 
 /// A user account as others see it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// The user's id.
@@ -63,6 +65,7 @@ pub fn validate_username(name: &str) -> Result<(), crate::Error> {
 /// without asking first. Anyone else's addition to a group becomes an
 /// [`Invitation`] the user accepts or declines; anyone else cannot open a
 /// direct channel with the user (a friend request comes first).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhoMayAdd {
@@ -77,6 +80,7 @@ pub enum WhoMayAdd {
 }
 
 /// A user's privacy settings, seen only by the user.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Privacy {
     /// Who may add the user to a group or open a direct channel with them.
@@ -89,6 +93,7 @@ pub struct Privacy {
 }
 
 /// A friend request waiting for the other side's answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FriendRequest {
     /// Who asks.
@@ -100,6 +105,7 @@ pub struct FriendRequest {
 }
 
 /// An invitation to a group waiting for the invitee's answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invitation {
     /// The group.
@@ -115,6 +121,7 @@ pub struct Invitation {
 }
 
 /// What kind of conversation a channel is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -126,6 +133,7 @@ pub enum ChannelKind {
 }
 
 /// A conversation and its members.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Channel {
     /// The channel's id.
@@ -169,6 +177,7 @@ impl Channel {
 ///
 /// The primary key is `(channel_id, id)`; `id` alone is unique too when ids
 /// come from a globally ordered generator such as [`crate::Snowflake`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Server-assigned id, ordered by time.
@@ -201,6 +210,7 @@ impl Message {
 }
 
 /// The kind of client a device is, which decides how it is pushed to.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -218,6 +228,7 @@ pub enum Platform {
 }
 
 /// A registered device of a user.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     /// The device's id (chosen by the client, stable per installation).
@@ -234,6 +245,7 @@ pub struct Device {
 }
 
 /// Whether a user is reachable now.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
@@ -244,6 +256,7 @@ pub enum PresenceStatus {
 }
 
 /// A user's presence.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
     /// Whose presence.

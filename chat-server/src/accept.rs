@@ -39,7 +39,7 @@ use chat_core::protocol::ErrorCode;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -294,14 +294,25 @@ pub(crate) async fn run(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let io = Guarded::new(stream, cfg.write_stall_timeout, permit);
-        connections.spawn(serve_connection(
-            io,
+        let serve = Served {
             peer,
-            router.clone(),
-            cfg.header_timeout,
-            cfg.request_timeout,
-            stop_http.clone(),
-        ));
+            router: router.clone(),
+            header_timeout: cfg.header_timeout,
+            request_timeout: cfg.request_timeout,
+            stop: stop_http.clone(),
+        };
+        let tls = cfg.tls.clone();
+        connections.spawn(async move {
+            match tls {
+                None => serve.run(io).await,
+                // The handshake runs in the connection's own task, under
+                // its own timeout, so a slow one holds up nobody else.
+                Some(tls) => match tls.accept(io).await {
+                    Ok(io) => serve.run(io).await,
+                    Err(e) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                },
+            }
+        });
     }
     drop(listener);
     // Answer the requests in flight, close idle HTTP connections, and tell
@@ -319,56 +330,71 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Serves one connection with HTTP/1 (upgrades included) until it closes.
-async fn serve_connection(
-    io: Guarded<TcpStream>,
+/// What serving one connection needs besides its socket.
+struct Served {
     peer: SocketAddr,
     router: axum::Router,
     header_timeout: Duration,
     request_timeout: Duration,
     stop: CancellationToken,
-) {
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let call = router.clone().call(req);
-        async move {
-            match tokio::time::timeout(request_timeout, call).await {
-                Ok(response) => response,
-                Err(_) => {
-                    let mut response = ApiError(err(
-                        ErrorCode::Unavailable,
-                        "the request did not complete in time",
-                    ))
-                    .into_response();
-                    response.headers_mut().insert(
-                        axum::http::header::CONNECTION,
-                        axum::http::HeaderValue::from_static("close"),
-                    );
-                    Ok::<_, Infallible>(response)
+}
+
+impl Served {
+    /// Serves one connection (plain, or TLS after its handshake) with
+    /// HTTP/1, upgrades included, until it closes.
+    async fn run<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Served {
+            peer,
+            router,
+            header_timeout,
+            request_timeout,
+            stop,
+        } = self;
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let call = router.clone().call(req);
+            async move {
+                match tokio::time::timeout(request_timeout, call).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        let mut response = ApiError(err(
+                            ErrorCode::Unavailable,
+                            "the request did not complete in time",
+                        ))
+                        .into_response();
+                        response.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            axum::http::HeaderValue::from_static("close"),
+                        );
+                        Ok::<_, Infallible>(response)
+                    }
                 }
             }
-        }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .keep_alive(true);
-    let conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+                return;
             }
-            return;
+            _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
         }
-        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-    }
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
     }
 }
 

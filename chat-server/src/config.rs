@@ -143,6 +143,16 @@ pub struct ServerConfig {
     /// Logins to one username: sustained per minute, and the burst (0 per
     /// minute: no limit).
     pub login_per_username: RateSpec,
+    /// Whether [`ChatServer::router`](crate::ChatServer::router) answers
+    /// `GET /metrics`. Turn it off to serve metrics only on a listener of
+    /// their own ([`ChatServer::metrics_router`](crate::ChatServer::metrics_router)).
+    pub metrics_route: bool,
+    /// Whether the router serves the web chat at `/` (off by default for
+    /// embedders; the binary turns it on).
+    pub web_chat: bool,
+    /// Terminate TLS with this certificate and key: [`crate::serve`] then
+    /// speaks only `https` and `wss`.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 /// A token-bucket rate: `per_minute` sustained, `burst` at once.
@@ -218,6 +228,9 @@ impl Default for ServerConfig {
                 per_minute: 6,
                 burst: 10,
             },
+            metrics_route: true,
+            web_chat: false,
+            tls: None,
         }
     }
 }

@@ -3,11 +3,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use chat_core::api::{
     AuthResponse, ChannelList, ChannelsQuery, CreateGroupRequest, ErrorBody, FriendAnswer,
@@ -24,6 +25,10 @@ use chat_core::{
     UserId, UserRecord,
 };
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Claims, TokenKind};
 use crate::consent::Joined;
@@ -108,7 +113,9 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
 async fn authenticated(parts: &Parts, server: &ChatServer) -> Result<Claims, ApiError> {
     let token = bearer(&parts.headers)
         .ok_or_else(|| err(ErrorCode::Unauthorized, "missing bearer token"))?;
-    Ok(server.authenticate(&token, TokenKind::Access).await?)
+    let claims = server.authenticate(&token, TokenKind::Access).await?;
+    tracing::Span::current().record("user", tracing::field::display(claims.sub));
+    Ok(claims)
 }
 
 /// The authenticated caller.
@@ -131,39 +138,88 @@ impl FromRequestParts<ChatServer> for CallerToken {
     }
 }
 
+/// Longest request id taken from an `X-Request-Id` header, in bytes.
+const MAX_REQUEST_ID: usize = 64;
+
+/// The request's id: the caller's `X-Request-Id` when it is 1 to 64
+/// visible ASCII characters, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Runs every HTTP request in a span with its method, route, request id
+/// and (once authenticated) user, so each line it logs names them; answers
+/// with the request id in `X-Request-Id`. The route is the matched pattern,
+/// never the URI: a WebSocket URI carries the access token.
+async fn traced(request: Request, next: Next) -> Response {
+    let id = request_id(request.headers());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let span = tracing::info_span!(
+        "http",
+        method = %request.method(),
+        route,
+        request_id = %id,
+        user = tracing::field::Empty,
+    );
+    async move {
+        let mut response = next.run(request).await;
+        let status = response.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), "request done");
+        }
+        if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// `GET /metrics`: the node's metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format (when served on the API listener)", body = String, content_type = "text/plain"))
+)]
+pub(crate) async fn metrics(State(server): State<ChatServer>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        server.metrics_text(),
+    )
+        .into_response()
+}
+
 /// The HTTP routes plus the WebSocket endpoint, bound to `server`.
 pub(crate) fn routes(server: ChatServer) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/signup", post(signup))
-        .route("/v1/login", post(login))
-        .route("/v1/refresh", post(refresh))
-        .route("/v1/logout", post(logout))
-        .route("/v1/logout/all", post(logout_all))
-        .route("/v1/me", get(me).patch(update_me))
-        .route("/v1/me/privacy", get(privacy).patch(update_privacy))
-        .route("/v1/users/{id}", get(user))
-        .route("/v1/users/by-name/{username}", get(user_by_name))
-        .route("/v1/friends", get(friends))
-        .route("/v1/friends/requests", get(friend_requests))
-        .route("/v1/friends/{id}", put(add_friend).delete(remove_friend))
-        .route("/v1/channels", get(channels))
-        .route("/v1/channels/direct", post(open_direct))
-        .route("/v1/channels/{id}", get(channel))
-        .route("/v1/channels/{id}/messages", get(history))
-        .route("/v1/groups", post(create_group))
-        .route(
-            "/v1/groups/{id}/members/{user}",
-            put(add_member).delete(remove_member),
-        )
-        .route("/v1/invitations", get(invitations))
-        .route(
-            "/v1/invitations/{id}",
-            put(accept_invitation).delete(decline_invitation),
-        )
-        .route("/v1/devices/{id}", put(register_device))
-        .route("/v1/presence", get(presence))
-        .route("/v1/route", get(route))
+    let cfg = server.config();
+    let (mut router, _) = api_routes().split_for_parts();
+    if cfg.metrics_route {
+        router = router.route("/metrics", get(metrics));
+    }
+    if cfg.web_chat {
+        router = router.merge(crate::web::routes());
+    }
+    router
+        .route("/v1/openapi.json", get(openapi_json))
         .route(
             "/v1/ws",
             get(crate::ws::upgrade).route_layer(axum::middleware::from_fn_with_state(
@@ -171,13 +227,152 @@ pub(crate) fn routes(server: ChatServer) -> Router {
                 crate::origin::check,
             )),
         )
+        .fallback(unmatched)
+        .layer(axum::middleware::from_fn(traced))
         .with_state(server)
+}
+
+/// Every API route with its OpenAPI operation: the routes are registered
+/// from the operations' paths, so the description cannot leave one out
+/// or name one that does not exist. (`/v1/ws` is a WebSocket, described in
+/// docs/protocol.md; `/` is the web chat's page.)
+fn api_routes() -> OpenApiRouter<ChatServer> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(signup))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(me, update_me))
+        .routes(routes!(privacy, update_privacy))
+        .routes(routes!(user))
+        .routes(routes!(user_by_name))
+        .routes(routes!(friends))
+        .routes(routes!(friend_requests))
+        .routes(routes!(add_friend, remove_friend))
+        .routes(routes!(channels))
+        .routes(routes!(open_direct))
+        .routes(routes!(channel))
+        .routes(routes!(history))
+        .routes(routes!(create_group))
+        .routes(routes!(add_member, remove_member))
+        .routes(routes!(invitations))
+        .routes(routes!(accept_invitation, decline_invitation))
+        .routes(routes!(register_device))
+        .routes(routes!(presence))
+        .routes(routes!(route))
+}
+
+/// The OpenAPI 3 description of the HTTP API (`GET /v1/openapi.json`, and
+/// `docs/openapi.json`, which a test keeps equal to it).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api_routes().split_for_parts();
+    let (_, metrics_doc) = OpenApiRouter::<ChatServer>::new()
+        .routes(routes!(metrics))
+        .split_for_parts();
+    doc.merge(metrics_doc);
+    doc
+}
+
+async fn openapi_json() -> Response {
+    Json(openapi()).into_response()
+}
+
+/// A path no route matches, or a method the path does not take: the same
+/// JSON error body as every other failure.
+async fn unmatched() -> ApiError {
+    ApiError(err(ErrorCode::NotFound, "no such endpoint"))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Chat server HTTP API",
+        description = "The stateless HTTP API of the chat server. The WebSocket protocol (`GET /v1/ws`) is in docs/protocol.md.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "accounts", description = "Sign-up, log-in, tokens"),
+        (name = "profile", description = "The caller's profile and privacy settings"),
+        (name = "users", description = "Other users"),
+        (name = "friends", description = "Friend requests and friends"),
+        (name = "channels", description = "Direct channels, channel lists and history"),
+        (name = "groups", description = "Groups, members and invitations"),
+        (name = "devices", description = "Devices and push tokens"),
+        (name = "presence", description = "Presence and routing"),
+        (name = "operations", description = "Health and metrics")
+    )
+)]
+struct ApiDoc;
+
+/// The `bearer` security scheme: the access token.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The access token of sign-up, log-in or refresh"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every error: `{"error": {"code", "message", "retryable"}}` with the
+/// status of its code (docs/protocol.md, Errors).
+struct Errors;
+
+impl utoipa::IntoResponses for Errors {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let response = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+                .into()
+        };
+        [
+            (
+                "4XX".to_owned(),
+                response("A client error; `error.code` says which"),
+            ),
+            (
+                "5XX".to_owned(),
+                response("A node failure (`unavailable`, retryable) or an internal error"),
+            ),
+        ]
+        .into()
+    }
 }
 
 /// `ok`, or 503 with the reason: shutting down, or storage that refuses
 /// writes (a full disk, a store reopening after a failed write). A load
 /// balancer or supervisor takes the node out while it is unhealthy; it
 /// comes back by itself.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The node takes traffic", body = String, content_type = "text/plain"), (status = 503, description = "Shutting down, or storage refuses writes; the reason", body = String, content_type = "text/plain"), Errors)
+)]
 async fn healthz(State(server): State<ChatServer>) -> Response {
     if server.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
@@ -223,6 +418,13 @@ fn throttled(server: &ChatServer, t: Throttled) -> HttpError {
     t.into()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/signup",
+    tag = "accounts",
+    request_body = SignupRequest,
+    responses((status = 201, description = "Signed up and logged in", body = AuthResponse), Errors)
+)]
 async fn signup(
     State(server): State<ChatServer>,
     Peer(peer): Peer,
@@ -257,6 +459,13 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(server.log_in(user).await?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/login",
+    tag = "accounts",
+    request_body = LoginRequest,
+    responses((status = 200, description = "Logged in", body = AuthResponse), Errors)
+)]
 async fn login(
     State(server): State<ChatServer>,
     Peer(peer): Peer,
@@ -283,6 +492,13 @@ async fn login(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/refresh",
+    tag = "accounts",
+    request_body = RefreshRequest,
+    responses((status = 200, description = "New tokens for the same session", body = AuthResponse), Errors)
+)]
 async fn refresh(
     State(server): State<ChatServer>,
     Body(req): Body<RefreshRequest>,
@@ -290,6 +506,13 @@ async fn refresh(
     Ok(Json(server.refresh(&req.refresh_token).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/logout",
+    tag = "accounts",
+    responses((status = 204, description = "This session's tokens are refused from now on"), Errors),
+    security(("bearer" = []))
+)]
 async fn logout(
     State(server): State<ChatServer>,
     CallerToken(claims): CallerToken,
@@ -298,6 +521,13 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/logout/all",
+    tag = "accounts",
+    responses((status = 204, description = "Every session's tokens are refused from now on"), Errors),
+    security(("bearer" = []))
+)]
 async fn logout_all(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -330,10 +560,25 @@ async fn load_users(
     Ok(users)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "profile",
+    responses((status = 200, description = "The caller", body = User), Errors),
+    security(("bearer" = []))
+)]
 async fn me(State(server): State<ChatServer>, Caller(me): Caller) -> HttpResult<Json<User>> {
     Ok(Json(load_user(&server, me).await?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/me",
+    tag = "profile",
+    request_body = UpdateProfileRequest,
+    responses((status = 200, description = "The caller, updated", body = User), Errors),
+    security(("bearer" = []))
+)]
 async fn update_me(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -357,6 +602,13 @@ async fn update_me(
     Ok(Json(user))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me/privacy",
+    tag = "profile",
+    responses((status = 200, description = "The caller's privacy settings", body = Privacy), Errors),
+    security(("bearer" = []))
+)]
 async fn privacy(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -366,6 +618,14 @@ async fn privacy(
     ))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/me/privacy",
+    tag = "profile",
+    request_body = UpdatePrivacyRequest,
+    responses((status = 200, description = "The settings, updated", body = Privacy), Errors),
+    security(("bearer" = []))
+)]
 async fn update_privacy(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -384,6 +644,14 @@ async fn update_privacy(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}",
+    tag = "users",
+    params(("id" = UserId, Path, description = "A user id")),
+    responses((status = 200, description = "The user", body = User), Errors),
+    security(("bearer" = []))
+)]
 async fn user(
     State(server): State<ChatServer>,
     Caller(_): Caller,
@@ -392,6 +660,14 @@ async fn user(
     Ok(Json(load_user(&server, id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/by-name/{username}",
+    tag = "users",
+    params(("username" = String, Path, description = "A username")),
+    responses((status = 200, description = "The user", body = User), Errors),
+    security(("bearer" = []))
+)]
 async fn user_by_name(
     State(server): State<ChatServer>,
     Caller(_): Caller,
@@ -407,6 +683,13 @@ async fn user_by_name(
     Ok(Json(record.user))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/friends",
+    tag = "friends",
+    responses((status = 200, description = "The caller's friends", body = UserList), Errors),
+    security(("bearer" = []))
+)]
 async fn friends(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -417,6 +700,13 @@ async fn friends(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/friends/requests",
+    tag = "friends",
+    responses((status = 200, description = "Pending requests, both ways", body = FriendRequests), Errors),
+    security(("bearer" = []))
+)]
 async fn friend_requests(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -449,6 +739,14 @@ async fn friend_requests(
 
 /// `PUT /v1/friends/{user}`: asks `user` to be friends, or accepts their
 /// request; tells them live either way.
+#[utoipa::path(
+    put,
+    path = "/v1/friends/{id}",
+    tag = "friends",
+    params(("id" = UserId, Path, description = "A user id")),
+    responses((status = 200, description = "Asked, or accepted their request", body = FriendAnswer), Errors),
+    security(("bearer" = []))
+)]
 async fn add_friend(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -479,6 +777,14 @@ async fn add_friend(
 
 /// `DELETE /v1/friends/{user}`: unfriends, declines their request, or
 /// cancels the caller's: whatever there is between the two ends.
+#[utoipa::path(
+    delete,
+    path = "/v1/friends/{id}",
+    tag = "friends",
+    params(("id" = UserId, Path, description = "A user id")),
+    responses((status = 204, description = "Unfriended, declined or cancelled"), Errors),
+    security(("bearer" = []))
+)]
 async fn remove_friend(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -493,6 +799,14 @@ async fn remove_friend(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/channels",
+    tag = "channels",
+    params(ChannelsQuery),
+    responses((status = 200, description = "A page of the caller's channels, by id", body = ChannelList), Errors),
+    security(("bearer" = []))
+)]
 async fn channels(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -518,6 +832,14 @@ async fn channels(
     Ok(Json(ChannelList { channels, next }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/channels/{id}",
+    tag = "channels",
+    params(("id" = ChannelId, Path, description = "A channel id")),
+    responses((status = 200, description = "The channel (members only)", body = Channel), Errors),
+    security(("bearer" = []))
+)]
 async fn channel(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -528,6 +850,14 @@ async fn channel(
 
 /// `POST /v1/channels/direct`: the direct channel with a user, if it
 /// exists or their settings let the caller open it.
+#[utoipa::path(
+    post,
+    path = "/v1/channels/direct",
+    tag = "channels",
+    request_body = OpenDirectRequest,
+    responses((status = 200, description = "The direct channel of the pair", body = Channel), Errors),
+    security(("bearer" = []))
+)]
 async fn open_direct(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -569,6 +899,14 @@ async fn open_direct(
 
 /// `POST /v1/groups`: a group owned by the caller; each listed member is
 /// added or invited as `PUT /v1/groups/{id}/members/{user}` would.
+#[utoipa::path(
+    post,
+    path = "/v1/groups",
+    tag = "groups",
+    request_body = CreateGroupRequest,
+    responses((status = 201, description = "The group, with the caller as owner", body = GroupChange), Errors),
+    security(("bearer" = []))
+)]
 async fn create_group(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -650,6 +988,14 @@ async fn group_for_change(
 
 /// `PUT /v1/groups/{id}/members/{user}` (owner only): adds the user, or
 /// invites them when their settings ask for consent (202).
+#[utoipa::path(
+    put,
+    path = "/v1/groups/{id}/members/{user}",
+    tag = "groups",
+    params(("id" = ChannelId, Path, description = "A channel id"), ("user" = UserId, Path, description = "The member")),
+    responses((status = 200, description = "Added", body = GroupChange), (status = 202, description = "Invited", body = GroupChange), Errors),
+    security(("bearer" = []))
+)]
 async fn add_member(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -672,6 +1018,14 @@ async fn add_member(
 
 /// `DELETE /v1/groups/{id}/members/{user}`: the owner removes a member or
 /// withdraws an invitation; a member leaves.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{id}/members/{user}",
+    tag = "groups",
+    params(("id" = ChannelId, Path, description = "A channel id"), ("user" = UserId, Path, description = "The member")),
+    responses((status = 200, description = "The group after the change", body = Channel), Errors),
+    security(("bearer" = []))
+)]
 async fn remove_member(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -684,6 +1038,13 @@ async fn remove_member(
     Ok(Json(channel))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/invitations",
+    tag = "groups",
+    responses((status = 200, description = "Pending invitations, both ways", body = InvitationList), Errors),
+    security(("bearer" = []))
+)]
 async fn invitations(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -701,6 +1062,14 @@ async fn invitations(
 
 /// `PUT /v1/invitations/{channel}`: joins the group the caller is invited
 /// to. `not_found` without an invitation, whether or not the group exists.
+#[utoipa::path(
+    put,
+    path = "/v1/invitations/{id}",
+    tag = "groups",
+    params(("id" = ChannelId, Path, description = "A channel id")),
+    responses((status = 200, description = "Joined the group", body = Channel), Errors),
+    security(("bearer" = []))
+)]
 async fn accept_invitation(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -719,6 +1088,14 @@ async fn accept_invitation(
 }
 
 /// `DELETE /v1/invitations/{channel}`: declines (idempotent).
+#[utoipa::path(
+    delete,
+    path = "/v1/invitations/{id}",
+    tag = "groups",
+    params(("id" = ChannelId, Path, description = "A channel id")),
+    responses((status = 204, description = "Declined"), Errors),
+    security(("bearer" = []))
+)]
 async fn decline_invitation(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -733,6 +1110,14 @@ async fn decline_invitation(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/channels/{id}/messages",
+    tag = "channels",
+    params(("id" = ChannelId, Path, description = "A channel id"), HistoryQuery),
+    responses((status = 200, description = "A page of history (members only)", body = MessagePage), Errors),
+    security(("bearer" = []))
+)]
 async fn history(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -749,6 +1134,15 @@ async fn history(
     Ok(Json(MessagePage { messages, has_more }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/devices/{id}",
+    tag = "devices",
+    request_body = RegisterDeviceRequest,
+    params(("id" = DeviceId, Path, description = "The device id")),
+    responses((status = 200, description = "The device", body = Device), Errors),
+    security(("bearer" = []))
+)]
 async fn register_device(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -784,6 +1178,14 @@ async fn register_device(
     Ok(Json(device))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/presence",
+    tag = "presence",
+    params(PresenceQuery),
+    responses((status = 200, description = "Presence as the caller may see it", body = PresenceList), Errors),
+    security(("bearer" = []))
+)]
 async fn presence(
     State(server): State<ChatServer>,
     Caller(me): Caller,
@@ -808,6 +1210,14 @@ async fn presence(
 
 /// `GET /v1/route`: where to open the WebSocket, for authenticated users
 /// only, and nothing else about the deployment.
+#[utoipa::path(
+    get,
+    path = "/v1/route",
+    tag = "presence",
+    params(RouteQuery),
+    responses((status = 200, description = "Where to open the WebSocket", body = RouteResponse), Errors),
+    security(("bearer" = []))
+)]
 async fn route(
     State(server): State<ChatServer>,
     Caller(_): Caller,

@@ -32,17 +32,23 @@ mod consent;
 mod hashing;
 mod http;
 mod limits;
+mod metered;
+mod metrics;
 mod origin;
 mod outbox;
 mod push;
 mod send_quota;
 mod server;
 mod sessions;
+mod tls;
+mod web;
 mod ws;
 
 pub use auth::{Claims, HashMemory, Passwords, TokenKind, Tokens};
 pub use config::{RateSpec, ServerConfig};
+pub use http::openapi;
 pub use server::{ApiResult, ChatServer, SendOutcome, ServerBuilder, Stats};
+pub use tls::TlsConfig;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +58,26 @@ impl ChatServer {
     /// to mount in a host application.
     pub fn router(&self) -> axum::Router {
         http::routes(self.clone())
+    }
+
+    /// `GET /metrics` alone, for a listener of its own (see
+    /// [`ServerConfig::metrics_route`]).
+    pub fn metrics_router(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/metrics", axum::routing::get(http::metrics))
+            .with_state(self.clone())
+    }
+
+    /// The web chat alone (`/`, `/web/app.js`, `/web/style.css`), for a
+    /// host that mounts [`router`](Self::router) with
+    /// [`ServerConfig::web_chat`] off and wants the page elsewhere.
+    pub fn web_chat_router() -> axum::Router {
+        web::routes()
+    }
+
+    /// The node's metrics in the Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.render()
     }
 }
 
@@ -67,7 +93,8 @@ impl ChatServer {
 ///
 /// The caller binds the listener (tests bind `127.0.0.1:0`). The server
 /// advertises itself in discovery with URLs from its configuration, or from
-/// the listener's address.
+/// the listener's address. With [`ServerConfig::tls`] it speaks only TLS
+/// (`https`, `wss`).
 pub async fn serve(
     server: ChatServer,
     listener: TcpListener,
@@ -75,14 +102,19 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let cfg = server.config();
+    let (http, ws) = if cfg.tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     let http_url = cfg
         .public_http_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{http}://{addr}"));
     let ws_url = cfg
         .public_ws_url
         .clone()
-        .unwrap_or_else(|| format!("ws://{addr}/v1/ws"));
+        .unwrap_or_else(|| format!("{ws}://{addr}/v1/ws"));
     server
         .advertise(ws_url, http_url)
         .await

@@ -232,6 +232,24 @@ struct Args {
     discovery_ttl_secs: u64,
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// Log format: `text` for people, `json` (one object a line, with the
+    /// spans' user, device and request id) for log pipelines.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Serve `GET /metrics` (Prometheus) on this address only, instead of
+    /// on --listen beside the API.
+    #[arg(long, env = "CHAT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve the web chat at `/` (`--web-chat false` turns it off).
+    #[arg(long, env = "CHAT_WEB_CHAT", default_value_t = true, action = clap::ArgAction::Set)]
+    web_chat: bool,
+    /// Terminate TLS with this PEM certificate chain (server certificate
+    /// first): the server then speaks only https and wss.
+    #[arg(long, env = "CHAT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     push: PushArgs,
 }
@@ -284,6 +302,15 @@ struct ClusterArgs {
     #[cfg(feature = "zookeeper")]
     #[arg(long, env = "CHAT_ZOOKEEPER_PATH", default_value = "/chat")]
     zookeeper_path: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Push providers (see docs/push.md). Android devices go to FCM, iOS devices
@@ -732,16 +759,17 @@ async fn cluster(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Everything this process creates (the data directory, the store's
-    // journals and segments, the token secret) is its owner's alone: it
-    // holds messages and password hashes.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
     let defaults = ServerConfig::default();
     let budget = fd_budget(&args, open_file_limit())?;
     tracing::info!(
@@ -803,6 +831,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         push_concurrency: args.push_concurrency,
         push_collapse_window: Duration::from_millis(args.push_collapse_window_ms),
         discovery_ttl: Duration::from_secs(args.discovery_ttl_secs),
+        metrics_route: args.metrics_listen.is_none(),
+        web_chat: args.web_chat,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(chat_server::TlsConfig::from_pem_files(cert, key)?),
+            _ => None,
+        },
         ..defaults
     };
     let (presence_timeout, discovery_ttl) = (config.presence_timeout, config.discovery_ttl);
@@ -815,6 +849,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
+    if let Some(addr) = args.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "metrics listening");
+        let app = server.metrics_router();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(metrics, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     chat_server::serve(server, listener, shutdown).await?;
     Ok(())
 }

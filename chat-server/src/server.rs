@@ -13,8 +13,8 @@ use chat_core::protocol::{ErrorCode, WireError};
 use chat_core::{
     BusEvent, Channel, ChannelId, ClientMsgId, Clock, Committed, DeliveryBus, DeviceId, Directory,
     Envelope, Health, InboxEntry, Message, MessageIdGenerator, MessageStore, NewMessage, Page,
-    Presence, PresenceTracker, PushNotifier, Seq, ServerInfo, ServiceDiscovery, Snowflake,
-    TokioClock, UserId, MAX_PAGE,
+    Presence, PresenceStatus, PresenceTracker, PushNotifier, Seq, ServerInfo, ServiceDiscovery,
+    Snowflake, TokioClock, UserId, MAX_PAGE,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,8 @@ use crate::auth::{Passwords, Tokens};
 use crate::config::ServerConfig;
 use crate::hashing::HashPool;
 use crate::limits::AuthLimits;
+use crate::metered::Metered;
+use crate::metrics::Metrics;
 use crate::push::{PushJob, PushQueue};
 use crate::send_quota::SendQuota;
 use crate::sessions::{LocalDelivery, Sessions};
@@ -154,10 +156,16 @@ impl ServerBuilder {
         let discovery = self
             .discovery
             .unwrap_or_else(|| Arc::new(MemoryDiscovery::new(clock.clone())));
+        let stats = Arc::new(Stats::default());
+        let metrics = Arc::new(Metrics::new(stats.clone()));
         let sessions = Arc::new(Sessions::default());
-        let bus = self.bus.unwrap_or_else(|| Arc::new(MemoryBus::default()));
+        let bus: Arc<dyn DeliveryBus> = Arc::new(Metered::new(
+            self.bus.unwrap_or_else(|| Arc::new(MemoryBus::default())),
+            metrics.clone(),
+        ));
         bus.attach(Arc::new(LocalDelivery {
             sessions: sessions.clone(),
+            metrics: metrics.clone(),
         }))
         .await?;
         let (directory, messages): (Arc<dyn Directory>, Arc<dyn MessageStore>) =
@@ -174,6 +182,8 @@ impl ServerBuilder {
                     ))
                 }
             };
+        let directory: Arc<dyn Directory> = Arc::new(Metered::new(directory, metrics.clone()));
+        let messages: Arc<dyn MessageStore> = Arc::new(Metered::new(messages, metrics.clone()));
         let (push_queue, push_rx) = PushQueue::new(config.push_queue);
         let passwords = Passwords::new(config.argon2_memory_kib, config.argon2_iterations)?;
         let inner = Arc::new(Inner {
@@ -196,7 +206,8 @@ impl ServerBuilder {
             clock,
             sessions,
             push_queue,
-            stats: Stats::default(),
+            stats,
+            metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             advertised: Mutex::new(None),
@@ -276,7 +287,8 @@ pub(crate) struct Inner {
     pub(crate) conn_limit: Arc<Semaphore>,
     /// Jobs for the push worker, off the send path.
     push_queue: PushQueue,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down; every session watches it.
     pub(crate) shutdown: CancellationToken,
     /// Every session and background task, so shutdown can wait for them.
@@ -390,6 +402,27 @@ impl ChatServer {
     /// first attempt may have committed after giving up, announcing
     /// nothing; devices that have it already drop the repeat by position).
     pub async fn send(
+        &self,
+        sender: UserId,
+        device: DeviceId,
+        channel_id: ChannelId,
+        client_msg_id: ClientMsgId,
+        content: String,
+    ) -> ApiResult<SendOutcome> {
+        let outcome = self
+            .send_counted(sender, device, channel_id, client_msg_id, content)
+            .await;
+        let label = match &outcome {
+            Ok(o) if o.duplicate => "duplicate",
+            Ok(_) => "stored",
+            Err(e) => crate::metrics::code_label(e.code),
+        };
+        Metrics::count(&self.inner.metrics.sends, label);
+        outcome
+    }
+
+    /// [`send`](Self::send) before its outcome is counted.
+    async fn send_counted(
         &self,
         sender: UserId,
         device: DeviceId,
@@ -531,6 +564,12 @@ impl ChatServer {
             .read(user, after, limit, cfg.page_bytes)
             .await
             .map_err(wire)?;
+        let metrics = &self.inner.metrics;
+        metrics.syncs.inc();
+        metrics.sync_entries.inc_by(page.items.len() as u64);
+        if page.has_more {
+            metrics.sync_partial_pages.inc();
+        }
         Ok((page.items, page.has_more))
     }
 
@@ -586,6 +625,13 @@ impl ChatServer {
 
     /// Publishes a presence change to the user's friends.
     async fn announce(&self, presence: Presence) {
+        Metrics::count(
+            &self.inner.metrics.presence_changes,
+            match presence.status {
+                PresenceStatus::Online => "online",
+                _ => "offline",
+            },
+        );
         let friends = match self.inner.directory.friends(presence.user).await {
             Ok(f) => f,
             Err(e) => {

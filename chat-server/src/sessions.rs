@@ -145,6 +145,7 @@ pub(crate) fn message_frame(seq: Seq, message_json: &str) -> Utf8Bytes {
 #[derive(Debug)]
 pub(crate) struct LocalDelivery {
     pub(crate) sessions: Arc<Sessions>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl LocalDelivery {
@@ -206,6 +207,7 @@ impl EnvelopeHandler for LocalDelivery {
                     let json = json
                         .get_or_insert_with(|| serde_json::to_string(message).unwrap_or_default());
                     let frame = message_frame(positions[i].1, json);
+                    self.metrics.deliveries.inc_by(handles.len() as u64);
                     for h in handles {
                         h.offer(frame.clone());
                     }

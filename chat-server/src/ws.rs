@@ -22,9 +22,11 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{Kind, Metrics};
 use crate::outbox::Outbox;
 use crate::server::{clamp_limit, err, wire, ApiResult, ChatServer};
 use crate::sessions::{encode, Registered, SessionHandle};
+use tracing::Instrument;
 
 /// Most frames written per flush.
 const WRITE_BATCH: usize = 64;
@@ -67,60 +69,109 @@ pub(crate) async fn upgrade(
         .max_frame_size(cfg.max_frame_bytes);
     ws.on_upgrade(move |socket| async move {
         let refusal = if server.is_shutting_down() {
-            Some((close::SHUTDOWN, "server shutting down"))
+            Some(Close::SHUTDOWN)
         } else if query.v.unwrap_or(PROTOCOL_VERSION) != PROTOCOL_VERSION {
-            Some((close::UNSUPPORTED_VERSION, "unsupported protocol version"))
+            Some(Close::new(
+                close::UNSUPPORTED_VERSION,
+                "unsupported_version",
+                "unsupported protocol version",
+            ))
         } else {
             match &auth {
-                Err(e) if e.code == ErrorCode::Unauthorized => Some((
+                Err(e) if e.code == ErrorCode::Unauthorized => Some(Close::new(
                     close::UNAUTHORIZED,
+                    "unauthorized",
                     "missing, invalid, expired or revoked token",
                 )),
                 // The directory could not tell: a node failure; try again.
-                Err(_) => Some((close::INTERNAL, "cannot check the token now")),
+                Err(_) => Some(Close::new(
+                    close::INTERNAL,
+                    "token_check_failed",
+                    "cannot check the token now",
+                )),
                 Ok(_) => None,
             }
         };
         let user = auth.ok();
         let permit = server.inner.conn_limit.clone().try_acquire_owned().ok();
         match (refusal, user, permit) {
-            (Some((code, reason)), _, _) => refuse(socket, code, reason).await,
+            (Some(c), _, _) => refuse(&server, socket, c).await,
             (None, _, None) => {
-                refuse(socket, close::SERVER_FULL, "server at its connection limit").await
+                let full = Close::new(
+                    close::SERVER_FULL,
+                    "server_full",
+                    "server at its connection limit",
+                );
+                refuse(&server, socket, full).await
             }
             (None, Some(claims), Some(permit)) => {
                 // Tracked so shutdown waits for the session to say goodbye.
                 let tracker = server.inner.tasks.clone();
+                let span = tracing::info_span!(
+                    "session",
+                    user = %claims.sub,
+                    device = %query.device
+                );
                 tracker
-                    .track_future(run_session(
-                        server,
-                        socket,
-                        claims.sub,
-                        claims.sid,
-                        query.device,
-                        permit,
-                    ))
+                    .track_future(
+                        run_session(server, socket, claims.sub, claims.sid, query.device, permit)
+                            .instrument(span),
+                    )
                     .await;
             }
-            (None, None, Some(_)) => refuse(socket, close::UNAUTHORIZED, "unauthorized").await,
+            (None, None, Some(_)) => {
+                let c = Close::new(close::UNAUTHORIZED, "unauthorized", "unauthorized");
+                refuse(&server, socket, c).await
+            }
         }
     })
 }
 
-async fn refuse(mut socket: WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
-        .send(WsMessage::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
+/// A close the server decides on: the code, a stable reason for logs and
+/// metrics, and the text the client reads.
+#[derive(Debug, Clone, Copy)]
+struct Close {
+    code: u16,
+    reason: &'static str,
+    text: &'static str,
 }
 
-fn close_msg(code: u16, reason: &'static str) -> WsMessage {
-    WsMessage::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    }))
+impl Close {
+    const SHUTDOWN: Close = Close::new(close::SHUTDOWN, "shutdown", "server shutting down");
+
+    const fn new(code: u16, reason: &'static str, text: &'static str) -> Self {
+        Self { code, reason, text }
+    }
+
+    fn message(self) -> WsMessage {
+        WsMessage::Close(Some(CloseFrame {
+            code: self.code,
+            reason: Utf8Bytes::from_static(self.text),
+        }))
+    }
+}
+
+/// Counts a connection's end by code and reason, and logs it once: the
+/// server's own reasons at `info` or `warn`, a client's close, a broken
+/// socket and shutdown at `debug` (those are normal, or logged elsewhere
+/// once for all).
+fn record_end(server: &ChatServer, code: Option<u16>, reason: &'static str) {
+    server.inner.metrics.closed(code, reason);
+    let code = code.map_or(-1, i32::from);
+    match reason {
+        "client_closed" | "broken" | "shutdown" => {
+            tracing::debug!(code, reason, "connection closed")
+        }
+        "unauthorized" | "idle" | "revoked" | "unsupported_version" => {
+            tracing::info!(code, reason, "server closed the connection")
+        }
+        _ => tracing::warn!(code, reason, "server closed the connection"),
+    }
+}
+
+async fn refuse(server: &ChatServer, mut socket: WebSocket, c: Close) {
+    record_end(server, Some(c.code), c.reason);
+    let _ = socket.send(c.message()).await;
 }
 
 /// How a session ended, for the close frame.
@@ -131,8 +182,50 @@ enum End {
     Idle,
     TooBig,
     Broken,
+    /// The writer refused a frame too large for the write buffer.
+    Refused,
     Revoked,
     Flood,
+}
+
+impl End {
+    /// The close frame the server sends, if any, and the reason recorded.
+    fn close(&self) -> (Option<Close>, &'static str) {
+        match self {
+            End::ClientClosed => (None, "client_closed"),
+            End::Broken => (None, "broken"),
+            End::Refused => (None, "frame_refused"),
+            End::Shutdown => (Some(Close::SHUTDOWN), "shutdown"),
+            End::Slow => (
+                Some(Close::new(
+                    close::SLOW_CONSUMER,
+                    "slow_consumer",
+                    "outbound queue full",
+                )),
+                "slow_consumer",
+            ),
+            End::Idle => (
+                Some(Close::new(close::IDLE_TIMEOUT, "idle", "no heartbeat")),
+                "idle",
+            ),
+            End::TooBig => (
+                Some(Close::new(1009, "frame_too_large", "frame too large")),
+                "frame_too_large",
+            ),
+            End::Revoked => (
+                Some(Close::new(close::UNAUTHORIZED, "revoked", "token revoked")),
+                "revoked",
+            ),
+            End::Flood => (
+                Some(Close::new(
+                    close::FLOOD,
+                    "flood",
+                    "too many frames; slow down",
+                )),
+                "flood",
+            ),
+        }
+    }
 }
 
 async fn run_session(
@@ -163,12 +256,13 @@ async fn run_session(
         .register(user, handle.clone(), cfg.max_connections_per_user)
     {
         Registered::TooMany => {
-            let _ = sink
-                .send(close_msg(
-                    close::TOO_MANY_CONNECTIONS,
-                    "too many connections for this user",
-                ))
-                .await;
+            let c = Close::new(
+                close::TOO_MANY_CONNECTIONS,
+                "too_many_connections",
+                "too many connections for this user",
+            );
+            record_end(&server, Some(c.code), c.reason);
+            let _ = sink.send(c.message()).await;
             return;
         }
         Registered::Ok { first } => {
@@ -179,9 +273,13 @@ async fn run_session(
                 if let Err(e) = server.inner.bus.subscribe(user).await {
                     tracing::warn!(error = %e, "bus subscribe failed");
                     server.inner.sessions.unregister(user, session_id);
-                    let _ = sink
-                        .send(close_msg(close::INTERNAL, "delivery unavailable"))
-                        .await;
+                    let c = Close::new(
+                        close::INTERNAL,
+                        "delivery_unavailable",
+                        "delivery unavailable",
+                    );
+                    record_end(&server, Some(c.code), c.reason);
+                    let _ = sink.send(c.message()).await;
                     return;
                 }
             }
@@ -189,16 +287,23 @@ async fn run_session(
     }
 
     let broken = CancellationToken::new();
+    let refused = CancellationToken::new();
     let (goodbye_tx, goodbye_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_loop(
-        server.clone(),
-        sink,
-        outbox,
-        slow.clone(),
-        broken.clone(),
-        goodbye_rx,
-    ));
+    let writer = tokio::spawn(
+        write_loop(
+            sink,
+            outbox,
+            slow.clone(),
+            broken.clone(),
+            refused.clone(),
+            goodbye_rx,
+        )
+        .in_current_span(),
+    );
 
+    let metrics = &server.inner.metrics;
+    metrics.connects.inc();
+    metrics.connections_open.inc();
     let end = read_loop(
         &server,
         cfg,
@@ -208,8 +313,10 @@ async fn run_session(
         &mut stream,
         &slow,
         &broken,
+        &refused,
     )
     .await;
+    metrics.connections_open.dec();
 
     if server.inner.sessions.unregister(user, session_id) {
         if let Err(e) = server.inner.bus.unsubscribe(user).await {
@@ -228,35 +335,37 @@ async fn run_session(
             tracing::warn!(error = %e, "presence disconnect failed");
         }
     }
-    let goodbye = match end {
-        End::ClientClosed | End::Broken => None,
-        End::Shutdown => Some(close_msg(close::SHUTDOWN, "server shutting down")),
+    match end {
         End::Slow => {
             server
                 .inner
                 .stats
                 .slow_consumers
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%user, %device, code = close::SLOW_CONSUMER, "closing a slow consumer: its outbound queue is full");
-            Some(close_msg(close::SLOW_CONSUMER, "outbound queue full"))
         }
-        End::Idle => Some(close_msg(close::IDLE_TIMEOUT, "no heartbeat")),
-        End::TooBig => Some(close_msg(1009, "frame too large")),
-        End::Revoked => Some(close_msg(close::UNAUTHORIZED, "token revoked")),
-        End::Flood => Some(close_msg(close::FLOOD, "too many frames; slow down")),
-    };
-    let _ = goodbye_tx.send(goodbye);
+        End::Refused => {
+            server
+                .inner
+                .stats
+                .frames_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    let (goodbye, reason) = end.close();
+    record_end(&server, goodbye.map(|c| c.code), reason);
+    let _ = goodbye_tx.send(goodbye.map(Close::message));
     let _ = writer.await;
 }
 
 /// Drains the outbound queue into the socket. Replies and events are queued
 /// in order, so a client sees an event published before its reply first.
 async fn write_loop(
-    server: ChatServer,
     mut sink: SplitSink<WebSocket, WsMessage>,
     outbox: Arc<Outbox>,
     slow: CancellationToken,
     broken: CancellationToken,
+    refused: CancellationToken,
     mut goodbye: oneshot::Receiver<Option<WsMessage>>,
 ) {
     /// Closes the queue however the writer ends: later frames are refused.
@@ -268,7 +377,6 @@ async fn write_loop(
     }
     let outbox = CloseOnDrop(outbox);
     let outbox = &outbox.0;
-    let stats = &server.inner.stats;
     loop {
         tokio::select! {
             biased;
@@ -312,9 +420,9 @@ async fn write_loop(
                         if is_capacity_error(&e) {
                             // A frame the write buffer could not hold: the
                             // limits are meant to make this impossible, so
-                            // it is counted and logged, never silent.
-                            stats.frames_refused.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, "a frame too large for the write buffer was refused; closing the connection");
+                            // the session ends as `frame_refused`, counted
+                            // and logged, never silent.
+                            refused.cancel();
                         }
                         broken.cancel();
                         return;
@@ -338,6 +446,7 @@ async fn read_loop(
     stream: &mut SplitStream<WebSocket>,
     slow: &CancellationToken,
     broken: &CancellationToken,
+    refused: &CancellationToken,
 ) -> End {
     // Connecting counts as a heartbeat.
     if let Err(e) = server.heartbeat(user, device).await {
@@ -370,6 +479,7 @@ async fn read_loop(
             biased;
             _ = shutdown.cancelled() => return End::Shutdown,
             _ = slow.cancelled() => return End::Slow,
+            _ = refused.cancelled() => return End::Refused,
             _ = broken.cancelled() => return End::Broken,
             _ = handle.revoked.cancelled() => return End::Revoked,
             _ = tokio::time::sleep_until(deadline) => return End::Idle,
@@ -477,14 +587,34 @@ fn request_id(text: &str) -> Option<String> {
 }
 
 async fn handle_text(server: &ChatServer, user: UserId, device: DeviceId, text: &str) -> Reply {
-    let frame = match parse_frame(text) {
+    let start = tokio::time::Instant::now();
+    let (frame, kind) = match parse_frame(text) {
         Ok(f) => f,
-        Err((id, e)) => return Reply::err(id, e),
+        Err((id, e)) => {
+            tracing::debug!(request_id = id.as_deref(), code = ?e.code, "request refused");
+            return Reply::err(id, e);
+        }
     };
-    match handle_request(server, user, device, frame.request).await {
-        Ok(body) => Reply::ok(frame.id, body),
-        Err(e) => Reply::err(Some(frame.id), e),
+    // The session's span carries the user and device; this one the
+    // request's id, so every line a request logs names all three.
+    let span = tracing::info_span!("request", request_id = %frame.id, kind);
+    let reply = async {
+        match handle_request(server, user, device, frame.request).await {
+            Ok(body) => Reply::ok(frame.id, body),
+            Err(e) => {
+                tracing::debug!(code = ?e.code, "request failed");
+                Reply::err(Some(frame.id), e)
+            }
+        }
     }
+    .instrument(span)
+    .await;
+    Metrics::observe(
+        &server.inner.metrics.requests,
+        &Kind { kind },
+        start.elapsed(),
+    );
+    reply
 }
 
 /// Reads a request frame. `bad_frame` when the frame itself is unusable
@@ -492,7 +622,7 @@ async fn handle_text(server: &ChatServer, user: UserId, device: DeviceId, text: 
 /// known type whose fields do not parse (a bad `client_msg_id`, a channel
 /// id that is no UUID, a missing field) is `invalid_input`, answered with
 /// the frame's request id.
-fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, WireError)> {
+fn parse_frame(text: &str) -> Result<(ClientFrame, &'static str), (Option<String>, WireError)> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         (
             None,
@@ -508,21 +638,25 @@ fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, WireError)> {
             ))
         }
     };
-    match value.get("type").and_then(|v| v.as_str()) {
-        Some(t) if Request::TYPES.contains(&t) => {}
-        _ => {
-            return Err((
-                Some(id),
-                err(ErrorCode::BadFrame, "missing or unknown request type"),
-            ))
-        }
-    }
-    serde_json::from_value(value).map_err(|e| {
-        (
+    let requested = value.get("type").and_then(|v| v.as_str());
+    let Some(kind) = Request::TYPES
+        .iter()
+        .copied()
+        .find(|t| Some(*t) == requested)
+    else {
+        return Err((
             Some(id),
-            err(ErrorCode::InvalidInput, format!("invalid request: {e}")),
-        )
-    })
+            err(ErrorCode::BadFrame, "missing or unknown request type"),
+        ));
+    };
+    serde_json::from_value(value)
+        .map(|frame| (frame, kind))
+        .map_err(|e| {
+            (
+                Some(id),
+                err(ErrorCode::InvalidInput, format!("invalid request: {e}")),
+            )
+        })
 }
 
 async fn handle_request(
