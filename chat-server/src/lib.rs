@@ -81,6 +81,29 @@ impl ChatServer {
     }
 }
 
+/// Targets whose verbose lines would carry what must never be logged, and
+/// the most verbose level each is allowed: `tokio_postgres` logs every
+/// query's parameters (message text, password hashes) at `debug`, and
+/// `tungstenite` whole frames and handshakes (message text, a WebSocket
+/// URL's token) at `trace`.
+const LOG_CAPS: &[&str] = &["tokio_postgres::query=info", "tungstenite=debug"];
+
+/// The log filter of `directives` (`RUST_LOG` syntax, e.g. `info` or
+/// `chat_server=debug`) with [`LOG_CAPS`] on top, whatever the directives
+/// say: tokens and message text never reach the logs. Invalid directives
+/// are ignored.
+pub fn log_filter(directives: &str) -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
+        .parse_lossy(directives);
+    for cap in LOG_CAPS {
+        if let Ok(directive) = cap.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
 /// Serves `server` on `listener` until `shutdown` is cancelled, then shuts
 /// down gracefully: stops accepting, closes every session with code 4000
 /// (reconnect elsewhere), leaves discovery and waits for sessions to drain.

@@ -762,7 +762,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let args = Args::parse();
     let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        chat_server::log_filter(&std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
     match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
         LogFormat::Json => tracing_subscriber::fmt()
