@@ -368,3 +368,76 @@ fn the_help_says_to_prefer_the_secret_file() {
         "the help says why not on the command line: {flag}"
     );
 }
+
+/// `--tls-cert`/`--tls-key`: the binary speaks only https and wss, and the
+/// SDK, trusting the certificate, signs up and chats over both;
+/// `--metrics-listen` moves `/metrics` off the API's listener.
+#[tokio::test]
+async fn binary_terminates_tls_and_serves_metrics_on_their_own_listener() {
+    let data = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_file = data.path().join("cert.pem");
+    let key_file = data.path().join("key.pem");
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let child = spawn(
+        port,
+        data.path(),
+        &[
+            "--tls-cert".into(),
+            cert_file.display().to_string(),
+            "--tls-key".into(),
+            key_file.display().to_string(),
+            "--public-http-url".into(),
+            format!("https://localhost:{port}"),
+            "--public-ws-url".into(),
+            format!("wss://localhost:{port}/v1/ws"),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ],
+    );
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let mut page = None;
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(&metrics).await {
+            page = Some(r.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(page
+        .expect("metrics listener")
+        .contains("chat_connections_open 0"));
+
+    let tls = chat_client::TlsOptions::empty()
+        .add_root_pem(cert.cert.pem().as_bytes())
+        .unwrap();
+    let client = ChatClient::with_tls(&format!("https://localhost:{port}"), tls).unwrap();
+    let alice = client.signup("alice", "password123", None).await.unwrap();
+    let mut conn = alice
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), conn.next_event())
+            .await
+            .unwrap()
+        {
+            Some(ClientEvent::Synced { .. }) => break,
+            Some(ClientEvent::Error(e)) => panic!("{e:?}"),
+            Some(_) => continue,
+            None => panic!("connection ended"),
+        }
+    }
+    conn.close().await;
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    assert!(reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .is_err());
+    terminate(child);
+}
