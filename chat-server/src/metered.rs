@@ -50,12 +50,17 @@ impl<T: ?Sized + std::fmt::Debug> Metered<T> {
         }
     }
 
+    /// Records a storage call's latency.
     fn record(&self, operation: &'static str, start: Instant) {
-        let family = if operation == "publish" {
-            &self.metrics.bus_publish
-        } else {
-            &self.metrics.storage
-        };
+        self.observe(&self.metrics.storage, operation, start);
+    }
+
+    fn observe(
+        &self,
+        family: &crate::metrics::Latencies<CallLabels>,
+        operation: &'static str,
+        start: Instant,
+    ) {
         Metrics::observe(
             family,
             &CallLabels {
@@ -244,7 +249,10 @@ impl DeliveryBus for Metered<dyn DeliveryBus> {
         self.inner.unsubscribe(user).await
     }
     async fn publish(&self, users: &[UserId], envelope: Envelope) -> Result<()> {
-        timed!(self.publish(users, envelope))
+        let start = Instant::now();
+        let result = self.inner.publish(users, envelope).await;
+        self.observe(&self.metrics.bus_publish, "publish", start);
+        result
     }
 }
 

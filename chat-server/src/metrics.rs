@@ -27,7 +27,8 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
 }
 
-type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
+/// A histogram family of latencies, in seconds.
+pub(crate) type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// How a connection ended: the close code the server sent (`none` when it
 /// sent none: the client closed, or the socket broke) and a stable reason.
