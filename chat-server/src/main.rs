@@ -153,6 +153,12 @@ struct Args {
     /// many MiB; writes resume once space is freed. 0 turns it off.
     #[arg(long, env = "CHAT_DISK_RESERVE_MB", default_value_t = 256)]
     disk_reserve_mb: u64,
+    /// Embedded store: a write (its fsync included) that has not completed
+    /// after this many milliseconds marks the disk stalled: writes answer
+    /// `unavailable` at once and the node reports unhealthy until it
+    /// completes.
+    #[arg(long, env = "CHAT_DISK_STALL_MS", default_value_t = 3_000)]
+    disk_stall_ms: u64,
     /// Most sockets open at once, HTTP and WebSocket (default: the
     /// open-file limit less the store's files and a reserve).
     #[arg(long, env = "CHAT_MAX_OPEN_CONNECTIONS")]
@@ -613,6 +619,7 @@ fn storage(
     }
     let options = chat_store::embedded::EmbeddedOptions::default()
         .with_free_space_reserve(args.disk_reserve_mb.saturating_mul(1 << 20))
+        .with_stall_after(Duration::from_millis(args.disk_stall_ms))
         .with_max_open_files(store_table);
     let store = chat_store::embedded::EmbeddedStore::open_with(&args.data_dir, options)?;
     tracing::info!(data_dir = %args.data_dir.display(), "embedded store open");

@@ -39,6 +39,13 @@
 //! holding the store has less free space than the configured reserve; they
 //! resume by themselves once space is freed.
 //!
+//! A group that has been writing for longer than the stall threshold (a
+//! frozen or failing disk: the `fsync`, or the write itself, does not come
+//! back) makes the committer report itself stalled: new writes are refused
+//! at once (temporary error) instead of queueing behind it, and the store's
+//! health says so, until the group completes. The stalled group itself is
+//! left to finish; nothing else waits on a thread for it.
+//!
 //! A failed commit fails every write of its group and poisons the
 //! committer: after a failed `fsync` the kernel may have dropped the
 //! unwritten pages, so a later success would prove nothing. The store then
@@ -46,6 +53,7 @@
 //! exactly what reached the disk.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -159,6 +167,9 @@ pub(super) enum Refusing {
     Poisoned(String),
     /// Less free space than the reserve; passes when space is freed.
     DiskFull { available: u64, reserve: u64 },
+    /// The group being written has not completed for `secs` seconds;
+    /// passes when it completes.
+    Stalled { secs: u64 },
 }
 
 /// Where the free-space reserve is measured, and how much it is.
@@ -182,6 +193,8 @@ impl std::fmt::Debug for Committer {
 
 struct Shared {
     state: Mutex<State>,
+    /// How long a group may take before the committer counts as stalled.
+    stall_after: Duration,
     /// Wakes the committer: a write is queued, or the store is closing.
     wake: Condvar,
 }
@@ -190,12 +203,28 @@ struct Shared {
 struct State {
     queue: Vec<Request>,
     refusing: Option<Refusing>,
+    /// When the group being written was taken from the queue.
+    busy_since: Option<Instant>,
     closing: bool,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// Why writes are refused now: a recorded refusal, or a group that has
+    /// been writing for longer than `stall_after`.
+    fn refusal(&self, stall_after: Duration) -> Option<Refusing> {
+        if let Some(r) = &self.refusing {
+            return Some(r.clone());
+        }
+        let busy = self.busy_since?.elapsed();
+        (busy >= stall_after).then_some(Refusing::Stalled {
+            secs: busy.as_secs(),
+        })
     }
 }
 
@@ -215,6 +244,10 @@ impl Refusing {
                      writes resume when space is freed"
                 ),
             ),
+            Refusing::Stalled { secs } => Error::temporary(
+                BACKEND,
+                format!("the disk has not completed a write for {secs} s"),
+            ),
         }
     }
 }
@@ -225,9 +258,11 @@ impl Committer {
         keyspace: Keyspace,
         tables: Tables,
         reserve: Option<SpaceReserve>,
+        stall_after: Duration,
     ) -> Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            stall_after,
             wake: Condvar::new(),
         });
         let thread = std::thread::Builder::new()
@@ -254,7 +289,7 @@ impl Committer {
 
     /// Why writes are refused now, if they are.
     pub(super) fn refusing(&self) -> Option<Refusing> {
-        self.shared.lock().refusing.clone()
+        self.shared.lock().refusal(self.shared.stall_after)
     }
 
     /// Poisons the committer as a failed commit would (tests of recovery).
@@ -272,8 +307,9 @@ impl Committer {
                 request.refuse(|| Error::temporary(BACKEND, "the store is closing"));
                 return;
             }
-            if let Some(r @ Refusing::Poisoned(_)) = &st.refusing {
-                let r = r.clone();
+            if let Some(r @ (Refusing::Poisoned(_) | Refusing::Stalled { .. })) =
+                st.refusal(self.shared.stall_after)
+            {
                 drop(st);
                 request.refuse(|| r.error());
                 return;
@@ -412,37 +448,48 @@ impl Worker {
                     return;
                 }
                 let n = st.queue.len().min(MAX_GROUP);
+                st.busy_since = Some(Instant::now());
                 st.queue.drain(..n).collect()
             };
-            // Out of space: refuse the group before writing anything, so a
-            // full disk never poisons the store.
-            let space = self.space_refusal();
-            if space.is_some() || matches!(shared.lock().refusing, Some(Refusing::DiskFull { .. }))
-            {
-                let mut st = shared.lock();
-                if !matches!(st.refusing, Some(Refusing::Poisoned(_))) {
-                    st.refusing = space.clone();
-                }
-            }
-            if let Some(refusal) = space {
-                for r in group {
-                    r.refuse(|| refusal.error());
-                }
-                continue;
-            }
-            if let Err(why) = self.commit_group(group) {
-                tracing::error!(error = %why, "journal commit failed; the store is poisoned");
-                let mut st = shared.lock();
-                st.refusing = Some(Refusing::Poisoned(why.clone()));
-                let queued = std::mem::take(&mut st.queue);
-                drop(st);
-                let refusal = Refusing::Poisoned(why);
-                for r in queued {
-                    r.refuse(|| refusal.error());
-                }
+            let result = self.write_group(shared, group);
+            shared.lock().busy_since = None;
+            if result.is_break() {
                 return;
             }
         }
+    }
+
+    /// Writes one group (or refuses it); `Break` once the committer is
+    /// poisoned.
+    fn write_group(&mut self, shared: &Shared, group: Vec<Request>) -> ControlFlow<()> {
+        // Out of space: refuse the group before writing anything, so a full
+        // disk never poisons the store.
+        let space = self.space_refusal();
+        if space.is_some() || matches!(shared.lock().refusing, Some(Refusing::DiskFull { .. })) {
+            let mut st = shared.lock();
+            if !matches!(st.refusing, Some(Refusing::Poisoned(_))) {
+                st.refusing = space.clone();
+            }
+        }
+        if let Some(refusal) = space {
+            for r in group {
+                r.refuse(|| refusal.error());
+            }
+            return ControlFlow::Continue(());
+        }
+        if let Err(why) = self.commit_group(group) {
+            tracing::error!(error = %why, "journal commit failed; the store is poisoned");
+            let mut st = shared.lock();
+            st.refusing = Some(Refusing::Poisoned(why.clone()));
+            let queued = std::mem::take(&mut st.queue);
+            drop(st);
+            let refusal = Refusing::Poisoned(why);
+            for r in queued {
+                r.refuse(|| refusal.error());
+            }
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
     }
 
     /// `Some` while the disk has less free space than the reserve.
@@ -804,7 +851,9 @@ mod tests {
             channels: open("channels"),
             cursors: open("cursors"),
         };
-        let committer = Arc::new(Committer::start(keyspace.clone(), tables, None).unwrap());
+        let committer = Arc::new(
+            Committer::start(keyspace.clone(), tables, None, Duration::from_secs(3)).unwrap(),
+        );
         (dir, keyspace, p, committer)
     }
 
@@ -872,6 +921,7 @@ mod tests {
                 path: dir.path().to_path_buf(),
                 bytes: u64::MAX,
             }),
+            Duration::from_secs(3),
         )
         .unwrap();
         let mut b = Batch::default();

@@ -85,7 +85,7 @@
 //! acknowledge: a commit answered as a duplicate, or a cursor that does not
 //! move, report state that is on disk.
 //!
-//! # Failures: a full disk, a failed write
+//! # Failures: a full disk, a stalled disk, a failed write
 //!
 //! * **Free-space reserve**: while the disk holding the store has less free
 //!   space than [`EmbeddedOptions::free_space_reserve`] (256 MiB by
@@ -93,6 +93,13 @@
 //!   anything is written, and [`MessageStore::health`] reports it. Writes
 //!   resume by themselves once space is freed. A store that fills its disk
 //!   can never be left half-written or poisoned by it.
+//! * **A stalled disk** (a write or `fsync` that does not come back: a
+//!   frozen filesystem, a dying device, a network volume gone away): once
+//!   the group being written has taken longer than
+//!   [`EmbeddedOptions::stall_after`], new writes are refused at once with
+//!   a *temporary* error instead of queueing, and `health` reports it; it
+//!   passes when the write completes. Commits queued before have their own
+//!   deadline (a commit that waited past its timeout is never applied).
 //! * **A failed commit** (an I/O error on the journal) poisons the store:
 //!   after a failed `fsync` the kernel may have dropped the unwritten pages,
 //!   so a later successful `fsync` would prove nothing. The store then
@@ -188,6 +195,11 @@ pub struct EmbeddedOptions {
     /// fails). At least 2. Default: 900, fjall's own. See
     /// [`EmbeddedOptions::file_budget`].
     pub max_open_files: usize,
+    /// A write (one group commit, its `fsync` included) that has not
+    /// completed after this long marks the store stalled: new writes are
+    /// refused at once (temporary errors) and [`MessageStore::health`]
+    /// reports it, until the write completes. Default: 3 s.
+    pub stall_after: Duration,
 }
 
 impl Default for EmbeddedOptions {
@@ -195,6 +207,7 @@ impl Default for EmbeddedOptions {
         Self {
             free_space_reserve: 256 << 20,
             max_open_files: 900,
+            stall_after: Duration::from_secs(3),
         }
     }
 }
@@ -203,6 +216,12 @@ impl EmbeddedOptions {
     /// The same options with another free-space reserve, in bytes.
     pub fn with_free_space_reserve(mut self, bytes: u64) -> Self {
         self.free_space_reserve = bytes;
+        self
+    }
+
+    /// The same options with another stall threshold (at least 100 ms).
+    pub fn with_stall_after(mut self, after: Duration) -> Self {
+        self.stall_after = after.max(Duration::from_millis(100));
         self
     }
 }
@@ -356,6 +375,9 @@ impl EmbeddedStore {
                 Some(Refusing::DiskFull { available, reserve }) => Health::Unavailable(format!(
                     "{available} bytes free on disk, below the reserve of {reserve}"
                 )),
+                Some(Refusing::Stalled { secs }) => {
+                    Health::Unavailable(format!("the disk has not completed a write for {secs} s"))
+                }
             },
         }
     }
@@ -502,7 +524,7 @@ impl Inner {
             devices: open("devices")?,
             revoked_sessions: open("revoked_sessions")?,
             stripes: Stripes::default(),
-            group: Committer::start(keyspace.clone(), tables, reserve)?,
+            group: Committer::start(keyspace.clone(), tables, reserve, options.stall_after)?,
             keyspace,
         })
     }
