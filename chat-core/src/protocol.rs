@@ -85,14 +85,24 @@ pub enum Request {
         /// Whose presence.
         users: Vec<UserId>,
     },
+    /// Ask for the position of the last entry of the user's inbox, for a
+    /// new device that starts "from now" instead of replaying the inbox.
+    Head {},
 }
 
 impl Request {
     /// The `type` of every request this version knows. A frame whose
     /// `type` is not one of these is a `bad_frame`; a frame of a known type
     /// with a bad field is `invalid_input`.
-    pub const TYPES: &'static [&'static str] =
-        &["send", "sync", "ack", "heartbeat", "history", "presence"];
+    pub const TYPES: &'static [&'static str] = &[
+        "send",
+        "sync",
+        "ack",
+        "heartbeat",
+        "history",
+        "presence",
+        "head",
+    ];
 }
 
 /// A frame from the server.
@@ -221,6 +231,12 @@ pub enum ReplyBody {
     Presence {
         /// One entry per asked user.
         users: Vec<Presence>,
+    },
+    /// The position of the last entry of the user's inbox
+    /// ([`Seq::ZERO`] for an empty inbox).
+    Head {
+        /// The last position.
+        seq: Seq,
     },
 }
 
@@ -481,6 +497,7 @@ mod tests {
                 limit: None,
             },
             Request::Presence { users: vec![] },
+            Request::Head {},
         ];
         // Exhaustive on purpose: a new request type fails to compile here
         // until it is added to this list and to `Request::TYPES`.
@@ -492,6 +509,7 @@ mod tests {
                 Request::Heartbeat {} => "heartbeat",
                 Request::History { .. } => "history",
                 Request::Presence { .. } => "presence",
+                Request::Head {} => "head",
             }
         }
         assert_eq!(requests.len(), Request::TYPES.len());

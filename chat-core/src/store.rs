@@ -288,6 +288,8 @@ pub trait HistoryStore: Send + Sync + Debug + 'static {
 ///   take their [`entry_bytes`] above `max_bytes` (the first entry is always
 ///   returned, however large), with `has_more` telling whether entries were
 ///   left out.
+/// * **Head**: [`head`](Self::head) is the largest position `read` can
+///   return at the time of the call.
 /// * **Cursors** are monotonic: [`advance_cursor`](Self::advance_cursor)
 ///   keeps the larger of the stored and the given value and returns it. A
 ///   device never seen has cursor [`Seq::ZERO`].
@@ -309,6 +311,41 @@ pub trait Inbox: Send + Sync + Debug + 'static {
     /// Moves a device's cursor forward to `cursor` (never backward); returns
     /// the cursor now stored.
     async fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq>;
+
+    /// The position of the last entry of `user`'s inbox, [`Seq::ZERO`] if
+    /// it is empty: where a new device that starts "from now" puts its
+    /// cursor.
+    ///
+    /// Provided: since positions are dense, a search with one-entry
+    /// [`read`](Self::read)s finds it in about `2 * log2(head)` reads. A
+    /// backend that knows it directly should say so.
+    async fn head(&self, user: UserId) -> Result<Seq> {
+        // An entry after `p` exists exactly when `p < head`.
+        let above = |p: u64| async move {
+            Ok::<_, crate::Error>(!self.read(user, Seq(p), 1, 1).await?.items.is_empty())
+        };
+        if !above(0).await? {
+            return Ok(Seq::ZERO);
+        }
+        // `lo < head <= hi`, doubling `hi` until it holds.
+        let (mut lo, mut hi) = (0u64, 1u64);
+        while above(hi).await? {
+            lo = hi;
+            hi = hi.saturating_mul(2);
+            if lo == u64::MAX {
+                return Ok(Seq(u64::MAX));
+            }
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if above(mid).await? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(Seq(hi))
+    }
 }
 
 /// A message on its way into the store: what the sender gave, plus what the

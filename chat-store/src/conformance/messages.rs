@@ -32,7 +32,8 @@ use super::{ids_of, new_user, ok, Ids};
 /// * a commit that cannot start within its timeout is refused with a
 ///   temporary error and writes nothing;
 /// * `read` after a position, with entry and byte limits (always one entry
-///   at least), `has_more`, and nothing past the end;
+///   at least), `has_more`, and nothing past the end; `head` is the last
+///   position;
 /// * cursors start at zero, only move forward, and are per device.
 ///
 /// # Panics
@@ -457,6 +458,12 @@ async fn reads_with_limits(store: &dyn MessageStore, directory: &dyn Directory) 
     assert!(!page.has_more, "nothing more at the end");
     let page = ok(store.read(b, Seq(8), 100, usize::MAX).await, "read");
     assert!(page.items.is_empty() && !page.has_more, "after the last");
+    assert_eq!(ok(store.head(b).await, "head"), Seq(8), "head is the last");
+    assert_eq!(
+        ok(store.head(UserId::new_random()).await, "head"),
+        Seq::ZERO,
+        "an empty inbox's head is zero"
+    );
     let page = ok(store.read(b, Seq(1_000), 100, usize::MAX).await, "read");
     assert!(page.items.is_empty() && !page.has_more, "past the end");
     let page = ok(store.read(b, Seq::ZERO, 0, usize::MAX).await, "read");
