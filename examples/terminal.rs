@@ -334,7 +334,7 @@ async fn main() -> Result<(), Error> {
     loop {
         tokio::select! {
             event = conn.next_event() => match event {
-                Some(ClientEvent::Message(m)) => ui.show(&m).await,
+                Some(ClientEvent::Message(d)) => ui.show(&d.message).await,
                 Some(ClientEvent::Presence(p)) => {
                     let name = ui.name(p.user).await;
                     println!("* {name} is {:?}", p.status);

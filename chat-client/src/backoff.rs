@@ -1,8 +1,83 @@
-//! Exponential backoff with full jitter.
+//! Exponential backoff with full jitter, and [`Retry`] built on it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use rand::Rng;
+
+use crate::error::Result;
+
+/// Retries a call while it fails with a retryable error
+/// ([`ClientError::is_retryable`](crate::ClientError::is_retryable)), with
+/// exponential backoff and full jitter, for up to `deadline`.
+///
+/// For calls made before a connection exists, such as logging in while
+/// the server is still starting; the live [`Connection`](crate::Connection)
+/// retries by itself (see
+/// [`ConnectOptions::retry_initial_connect`](crate::ConnectOptions::retry_initial_connect)).
+///
+/// ```no_run
+/// # async fn run() -> chat_client::Result<()> {
+/// use std::time::Duration;
+/// use chat_client::{ChatClient, Retry};
+///
+/// let client = ChatClient::new("http://127.0.0.1:8080")?;
+/// let retry = Retry { deadline: Some(Duration::from_secs(60)), ..Retry::default() };
+/// let alice = retry.run(|| client.login("alice", "correct horse battery")).await?;
+/// # let _ = alice;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Ceiling of the first delay; each further attempt doubles it.
+    /// Default 200 ms.
+    pub min_delay: Duration,
+    /// Largest delay. Default 30 s.
+    pub max_delay: Duration,
+    /// Draw each delay uniformly from zero to its ceiling. Default `true`.
+    pub jitter: bool,
+    /// Give up (returning the last error) once the next attempt would
+    /// start later than this after the first. `None`, the default: retry as
+    /// long as the errors are retryable.
+    pub deadline: Option<Duration>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+            jitter: true,
+            deadline: None,
+        }
+    }
+}
+
+impl Retry {
+    /// Calls `call` until it succeeds, fails with an error that is not
+    /// retryable, or the deadline passes; returns its last outcome.
+    pub async fn run<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let give_up = self.deadline.map(crate::worker::deadline_in);
+        let mut backoff = Backoff::new(self.min_delay, self.max_delay, self.jitter);
+        loop {
+            let error = match call().await {
+                Ok(value) => return Ok(value),
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => e,
+            };
+            let delay = backoff.next_delay();
+            if give_up.is_some_and(|at| crate::worker::deadline_in(delay) > at) {
+                return Err(error);
+            }
+            tracing::debug!(%error, ?delay, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
 
 /// Delays for retries: the `n`th delay (from 0) is drawn uniformly from
 /// `[0, min(max, min * 2^n)]` ("full jitter"), or is exactly that ceiling
@@ -98,6 +173,59 @@ mod tests {
             .collect();
         assert!(samples.iter().any(|d| *d < 250 * MS));
         assert!(samples.iter().any(|d| *d > 750 * MS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_runs_until_success_a_permanent_error_or_the_deadline() {
+        use crate::ClientError;
+        let retry = Retry {
+            jitter: false,
+            ..Retry::default()
+        };
+        // Two retryable failures, then success: waits 200 ms, then 400 ms.
+        let start = tokio::time::Instant::now();
+        let mut calls = 0;
+        let out = retry
+            .run(|| {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 3 {
+                        Err(ClientError::Timeout)
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await;
+        assert_eq!(out, Ok(3));
+        assert_eq!(start.elapsed(), 600 * MS);
+        // A permanent error ends it at once.
+        let mut calls = 0;
+        let out: Result<()> = retry
+            .run(|| {
+                calls += 1;
+                async { Err(ClientError::Config("bad url".into())) }
+            })
+            .await;
+        assert_eq!(out, Err(ClientError::Config("bad url".into())));
+        assert_eq!(calls, 1);
+        // The deadline: tries at 0, 0.2, 0.6 and 1.4 s; the next would be
+        // at 3 s, past 1.5 s.
+        let retry = Retry {
+            deadline: Some(Duration::from_millis(1_500)),
+            ..retry
+        };
+        let mut calls = 0;
+        let out: Result<()> = retry
+            .run(|| {
+                calls += 1;
+                async { Err(ClientError::Timeout) }
+            })
+            .await;
+        assert_eq!(out, Err(ClientError::Timeout));
+        assert_eq!(calls, 4);
+        assert_eq!(start.elapsed(), (600 + 1_400) * MS);
     }
 
     #[test]

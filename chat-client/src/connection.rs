@@ -2,6 +2,7 @@
 //! task that reconnects, heartbeats and syncs.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use chat_core::{
     ChannelId, ClientMsgId, DeviceId, Invitation, Message, MessageId, Presence, Seq, User, UserId,
 };
 use futures::Stream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -22,15 +23,53 @@ use crate::http::Session;
 use crate::store::CursorStore;
 use crate::worker::{self, Command};
 
+/// Who moves the device cursor past a message: see
+/// [`ConnectOptions::ack`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AckMode {
+    /// A message counts as handled once the application has taken its
+    /// event from [`Events`]. A crash may lose the last messages taken but
+    /// not yet processed. The default.
+    #[default]
+    Auto,
+    /// A message counts as handled once the application has called
+    /// [`Delivery::ack`] on it (or on a later one: acknowledgements are
+    /// cumulative). A crash never loses a message that was not
+    /// acknowledged: the next run receives it again.
+    Manual,
+}
+
+/// Where a device with no saved cursor starts reading the inbox: see
+/// [`ConnectOptions::start_from`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartFrom {
+    /// From the cursor the server keeps for the device: for a device never
+    /// seen, the beginning, so a new device receives the whole inbox, every
+    /// message of every channel the user is in, oldest first. The default.
+    #[default]
+    Stored,
+    /// From now: messages already in the inbox are skipped; only those
+    /// stored from the moment of the first connection on are received.
+    /// (Read older ones with [`Session::history`] if wanted.)
+    Latest,
+    /// After this inbox position, as a [`Delivery::seq`] of another device
+    /// of the same user names it: "from this message on".
+    After(Seq),
+}
+
 /// Settings of a [`Connection`]. Build one with struct-update syntax:
 ///
 /// ```
 /// use std::time::Duration;
-/// use chat_client::ConnectOptions;
+/// use chat_client::{AckMode, ConnectOptions, StartFrom};
 ///
 /// let options = ConnectOptions {
 ///     region: Some("eu".into()),
 ///     reconnect_max: Duration::from_secs(10),
+///     ack: AckMode::Manual,
+///     start_from: StartFrom::Latest,
 ///     ..ConnectOptions::default()
 /// };
 /// # let _ = options;
@@ -58,10 +97,31 @@ pub struct ConnectOptions {
     /// Heartbeat interval; `None` uses the server's
     /// (`welcome.heartbeat_interval_ms`). Default `None`.
     pub heartbeat_interval: Option<Duration>,
-    /// Capacity of the event channel. When the application does not read
-    /// events, the connection stops reading the socket once it is full.
-    /// Default 256.
+    /// Capacity of the event channel, in events. Default 256.
     pub event_capacity: usize,
+    /// Most bytes of events (message text plus 256 bytes per event) waiting
+    /// for the application to take them. The connection keeps reading its
+    /// socket whatever the application does, so replies (a send's receipt)
+    /// are never stuck behind unread events; past this budget it stops
+    /// taking in new messages and catches up on them by sync once the
+    /// application has read half of what waits. Default 8 MiB.
+    pub event_buffer_bytes: usize,
+    /// Who moves the device cursor: [`AckMode::Auto`] (taking the event)
+    /// or [`AckMode::Manual`] ([`Delivery::ack`]). Default `Auto`.
+    pub ack: AckMode,
+    /// Where a device with no saved cursor (a new installation) starts.
+    /// Ignored once the [`CursorStore`] has a cursor for the device.
+    /// Default [`StartFrom::Stored`]: the whole inbox.
+    pub start_from: StartFrom,
+    /// Whether [`Connection::connect`] returns at once and the first
+    /// connection is made in the background, retried with the reconnect
+    /// backoff like any later one, while the server is down or
+    /// unreachable (requests made meanwhile wait for it). A failure that
+    /// retrying cannot fix (credentials refused, a `wss://` route in a
+    /// build without TLS) stops the connection: see
+    /// [`Connection::closed`]. Default `false`: `connect` fails if the
+    /// first connection fails.
+    pub retry_initial_connect: bool,
     /// Messages asked for per sync page. Default 200.
     pub sync_page_size: u32,
     /// Largest WebSocket message and frame accepted from the server, in
@@ -81,6 +141,10 @@ impl Default for ConnectOptions {
             send_deadline: Duration::from_secs(60),
             heartbeat_interval: None,
             event_capacity: 256,
+            event_buffer_bytes: 8 << 20,
+            ack: AckMode::Auto,
+            start_from: StartFrom::Stored,
+            retry_initial_connect: false,
             sync_page_size: 200,
             max_frame_size: 2 << 20,
         }
@@ -93,6 +157,108 @@ impl ConnectOptions {
     }
 }
 
+/// A message of the user's inbox handed to the application: the message,
+/// its position, and the way to acknowledge it.
+///
+/// ```no_run
+/// # async fn run(mut conn: chat_client::Connection) -> chat_client::Result<()> {
+/// use chat_client::ClientEvent;
+///
+/// while let Some(event) = conn.next_event().await {
+///     if let ClientEvent::Message(delivery) = event {
+///         println!("{}: {}", delivery.message.sender, delivery.message.content);
+///         // With `AckMode::Manual`: only now is it handled for good.
+///         delivery.ack().await?;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Delivery {
+    /// The message's position in the user's inbox.
+    pub seq: Seq,
+    /// The message.
+    pub message: Message,
+    acker: Arc<Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("seq", &self.seq)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    pub(crate) fn new(seq: Seq, message: Message, acker: Arc<Acker>) -> Self {
+        Self {
+            seq,
+            message,
+            acker,
+        }
+    }
+
+    /// Acknowledges this message and every one delivered before it, and
+    /// waits until the device cursor covering them is saved in the
+    /// [`CursorStore`] (and so survives a crash); the server's copy of the
+    /// cursor follows.
+    ///
+    /// With [`AckMode::Manual`] this is what moves the cursor; with
+    /// [`AckMode::Auto`] taking the event already did, and this only waits
+    /// for the save. Acknowledgements made close together share one save.
+    ///
+    /// Fails if the save fails ([`ClientError::Store`]) or the connection
+    /// has stopped (its reason, as [`Connection::closed`] gives it).
+    pub async fn ack(&self) -> Result<()> {
+        self.acker.ack(self.seq).await
+    }
+
+    /// The message, without the means to acknowledge it.
+    pub fn into_message(self) -> Message {
+        self.message
+    }
+}
+
+/// What [`Delivery::ack`] needs of its connection. It does not keep the
+/// connection alive.
+#[derive(Debug)]
+pub(crate) struct Acker {
+    cmd: mpsc::WeakSender<Command>,
+    flow: Arc<Flow>,
+    final_error: Arc<Mutex<Option<ClientError>>>,
+}
+
+impl Acker {
+    async fn ack(&self, seq: Seq) -> Result<()> {
+        self.flow.acked.fetch_max(seq.0, Ordering::AcqRel);
+        let stopped = || stopped_error(&self.final_error);
+        let Some(cmd) = self.cmd.upgrade() else {
+            return Err(stopped());
+        };
+        let (reply, rx) = oneshot::channel();
+        if cmd.send(Command::Flush { upto: seq, reply }).await.is_err() {
+            return Err(stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// The flow of events between the background task and the application.
+#[derive(Debug, Default)]
+pub(crate) struct Flow {
+    /// The highest inbox position the application acknowledged (manual
+    /// mode) or took from the event stream (automatic mode).
+    pub(crate) acked: AtomicU64,
+    /// Bytes of events waiting for the application (in the task's queue
+    /// and the channel).
+    pub(crate) queued_bytes: AtomicUsize,
+    /// Signalled whenever the application takes an event, so that the task
+    /// can resume taking in messages.
+    pub(crate) taken: Notify,
+}
+
 /// Something that happened on a [`Connection`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -102,20 +268,22 @@ pub enum ClientEvent {
         /// The chat server's id.
         server_id: String,
     },
-    /// A sync on the current connection is complete: every message up to
-    /// this point has been delivered (as [`ClientEvent::Message`] before this
-    /// event). `cursor` is the device cursor after it.
+    /// A sync on the current connection is complete: every message of the
+    /// inbox up to `cursor` has been handed over (as a
+    /// [`ClientEvent::Message`] before this event).
     Synced {
-        /// The device cursor: the inbox position of the last entry handled.
+        /// The inbox position handed over up to.
         cursor: Seq,
     },
-    /// A message, from sync or live; each message is delivered once.
+    /// A message, from sync or live; each message is delivered once, in
+    /// inbox order. Acknowledge it with [`Delivery::ack`] when the
+    /// connection uses [`AckMode::Manual`].
     ///
     /// Messages sent through this connection are not delivered back (the
     /// [`SendReceipt`] stands for them), except one whose receipt was cut
-    /// off by a disconnect: it can also come back through the sync of the
-    /// next connection.
-    Message(Message),
+    /// off by a disconnect or a crash: it can come back through the sync of
+    /// the next connection, as a message of [`Connection::user_id`].
+    Message(Delivery),
     /// A friend's presence changed.
     Presence(Presence),
     /// Someone asks to be friends: answer with [`Session::add_friend`]
@@ -126,8 +294,8 @@ pub enum ClientEvent {
     /// The user is invited to a group: answer with
     /// [`Session::accept_invitation`] or [`Session::decline_invitation`].
     Invitation(Invitation),
-    /// The WebSocket closed or failed. Unless an [`ClientEvent::Error`]
-    /// with a non-retryable error follows, the connection reconnects.
+    /// The WebSocket closed or failed. Unless the connection has stopped
+    /// (see [`Connection::closed`]), it reconnects.
     Disconnected {
         /// The close code the server sent, if any.
         code: Option<u16>,
@@ -136,7 +304,8 @@ pub enum ClientEvent {
     },
     /// Something failed in the background: a cursor store error, a failed
     /// sync, or (last event of the stream) the reason the connection stopped
-    /// for good, such as [`ClientError::Closed`] with code 4100.
+    /// for good, such as [`ClientError::Closed`] with code 4100, which
+    /// [`Connection::closed`] also returns.
     Error(ClientError),
 }
 
@@ -149,6 +318,16 @@ impl ClientEvent {
             Event::FriendAccepted { friend } => Ok(ClientEvent::FriendAccepted(friend)),
             Event::Invitation { invitation } => Ok(ClientEvent::Invitation(invitation)),
             other => Err(other),
+        }
+    }
+
+    /// What the event counts for against
+    /// [`ConnectOptions::event_buffer_bytes`].
+    pub(crate) fn queued_size(&self) -> usize {
+        const OVERHEAD: usize = 256;
+        match self {
+            ClientEvent::Message(d) => OVERHEAD.saturating_add(d.message.content.len()),
+            _ => OVERHEAD,
         }
     }
 }
@@ -173,21 +352,38 @@ pub struct SendReceipt {
 /// The stream of [`ClientEvent`]s of a connection.
 ///
 /// Read it with [`Events::recv`] or as a [`Stream`]. It ends when the
-/// connection has stopped.
+/// connection has stopped; [`Connection::closed`] then says why.
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::Receiver<ClientEvent>,
+    flow: Arc<Flow>,
+    auto_ack: bool,
 }
 
 impl Events {
     /// The next event, or `None` once the connection has stopped.
     pub async fn recv(&mut self) -> Option<ClientEvent> {
-        self.rx.recv().await
+        let event = self.rx.recv().await;
+        self.took(event)
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Option<ClientEvent> {
-        self.rx.try_recv().ok()
+        let event = self.rx.try_recv().ok();
+        self.took(event)
+    }
+
+    /// Accounts for an event the application took.
+    fn took(&self, event: Option<ClientEvent>) -> Option<ClientEvent> {
+        let e = event.as_ref()?;
+        self.flow
+            .queued_bytes
+            .fetch_sub(e.queued_size(), Ordering::AcqRel);
+        if let (true, ClientEvent::Message(d)) = (self.auto_ack, e) {
+            self.flow.acked.fetch_max(d.seq.0, Ordering::AcqRel);
+        }
+        self.flow.taken.notify_one();
+        event
     }
 }
 
@@ -195,7 +391,10 @@ impl Stream for Events {
     type Item = ClientEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ClientEvent>> {
-        self.rx.poll_recv(cx)
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(event) => Poll::Ready(self.took(event)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -213,6 +412,16 @@ pub(crate) struct Shared {
     pub(crate) device: DeviceId,
 }
 
+/// The reason the task stopped, or the application's close if none is
+/// recorded.
+fn stopped_error(final_error: &Mutex<Option<ClientError>>) -> ClientError {
+    final_error
+        .lock()
+        .ok()
+        .and_then(|e| e.clone())
+        .unwrap_or_else(worker::closed_by_application)
+}
+
 /// A cloneable handle on a [`Connection`] for making requests from other
 /// tasks. It does not keep the connection alive: once the [`Connection`] is
 /// dropped or closed, its calls fail with [`ClientError::Closed`].
@@ -225,6 +434,31 @@ pub struct ConnectionHandle {
 /// task, with heartbeats, reconnects (exponential backoff, full jitter, a new
 /// `route` each time) and sync from the device cursor, so every message of
 /// the user's inbox is delivered as an event exactly once.
+///
+/// Sending from the loop that reads events is fine: the connection keeps
+/// reading its socket while events wait, so a send's receipt is never stuck
+/// behind them.
+///
+/// ```no_run
+/// # async fn run(session: chat_client::Session) -> chat_client::Result<()> {
+/// use std::sync::Arc;
+/// use chat_client::{ClientEvent, ConnectOptions, DeviceId, FileCursorStore};
+///
+/// let store = Arc::new(FileCursorStore::new("./chat-state"));
+/// let mut conn = session
+///     .connect(DeviceId::new_random(), store, ConnectOptions::default())
+///     .await?;
+/// while let Some(event) = conn.next_event().await {
+///     if let ClientEvent::Message(d) = event {
+///         if d.message.sender != conn.user_id() {
+///             conn.send(d.message.channel_id, format!("you said: {}", d.message.content))
+///                 .await?;
+///         }
+///     }
+/// }
+/// println!("stopped: {}", conn.closed().await);
+/// # Ok(()) }
+/// ```
 ///
 /// Dropping it stops the task (closing the socket with code 1000).
 #[derive(Debug)]
@@ -239,8 +473,9 @@ impl Connection {
     /// `store`, asks `route` for a chat server, opens the WebSocket and waits
     /// for `welcome`; then a background task takes over.
     ///
-    /// Fails if the first connection cannot be made (bad token, no server);
-    /// after that, failures are reconnected and reported as events.
+    /// Fails if the first connection cannot be made (bad token, no server),
+    /// unless [`ConnectOptions::retry_initial_connect`] is set; after that,
+    /// failures are reconnected and reported as events.
     pub async fn connect(
         session: &Session,
         device: DeviceId,
@@ -249,15 +484,29 @@ impl Connection {
     ) -> Result<Connection> {
         let user = session.user_id();
         let state = store.load(user, device).await?;
-        let first = worker::open_socket(session, device, &options).await?;
+        let first = if options.retry_initial_connect {
+            None
+        } else {
+            Some(worker::open_socket(session, device, &options).await?)
+        };
 
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::channel(options.event_capacity.max(1));
-        let initial_cursor = state.as_ref().map(|s| s.cursor).unwrap_or(first.1.cursor);
+        let initial_cursor = match (&state, &first) {
+            (Some(s), _) => s.cursor,
+            (None, Some((_, welcome))) => welcome.cursor,
+            (None, None) => Seq::ZERO,
+        };
         let (cursor_tx, cursor_rx) = watch::channel(initial_cursor);
         let (done_tx, done_rx) = watch::channel(false);
         let cancel = CancellationToken::new();
         let final_error = Arc::new(Mutex::new(None));
+        let flow = Arc::new(Flow::default());
+        let acker = Arc::new(Acker {
+            cmd: cmd_tx.downgrade(),
+            flow: flow.clone(),
+            final_error: final_error.clone(),
+        });
 
         let task = worker::Worker::new(worker::WorkerParts {
             session: session.clone(),
@@ -271,9 +520,12 @@ impl Connection {
             cursor_tx,
             done_tx,
             final_error: final_error.clone(),
+            flow: flow.clone(),
+            acker,
         });
         tokio::spawn(task.run(first));
 
+        let auto_ack = options.ack == AckMode::Auto;
         let shared = Arc::new(Shared {
             cmd_tx,
             cancel: cancel.clone(),
@@ -286,7 +538,11 @@ impl Connection {
         });
         Ok(Connection {
             handle: ConnectionHandle { shared },
-            events: Events { rx: events_rx },
+            events: Events {
+                rx: events_rx,
+                flow,
+                auto_ack,
+            },
             _stop: cancel.drop_guard(),
         })
     }
@@ -296,8 +552,8 @@ impl Connection {
         &mut self.events
     }
 
-    /// The next event; `None` once the connection has stopped. Same as
-    /// `self.events().recv()`.
+    /// The next event; `None` once the connection has stopped (then
+    /// [`Connection::closed`] says why). Same as `self.events().recv()`.
     pub async fn next_event(&mut self) -> Option<ClientEvent> {
         self.events.recv().await
     }
@@ -306,21 +562,83 @@ impl Connection {
     pub fn handle(&self) -> ConnectionHandle {
         self.handle.clone()
     }
-}
 
-/// A connection is used through its handle's methods (`send`, `history`,
-/// `presence`, `cursor`, `close`, ...), so the two cannot drift apart.
-impl std::ops::Deref for Connection {
-    type Target = ConnectionHandle;
+    /// Sends a message and waits until it is stored: see
+    /// [`ConnectionHandle::send`].
+    pub async fn send(
+        &self,
+        channel: ChannelId,
+        content: impl Into<String>,
+    ) -> Result<SendReceipt> {
+        self.handle.send(channel, content).await
+    }
 
-    fn deref(&self) -> &ConnectionHandle {
-        &self.handle
+    /// Sends a message with an idempotency key of your choice: see
+    /// [`ConnectionHandle::send_with_id`].
+    pub async fn send_with_id(
+        &self,
+        channel: ChannelId,
+        client_msg_id: ClientMsgId,
+        content: impl Into<String>,
+    ) -> Result<SendReceipt> {
+        self.handle
+            .send_with_id(channel, client_msg_id, content)
+            .await
+    }
+
+    /// A page of a channel's history: see [`ConnectionHandle::history`].
+    pub async fn history(&self, channel: ChannelId, query: &HistoryQuery) -> Result<MessagePage> {
+        self.handle.history(channel, query).await
+    }
+
+    /// The presence of `users`: see [`ConnectionHandle::presence`].
+    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>> {
+        self.handle.presence(users).await
+    }
+
+    /// The device cursor as saved: see [`ConnectionHandle::cursor`].
+    pub fn cursor(&self) -> Seq {
+        self.handle.cursor()
+    }
+
+    /// The connected user.
+    pub fn user_id(&self) -> UserId {
+        self.handle.user_id()
+    }
+
+    /// The connected device.
+    pub fn device_id(&self) -> DeviceId {
+        self.handle.device_id()
+    }
+
+    /// Whether the connection has stopped: see
+    /// [`ConnectionHandle::is_closed`].
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Closes the connection gracefully: see [`ConnectionHandle::close`].
+    pub async fn close(&self) {
+        self.handle.close().await
+    }
+
+    /// Waits until the connection has stopped and says why: see
+    /// [`ConnectionHandle::closed`].
+    pub async fn closed(&self) -> ClientError {
+        self.handle.closed().await
     }
 }
 
 impl ConnectionHandle {
     /// Sends a message with a fresh [`ClientMsgId`] and waits until it is
     /// stored; see [`ConnectionHandle::send_with_id`].
+    ///
+    /// ```no_run
+    /// # async fn run(conn: chat_client::ConnectionHandle, channel: chat_client::ChannelId) -> chat_client::Result<()> {
+    /// let receipt = conn.send(channel, "hello").await?;
+    /// println!("stored as {} at position {:?}", receipt.message_id, receipt.seq);
+    /// # Ok(()) }
+    /// ```
     pub async fn send(
         &self,
         channel: ChannelId,
@@ -339,6 +657,19 @@ impl ConnectionHandle {
     /// if needed) until [`ConnectOptions::send_deadline`]; a retry of a
     /// message the server already stored resolves with `duplicate: true`.
     /// Non-retryable errors resolve at once with [`ClientError::Api`].
+    ///
+    /// A key derived from what the message answers makes a reply
+    /// idempotent across crashes too: sending it again after a restart
+    /// stores nothing new.
+    ///
+    /// ```no_run
+    /// # async fn run(conn: chat_client::ConnectionHandle, d: chat_client::Delivery) -> chat_client::Result<()> {
+    /// use chat_client::ClientMsgId;
+    ///
+    /// let key = ClientMsgId::new(format!("reply-to-{}", d.message.id)).expect("a valid key");
+    /// conn.send_with_id(d.message.channel_id, key, "got it").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn send_with_id(
         &self,
         channel: ChannelId,
@@ -392,6 +723,17 @@ impl ConnectionHandle {
     /// only): the same query and answer as [`Session::history`] over HTTP.
     /// Pages stop at the query's `limit` or the server's byte limit;
     /// `has_more` says whether to ask on (from the last id).
+    ///
+    /// ```no_run
+    /// # async fn run(conn: chat_client::ConnectionHandle, channel: chat_client::ChannelId) -> chat_client::Result<()> {
+    /// use chat_client::HistoryQuery;
+    ///
+    /// let page = conn.history(channel, &HistoryQuery { limit: Some(20), ..Default::default() }).await?;
+    /// for m in &page.messages {
+    ///     println!("{}: {}", m.sender, m.content);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn history(&self, channel: ChannelId, query: &HistoryQuery) -> Result<MessagePage> {
         let request = Request::History {
             channel,
@@ -416,8 +758,11 @@ impl ConnectionHandle {
         }
     }
 
-    /// The device cursor: every entry of the user's inbox up to this
-    /// position has been delivered (or was this device's own message).
+    /// The device cursor as last saved in the [`CursorStore`]: every entry
+    /// of the user's inbox up to this position was handled (taken or
+    /// acknowledged, per [`ConnectOptions::ack`]) or was this device's own
+    /// message. It is saved at most once a second, at once on
+    /// [`Delivery::ack`], and when the connection stops.
     pub fn cursor(&self) -> Seq {
         *self.shared.cursor.borrow()
     }
@@ -441,9 +786,35 @@ impl ConnectionHandle {
     }
 
     /// Closes the connection gracefully and waits for the background task
-    /// to end; see [`Connection::close`].
+    /// to end (the cursor is saved on the way out).
     pub async fn close(&self) {
         self.shared.cancel.cancel();
+        self.wait_done().await;
+    }
+
+    /// Waits until the connection has stopped for good and returns why:
+    /// [`ClientError::Closed`] with code 1000 after [`Connection::close`]
+    /// (or dropping the [`Connection`]), or the error that ended it, such
+    /// as [`ClientError::Closed`] with code 4100 when the session was
+    /// logged out and no [`Credentials`](crate::Credentials) could log in
+    /// again. Once the event stream has ended, this returns at once.
+    ///
+    /// ```no_run
+    /// # async fn run(mut conn: chat_client::Connection) {
+    /// while let Some(event) = conn.next_event().await {
+    ///     // ...
+    /// #   let _ = event;
+    /// }
+    /// let why = conn.closed().await;
+    /// eprintln!("connection stopped: {why} (retrying can help: {})", why.is_retryable());
+    /// # }
+    /// ```
+    pub async fn closed(&self) -> ClientError {
+        self.wait_done().await;
+        self.stopped_error()
+    }
+
+    async fn wait_done(&self) {
         let mut done = self.shared.done.clone();
         // An error means the task is gone, which is what we wait for.
         let _ = done.wait_for(|d| *d).await;
@@ -483,12 +854,7 @@ impl ConnectionHandle {
     }
 
     fn stopped_error(&self) -> ClientError {
-        self.shared
-            .final_error
-            .lock()
-            .ok()
-            .and_then(|e| e.clone())
-            .unwrap_or_else(worker::closed_by_application)
+        stopped_error(&self.shared.final_error)
     }
 }
 

@@ -1,7 +1,6 @@
 //! The error type of every client call.
 
 use std::error::Error as StdError;
-use std::sync::Arc;
 
 use chat_core::protocol::{close, ErrorCode, WireError};
 use tokio_tungstenite::tungstenite;
@@ -11,24 +10,44 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// What a client call can fail with.
 ///
-/// Cheap to clone (the wrapped library errors sit behind an [`Arc`]), so one
-/// failure can be handed to several waiters. Branch on the variant and, for
-/// [`ClientError::Api`], on [`WireError::code`]; use
-/// [`ClientError::is_retryable`] to decide whether trying again can help.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Branch on the variant and, for [`ClientError::Api`], on
+/// [`WireError::code`]; [`ClientError::kind`] names the variant as a stable
+/// string for logs and metrics, and [`ClientError::is_retryable`] says
+/// whether trying again can help.
+///
+/// Cheap to clone, so one failure can be handed to several waiters. The
+/// message (`Display`) is the whole story, causes included, and
+/// [`source`](std::error::Error::source) is always `None`: printed through
+/// `anyhow` or any error reporter, nothing is repeated. The errors of the
+/// libraries underneath (HTTP, WebSocket, the cursor store) are kept as
+/// their messages only, so this enum names no third-party type.
+///
+/// ```
+/// use chat_client::{ClientError, ErrorCode};
+///
+/// fn explain(e: &ClientError) -> String {
+///     match e {
+///         ClientError::Api(w) if w.code == ErrorCode::NotFound => "no such thing".into(),
+///         e if e.is_retryable() => format!("try again later ({})", e.kind()),
+///         e => format!("giving up: {e}"),
+///     }
+/// }
+/// assert_eq!(explain(&ClientError::Timeout), "try again later (timeout)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The server answered with an error (HTTP error body or error reply).
     #[error("server error: {0}")]
     Api(WireError),
     /// The HTTP request failed before an answer arrived (connection refused,
-    /// reset, timed out).
+    /// reset, timed out): the message says how.
     #[error("HTTP request failed: {0}")]
-    Http(#[source] Arc<reqwest::Error>),
+    Http(String),
     /// The WebSocket failed (handshake refused, I/O error, protocol
-    /// violation, frame too large).
-    #[error("WebSocket error: {0}")]
-    WebSocket(#[source] Arc<tungstenite::Error>),
+    /// violation, frame too large): the message says how.
+    #[error("WebSocket failed: {0}")]
+    WebSocket(String),
     /// The WebSocket was closed. `code` is the close code the server sent
     /// (see [`chat_core::protocol::close`]), or `None` when the connection
     /// ended without one.
@@ -46,19 +65,39 @@ pub enum ClientError {
     /// kind).
     #[error("could not decode the server's answer: {0}")]
     Decode(String),
-    /// The cursor store failed.
+    /// The cursor store failed: the message says how.
     #[error("cursor store failed: {0}")]
-    Store(#[source] Arc<dyn StdError + Send + Sync + 'static>),
-    /// The client was configured wrongly (for example a malformed URL).
+    Store(String),
+    /// The client is configured wrongly and no retry can help: a malformed
+    /// URL, a `https://` or `wss://` URL in a build without TLS, a session
+    /// whose credentials log in as another user.
     #[error("invalid configuration: {0}")]
     Config(String),
 }
 
+/// An error's message followed by its causes, each once: `a: b: c`.
+/// (Libraries often repeat their source's text in their own; a cause
+/// already contained in the text so far is skipped.)
+pub(crate) fn flatten(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl ClientError {
-    /// A [`ClientError::Store`] wrapping any error, for
+    /// A [`ClientError::Store`] from any error, for
     /// [`CursorStore`](crate::CursorStore) implementations.
     pub fn store(error: impl Into<chat_core::BoxError>) -> Self {
-        ClientError::Store(Arc::from(error.into()))
+        let error: chat_core::BoxError = error.into();
+        ClientError::Store(flatten(error.as_ref()))
     }
 
     /// The server's error code, if this is a [`ClientError::Api`].
@@ -69,21 +108,34 @@ impl ClientError {
         }
     }
 
+    /// The variant as a stable, machine-readable name: `api`, `http`,
+    /// `websocket`, `closed`, `timeout`, `decode`, `store` or `config`.
+    /// (For `api`, [`ClientError::code`] is the server's code.)
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Api(_) => "api",
+            ClientError::Http(_) => "http",
+            ClientError::WebSocket(_) => "websocket",
+            ClientError::Closed { .. } => "closed",
+            ClientError::Timeout => "timeout",
+            ClientError::Decode(_) => "decode",
+            ClientError::Store(_) => "store",
+            ClientError::Config(_) => "config",
+        }
+    }
+
     /// Whether the same call may succeed if tried again later unchanged.
     ///
     /// * `Api`: the server's `retryable` flag (`unavailable`, `rate_limited`).
-    /// * `Http`: connection failures and timeouts.
-    /// * `WebSocket`, `Timeout`: yes.
+    /// * `Http`, `WebSocket`, `Timeout`: yes (the network or the server may
+    ///   come back).
     /// * `Closed`: unless the code is `1000` (closed on purpose) or in
     ///   `4100..=4199` (fix credentials or configuration first).
     /// * `Decode`, `Store`, `Config`: no.
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Api(e) => e.retryable,
-            ClientError::Http(e) => {
-                e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
-            }
-            ClientError::WebSocket(_) | ClientError::Timeout => true,
+            ClientError::Http(_) | ClientError::WebSocket(_) | ClientError::Timeout => true,
             ClientError::Closed { code, .. } => match code {
                 None => true,
                 Some(1000) => false,
@@ -96,6 +148,17 @@ impl ClientError {
     pub(crate) fn decode(what: impl std::fmt::Display) -> Self {
         ClientError::Decode(what.to_string())
     }
+
+    /// Whether the server refused the credentials (HTTP 401, `unauthorized`
+    /// reply, or close code 4100): logging in again may help, retrying as
+    /// it is cannot.
+    pub(crate) fn is_unauthorized(&self) -> bool {
+        match self {
+            ClientError::Api(e) => e.code == ErrorCode::Unauthorized,
+            ClientError::Closed { code, .. } => *code == Some(close::UNAUTHORIZED),
+            _ => false,
+        }
+    }
 }
 
 impl From<WireError> for ClientError {
@@ -104,19 +167,46 @@ impl From<WireError> for ClientError {
     }
 }
 
+/// The message hyper's HTTP connector gives for an `https://` URL when no
+/// TLS backend is compiled in.
+const NO_TLS: &str = "scheme is not http";
+
 impl From<reqwest::Error> for ClientError {
     fn from(e: reqwest::Error) -> Self {
+        let text = flatten(&e);
         if e.is_timeout() {
             ClientError::Timeout
+        } else if e.is_builder() {
+            // A request that could not even be built: a bad URL or header.
+            ClientError::Config(text)
+        } else if text.contains(NO_TLS) {
+            ClientError::Config(format!(
+                "{text} (an https:// URL needs TLS, which this build of reqwest does not include)"
+            ))
         } else {
-            ClientError::Http(Arc::new(e))
+            ClientError::Http(text)
         }
     }
 }
 
 impl From<tungstenite::Error> for ClientError {
     fn from(e: tungstenite::Error) -> Self {
-        ClientError::WebSocket(Arc::new(e))
+        match &e {
+            // Connecting failed: the network, not the URL.
+            tungstenite::Error::Url(tungstenite::error::UrlError::UnableToConnect(_)) => {
+                ClientError::WebSocket(flatten(&e))
+            }
+            tungstenite::Error::Url(url) => {
+                let hint = match url {
+                    tungstenite::error::UrlError::TlsFeatureNotEnabled => {
+                        " (a wss:// URL needs TLS, which this build of tokio-tungstenite does not include)"
+                    }
+                    _ => "",
+                };
+                ClientError::Config(format!("WebSocket URL: {}{hint}", flatten(&e)))
+            }
+            _ => ClientError::WebSocket(flatten(&e)),
+        }
     }
 }
 
@@ -137,12 +227,53 @@ mod tests {
         assert!(closed(None).is_retryable());
         assert!(closed(Some(close::SLOW_CONSUMER)).is_retryable());
         assert!(!closed(Some(close::UNAUTHORIZED)).is_retryable());
+        assert!(closed(Some(close::UNAUTHORIZED)).is_unauthorized());
         assert!(!closed(Some(1000)).is_retryable());
         assert!(!ClientError::decode("bad").is_retryable());
         assert!(!ClientError::store(std::io::Error::other("disk")).is_retryable());
+        assert!(!ClientError::Config("bad url".into()).is_retryable());
         assert_eq!(
             ClientError::Api(WireError::new(ErrorCode::NotFound, "x")).code(),
             Some(ErrorCode::NotFound)
         );
+        assert_eq!(ClientError::Config("x".into()).kind(), "config");
+    }
+
+    /// An error with a cause, as libraries build them.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error sending request")
+        }
+    }
+    impl StdError for Outer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn messages_hold_each_cause_once_and_no_source() {
+        let e = ClientError::store(Outer(std::io::Error::other("disk full")));
+        assert_eq!(
+            e.to_string(),
+            "cursor store failed: error sending request: disk full"
+        );
+        assert!(e.source().is_none(), "the message is the whole story");
+        // A cause whose text the outer message already holds is not repeated.
+        let e = ClientError::store(Outer(std::io::Error::other("error sending request")));
+        assert_eq!(e.to_string(), "cursor store failed: error sending request");
+    }
+
+    #[test]
+    fn a_wss_url_without_tls_is_a_configuration_error() {
+        let e = ClientError::from(tungstenite::Error::Url(
+            tungstenite::error::UrlError::TlsFeatureNotEnabled,
+        ));
+        assert_eq!(e.kind(), "config", "{e}");
+        assert!(!e.is_retryable());
+        let e = ClientError::from(tungstenite::Error::ConnectionClosed);
+        assert!(e.is_retryable(), "{e}");
     }
 }

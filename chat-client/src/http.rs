@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use chat_core::api::{
     AuthResponse, ChannelList, CreateGroupRequest, ErrorBody, FriendAnswer, FriendRequests,
     FriendStatus, GroupChange, HistoryQuery, InvitationList, LoginRequest, MessagePage,
@@ -134,6 +135,14 @@ impl ChatClient {
     }
 
     /// `POST /v1/login`.
+    ///
+    /// ```no_run
+    /// # async fn run() -> chat_client::Result<()> {
+    /// let client = chat_client::ChatClient::new("http://127.0.0.1:8080")?;
+    /// let alice = client.login("alice", "correct horse battery").await?;
+    /// println!("logged in as {}", alice.user().username);
+    /// # Ok(()) }
+    /// ```
     pub async fn login(&self, username: &str, password: &str) -> Result<Session> {
         let body = LoginRequest {
             username: username.to_owned(),
@@ -145,6 +154,33 @@ impl ChatClient {
         Ok(self.session(auth))
     }
 
+    /// Logs in with `credentials` and keeps them in the session: when the
+    /// server later refuses the session's tokens for good (the refresh
+    /// token expired, or the session was logged out), the session logs in
+    /// again by itself, and so does its live [`Connection`].
+    ///
+    /// With [`Retry`](crate::Retry), it also waits for a server that is
+    /// not up yet:
+    ///
+    /// ```no_run
+    /// # async fn run() -> chat_client::Result<()> {
+    /// use chat_client::{ChatClient, Password, Retry};
+    ///
+    /// let client = ChatClient::new("http://127.0.0.1:8080")?;
+    /// let credentials = Password::new("echo-bot", "a long bot password");
+    /// let session = Retry::default()
+    ///     .run(|| client.login_with(credentials.clone()))
+    ///     .await?;
+    /// # let _ = session;
+    /// # Ok(()) }
+    /// ```
+    pub async fn login_with(&self, credentials: impl Credentials + 'static) -> Result<Session> {
+        let auth = credentials.log_in(self).await?;
+        let session = self.session(auth);
+        session.set_credentials(Arc::new(credentials));
+        Ok(session)
+    }
+
     /// A session from an earlier [`AuthResponse`] (tokens kept between
     /// runs; [`Session::auth`] gives the current ones). No request is made:
     /// an expired access token is refreshed on first use, and an expired or
@@ -153,8 +189,11 @@ impl ChatClient {
         Session {
             client: self.clone(),
             user: auth.user.clone(),
-            auth: Arc::new(Mutex::new(auth)),
-            refreshing: Arc::new(tokio::sync::Mutex::new(())),
+            shared: Arc::new(SessionShared {
+                auth: Mutex::new(auth),
+                refreshing: tokio::sync::Mutex::new(()),
+                credentials: Mutex::new(None),
+            }),
         }
     }
 
@@ -176,6 +215,16 @@ impl ChatClient {
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http.request(method, format!("{}{}", self.base, path))
+    }
+
+    /// `POST /v1/login` for [`Password`]: the tokens.
+    async fn login_tokens(&self, username: &str, password: &str) -> Result<AuthResponse> {
+        let body = LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        };
+        self.call(self.request(Method::POST, "/v1/login").json(&body))
+            .await
     }
 
     /// Sends a request and decodes a JSON answer.
@@ -222,23 +271,79 @@ pub(crate) fn code_for_status(status: StatusCode) -> ErrorCode {
     }
 }
 
+/// How a [`Session`] logs in again by itself when the server refuses its
+/// tokens for good: the refresh token expired, or the session was logged
+/// out (a live connection then closes with 4100). Give it with
+/// [`ChatClient::login_with`] or [`Session::set_credentials`].
+///
+/// [`Password`] is the usual one; implement it to fetch a password from a
+/// vault, or to ask the user.
+#[async_trait]
+pub trait Credentials: Send + Sync + fmt::Debug {
+    /// Logs in (typically `POST /v1/login`) and returns the new tokens.
+    /// They must be the same user's: a session never changes user.
+    async fn log_in(&self, client: &ChatClient) -> Result<AuthResponse>;
+}
+
+/// [`Credentials`] from a username and password. `Debug` does not show the
+/// password.
+#[derive(Clone)]
+pub struct Password {
+    username: String,
+    password: String,
+}
+
+impl Password {
+    /// Credentials that log in as `username` with `password`.
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Password")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Credentials for Password {
+    async fn log_in(&self, client: &ChatClient) -> Result<AuthResponse> {
+        client.login_tokens(&self.username, &self.password).await
+    }
+}
+
 /// An authenticated user: the tokens, the user, and every HTTP call that
 /// needs them. Cheap to clone; clones share the tokens.
 ///
 /// The access token is short-lived (15 minutes by default): every call
 /// first refreshes it when it is about to expire (`POST /v1/refresh`, with
 /// the refresh token), and a call answered `unauthorized` is refreshed and
-/// tried once more. [`Session::connect`] opens the live WebSocket
-/// connection, which asks [`Session::route`] (and so refreshes) before
-/// every reconnect.
+/// tried once more. A session with [`Credentials`] also logs in again when
+/// the refresh token is refused. [`Session::connect`] opens the live
+/// WebSocket connection, which asks [`Session::route`] (and so refreshes)
+/// before every reconnect.
 #[derive(Clone)]
 pub struct Session {
     client: ChatClient,
     user: User,
+    shared: Arc<SessionShared>,
+}
+
+/// What the clones of a session share.
+struct SessionShared {
     /// The current tokens, replaced by every refresh.
-    auth: Arc<Mutex<AuthResponse>>,
+    auth: Mutex<AuthResponse>,
     /// Held while refreshing, so concurrent calls refresh once.
-    refreshing: Arc<tokio::sync::Mutex<()>>,
+    refreshing: tokio::sync::Mutex<()>,
+    /// How to log in again, if given.
+    credentials: Mutex<Option<Arc<dyn Credentials>>>,
 }
 
 impl fmt::Debug for Session {
@@ -262,24 +367,36 @@ impl Session {
     /// The current access token (the bearer token of HTTP calls and the
     /// WebSocket).
     pub fn token(&self) -> String {
-        lock(&self.auth).token.clone()
+        lock(&self.shared.auth).token.clone()
     }
 
     /// When the current access token expires, Unix milliseconds.
     pub fn expires_at(&self) -> u64 {
-        lock(&self.auth).expires_at
+        lock(&self.shared.auth).expires_at
     }
 
     /// The current tokens, to keep between runs (see [`ChatClient::session`]).
     pub fn auth(&self) -> AuthResponse {
-        lock(&self.auth).clone()
+        lock(&self.shared.auth).clone()
+    }
+
+    /// Gives the session (and every clone of it) `credentials` to log in
+    /// again with when its tokens are refused for good; see
+    /// [`ChatClient::login_with`].
+    pub fn set_credentials(&self, credentials: Arc<dyn Credentials>) {
+        *lock(&self.shared.credentials) = Some(credentials);
+    }
+
+    /// Whether the session has [`Credentials`] to log in again with.
+    pub(crate) fn has_credentials(&self) -> bool {
+        lock(&self.shared.credentials).is_some()
     }
 
     /// An access token good for at least another minute, refreshed first
     /// if needed.
     pub async fn access_token(&self) -> Result<String> {
         {
-            let auth = lock(&self.auth);
+            let auth = lock(&self.shared.auth);
             if auth.expires_at > now_ms().saturating_add(REFRESH_MARGIN_MS) {
                 return Ok(auth.token.clone());
             }
@@ -288,11 +405,13 @@ impl Session {
     }
 
     /// Trades the refresh token for new tokens, unless another call did so
-    /// since `stale` (the access token that failed) was current.
+    /// since `stale` (the access token that failed) was current. A refresh
+    /// token refused is replaced by logging in again, if the session has
+    /// credentials.
     async fn refresh_tokens(&self, stale: Option<&str>) -> Result<String> {
-        let _one_at_a_time = self.refreshing.lock().await;
+        let _one_at_a_time = self.shared.refreshing.lock().await;
         let refresh_token = {
-            let auth = lock(&self.auth);
+            let auth = lock(&self.shared.auth);
             let renewed = match stale {
                 Some(stale) => auth.token != stale,
                 None => auth.expires_at > now_ms().saturating_add(REFRESH_MARGIN_MS),
@@ -302,10 +421,37 @@ impl Session {
             }
             auth.refresh_token.clone()
         };
-        let fresh = self.client.refresh(&refresh_token).await?;
+        let fresh = match self.client.refresh(&refresh_token).await {
+            Err(e) if e.is_unauthorized() && self.has_credentials() => self.log_in_tokens().await?,
+            other => other?,
+        };
         let token = fresh.token.clone();
-        *lock(&self.auth) = fresh;
+        *lock(&self.shared.auth) = fresh;
         Ok(token)
+    }
+
+    /// Logs in again with the session's credentials and takes the new
+    /// tokens (for the connection, after its tokens were refused).
+    pub(crate) async fn log_in_again(&self) -> Result<()> {
+        let _one_at_a_time = self.shared.refreshing.lock().await;
+        let fresh = self.log_in_tokens().await?;
+        *lock(&self.shared.auth) = fresh;
+        Ok(())
+    }
+
+    /// New tokens from the credentials, checked to be this user's.
+    async fn log_in_tokens(&self) -> Result<AuthResponse> {
+        let credentials = lock(&self.shared.credentials).clone().ok_or_else(|| {
+            ClientError::Config("the session has no credentials to log in again with".into())
+        })?;
+        let fresh = credentials.log_in(&self.client).await?;
+        if fresh.user.id != self.user.id {
+            return Err(ClientError::Config(format!(
+                "the session's credentials log in as {}, not as {}",
+                fresh.user.username, self.user.username
+            )));
+        }
+        Ok(fresh)
     }
 
     /// `POST /v1/logout`: ends this session on the server: its tokens are
@@ -606,6 +752,20 @@ impl Session {
     }
 
     /// Opens the live connection for `device`: see [`Connection::connect`].
+    ///
+    /// ```no_run
+    /// # async fn run(alice: chat_client::Session) -> chat_client::Result<()> {
+    /// use std::sync::Arc;
+    /// use chat_client::{ConnectOptions, DeviceId, FileCursorStore};
+    ///
+    /// // Keep the device id with the cursor store: together they are this
+    /// // installation's place in the inbox.
+    /// let device = DeviceId::new_random();
+    /// let store = Arc::new(FileCursorStore::new("./chat-state"));
+    /// let conn = alice.connect(device, store, ConnectOptions::default()).await?;
+    /// # let _ = conn;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(
         &self,
         device: DeviceId,

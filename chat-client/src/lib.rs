@@ -1,11 +1,15 @@
 //! # chat-client
 //!
-//! The async Rust client SDK of the chat server.
+//! The async Rust client SDK of the chat server. One dependency is enough:
+//! the types its API takes and returns (ids, [`Message`], [`ErrorCode`],
+//! the HTTP bodies) are re-exported here, and the whole of `chat-core` as
+//! [`chat_core`].
 //!
-//! * [`ChatClient`]: the stateless HTTP API. [`ChatClient::signup`] and
-//!   [`ChatClient::login`] return a [`Session`], which holds the token and
-//!   makes every authenticated call (profile, friends, channels, groups,
-//!   history, devices, presence, `route`).
+//! * [`ChatClient`]: the stateless HTTP API. [`ChatClient::signup`],
+//!   [`ChatClient::login`] and [`ChatClient::login_with`] return a
+//!   [`Session`], which holds the tokens and makes every authenticated call
+//!   (profile, friends, channels, groups, history, devices, presence,
+//!   `route`).
 //! * [`Connection`]: the live WebSocket of one device, from
 //!   [`Session::connect`]. A background task keeps it open: heartbeats,
 //!   reconnects with exponential backoff and full jitter (asking `route`
@@ -21,8 +25,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //!
-//! use chat_client::{ChatClient, ClientEvent, ConnectOptions, FileCursorStore};
-//! use chat_core::DeviceId;
+//! use chat_client::{ChatClient, ClientEvent, ConnectOptions, DeviceId, FileCursorStore};
 //!
 //! # async fn run() -> Result<(), chat_client::ClientError> {
 //! let client = ChatClient::new("http://127.0.0.1:8080")?;
@@ -40,15 +43,16 @@
 //!
 //! while let Some(event) = conn.next_event().await {
 //!     match event {
-//!         ClientEvent::Message(m) => println!("{}: {}", m.sender, m.content),
+//!         ClientEvent::Message(d) => println!("{}: {}", d.message.sender, d.message.content),
 //!         ClientEvent::Disconnected { code, reason } => {
 //!             println!("disconnected ({code:?}: {reason}), reconnecting")
 //!         }
-//!         ClientEvent::Error(e) if !e.is_retryable() => return Err(e),
 //!         _ => {}
 //!     }
 //! }
-//! conn.close().await;
+//! // The stream ended: the connection stopped for good. Why?
+//! let why = conn.closed().await;
+//! println!("stopped: {why}");
 //! # Ok(()) }
 //! ```
 //!
@@ -67,21 +71,57 @@
 //! application sees every message of the inbox once, in order, and each
 //! channel's messages in id order. This device's own messages are not
 //! repeated as events: [`Connection::send`]'s receipt stands for them.
-//! When the cursor moves it is saved to the [`CursorStore`] and acked to
-//! the server, at most once a second and at the end of every sync.
 //!
-//! ## Reading events
+//! ## Acknowledgement and crashes
 //!
-//! Events go through a bounded channel ([`ConnectOptions::event_capacity`]).
-//! While it is full the connection stops reading its socket, which includes
-//! the replies to its own requests: read events in a task of their own (use
-//! [`Connection::handle`] to send from elsewhere) so that sends do not wait
-//! behind unread events. A reader that falls far behind is disconnected by
-//! the server as a slow consumer; the connection then reconnects and syncs,
-//! and nothing is lost.
+//! The cursor saved in the [`CursorStore`] (and acked to the server) only
+//! covers messages the application has handled:
 //!
-//! A store that loses a save (a crash between saves) only causes messages to
-//! be delivered again after a restart; none is ever skipped.
+//! * [`AckMode::Auto`] (the default): a message is handled once the
+//!   application has taken its event from the stream. A crash can lose
+//!   what was taken but not processed yet.
+//! * [`AckMode::Manual`]: a message is handled once the application has
+//!   called [`Delivery::ack`] on it or on a later one. A crash never loses
+//!   a message that was not acknowledged: the next run delivers it again,
+//!   and none that was acknowledged comes back. Make what the application
+//!   does with a message idempotent (a reply sent with
+//!   [`Connection::send_with_id`] and a key derived from the message id),
+//!   and processing is exactly-once in effect.
+//!
+//! The cursor is saved at most once a second, at once when acknowledged,
+//! and when the connection stops. A store that loses a save (a crash
+//! between saves) only causes messages to be delivered again after a
+//! restart; none is ever skipped.
+//!
+//! ## A new device
+//!
+//! A device with no saved cursor receives, by default, the **whole inbox**:
+//! every message of every channel the user is in, from the first. Set
+//! [`ConnectOptions::start_from`] to [`StartFrom::Latest`] to start from
+//! now (older messages stay readable with [`Session::history`]), or to
+//! [`StartFrom::After`] to start after a position another device of the
+//! user has ([`Delivery::seq`]).
+//!
+//! ## Reading events and sending from the same loop
+//!
+//! Events go through a bounded channel ([`ConnectOptions::event_capacity`])
+//! with a queue in front bounded by bytes
+//! ([`ConnectOptions::event_buffer_bytes`]). The connection keeps reading
+//! its socket whatever the application does, so a send made from the loop
+//! that reads events gets its receipt even while many events wait; past
+//! the byte budget the connection takes in no more messages and catches up
+//! on them by sync once the application has read half of what waits.
+//! Nothing is lost either way.
+//!
+//! ## Credentials and a server that is down
+//!
+//! A session made with [`ChatClient::login_with`] keeps its
+//! [`Credentials`] and logs in again by itself when its tokens are refused
+//! for good (refresh token expired, session logged out); its connection
+//! then reconnects instead of stopping with 4100. [`Retry`] retries a call
+//! such as the first log-in while the server is down, and
+//! [`ConnectOptions::retry_initial_connect`] makes [`Session::connect`]
+//! return at once and connect in the background.
 
 mod backoff;
 mod connection;
@@ -92,12 +132,25 @@ mod sync;
 mod tls;
 mod worker;
 
-pub use chat_core::api::{HistoryQuery, MessagePage, UpdateProfileRequest};
-pub use chat_core::Seq;
+pub use backoff::Retry;
 pub use connection::{
-    ClientEvent, ConnectOptions, Connection, ConnectionHandle, Events, SendReceipt,
+    AckMode, ClientEvent, ConnectOptions, Connection, ConnectionHandle, Delivery, Events,
+    SendReceipt, StartFrom,
 };
 pub use error::{ClientError, Result};
-pub use http::{ChatClient, Session};
+pub use http::{ChatClient, Credentials, Password, Session};
 pub use store::{CursorStore, DeviceState, FileCursorStore, MemoryCursorStore};
 pub use tls::TlsOptions;
+
+/// The core crate: every type of the protocol and the domain, for what the
+/// re-exports below leave out.
+pub use chat_core;
+pub use chat_core::api::{
+    AuthResponse, FriendRequests, FriendStatus, GroupChange, HistoryQuery, InvitationList,
+    MessagePage, PendingFriend, RouteResponse, UpdatePrivacyRequest, UpdateProfileRequest,
+};
+pub use chat_core::protocol::{close, ErrorCode, WireError};
+pub use chat_core::{
+    Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId, Invitation, Message, MessageId,
+    Platform, Presence, Privacy, Profile, Seq, User, UserId, WhoMayAdd,
+};

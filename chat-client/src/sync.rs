@@ -40,8 +40,8 @@ pub(crate) enum Next {
 /// The result of [`SyncState::on_page`].
 #[derive(Debug)]
 pub(crate) struct PageOutcome {
-    /// Messages to hand to the application, in this order.
-    pub(crate) emit: Vec<Message>,
+    /// Entries to hand to the application, in this order.
+    pub(crate) emit: Vec<InboxEntry>,
     /// What to do next.
     pub(crate) next: Next,
 }
@@ -123,7 +123,7 @@ impl SyncState {
         channel: ChannelId,
         key: &ClientMsgId,
         seq: Option<Seq>,
-    ) -> Vec<Message> {
+    ) -> Vec<InboxEntry> {
         self.own.remove(&(channel, key.clone()));
         let mut out = Vec::new();
         if let Some(seq) = seq {
@@ -136,7 +136,7 @@ impl SyncState {
     }
 
     /// Takes in one entry (from a page or a live event).
-    fn admit(&mut self, seq: Seq, message: Message, out: &mut Vec<Message>) {
+    fn admit(&mut self, seq: Seq, message: Message, out: &mut Vec<InboxEntry>) {
         if seq <= self.cursor {
             return; // handled already
         }
@@ -162,21 +162,21 @@ impl SyncState {
     }
 
     /// Releases every entry that directly follows the cursor.
-    fn drain(&mut self, out: &mut Vec<Message>) {
+    fn drain(&mut self, out: &mut Vec<InboxEntry>) {
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() != self.cursor.next() {
                 break;
             }
             let (seq, slot) = entry.remove_entry();
             self.cursor = seq;
-            if let Slot::Message(m) = slot {
-                out.push(m);
+            if let Slot::Message(message) = slot {
+                out.push(InboxEntry { seq, message });
             }
         }
     }
 
     /// A live message arrived at position `seq`: returns what is released.
-    pub(crate) fn on_live(&mut self, seq: Seq, message: Message) -> Vec<Message> {
+    pub(crate) fn on_live(&mut self, seq: Seq, message: Message) -> Vec<InboxEntry> {
         let mut out = Vec::new();
         self.admit(seq, message, &mut out);
         out
@@ -242,8 +242,15 @@ mod tests {
         }
     }
 
-    fn seqs(ms: &[Message]) -> Vec<u64> {
-        ms.iter().map(|m| m.created_at).collect()
+    /// The positions of released entries, checked against their messages
+    /// (`msg(k)` is created at `k`).
+    fn seqs(es: &[InboxEntry]) -> Vec<u64> {
+        es.iter()
+            .map(|e| {
+                assert_eq!(e.seq.0, e.message.created_at, "position and message agree");
+                e.seq.0
+            })
+            .collect()
     }
 
     fn fresh(cursor: u64) -> SyncState {

@@ -3,13 +3,25 @@
 //! One task per [`Connection`](crate::Connection). It alone reads and writes
 //! the socket; handles talk to it through a bounded command channel and get
 //! answers on oneshot channels, and it hands events to the application
-//! through a bounded event channel. While that channel is full the task stops
-//! reading the socket (the server then sees a slow consumer, disconnects,
-//! and the next connection syncs what was missed) but keeps serving
-//! commands and heartbeats.
+//! through a bounded event channel, with a queue of its own in front.
+//!
+//! It reads the socket whatever the application does, so the replies to
+//! requests (a send's receipt above all) are never stuck behind events the
+//! application has not read yet. What waits for the application is bounded
+//! by bytes ([`ConnectOptions::event_buffer_bytes`]): past the budget, the
+//! task stops taking in messages (live ones are let go, the next sync page
+//! is not asked for) and, once the application has read half of what
+//! waits, syncs from its cursor to fetch them. Nothing is lost, and the
+//! server never sees this client as a slow consumer because of it.
+//!
+//! The cursor it saves covers what the application has handled, not what
+//! was handed over: with [`AckMode::Auto`](crate::AckMode::Auto) what it
+//! took from the event stream, with [`AckMode::Manual`](crate::AckMode::Manual)
+//! what it acknowledged.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::connection::{ClientEvent, ConnectOptions};
+use crate::connection::{Acker, ClientEvent, ConnectOptions, Delivery, Flow, StartFrom};
 use crate::error::{ClientError, Result};
 use crate::http::{code_for_status, Session};
 use crate::store::{CursorStore, DeviceState};
@@ -48,10 +60,9 @@ const GAP_GRACE: Duration = Duration::from_millis(500);
 /// How long a graceful close may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The cursor is saved and acked at most this often (and at the end of
-/// every sync, and when the connection stops).
+/// every sync, at once when the application acknowledges, and when the
+/// connection stops).
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-/// Pauses of the socket reader shorter than this do not extend deadlines.
-const PAUSE_GRACE: Duration = Duration::from_millis(50);
 
 /// A request from a handle.
 #[derive(Debug)]
@@ -63,6 +74,12 @@ pub(crate) enum Command {
         /// By when it must have been written; queued past that, it fails
         /// with [`ClientError::Timeout`].
         expires: Instant,
+    },
+    /// The application acknowledged up to `upto`: save the cursor covering
+    /// it, then answer.
+    Flush {
+        upto: Seq,
+        reply: oneshot::Sender<Result<()>>,
     },
 }
 
@@ -91,6 +108,8 @@ enum Waiter {
     Heartbeat,
     /// An ack of this cursor.
     Ack(Seq),
+    /// The inbox's last position, where a device starting from now begins.
+    Head,
 }
 
 /// A request written to the socket, waiting for its reply.
@@ -147,15 +166,20 @@ pub(crate) fn reply_kind(body: &ReplyBody) -> &'static str {
         ReplyBody::Heartbeat { .. } => "heartbeat",
         ReplyBody::History { .. } => "history",
         ReplyBody::Presence { .. } => "presence",
+        ReplyBody::Head { .. } => "head",
         _ => "unknown",
     }
 }
 
-/// Whether a failed connection attempt must not be retried.
+/// Whether a failed connection attempt must not be retried as it is
+/// (refused credentials may still be fixed by logging in again).
 fn is_fatal(e: &ClientError) -> bool {
     match e {
-        ClientError::Api(w) => matches!(w.code, ErrorCode::Unauthorized | ErrorCode::Forbidden),
+        ClientError::Api(w) => {
+            !w.retryable && matches!(w.code, ErrorCode::Unauthorized | ErrorCode::Forbidden)
+        }
         ClientError::Closed { code: Some(c), .. } => !close::should_reconnect(*c),
+        ClientError::Config(_) | ClientError::Decode(_) => true,
         _ => false,
     }
 }
@@ -267,6 +291,8 @@ pub(crate) struct WorkerParts {
     pub(crate) cursor_tx: watch::Sender<Seq>,
     pub(crate) done_tx: watch::Sender<bool>,
     pub(crate) final_error: Arc<Mutex<Option<ClientError>>>,
+    pub(crate) flow: Arc<Flow>,
+    pub(crate) acker: Arc<Acker>,
 }
 
 /// Marks the task done when dropped (at its end, or if it panicked).
@@ -291,15 +317,17 @@ pub(crate) struct Worker {
     events_open: bool,
     /// Events waiting for room in the event channel.
     outq: VecDeque<ClientEvent>,
-    /// Since when `outq` has been non-empty (the reader is paused).
-    paused_since: Option<Instant>,
+    /// Shared with the application's event stream and acknowledgements.
+    flow: Arc<Flow>,
+    acker: Arc<Acker>,
     cancel: CancellationToken,
     cursor_tx: watch::Sender<Seq>,
     final_error: Arc<Mutex<Option<ClientError>>>,
-    /// The local state before the first welcome (`None`: ask the server).
+    /// The local state before the first welcome (`None`: none was saved).
     restored: Option<DeviceState>,
+    /// `None` until the device's starting point is known.
     sync: Option<SyncState>,
-    /// Requests waiting for a connection.
+    /// Requests waiting for a connection (or for the starting point).
     outbox: VecDeque<Queued>,
     /// Requests written on the current connection.
     pending: HashMap<String, Pending>,
@@ -313,12 +341,25 @@ pub(crate) struct Worker {
     sync_retry: Option<(Instant, Seq)>,
     /// A sync is under way on this connection (a page requested or due).
     syncing: bool,
+    /// The next sync page, held back until the application has read
+    /// enough of what waits.
+    sync_paused: Option<Seq>,
+    /// Live messages were let go over the event budget: sync once there
+    /// is room.
+    behind: bool,
     /// When to sync because entries still wait for an earlier one.
     gap_at: Option<Instant>,
+    /// Positions of messages handed over and not yet handled (taken or
+    /// acknowledged), in order: the cursor stops before the first.
+    outstanding: VecDeque<Seq>,
+    /// The cursor as last saved in the store.
+    saved: Seq,
+    /// The cursor the server has for this device, as far as known.
+    server_cursor: Seq,
+    /// Acknowledgements waiting for the saved cursor to reach them.
+    flushes: Vec<(Seq, oneshot::Sender<Result<()>>)>,
     /// When the cursor was last saved and acked.
     last_commit: Option<Instant>,
-    /// The cursor moved since it was last saved and acked.
-    uncommitted: bool,
     _done: DoneGuard,
 }
 
@@ -341,6 +382,7 @@ impl Worker {
             Duration::from_secs(2),
             parts.options.jitter,
         );
+        let saved = parts.state.map(|s| s.cursor).unwrap_or_default();
         Self {
             session: parts.session,
             device: parts.device,
@@ -350,7 +392,8 @@ impl Worker {
             events_tx: parts.events_tx,
             events_open: true,
             outq: VecDeque::new(),
-            paused_since: None,
+            flow: parts.flow,
+            acker: parts.acker,
             cancel: parts.cancel,
             cursor_tx: parts.cursor_tx,
             final_error: parts.final_error,
@@ -364,21 +407,28 @@ impl Worker {
             sync_backoff,
             sync_retry: None,
             syncing: false,
+            sync_paused: None,
+            behind: false,
             gap_at: None,
+            outstanding: VecDeque::new(),
+            saved,
+            server_cursor: Seq::ZERO,
+            flushes: Vec::new(),
             last_commit: None,
-            uncommitted: false,
             _done: DoneGuard(parts.done_tx),
         }
     }
 
     /// Runs until the application closes the connection or the server
-    /// refuses it for good.
-    pub(crate) async fn run(mut self, first: (Ws, Welcome)) {
-        let mut link = Some(first);
+    /// refuses it for good. Without a `first` connection, makes one (at
+    /// once, then with backoff).
+    pub(crate) async fn run(mut self, first: Option<(Ws, Welcome)>) {
+        let mut immediate = first.is_none();
+        let mut link = first;
         let stop = loop {
             let (ws, welcome) = match link.take() {
                 Some(l) => l,
-                None => match self.reconnect().await {
+                None => match self.reconnect(std::mem::take(&mut immediate)).await {
                     Ok(l) => l,
                     Err(stop) => break stop,
                 },
@@ -397,59 +447,54 @@ impl Worker {
         if !self.events_open {
             return;
         }
-        if self.outq.is_empty() {
-            self.paused_since = Some(Instant::now());
-        }
+        self.flow
+            .queued_bytes
+            .fetch_add(event.queued_size(), Ordering::AcqRel);
         self.outq.push_back(event);
+    }
+
+    /// Whether what waits for the application is over its budget (or the
+    /// application is gone): take in no more messages.
+    fn over_budget(&self) -> bool {
+        !self.events_open
+            || self.flow.queued_bytes.load(Ordering::Acquire) > self.options.event_buffer_bytes
+    }
+
+    /// Whether the application has read enough to take in messages again.
+    fn has_room(&self) -> bool {
+        self.events_open
+            && self.flow.queued_bytes.load(Ordering::Acquire) <= self.options.event_buffer_bytes / 2
     }
 
     /// Hands one queued event to the channel (`permit` from `reserve`).
     fn deliver(
-        outq: &mut VecDeque<ClientEvent>,
+        &mut self,
         permit: std::result::Result<mpsc::OwnedPermit<ClientEvent>, mpsc::error::SendError<()>>,
-    ) -> bool {
+    ) {
         match permit {
             Ok(permit) => {
-                if let Some(event) = outq.pop_front() {
+                if let Some(event) = self.outq.pop_front() {
                     permit.send(event);
                 }
-                true
             }
             Err(_) => {
-                outq.clear();
-                false
-            }
-        }
-    }
-
-    /// After a delivery: if the queue drained, un-pause, and if the reader
-    /// was paused for a while, give pending requests that time back (their
-    /// replies could not be read meanwhile).
-    fn after_delivery(&mut self, open: bool) {
-        if !open {
-            self.events_open = false;
-        }
-        if !self.outq.is_empty() {
-            return;
-        }
-        if let Some(since) = self.paused_since.take() {
-            let paused = since.elapsed();
-            if paused > PAUSE_GRACE {
-                for p in self.pending.values_mut() {
-                    p.deadline = later(p.deadline, paused);
-                }
+                // The application dropped its event stream.
+                self.events_open = false;
+                let bytes: usize = self.outq.iter().map(ClientEvent::queued_size).sum();
+                self.flow.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                self.outq.clear();
             }
         }
     }
 
     // ----- requests -----
 
-    fn queue(&mut self, command: Command) {
-        let Command::Request {
-            request,
-            reply,
-            expires,
-        } = command;
+    fn queue(
+        &mut self,
+        request: Request,
+        reply: oneshot::Sender<Result<ReplyBody>>,
+        expires: Instant,
+    ) {
         self.outbox.push_back(Queued {
             request,
             reply,
@@ -499,10 +544,84 @@ impl Worker {
         }
     }
 
+    // ----- the cursor -----
+
+    /// The cursor the application's handling allows: everything before the
+    /// first message handed over and not yet handled.
+    fn committable(&mut self) -> Seq {
+        let acked = Seq(self.flow.acked.load(Ordering::Acquire));
+        while self.outstanding.front().is_some_and(|s| *s <= acked) {
+            self.outstanding.pop_front();
+        }
+        let released = self.sync.as_ref().map_or(self.saved, SyncState::cursor);
+        match self.outstanding.front() {
+            Some(first) => Seq(first.0.saturating_sub(1)).min(released),
+            None => released,
+        }
+    }
+
+    /// Whether the cursor may be saved and acked now.
+    fn commit_due(&self) -> bool {
+        self.last_commit
+            .is_none_or(|t| t.elapsed() >= COMMIT_INTERVAL)
+    }
+
+    /// Whether a commit should run now: acknowledgements wait for one, or
+    /// the cursor moved and the interval has passed.
+    fn commit_wanted(&mut self) -> bool {
+        !self.flushes.is_empty() || (self.commit_due() && self.committable() > self.saved)
+    }
+
+    /// Saves the cursor the application's handling allows, acks it to the
+    /// server if connected, and answers the acknowledgements it covers.
+    async fn commit(&mut self, ws: Option<&mut Ws>) -> Result<()> {
+        let cursor = self.committable();
+        self.last_commit = Some(Instant::now());
+        let mut failed = None;
+        if cursor > self.saved {
+            let state = DeviceState { cursor };
+            match self
+                .store
+                .save(self.session.user_id(), self.device, &state)
+                .await
+            {
+                Ok(()) => {
+                    self.saved = cursor;
+                    self.cursor_tx.send_replace(cursor);
+                }
+                Err(e) => {
+                    warn!(error = %e, "saving the cursor failed");
+                    self.emit(ClientEvent::Error(e.clone()));
+                    failed = Some(e);
+                }
+            }
+        }
+        let released = self.sync.as_ref().map_or(self.saved, SyncState::cursor);
+        let saved = self.saved;
+        for (upto, reply) in std::mem::take(&mut self.flushes) {
+            if upto.min(released) <= saved {
+                let _ = reply.send(Ok(()));
+            } else if let Some(e) = &failed {
+                let _ = reply.send(Err(e.clone()));
+            } else {
+                // Not covered yet (an earlier message is not handled).
+                self.flushes.push((upto, reply));
+            }
+        }
+        match ws {
+            Some(ws) if saved > self.server_cursor => {
+                self.server_cursor = saved;
+                self.write_request(ws, Request::Ack { cursor: saved }, Waiter::Ack(saved))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
     // ----- the connection -----
 
-    /// Waits for `fut` while serving commands (queued for the next
-    /// connection) and delivering events.
+    /// Waits for `fut` while serving commands (requests are queued for the
+    /// next connection; acknowledgements are saved) and delivering events.
     async fn wait_offline<F: Future>(&mut self, fut: F) -> std::result::Result<F::Output, Stop> {
         tokio::pin!(fut);
         let mut tick = tokio::time::interval(self.tick_period());
@@ -513,14 +632,25 @@ impl Worker {
                 _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
                 out = &mut fut => return Ok(out),
                 permit = self.events_tx.clone().reserve_owned(), if !self.outq.is_empty() => {
-                    let open = Self::deliver(&mut self.outq, permit);
-                    self.after_delivery(open);
+                    self.deliver(permit);
                 }
                 cmd = self.cmd_rx.recv() => match cmd {
-                    Some(cmd) => self.queue(cmd),
+                    Some(Command::Request { request, reply, expires }) => {
+                        self.queue(request, reply, expires)
+                    }
+                    Some(Command::Flush { upto, reply }) => {
+                        self.flushes.push((upto, reply));
+                        // Offline: saved now, acked to the server on connect.
+                        let _ = self.commit(None).await;
+                    }
                     None => return Err(Stop::Cancelled),
                 },
-                _ = tick.tick() => self.expire_outbox(),
+                _ = tick.tick() => {
+                    self.expire_outbox();
+                    if self.commit_wanted() {
+                        let _ = self.commit(None).await;
+                    }
+                }
             }
         }
     }
@@ -530,21 +660,47 @@ impl Worker {
             .clamp(Duration::from_millis(5), Duration::from_millis(500))
     }
 
-    /// Backs off, then asks `route` and connects, until it works.
-    async fn reconnect(&mut self) -> std::result::Result<(Ws, Welcome), Stop> {
+    /// Asks `route` and connects, until it works: backing off before each
+    /// attempt but an `immediate` first. Refused credentials are given one
+    /// new log-in, if the session has [`Credentials`](crate::Credentials).
+    async fn reconnect(&mut self, immediate: bool) -> std::result::Result<(Ws, Welcome), Stop> {
+        let mut wait = !immediate;
+        let mut logged_in_again = false;
         loop {
-            let delay = self.backoff.next_delay();
-            debug!(?delay, "reconnecting after backoff");
-            self.wait_offline(tokio::time::sleep(delay)).await?;
+            if std::mem::replace(&mut wait, true) {
+                let delay = self.backoff.next_delay();
+                debug!(?delay, "reconnecting after backoff");
+                self.wait_offline(tokio::time::sleep(delay)).await?;
+            }
             let session = self.session.clone();
             let options = self.options.clone();
             let device = self.device;
             let attempt = async move { open_socket(&session, device, &options).await };
-            match self.wait_offline(attempt).await? {
+            let error = match self.wait_offline(attempt).await? {
                 Ok(link) => return Ok(link),
-                Err(e) if is_fatal(&e) => return Err(Stop::Fatal(e)),
-                Err(e) => warn!(error = %e, "reconnect failed"),
+                Err(e) => e,
+            };
+            if error.is_unauthorized() && self.session.has_credentials() && !logged_in_again {
+                // Tokens refused (revoked, expired): log in again once.
+                logged_in_again = true;
+                let session = self.session.clone();
+                match self
+                    .wait_offline(async move { session.log_in_again().await })
+                    .await?
+                {
+                    Ok(()) => {
+                        info!("logged in again with the session's credentials");
+                        wait = false;
+                    }
+                    Err(e) if e.is_retryable() => warn!(error = %e, "logging in again failed"),
+                    Err(e) => return Err(Stop::Fatal(e)),
+                }
+                continue;
             }
+            if is_fatal(&error) {
+                return Err(Stop::Fatal(error));
+            }
+            warn!(%error, "connecting failed");
         }
     }
 
@@ -553,7 +709,12 @@ impl Worker {
         match self.serve(&mut ws, welcome).await {
             Ok(ended) => ended,
             Err((error, code, reason)) => {
-                let fatal = code.is_some_and(|c| !close::should_reconnect(c));
+                // A session closed for its credentials (logged out) logs in
+                // again on the reconnect when it has credentials.
+                let relogin = error.is_unauthorized() && self.session.has_credentials();
+                let fatal = !relogin
+                    && (code.is_some_and(|c| !close::should_reconnect(c))
+                        || matches!(error, ClientError::Config(_)));
                 if fatal {
                     // Before failing the cut-off requests, so their callers
                     // see that the connection is gone for good.
@@ -581,6 +742,8 @@ impl Worker {
         info!(?code, %reason, "connection lost");
         self.sync_retry = None;
         self.syncing = false;
+        self.sync_paused = None;
+        self.behind = false;
         self.gap_at = None;
         for (_, p) in self.pending.drain() {
             match p.waiter {
@@ -591,6 +754,50 @@ impl Worker {
             }
         }
         self.emit(ClientEvent::Disconnected { code, reason });
+    }
+
+    /// The starting point of a device seen for the first time by this
+    /// task: its saved cursor, else where [`StartFrom`] says (`None`: ask
+    /// the server for the inbox's last position first).
+    fn starting_point(&mut self, welcome: &Welcome) -> Option<(Seq, bool)> {
+        if let Some(state) = self.restored.take() {
+            return Some((state.cursor, false));
+        }
+        match self.options.start_from {
+            StartFrom::After(seq) => Some((seq, true)),
+            StartFrom::Latest => None,
+            _ => Some((welcome.cursor, false)),
+        }
+    }
+
+    /// Starts the device at `cursor`; a starting point not loaded from the
+    /// store (`fresh`) is saved at once, so a restart does not pick another.
+    async fn begin(&mut self, ws: &mut Ws, cursor: Seq, fresh: bool) -> Result<()> {
+        self.sync = Some(SyncState::new(
+            self.session.user_id(),
+            cursor,
+            PENDING_LIMIT,
+            self.options
+                .send_deadline
+                .saturating_add(Duration::from_secs(60)),
+        ));
+        self.cursor_tx.send_replace(cursor);
+        if fresh {
+            let state = DeviceState { cursor };
+            match self
+                .store
+                .save(self.session.user_id(), self.device, &state)
+                .await
+            {
+                Ok(()) => self.saved = cursor,
+                Err(e) => {
+                    warn!(error = %e, "saving the starting cursor failed");
+                    self.emit(ClientEvent::Error(e));
+                }
+            }
+            self.commit(Some(ws)).await?;
+        }
+        self.sync_and_flush(ws).await
     }
 
     /// The loop of one connection. `Err` carries the error for cut-off
@@ -605,55 +812,23 @@ impl Worker {
             (e, None, reason)
         };
         info!(server = %welcome.server_id, "connected");
-        let sync = match self.sync.take() {
-            Some(s) => s,
-            None => {
-                let state = self.restored.take().unwrap_or(DeviceState {
-                    cursor: welcome.cursor,
-                });
-                SyncState::new(
-                    self.session.user_id(),
-                    state.cursor,
-                    PENDING_LIMIT,
-                    self.options
-                        .send_deadline
-                        .saturating_add(Duration::from_secs(60)),
-                )
-            }
-        };
-        let local_cursor = sync.cursor();
-        self.sync = Some(sync);
-        self.cursor_tx.send_replace(local_cursor);
+        self.server_cursor = welcome.cursor;
         self.emit(ClientEvent::Connected {
             server_id: welcome.server_id.clone(),
         });
-
-        // Sync from the cursor; live messages meanwhile wait in order.
-        self.start_sync(ws).await.map_err(lost)?;
-        if local_cursor > welcome.cursor {
-            // The server is behind this device's local state.
-            self.write_request(
-                ws,
-                Request::Ack {
-                    cursor: local_cursor,
-                },
-                Waiter::Ack(local_cursor),
-            )
-            .await
-            .map_err(lost)?;
-        }
-        // Requests queued while disconnected.
-        while let Some(q) = self.outbox.pop_front() {
-            if q.reply.is_closed() {
-                continue;
+        if self.sync.is_some() {
+            // A reconnect: carry on from where this task is.
+            self.begin_again(ws).await.map_err(lost)?;
+        } else {
+            match self.starting_point(&welcome) {
+                Some((cursor, fresh)) => self.begin(ws, cursor, fresh).await.map_err(lost)?,
+                None => {
+                    debug!("starting from the inbox's last position");
+                    self.write_request(ws, Request::Head {}, Waiter::Head)
+                        .await
+                        .map_err(lost)?;
+                }
             }
-            if q.expires <= Instant::now() {
-                let _ = q.reply.send(Err(ClientError::Timeout));
-                continue;
-            }
-            self.write_user_request(ws, q.request, q.reply)
-                .await
-                .map_err(lost)?;
         }
 
         let hb_period = self
@@ -675,6 +850,8 @@ impl Worker {
             let gap_at = self
                 .gap_at
                 .unwrap_or_else(|| deadline_in(Duration::from_secs(3600)));
+            let waiting_for_room = self.behind || self.sync_paused.is_some();
+            let flow = self.flow.clone();
             // Unbiased: replies, commands and timers get their turns.
             tokio::select! {
                 _ = self.cancel.cancelled() => {
@@ -683,8 +860,10 @@ impl Worker {
                     return Ok(Ended::Stop(Stop::Cancelled));
                 }
                 permit = self.events_tx.clone().reserve_owned(), if !self.outq.is_empty() => {
-                    let open = Self::deliver(&mut self.outq, permit);
-                    self.after_delivery(open);
+                    self.deliver(permit);
+                }
+                _ = flow.taken.notified(), if waiting_for_room => {
+                    self.resume(ws).await.map_err(lost)?;
                 }
                 _ = heartbeat.tick() => {
                     self.write_request(ws, Request::Heartbeat {}, Waiter::Heartbeat)
@@ -706,11 +885,12 @@ impl Worker {
                 }
                 _ = tick.tick() => {
                     self.expire_outbox();
-                    if self.outq.is_empty() {
-                        self.expire_pending().map_err(lost)?;
+                    self.expire_pending().map_err(lost)?;
+                    if waiting_for_room {
+                        self.resume(ws).await.map_err(lost)?;
                     }
-                    if self.uncommitted && self.commit_due() {
-                        self.cursor_advanced(ws).await.map_err(lost)?;
+                    if self.commit_wanted() {
+                        self.commit(Some(ws)).await.map_err(lost)?;
                     }
                 }
                 cmd = self.cmd_rx.recv() => match cmd {
@@ -722,9 +902,19 @@ impl Worker {
                             let _ = reply.send(Err(ClientError::Timeout));
                             continue;
                         }
+                        if self.sync.is_none() {
+                            // Until the starting point is known, a send's
+                            // message could not be told from another's.
+                            self.queue(request, reply, expires);
+                            continue;
+                        }
                         self.write_user_request(ws, request, reply)
                             .await
                             .map_err(lost)?;
+                    }
+                    Some(Command::Flush { upto, reply }) => {
+                        self.flushes.push((upto, reply));
+                        self.commit(Some(ws)).await.map_err(lost)?;
                     }
                     None => {
                         Self::close_gracefully(ws).await;
@@ -732,7 +922,7 @@ impl Worker {
                         return Ok(Ended::Stop(Stop::Cancelled));
                     }
                 },
-                frame = ws.next(), if self.outq.is_empty() => match frame {
+                frame = ws.next() => match frame {
                     Some(Ok(WsMessage::Text(text))) => self.on_text(ws, &text).await?,
                     Some(Ok(WsMessage::Binary(_))) => warn!("binary frame from the server, ignored"),
                     Some(Ok(WsMessage::Close(frame))) => {
@@ -762,6 +952,32 @@ impl Worker {
         }
     }
 
+    /// On a reconnect: acks the saved cursor if the server is behind it,
+    /// then syncs from where this task is and writes the queued requests.
+    async fn begin_again(&mut self, ws: &mut Ws) -> Result<()> {
+        if self.saved > self.server_cursor {
+            self.commit(Some(ws)).await?;
+        }
+        self.sync_and_flush(ws).await
+    }
+
+    /// Syncs from the cursor and writes the requests queued while
+    /// disconnected (or while the starting point was unknown).
+    async fn sync_and_flush(&mut self, ws: &mut Ws) -> Result<()> {
+        self.start_sync(ws).await?;
+        while let Some(q) = self.outbox.pop_front() {
+            if q.reply.is_closed() {
+                continue;
+            }
+            if q.expires <= Instant::now() {
+                let _ = q.reply.send(Err(ClientError::Timeout));
+                continue;
+            }
+            self.write_user_request(ws, q.request, q.reply).await?;
+        }
+        Ok(())
+    }
+
     async fn close_gracefully(ws: &mut Ws) {
         let frame = CloseFrame {
             code: CloseCode::Normal,
@@ -776,8 +992,8 @@ impl Worker {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
 
-    /// Fails requests whose reply is overdue. An overdue sync page or
-    /// heartbeat means the connection is dead.
+    /// Fails requests whose reply is overdue. An overdue sync page,
+    /// heartbeat or starting point means the connection is dead.
     fn expire_pending(&mut self) -> Result<()> {
         let now = Instant::now();
         let overdue: Vec<String> = self
@@ -795,7 +1011,7 @@ impl Worker {
                 Waiter::User(tx) | Waiter::Send { reply: tx, .. } => {
                     let _ = tx.send(Err(ClientError::Timeout));
                 }
-                Waiter::Sync(_) | Waiter::Heartbeat => dead = true,
+                Waiter::Sync(_) | Waiter::Heartbeat | Waiter::Head => dead = true,
                 Waiter::Ack(_) => {}
             }
         }
@@ -811,6 +1027,8 @@ impl Worker {
         };
         let after = sync.start_sync();
         self.syncing = true;
+        self.behind = false;
+        self.sync_paused = None;
         self.gap_at = None;
         self.request_page(ws, after).await
     }
@@ -821,6 +1039,23 @@ impl Worker {
             limit: Some(self.sync_limit),
         };
         self.write_request(ws, request, Waiter::Sync(after)).await
+    }
+
+    /// Once the application has read enough: asks for the sync page held
+    /// back, or syncs for the live messages let go.
+    async fn resume(&mut self, ws: &mut Ws) -> Result<()> {
+        if !self.has_room() {
+            return Ok(());
+        }
+        if let Some(after) = self.sync_paused.take() {
+            debug!(%after, "room for events again: next sync page");
+            return self.request_page(ws, after).await;
+        }
+        if self.behind && !self.syncing {
+            debug!("room for events again: syncing what was let go");
+            return self.start_sync(ws).await;
+        }
+        Ok(())
     }
 
     /// Writes a handle's request; a send is remembered so that the
@@ -852,29 +1087,22 @@ impl Worker {
     }
 
     /// Hands released messages to the application, and notes whether
-    /// entries still wait for an earlier one and whether the cursor moved.
-    fn released(&mut self, messages: Vec<chat_core::Message>, before: Seq) {
-        for m in messages {
-            self.emit(ClientEvent::Message(m));
+    /// entries still wait for an earlier one.
+    fn released(&mut self, entries: Vec<chat_core::InboxEntry>) {
+        for e in entries {
+            // Not handled until the application has it, even if it is gone.
+            self.outstanding.push_back(e.seq);
+            let delivery = Delivery::new(e.seq, e.message, self.acker.clone());
+            self.emit(ClientEvent::Message(delivery));
         }
         let Some(sync) = &self.sync else {
             return;
         };
-        if sync.cursor() != before {
-            self.uncommitted = true;
-            self.cursor_tx.send_replace(sync.cursor());
-        }
         if !sync.has_gap() {
             self.gap_at = None;
         } else if self.gap_at.is_none() && !self.syncing {
             self.gap_at = Some(deadline_in(GAP_GRACE));
         }
-    }
-
-    /// Whether the cursor may be saved and acked now.
-    fn commit_due(&self) -> bool {
-        self.last_commit
-            .is_none_or(|t| t.elapsed() >= COMMIT_INTERVAL)
     }
 
     /// Handles one text frame. Malformed frames are logged and skipped.
@@ -894,16 +1122,15 @@ impl Worker {
                 return Ok(());
             }
         };
-        let before = self.sync.as_ref().map(|s| s.cursor()).unwrap_or_default();
         match frame {
             ServerFrame::Welcome(_) => warn!("second welcome on one connection, ignored"),
             ServerFrame::Event(Event::Message { seq, message }) => {
-                if let Some(sync) = &mut self.sync {
+                if self.over_budget() {
+                    // The application is behind: fetch it by sync later.
+                    self.behind = true;
+                } else if let Some(sync) = &mut self.sync {
                     let out = sync.on_live(seq, message);
-                    self.released(out, before);
-                }
-                if self.uncommitted && self.commit_due() {
-                    self.cursor_advanced(ws).await.map_err(lost)?;
+                    self.released(out);
                 }
             }
             ServerFrame::Event(Event::Presence { presence }) => {
@@ -945,7 +1172,7 @@ impl Worker {
                             // The receipt stands for the message on this
                             // device: its position is handled silently.
                             let out = sync.sent(channel, &key, *seq);
-                            self.released(out, before);
+                            self.released(out);
                         }
                         let _ = reply.send(result.map_err(ClientError::Api));
                     }
@@ -960,6 +1187,27 @@ impl Worker {
                     Waiter::Ack(cursor) => match result {
                         Ok(_) => debug!(%cursor, "cursor acked"),
                         Err(e) => warn!(error = %e, %cursor, "ack failed"),
+                    },
+                    Waiter::Head => match result {
+                        Ok(ReplyBody::Head { seq }) => {
+                            debug!(%seq, "starting from the inbox's last position");
+                            self.begin(ws, seq, true).await.map_err(lost)?;
+                        }
+                        Ok(other) => {
+                            return Err(lost(ClientError::decode(format!(
+                                "expected a head reply, got {}",
+                                reply_kind(&other)
+                            ))))
+                        }
+                        // Retryable: reconnect and ask again. Otherwise (a
+                        // server that does not know `head`) retrying
+                        // cannot help.
+                        Err(wire) if wire.retryable => return Err(lost(ClientError::Api(wire))),
+                        Err(wire) => {
+                            return Err(lost(ClientError::Config(format!(
+                                "the server cannot start a device from the latest message: {wire}"
+                            ))))
+                        }
                     },
                 }
             }
@@ -1003,7 +1251,6 @@ impl Worker {
         let Some(sync) = &mut self.sync else {
             return Ok(());
         };
-        let before = sync.cursor();
         let outcome = match sync.on_page(after, entries, has_more) {
             Ok(o) => o,
             Err(_) => {
@@ -1013,51 +1260,36 @@ impl Worker {
             }
         };
         let done = outcome.next == Next::Done;
-        if done {
-            self.syncing = false;
-        }
-        self.released(outcome.emit, before);
-        // Progress is committed at most once per interval; the end of a
-        // sync always commits.
-        if self.uncommitted && (done || self.commit_due()) {
-            self.cursor_advanced(ws).await?;
-        }
+        self.released(outcome.emit);
         match outcome.next {
+            Next::Page(after) if self.over_budget() => {
+                debug!(%after, "the application is behind: next sync page later");
+                self.sync_paused = Some(after);
+            }
             Next::Page(after) => self.request_page(ws, after).await?,
             Next::Done => {
+                self.syncing = false;
                 let cursor = self.sync.as_ref().map(|s| s.cursor()).unwrap_or_default();
                 debug!(%cursor, "synced");
                 self.backoff.reset();
                 self.sync_limit = self.options.sync_page_size.max(1);
                 self.emit(ClientEvent::Synced { cursor });
+                if self.behind {
+                    // Live messages let go during the sync.
+                    self.resume(ws).await?;
+                }
             }
+        }
+        // Progress is saved at most once per interval; the end of a sync
+        // saves what the application has handled by then.
+        if done || self.commit_wanted() {
+            self.commit(Some(ws)).await?;
         }
         Ok(())
     }
 
-    /// Persists the state and acks the new cursor.
-    async fn cursor_advanced(&mut self, ws: &mut Ws) -> Result<()> {
-        let Some(cursor) = self.sync.as_ref().map(|s| s.cursor()) else {
-            return Ok(());
-        };
-        let state = DeviceState { cursor };
-        self.cursor_tx.send_replace(cursor);
-        self.last_commit = Some(Instant::now());
-        self.uncommitted = false;
-        if let Err(e) = self
-            .store
-            .save(self.session.user_id(), self.device, &state)
-            .await
-        {
-            warn!(error = %e, "saving the cursor failed");
-            self.emit(ClientEvent::Error(e));
-        }
-        self.write_request(ws, Request::Ack { cursor }, Waiter::Ack(cursor))
-            .await
-    }
-
-    /// Fails everything still waiting, saves the state, and reports why the
-    /// task stopped.
+    /// Fails everything still waiting, saves the cursor, and reports why
+    /// the task stopped.
     async fn shutdown(mut self, stop: Stop) {
         let error = match &stop {
             Stop::Cancelled => closed_by_application(),
@@ -1065,8 +1297,13 @@ impl Worker {
         };
         self.set_final_error(error.clone());
         self.cmd_rx.close();
-        while let Ok(Command::Request { reply, .. }) = self.cmd_rx.try_recv() {
-            let _ = reply.send(Err(error.clone()));
+        while let Ok(command) = self.cmd_rx.try_recv() {
+            match command {
+                Command::Request { reply, .. } => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Command::Flush { upto, reply } => self.flushes.push((upto, reply)),
+            }
         }
         for q in self.outbox.drain(..) {
             let _ = q.reply.send(Err(error.clone()));
@@ -1076,15 +1313,11 @@ impl Worker {
                 let _ = tx.send(Err(error.clone()));
             }
         }
-        if let Some(cursor) = self.sync.as_ref().map(|s| s.cursor()) {
-            let state = DeviceState { cursor };
-            if let Err(e) = self
-                .store
-                .save(self.session.user_id(), self.device, &state)
-                .await
-            {
-                warn!(error = %e, "saving the cursor on shutdown failed");
-            }
+        if self.sync.is_some() {
+            let _ = self.commit(None).await;
+        }
+        for (_, reply) in self.flushes.drain(..) {
+            let _ = reply.send(Err(error.clone()));
         }
         if let Stop::Fatal(e) = stop {
             warn!(error = %e, "connection stopped for good");
@@ -1093,10 +1326,7 @@ impl Worker {
             while self.events_open && !self.outq.is_empty() {
                 tokio::select! {
                     _ = self.cancel.cancelled() => break,
-                    permit = self.events_tx.clone().reserve_owned() => {
-                        let open = Self::deliver(&mut self.outq, permit);
-                        self.after_delivery(open);
-                    }
+                    permit = self.events_tx.clone().reserve_owned() => self.deliver(permit),
                 }
             }
         }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_client::{
-    ChatClient, ClientError, ClientEvent, ConnectOptions, Connection, CursorStore, DeviceState,
-    MemoryCursorStore, Session,
+    AckMode, ChatClient, ClientError, ClientEvent, ConnectOptions, Connection, CursorStore,
+    DeviceState, MemoryCursorStore, Session, StartFrom,
 };
 use chat_core::api::HistoryQuery;
 use chat_core::api::{AuthResponse, RouteResponse};
@@ -58,6 +58,9 @@ struct State {
     fail_next_send: bool,
     /// Answer the next sync with `rate_limited`.
     rate_limit_next_sync: bool,
+    /// Answer this many `route` calls with 503 `unavailable` (a server
+    /// still starting).
+    failing_routes: u32,
     /// The close frames the client sent.
     client_closes: Vec<u16>,
     live: Vec<mpsc::UnboundedSender<Control>>,
@@ -129,7 +132,19 @@ impl Mock {
                         }
                     }
                     let head = String::from_utf8_lossy(&buf).to_string();
-                    let (status, body) = if head.starts_with("GET /v1/route") {
+                    let failing = head.starts_with("GET /v1/route") && {
+                        let mut st = st.lock().unwrap();
+                        let failing = st.failing_routes > 0;
+                        st.failing_routes = st.failing_routes.saturating_sub(1);
+                        failing
+                    };
+                    let (status, body) = if failing {
+                        (
+                            "503 Service Unavailable",
+                            r#"{"error":{"code":"unavailable","message":"starting","retryable":true}}"#
+                                .to_owned(),
+                        )
+                    } else if head.starts_with("GET /v1/route") {
                         st.lock().unwrap().routes += 1;
                         let body = RouteResponse {
                             ws_url: format!("ws://{ws_addr}/v1/ws"),
@@ -301,6 +316,9 @@ impl Mock {
                 }
             }
             Request::Heartbeat {} => ReplyBody::Heartbeat { server_time: 0 },
+            Request::Head {} => ReplyBody::Head {
+                seq: Seq(st.inbox.keys().next_back().copied().unwrap_or(0)),
+            },
             Request::History { channel, .. } => ReplyBody::History {
                 messages: st
                     .inbox
@@ -415,7 +433,7 @@ async fn until_synced(conn: &mut Connection) -> Vec<u64> {
     let mut ids = Vec::new();
     loop {
         match next(conn).await {
-            ClientEvent::Message(m) => ids.push(m.id.0),
+            ClientEvent::Message(d) => ids.push(d.message.id.0),
             ClientEvent::Synced { .. } => return ids,
             _ => {}
         }
@@ -424,8 +442,8 @@ async fn until_synced(conn: &mut Connection) -> Vec<u64> {
 
 async fn next_message(conn: &mut Connection) -> u64 {
     loop {
-        if let ClientEvent::Message(m) = next(conn).await {
-            return m.id.0;
+        if let ClientEvent::Message(d) = next(conn).await {
+            return d.message.id.0;
         }
     }
 }
@@ -456,7 +474,8 @@ async fn sync_then_live_moves_the_cursor() {
         ClientEvent::Connected { .. }
     ));
     assert_eq!(until_synced(&mut conn).await, [1, 2, 3, 4, 5]);
-    assert_eq!(conn.cursor(), Seq(5));
+    // Saved once the application has taken the messages.
+    eventually("cursor 5", || conn.cursor() == Seq(5)).await;
 
     let id = mock.deliver("live");
     assert_eq!(next_message(&mut conn).await, id);
@@ -693,7 +712,7 @@ async fn overtaken_lost_and_resynced_events_arrive_in_order() {
     let five = mock.store_quietly("five");
     mock.broadcast(ServerFrame::Event(Event::Resync {}));
     assert_eq!(next_message(&mut conn).await, five);
-    assert_eq!(conn.cursor(), Seq(five));
+    eventually("cursor at five", || conn.cursor() == Seq(five)).await;
 }
 
 #[tokio::test]
@@ -745,7 +764,310 @@ async fn a_fatal_close_code_stops_the_connection() {
         ),
         "{err:?}"
     );
+    // The reason, from the end of the stream on.
+    assert_eq!(conn.closed().await, err);
+    assert!(!err.is_retryable());
     assert_eq!(mock.with(|s| s.connections), 1, "no reconnect");
+}
+
+/// Closing (or dropping) the connection is a reason too: code 1000.
+#[tokio::test]
+async fn closed_says_why_the_connection_stopped() {
+    let mock = Mock::start().await;
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options(),
+        )
+        .await
+        .unwrap();
+    until_synced(&mut conn).await;
+    let handle = conn.handle();
+    let waiting = tokio::spawn(async move { handle.closed().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "resolves only once stopped");
+    conn.close().await;
+    let why = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            why,
+            ClientError::Closed {
+                code: Some(1000),
+                ..
+            }
+        ),
+        "{why:?}"
+    );
+    // The stream ends after what was queued.
+    while tokio::time::timeout(WAIT, conn.next_event())
+        .await
+        .unwrap()
+        .is_some()
+    {}
+    assert_eq!(conn.closed().await, why);
+}
+
+/// The echo-bot pattern: a send from the loop that reads events, while
+/// hundreds of events wait. The connection keeps reading its socket, so
+/// the receipts come; over its small event budget it lets live messages go
+/// and fetches them by sync once the reader has caught up: every message
+/// arrives once, in order.
+#[tokio::test]
+async fn sends_from_the_event_loop_are_not_stuck_behind_unread_events() {
+    let mock = Mock::start().await;
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            ConnectOptions {
+                event_capacity: 4,
+                event_buffer_bytes: 16 << 10,
+                sync_page_size: 50,
+                ..options()
+            },
+        )
+        .await
+        .unwrap();
+    until_synced(&mut conn).await;
+    let syncs = mock.with(|s| s.sync_requests);
+    let sent: Vec<u64> = (0..400).map(|i| mock.deliver(&format!("m{i}"))).collect();
+    // Nothing is read: a send still gets its receipt.
+    let receipt = tokio::time::timeout(WAIT, conn.send(mock.channel, "not stuck"))
+        .await
+        .expect("a receipt while 400 events wait")
+        .unwrap();
+    assert!(!receipt.duplicate);
+    // Echo each one from the event loop.
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        if let ClientEvent::Message(d) = next(&mut conn).await {
+            got.push(d.message.id.0);
+            let reply = format!("echo {}", d.message.content);
+            tokio::time::timeout(WAIT, conn.send(mock.channel, reply))
+                .await
+                .expect("an echo's receipt")
+                .unwrap();
+        }
+    }
+    assert_eq!(got, sent, "every message once, in order");
+    assert!(
+        mock.with(|s| s.sync_requests) > syncs,
+        "messages over the budget came by sync"
+    );
+    // The echoes are this device's own: none comes back as an event.
+    let last = mock.deliver("last");
+    assert_eq!(next_message(&mut conn).await, last);
+}
+
+/// Manual acknowledgement: the saved cursor (and the server's) covers
+/// only what was acknowledged; a new connection on the same store
+/// delivers the rest again. Acknowledging a message acknowledges the ones
+/// before it.
+#[tokio::test]
+async fn manual_acks_move_the_cursor_and_the_rest_comes_again() {
+    let mock = Mock::start().await;
+    let ids: Vec<u64> = (0..5)
+        .map(|i| mock.store_quietly(&format!("m{i}")))
+        .collect();
+    let store = Arc::new(MemoryCursorStore::new());
+    let device = DeviceId::new_random();
+    let manual = ConnectOptions {
+        ack: AckMode::Manual,
+        ..options()
+    };
+    let mut conn = mock
+        .session()
+        .connect(device, store.clone(), manual.clone())
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 5 {
+        if let ClientEvent::Message(d) = next(&mut conn).await {
+            deliveries.push(d);
+        }
+    }
+    assert_eq!(
+        deliveries
+            .iter()
+            .map(|d| d.message.id.0)
+            .collect::<Vec<_>>(),
+        ids
+    );
+    // Taking the events moved nothing.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(conn.cursor(), Seq::ZERO);
+    let user = mock.user.id;
+    assert_eq!(store.load(user, device).await.unwrap(), None);
+    // Acknowledging the third covers the first three, saved on return.
+    deliveries[2].ack().await.unwrap();
+    assert_eq!(
+        store.load(user, device).await.unwrap(),
+        Some(DeviceState { cursor: Seq(3) })
+    );
+    assert_eq!(conn.cursor(), Seq(3));
+    eventually("the server's cursor", || mock.with(|s| s.acked) == 3).await;
+    // An earlier acknowledgement changes nothing.
+    deliveries[0].ack().await.unwrap();
+    assert_eq!(conn.cursor(), Seq(3));
+    drop(conn);
+    // A restart: 4 and 5 come again, 1 to 3 do not.
+    let mut conn = mock
+        .session()
+        .connect(device, store.clone(), manual)
+        .await
+        .unwrap();
+    assert_eq!(until_synced(&mut conn).await, ids[3..]);
+    // A delivery of a stopped connection cannot be acknowledged.
+    let err = deliveries[4].ack().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Closed {
+                code: Some(1000),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Automatic mode: a message counts once the application has taken it,
+/// not when it is queued for it.
+#[tokio::test]
+async fn automatic_acks_count_what_the_application_took() {
+    let mock = Mock::start().await;
+    for i in 0..4 {
+        mock.store_quietly(&format!("m{i}"));
+    }
+    let store = Arc::new(MemoryCursorStore::new());
+    let device = DeviceId::new_random();
+    let mut conn = mock
+        .session()
+        .connect(device, store.clone(), options())
+        .await
+        .unwrap();
+    // Take two messages; leave two queued.
+    let mut taken = 0;
+    while taken < 2 {
+        if let ClientEvent::Message(_) = next(&mut conn).await {
+            taken += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(conn.cursor(), Seq(2), "queued is not handled");
+    conn.close().await;
+    assert_eq!(
+        store.load(mock.user.id, device).await.unwrap(),
+        Some(DeviceState { cursor: Seq(2) }),
+        "saved on the way out"
+    );
+}
+
+/// A new device starts from now, or after a given position, instead of
+/// replaying the inbox; the starting point is saved at once, so a restart
+/// does not skip what arrived meanwhile.
+#[tokio::test]
+async fn a_new_device_can_start_from_now_or_from_a_message() {
+    let mock = Mock::start().await;
+    let old: Vec<u64> = (0..5)
+        .map(|i| mock.store_quietly(&format!("old {i}")))
+        .collect();
+    let store = Arc::new(MemoryCursorStore::new());
+    let device = DeviceId::new_random();
+    let latest = ConnectOptions {
+        start_from: StartFrom::Latest,
+        ..options()
+    };
+    let mut conn = mock
+        .session()
+        .connect(device, store.clone(), latest.clone())
+        .await
+        .unwrap();
+    assert!(until_synced(&mut conn).await.is_empty(), "nothing old");
+    let user = mock.user.id;
+    assert_eq!(
+        store.load(user, device).await.unwrap(),
+        Some(DeviceState { cursor: Seq(5) })
+    );
+    let live = mock.deliver("new");
+    assert_eq!(next_message(&mut conn).await, live);
+    conn.close().await;
+    // Stored while this device was away: the saved cursor wins over
+    // `Latest`.
+    let meanwhile = mock.store_quietly("meanwhile");
+    let mut conn = mock
+        .session()
+        .connect(device, store.clone(), latest)
+        .await
+        .unwrap();
+    assert_eq!(until_synced(&mut conn).await, [meanwhile]);
+    drop(conn);
+    // Another new device, from the third message on.
+    let mut conn = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            ConnectOptions {
+                start_from: StartFrom::After(Seq(old[2])),
+                ..options()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        until_synced(&mut conn).await,
+        [old[3], old[4], live, meanwhile]
+    );
+}
+
+/// With `retry_initial_connect`, `connect` returns at once while the
+/// server is not ready, and connects in the background; a send made
+/// meanwhile waits for it. Without it, `connect` fails, retryably.
+#[tokio::test]
+async fn the_first_connection_can_be_retried_in_the_background() {
+    let mock = Mock::start().await;
+    mock.with(|s| s.failing_routes = 1);
+    let err = mock
+        .session()
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable));
+    assert!(err.is_retryable());
+
+    mock.with(|s| s.failing_routes = 3);
+    let mut conn = tokio::time::timeout(
+        Duration::from_millis(500),
+        mock.session().connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            ConnectOptions {
+                retry_initial_connect: true,
+                ..options()
+            },
+        ),
+    )
+    .await
+    .expect("returns at once")
+    .unwrap();
+    let receipt = conn
+        .send(mock.channel, "queued until connected")
+        .await
+        .unwrap();
+    assert!(!receipt.duplicate);
+    assert!(matches!(
+        next(&mut conn).await,
+        ClientEvent::Connected { .. }
+    ));
+    assert_eq!(mock.with(|s| s.failing_routes), 0, "three refusals first");
 }
 
 #[tokio::test]

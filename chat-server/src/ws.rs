@@ -727,6 +727,9 @@ async fn handle_request(
         Request::Presence { users } => Ok(ReplyBody::Presence {
             users: server.presence_of(user, &users).await?,
         }),
+        Request::Head {} => Ok(ReplyBody::Head {
+            seq: server.inner.messages.head(user).await.map_err(wire)?,
+        }),
         _ => Err(WireError::new(ErrorCode::BadFrame, "unknown request")),
     }
 }

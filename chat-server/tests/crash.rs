@@ -120,7 +120,8 @@ fn collect(mut conn: Connection) -> (Shown, tokio::task::JoinHandle<Connection>)
     let task = tokio::spawn(async move {
         while let Some(event) = conn.next_event().await {
             match event {
-                ClientEvent::Message(m) => {
+                ClientEvent::Message(d) => {
+                    let m = d.message;
                     out.lock().unwrap().push((m.channel_id, m.id, m.content));
                 }
                 ClientEvent::Error(e) if !e.is_retryable() => panic!("fatal: {e:?}"),

@@ -73,7 +73,7 @@ async fn messages(conn: &mut Connection, n: usize) -> Vec<Message> {
     let mut out = Vec::new();
     while out.len() < n {
         match tokio::time::timeout(WAIT, conn.next_event()).await {
-            Ok(Some(ClientEvent::Message(m))) => out.push(m),
+            Ok(Some(ClientEvent::Message(d))) => out.push(d.message),
             Ok(Some(ClientEvent::Error(e))) => panic!("connection error: {e:?}"),
             Ok(Some(_)) => continue,
             Ok(None) => panic!("connection stopped after {} of {n} messages", out.len()),
@@ -89,8 +89,8 @@ async fn pending_messages(conn: &mut Connection) -> Vec<Message> {
     conn.presence(&[]).await.unwrap();
     let mut out = Vec::new();
     while let Some(ev) = conn.events().try_recv() {
-        if let ClientEvent::Message(m) = ev {
-            out.push(m);
+        if let ClientEvent::Message(d) = ev {
+            out.push(d.message);
         }
     }
     out

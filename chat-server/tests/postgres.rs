@@ -216,7 +216,7 @@ async fn the_sdk_retries_through_an_outage_and_the_message_is_stored_once() {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match b.next_event().await {
-                Some(ClientEvent::Message(m)) => seen.push(m.id),
+                Some(ClientEvent::Message(d)) => seen.push(d.message.id),
                 Some(ClientEvent::Synced { .. }) if !seen.is_empty() => break,
                 Some(_) => {}
                 None => panic!("connection ended"),
