@@ -13,7 +13,7 @@ use chat_client::{
     ChatClient, ClientEvent, ConnectOptions, Connection, MemoryCursorStore, Session,
 };
 use chat_core::{DeviceId, Message};
-use chat_server::{ChatServer, ServerConfig};
+use chat_server::{ChatServer, ServerConfig, TokenSecret};
 use tokio_util::sync::CancellationToken;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -30,7 +30,7 @@ async fn main() -> Result<(), Error> {
     let data = tempfile::tempdir()?;
     let store = Arc::new(chat_store::embedded::EmbeddedStore::open(data.path())?);
     let config = ServerConfig {
-        token_secret: b"quickstart secret, at least 32 bytes long".to_vec(),
+        token_secret: TokenSecret::random(),
         // Presence quicker than the 5 s / 30 s defaults, so the demo is short.
         heartbeat_interval: Duration::from_millis(500),
         presence_timeout: Duration::from_secs(2),
@@ -111,7 +111,7 @@ async fn main() -> Result<(), Error> {
     println!("bob's laptop connected and syncs his inbox:");
     loop {
         match bob_laptop.next_event().await {
-            Some(ClientEvent::Message(m)) => show("bob's laptop", &m),
+            Some(ClientEvent::Message(d)) => show("bob's laptop", &d.message),
             Some(ClientEvent::Synced { cursor }) => {
                 println!("  (sync complete, cursor {cursor})");
                 break;
@@ -178,7 +178,7 @@ async fn connect(session: &Session, device: DeviceId) -> Result<Connection, Erro
 async fn next_message(conn: &mut Connection) -> Result<Message, Error> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), conn.next_event()).await {
-            Ok(Some(ClientEvent::Message(m))) => return Ok(m),
+            Ok(Some(ClientEvent::Message(d))) => return Ok(d.message),
             Ok(Some(_)) => {}
             Ok(None) => return Err("connection closed".into()),
             Err(_) => return Err("no message within 10 s".into()),

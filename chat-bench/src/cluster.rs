@@ -26,7 +26,7 @@ pub struct Node {
     /// The address that URL names.
     pub ws_addr: SocketAddr,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), chat_server::ServerError>>,
     bus: NatsBus,
 }
 

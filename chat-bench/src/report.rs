@@ -189,14 +189,13 @@ pub struct ServerStats {
 impl ServerStats {
     /// Reads a server's counters.
     pub fn of(server: &chat_server::ChatServer) -> Self {
-        use std::sync::atomic::Ordering::Relaxed;
         let s = server.stats();
         Self {
-            messages_stored: s.messages_stored.load(Relaxed),
-            duplicate_sends: s.duplicate_sends.load(Relaxed),
-            pushes_sent: s.pushes_sent.load(Relaxed),
-            pushes_dropped: s.pushes_dropped.load(Relaxed),
-            slow_consumers: s.slow_consumers.load(Relaxed),
+            messages_stored: s.messages_stored,
+            duplicate_sends: s.duplicate_sends,
+            pushes_sent: s.pushes_sent,
+            pushes_dropped: s.pushes_dropped,
+            slow_consumers: s.slow_consumers,
         }
     }
 }

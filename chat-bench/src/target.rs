@@ -154,7 +154,7 @@ pub struct Target {
 struct InProcess {
     server: ChatServer,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), chat_server::ServerError>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -178,7 +178,7 @@ pub fn bench_server_config() -> ServerConfig {
     ServerConfig {
         ws_read_buffer: env_bytes("CHAT_BENCH_WS_READ_BUFFER", defaults.ws_read_buffer),
         ws_write_buffer: env_bytes("CHAT_BENCH_WS_WRITE_BUFFER", defaults.ws_write_buffer),
-        token_secret: rand::random::<[u8; 32]>().to_vec(),
+        token_secret: chat_server::TokenSecret::random(),
         argon2_memory_kib: 1024,
         argon2_iterations: 1,
         rate_limit_per_sec: 10_000_000,

@@ -268,7 +268,11 @@ pub(crate) async fn run(
             Err(e) => {
                 // EMFILE / ENFILE / ENOMEM: the pending connection stays in
                 // the backlog; try again once sockets have closed.
-                server.stats().accept_errors.fetch_add(1, Ordering::Relaxed);
+                server
+                    .inner
+                    .stats
+                    .accept_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, pause_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -282,7 +286,8 @@ pub(crate) async fn run(
         let Some(permit) = limits.admit(peer.ip()) else {
             // Closed before a byte is read: the cheapest answer there is.
             server
-                .stats()
+                .inner
+                .stats
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
             drop(stream);

@@ -2,12 +2,35 @@
 
 use std::time::Duration;
 
+use crate::error::ServerError;
+use crate::secret::TokenSecret;
+
 /// The longest [`ServerConfig::push_collapse_window`]: holding a
 /// notification back longer defeats its purpose.
 const MAX_PUSH_COLLAPSE_WINDOW: Duration = Duration::from_secs(600);
 
 /// Everything tunable about a chat server. [`ServerConfig::default`] gives the
-/// design's defaults; the binary maps flags and environment onto it.
+/// design's defaults but no token secret, which every server must be given
+/// ([`TokenSecret::load_or_create`] makes and keeps one); the binary maps
+/// flags and environment onto it. `Debug` does not show the secret.
+///
+/// ```
+/// use std::time::Duration;
+/// use chat_server::{ServerConfig, TokenSecret};
+///
+/// let secret = "a secret of thirty-two bytes or more";
+/// let config = ServerConfig {
+///     token_secret: TokenSecret::from(secret),
+///     max_message_chars: 10_000,
+///     heartbeat_interval: Duration::from_secs(10),
+///     presence_timeout: Duration::from_secs(60),
+///     ..ServerConfig::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// assert!(!format!("{config:?}").contains(secret));
+/// // Without a secret, no server.
+/// assert_eq!(ServerConfig::default().validate().unwrap_err().code(), "config");
+/// ```
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// This server's id in discovery (unique per server).
@@ -22,8 +45,8 @@ pub struct ServerConfig {
     /// Region label for `route`.
     pub region: Option<String>,
     /// Secret for signing tokens (at least 32 bytes). All servers of a
-    /// deployment share it.
-    pub token_secret: Vec<u8>,
+    /// deployment share it. Empty by default: give one.
+    pub token_secret: TokenSecret,
     /// How long an access token is valid: a stolen one is good for this
     /// long at most, and a client refreshes it this often.
     pub token_ttl: Duration,
@@ -180,7 +203,7 @@ impl Default for ServerConfig {
             public_ws_url: None,
             public_http_url: None,
             region: None,
-            token_secret: Vec::new(),
+            token_secret: TokenSecret::default(),
             token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             argon2_memory_kib: 19_456,
@@ -255,10 +278,19 @@ impl ServerConfig {
             .max(self.max_frame_bytes.saturating_mul(2))
     }
 
-    /// Checks that the settings are usable together.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.token_secret.len() < 32 {
-            return Err("token_secret must be at least 32 bytes".into());
+    /// Checks that the settings are usable together:
+    /// [`ServerError::Config`] says what is wrong.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        self.check().map_err(ServerError::Config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.token_secret.len() < crate::secret::MIN_SECRET_BYTES {
+            return Err(
+                "token_secret must be at least 32 bytes (TokenSecret::load_or_create makes \
+                 and keeps one)"
+                    .into(),
+            );
         }
         if self.token_ttl.is_zero() || self.token_ttl > self.refresh_token_ttl {
             return Err("token_ttl must be positive and at most refresh_token_ttl".into());

@@ -3,9 +3,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, MatchedPath, OriginalUri, Request, State,
+};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::uri::Authority;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -412,7 +415,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 /// Counts a throttled attempt.
 fn throttled(server: &ChatServer, t: Throttled) -> HttpError {
     server
-        .stats()
+        .inner
+        .stats
         .rate_limited
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     t.into()
@@ -1221,10 +1225,138 @@ async fn presence(
 async fn route(
     State(server): State<ChatServer>,
     Caller(_): Caller,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
     Q(q): Q<RouteQuery>,
 ) -> HttpResult<Json<RouteResponse>> {
+    if !server.is_advertised() {
+        // Mounted by a host without `advertise`: this server is the
+        // deployment, reached where the client reached it.
+        if server.is_shutting_down() || !server.health().is_ok() {
+            return Err(err(ErrorCode::Unavailable, "no chat server is available").into());
+        }
+        let ws_url = match &server.config().public_ws_url {
+            Some(url) => url.clone(),
+            None => ws_url_as_reached(&uri, &headers)?,
+        };
+        return Ok(Json(RouteResponse { ws_url }));
+    }
     let chosen = server.route(q.region.as_deref()).await?;
     Ok(Json(RouteResponse {
         ws_url: chosen.ws_url,
     }))
+}
+
+/// The WebSocket URL of this server as the client reached it: the host it
+/// asked for, the path prefix the router is mounted under, and `wss` when
+/// the request came over HTTPS (said by a proxy's `X-Forwarded-Proto` or
+/// `Forwarded`, or by the request's own URI).
+fn ws_url_as_reached(uri: &Uri, headers: &HeaderMap) -> Result<String, ApiError> {
+    let bad_host = || {
+        ApiError(err(
+            ErrorCode::InvalidInput,
+            "missing or invalid Host header",
+        ))
+    };
+    let host = match uri.authority() {
+        Some(authority) => authority.as_str().to_owned(),
+        None => {
+            let value = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .ok_or_else(bad_host)?;
+            // Only a well-formed authority (no path, no user info) goes
+            // into the answer.
+            let authority: Authority = value.parse().map_err(|_| bad_host())?;
+            if authority.as_str().contains('@') {
+                return Err(bad_host());
+            }
+            authority.as_str().to_owned()
+        }
+    };
+    let https = uri.scheme_str() == Some("https")
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .next()
+                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+            })
+        || headers
+            .get(axum::http::header::FORWARDED)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',').next().is_some_and(|first| {
+                    first.split(';').any(|pair| {
+                        pair.trim().split_once('=').is_some_and(|(k, v)| {
+                            k.trim().eq_ignore_ascii_case("proto")
+                                && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+                        })
+                    })
+                })
+            });
+    let scheme = if https { "wss" } else { "ws" };
+    let prefix = uri.path().strip_suffix("/v1/route").unwrap_or("");
+    Ok(format!("{scheme}://{host}{prefix}/v1/ws"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reached(uri: &str, headers: &[(&str, &str)]) -> Result<String, ApiError> {
+        let uri: Uri = uri.parse().unwrap_or_else(|e| panic!("{uri}: {e}"));
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+                v.parse().unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        ws_url_as_reached(&uri, &map)
+    }
+
+    #[test]
+    fn the_websocket_url_follows_the_request() {
+        let ok = |r: Result<String, ApiError>| r.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            ok(reached("/v1/route", &[("host", "chat.example.com")])),
+            "ws://chat.example.com/v1/ws"
+        );
+        assert_eq!(
+            ok(reached(
+                "/app/chat/v1/route?region=eu",
+                &[("host", "10.0.0.5:8080")]
+            )),
+            "ws://10.0.0.5:8080/app/chat/v1/ws",
+            "under the prefix the router is mounted at"
+        );
+        assert_eq!(
+            ok(reached(
+                "/v1/route",
+                &[("host", "chat.example.com"), ("x-forwarded-proto", "https")]
+            )),
+            "wss://chat.example.com/v1/ws"
+        );
+        assert_eq!(
+            ok(reached(
+                "/v1/route",
+                &[
+                    ("host", "chat.example.com"),
+                    ("forwarded", "for=1.2.3.4;proto=https")
+                ]
+            )),
+            "wss://chat.example.com/v1/ws"
+        );
+        assert_eq!(
+            ok(reached("https://chat.example.com/v1/route", &[])),
+            "wss://chat.example.com/v1/ws",
+            "an absolute request URI (HTTP/2) names its own authority"
+        );
+        for bad in ["", "a b", "user@evil.example", "x/y"] {
+            assert!(reached("/v1/route", &[("host", bad)]).is_err(), "{bad:?}");
+        }
+        assert!(reached("/v1/route", &[]).is_err(), "no host at all");
+    }
 }

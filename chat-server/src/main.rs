@@ -3,11 +3,11 @@
 //! library.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_server::{ChatServer, RateSpec, ServerConfig};
+use chat_server::{ChatServer, RateSpec, ServerConfig, ServerError, TokenSecret};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -494,54 +494,17 @@ fn outgoing_connections(args: &Args) -> usize {
     n
 }
 
-fn token_secret(args: &Args) -> std::io::Result<Vec<u8>> {
+fn token_secret(args: &Args) -> Result<TokenSecret, ServerError> {
     if let Some(path) = &args.token_secret_file {
-        let secret = std::fs::read_to_string(path).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot read the token secret {}: {e}", path.display()),
-            )
-        })?;
-        return Ok(secret.trim().as_bytes().to_vec());
+        return TokenSecret::from_file(path);
     }
     if let Some(s) = &args.token_secret {
-        return Ok(s.as_bytes().to_vec());
+        return Ok(TokenSecret::from(s.as_str()));
     }
     if args.memory {
-        return Ok(rand::random::<[u8; 32]>().to_vec());
+        return Ok(TokenSecret::random());
     }
-    load_or_create_secret(&args.data_dir.join("token.secret"))
-}
-
-fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::read(path) {
-        Ok(s) if s.len() >= 32 => return Ok(s),
-        Ok(_) => {
-            return Err(std::io::Error::other(format!(
-                "{} holds fewer than 32 bytes",
-                path.display()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let secret: String = rand::random::<[u8; 32]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(secret.as_bytes())?;
-    f.sync_all()?;
-    Ok(secret.into_bytes())
+    TokenSecret::load_or_create(args.data_dir.join("token.secret"))
 }
 
 async fn shutdown_signal(token: CancellationToken) {

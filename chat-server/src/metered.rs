@@ -259,12 +259,12 @@ impl DeliveryBus for Metered<dyn DeliveryBus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::Stats;
+    use crate::server::Counters;
     use chat_core::memory::{MemoryDirectory, MemoryStore};
 
     #[tokio::test]
     async fn calls_pass_through_and_are_timed_by_backend_and_operation() {
-        let metrics = Arc::new(Metrics::new(Arc::new(Stats::default())));
+        let metrics = Arc::new(Metrics::new(Arc::new(Counters::default())));
         let directory = Arc::new(MemoryDirectory::default());
         let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new(directory.clone()));
         let directory: Arc<dyn Directory> = directory;

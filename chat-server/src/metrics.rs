@@ -2,7 +2,8 @@
 //!
 //! Each [`ChatServer`](crate::ChatServer) has its own registry, so several
 //! servers in one process (tests, an embedder running two) never mix their
-//! numbers. The push counters stay in [`Stats`], the one place the push
+//! numbers. The push counters stay in the server's counters (the ones
+//! [`Stats`](crate::Stats) snapshots), the one place the push
 //! worker counts them; a collector reads them at scrape time.
 
 use std::fmt;
@@ -20,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 use chat_core::protocol::ErrorCode;
 
-use crate::server::Stats;
+use crate::server::Counters;
 
 /// Buckets for latencies, in seconds: 100 µs to about 6.5 s.
 fn latency() -> Histogram {
@@ -83,7 +84,7 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(stats: Arc<Stats>) -> Self {
+    pub(crate) fn new(stats: Arc<Counters>) -> Self {
         let mut registry = Registry::with_prefix("chat");
         let m = Self {
             connections_open: Gauge::default(),
@@ -211,9 +212,9 @@ pub(crate) fn code_label(code: ErrorCode) -> &'static str {
     }
 }
 
-/// The push counters of [`Stats`], read at scrape time.
+/// The counters behind [`Stats`](crate::Stats), read at scrape time.
 #[derive(Debug)]
-struct StatsCollector(Arc<Stats>);
+struct StatsCollector(Arc<Counters>);
 
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {

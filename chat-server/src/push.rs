@@ -40,7 +40,7 @@ use chat_core::{
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::server::{ChatServer, Stats};
+use crate::server::{ChatServer, Counters};
 
 /// Most characters of a message in a preview.
 pub(crate) const PREVIEW_CHARS: usize = 200;
@@ -120,7 +120,7 @@ impl PushQueue {
 
     /// Queues `job` without waiting; a full queue drops it, counts it, and
     /// logs at most once every few seconds.
-    pub(crate) fn offer(&self, job: PushJob, stats: &Stats) {
+    pub(crate) fn offer(&self, job: PushJob, stats: &Counters) {
         if self.tx.try_send(job).is_err() {
             stats.pushes_dropped.fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = self.drops.allow() {

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::accept::ConnLimits;
 use crate::auth::{Passwords, Tokens};
 use crate::config::ServerConfig;
+use crate::error::ServerError;
 use crate::hashing::HashPool;
 use crate::limits::AuthLimits;
 use crate::metered::Metered;
@@ -140,9 +141,13 @@ impl ServerBuilder {
 
     /// Starts the node: attaches to the bus and spawns the presence sweeper
     /// and push worker. Must run inside a tokio runtime.
-    pub async fn build(self) -> Result<ChatServer, chat_core::Error> {
+    ///
+    /// Fails with [`ServerError::Config`] for a configuration that cannot
+    /// work (no token secret, above all), or [`ServerError::Backend`] if
+    /// the bus refuses to attach.
+    pub async fn build(self) -> Result<ChatServer, ServerError> {
         let config = self.config;
-        config.validate().map_err(chat_core::Error::invalid)?;
+        config.validate()?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::new()));
         let ids: Arc<dyn MessageIdGenerator> = match self.ids {
             Some(ids) => ids,
@@ -156,7 +161,7 @@ impl ServerBuilder {
         let discovery = self
             .discovery
             .unwrap_or_else(|| Arc::new(MemoryDiscovery::new(clock.clone())));
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Counters::default());
         let metrics = Arc::new(Metrics::new(stats.clone()));
         let sessions = Arc::new(Sessions::default());
         let bus: Arc<dyn DeliveryBus> = Arc::new(Metered::new(
@@ -176,9 +181,10 @@ impl ServerBuilder {
                     (directory.clone(), Arc::new(MemoryStore::new(directory)))
                 }
                 _ => {
-                    return Err(chat_core::Error::invalid(
+                    return Err(ServerError::Config(
                         "give the directory and the message store together: the message \
-                         store reads channel members from the directory's data",
+                         store reads channel members from the directory's data"
+                            .into(),
                     ))
                 }
             };
@@ -194,7 +200,7 @@ impl ServerBuilder {
                 config.max_open_connections,
                 config.max_connections_per_address,
             ),
-            tokens: Tokens::new(&config.token_secret)?,
+            tokens: Tokens::new(config.token_secret.as_bytes())?,
             conn_limit: Arc::new(Semaphore::new(config.max_connections)),
             directory,
             messages,
@@ -220,46 +226,80 @@ impl ServerBuilder {
     }
 }
 
-/// Counters worth watching in production.
-#[derive(Debug, Default)]
-pub struct Stats {
+/// Declares the server's counters once: [`Stats`], the snapshot the API
+/// returns, and `Counters`, the atomics the server counts in.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counters worth watching in production, as of one moment
+        /// ([`ChatServer::stats`]). Each counts since the server started.
+        ///
+        /// ```no_run
+        /// # fn run(server: chat_server::ChatServer) {
+        /// let stats = server.stats();
+        /// println!("{} messages stored, {} slow consumers", stats.messages_stored, stats.slow_consumers);
+        /// # }
+        /// ```
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// The live counters behind [`Stats`].
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            /// Their values now.
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
     /// Messages stored (not counting duplicates).
-    pub messages_stored: AtomicU64,
+    messages_stored,
     /// Sends answered with the original id of an earlier identical send.
-    pub duplicate_sends: AtomicU64,
+    duplicate_sends,
     /// Push notifications handed to the notifier (one per offline
     /// recipient and burst of messages in a channel).
-    pub pushes_sent: AtomicU64,
+    pushes_sent,
     /// Push jobs dropped because the push queue was full.
-    pub pushes_dropped: AtomicU64,
+    pushes_dropped,
     /// Failed pushes: notifications the notifier could not attempt at all,
     /// plus devices whose push failed after the notifier's retries.
-    pub push_failures: AtomicU64,
+    push_failures,
     /// Devices the platforms accepted a push for.
-    pub pushes_delivered: AtomicU64,
+    pushes_delivered,
     /// Messages merged into another notification of the same burst.
-    pub pushes_collapsed: AtomicU64,
+    pushes_collapsed,
     /// Push tokens removed because the platform reported them invalid.
-    pub push_tokens_removed: AtomicU64,
+    push_tokens_removed,
     /// Connections closed because their outbound queue filled.
-    pub slow_consumers: AtomicU64,
+    slow_consumers,
     /// Frames the writer could not write (larger than the connection's
     /// write buffer allows); each closes its connection.
-    pub frames_refused: AtomicU64,
+    frames_refused,
     /// Sends refused because the store was unavailable or slow (answered
     /// `unavailable`, retryable).
-    pub sends_unavailable: AtomicU64,
+    sends_unavailable,
     /// Heartbeats the presence tracker could not record (it was
     /// unreachable); the connection carries on regardless.
-    pub presence_failures: AtomicU64,
+    presence_failures,
     /// Sockets closed at accept because a connection cap was reached.
-    pub connections_refused: AtomicU64,
+    connections_refused,
     /// Failed accepts other than of one connection (out of file
     /// descriptors), each followed by a pause.
-    pub accept_errors: AtomicU64,
+    accept_errors,
     /// Requests answered `rate_limited`: sends over a user's byte rate,
     /// sign-ups and logins over an address's or username's rate.
-    pub rate_limited: AtomicU64,
+    rate_limited,
 }
 
 #[derive(Debug)]
@@ -287,7 +327,7 @@ pub(crate) struct Inner {
     pub(crate) conn_limit: Arc<Semaphore>,
     /// Jobs for the push worker, off the send path.
     push_queue: PushQueue,
-    pub(crate) stats: Arc<Stats>,
+    pub(crate) stats: Arc<Counters>,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down; every session watches it.
     pub(crate) shutdown: CancellationToken,
@@ -328,9 +368,9 @@ impl ChatServer {
         &self.inner.config
     }
 
-    /// Runtime counters.
-    pub fn stats(&self) -> &Stats {
-        &self.inner.stats
+    /// The runtime counters, now.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
     }
 
     /// WebSocket connections open on this server.
@@ -682,18 +722,19 @@ impl ChatServer {
     /// Registers this server in discovery with its public URLs and keeps the
     /// lease (and the connection count in it) fresh until shutdown. `serve`
     /// calls this; a host that mounts [`ChatServer::router`] itself calls it
-    /// with its own URLs.
+    /// with its own URLs when several servers share discovery (a server
+    /// that is alone needs not: see [`ChatServer::router`]).
     ///
     /// The server's id and node id must be free in discovery. A live holder
     /// may be this server's own predecessor that died without leaving, so
     /// the claim is retried until such a lease would have run out; a holder
     /// still there after that is another server, and this fails with
-    /// [`chat_core::Error::Conflict`]. Should another server take the
+    /// [`ServerError::Config`]. Should another server take the
     /// ids later (this server's lease ran out while discovery was away), the
     /// node stops: two servers with one node id would make the same message
     /// ids. A discovery outage alone never stops it: the lease is refreshed
     /// again once discovery is back.
-    pub async fn advertise(&self, ws_url: String, http_url: String) -> chat_core::Result<()> {
+    pub async fn advertise(&self, ws_url: String, http_url: String) -> Result<(), ServerError> {
         let cfg = &self.inner.config;
         let info = ServerInfo {
             id: cfg.server_id.clone(),
@@ -721,14 +762,14 @@ impl ChatServer {
                     tokio::time::sleep(cfg.discovery_ttl / 10).await;
                 }
                 Err(chat_core::Error::AlreadyExists { what }) => {
-                    return Err(chat_core::Error::conflict(format!(
+                    return Err(ServerError::Config(format!(
                         "this server's {what} is held by another live server in discovery \
                          (server id {}, node id {}): give every server its own --node-id \
                          and --server-id",
                         info.id, info.node_id
                     )))
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         *self
@@ -799,9 +840,45 @@ impl ChatServer {
             .clone()
     }
 
+    /// Whether this server is in discovery: [`ChatServer::advertise`] was
+    /// called and shutdown has not begun.
+    pub fn is_advertised(&self) -> bool {
+        self.inner
+            .advertised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Waits for `signal`, then shuts the server down: the future to give
+    /// axum's graceful shutdown when the router is mounted in a host
+    /// application. axum waits for every connection to end, and WebSocket
+    /// sessions only end when the chat server closes them, so both must
+    /// start together.
+    ///
+    /// ```no_run
+    /// # async fn run(server: chat_server::ChatServer, app: axum::Router, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    /// let stop = chat_server::CancellationToken::new();
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(server.shutdown_after(stop.clone().cancelled_owned()))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown_after(
+        &self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let server = self.clone();
+        async move {
+            signal.await;
+            server.shutdown().await;
+        }
+    }
+
     /// Stops the node: sessions are told to reconnect elsewhere (close code
     /// 4000), the discovery entry is removed, and background tasks end. Waits
-    /// up to `drain_timeout` for sessions to finish.
+    /// up to `drain_timeout` for sessions to finish. Calling it again (or
+    /// concurrently) waits the same way and does nothing more.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         let advertised = inner

@@ -109,7 +109,7 @@ async fn short_chat(ts: &TestServer, text: &str) -> (chat_client::Session, chat_
     a.send(channel.id, text).await.unwrap();
     let got = next_event(
         &mut b,
-        |e| matches!(e, ClientEvent::Message(m) if m.content == text),
+        |e| matches!(e, ClientEvent::Message(d) if d.message.content == text),
     )
     .await;
     assert!(matches!(got, ClientEvent::Message(_)));

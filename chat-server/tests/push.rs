@@ -200,10 +200,10 @@ async fn offline_recipients_get_one_push_per_device_and_online_ones_none() {
     assert_eq!(mock.seen_kind(Kind::Oauth).len(), 1);
     mock.assert_well_formed();
     // Counted once the platform's answers are in.
-    let stats = ts.server.stats();
-    wait_until(|| stats.pushes_delivered.load(Ordering::Relaxed) == 5).await;
-    assert_eq!(stats.pushes_sent.load(Ordering::Relaxed), 3);
-    assert_eq!(stats.push_failures.load(Ordering::Relaxed), 0);
+    let stats = || ts.server.stats();
+    wait_until(|| stats().pushes_delivered == 5).await;
+    assert_eq!(stats().pushes_sent, 3);
+    assert_eq!(stats().push_failures, 0);
     ts.stop().await;
 }
 
@@ -251,8 +251,8 @@ async fn an_unregistered_token_is_removed_and_not_pushed_again() {
         assert!(tokio::time::Instant::now() < deadline, "tokens not removed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let stats = ts.server.stats();
-    wait_until(|| stats.push_tokens_removed.load(Ordering::Relaxed) == 2).await;
+    let stats = || ts.server.stats();
+    wait_until(|| stats().push_tokens_removed == 2).await;
 
     // The next message goes to the remaining device only.
     a.send(direct.id, "two").await.unwrap();
@@ -327,7 +327,7 @@ async fn a_burst_pushes_the_first_message_at_once_and_the_rest_as_one_follow_up(
     // Typically exactly two pushes: m1, then m5 counting 4.
     let follow_ups = pushes.len() as u64 - 1;
     assert_eq!(
-        ts.server.stats().pushes_collapsed.load(Ordering::Relaxed),
+        ts.server.stats().pushes_collapsed,
         4 - follow_ups,
         "messages merged into a follow-up"
     );
@@ -495,9 +495,9 @@ async fn collapse_windows_follow_the_clock() {
     assert_eq!(sent.len(), 5);
     assert_eq!(summary(&sent[4]), (from_alice.id, m7, 1, Some("m7".into())));
     // Merged into a follow-up: m3 and m4 into m2's, m6 into m5's.
-    let stats = server.stats();
-    assert_eq!(stats.pushes_collapsed.load(Ordering::Relaxed), 3);
-    assert_eq!(stats.pushes_sent.load(Ordering::Relaxed), 5);
+    let stats = || server.stats();
+    assert_eq!(stats().pushes_collapsed, 3);
+    assert_eq!(stats().pushes_sent, 5);
     server.shutdown().await;
 }
 
@@ -834,7 +834,7 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
         .create_channel(Channel::direct(alice, bob, 0), &Limits::default())
         .await
         .unwrap();
-    let stats = server.stats();
+    let stats = || server.stats();
     let clears = || directory.clears.load(Ordering::SeqCst);
     let devices = || {
         let directory = directory.clone();
@@ -887,7 +887,7 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
     send().await;
     wait_until(|| clears() >= 2).await;
     assert_eq!(devices().await, [android(bob, d1, "new-1")]);
-    assert_eq!(stats.push_tokens_removed.load(Ordering::Relaxed), 0);
+    assert_eq!(stats().push_tokens_removed, 0);
 
     // 3. Without a race the token is cleared, from every device holding it
     // (two devices sharing a token are pushed once); the devices stay.
@@ -904,7 +904,7 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
         .await
         .unwrap();
     send().await;
-    wait_until(|| stats.push_tokens_removed.load(Ordering::Relaxed) >= 3).await;
+    wait_until(|| stats().push_tokens_removed >= 3).await;
     let after = devices().await;
     assert_eq!(after.len(), 4);
     for d in &after {
@@ -914,7 +914,7 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
             assert_eq!(d.push_token, None, "{d:?}");
         }
     }
-    assert_eq!(stats.push_tokens_removed.load(Ordering::Relaxed), 3);
+    assert_eq!(stats().push_tokens_removed, 3);
     server.shutdown().await;
 }
 
@@ -922,6 +922,7 @@ async fn clearing_an_invalid_token_never_overwrites_a_newer_one_or_revives_a_dev
 /// key and the webhook secret from files, URLs and ids from flags and the
 /// environment. Bob offline gets one push per device over each provider;
 /// the webhook's signature verifies with the secret from the file.
+#[cfg(feature = "cli")]
 #[tokio::test]
 async fn the_binary_configures_every_provider_from_files_and_environment() {
     let mock = MockPush::start().await;

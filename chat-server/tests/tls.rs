@@ -56,7 +56,7 @@ async fn the_sdk_chats_over_https_and_wss_with_a_custom_root() {
     a.send(channel.id, "over TLS").await.unwrap();
     let got = next_event(&mut b, |e| matches!(e, ClientEvent::Message(_))).await;
     match got {
-        ClientEvent::Message(m) => assert_eq!(m.content, "over TLS"),
+        ClientEvent::Message(d) => assert_eq!(d.message.content, "over TLS"),
         other => panic!("{other:?}"),
     }
     a.close().await;

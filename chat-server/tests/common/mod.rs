@@ -39,7 +39,7 @@ pub fn free_port() -> u16 {
 /// A configuration for tests: cheap password hashing, fixed secret.
 pub fn test_config() -> ServerConfig {
     ServerConfig {
-        token_secret: vec![7; 32],
+        token_secret: vec![7; 32].into(),
         argon2_memory_kib: 256,
         argon2_iterations: 1,
         // Tests on paused time sleep past any keep-alive idle timeout,
@@ -60,7 +60,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub http: String,
     pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), chat_server::ServerError>>,
     /// The PostgreSQL schema of this server's data, dropped with it.
     pub schema: Option<PgSchema>,
 }
