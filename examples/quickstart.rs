@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_client::{
-    ChatClient, ClientEvent, ConnectOptions, Connection, MemoryCursorStore, Session,
+    ChatClient, ClientEvent, ConnectOptions, Connection, DeviceId, MemoryCursorStore, Message,
+    Session,
 };
-use chat_core::{DeviceId, Message};
-use chat_server::{ChatServer, ServerConfig, TokenSecret};
-use tokio_util::sync::CancellationToken;
+use chat_server::{
+    CancellationToken, ChatServer, EmbeddedOptions, EmbeddedStore, ServerConfig, TokenSecret,
+};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -28,7 +29,7 @@ async fn main() -> Result<(), Error> {
 
     // 1. A server on the embedded on-disk store, on a free local port.
     let data = tempfile::tempdir()?;
-    let store = Arc::new(chat_store::embedded::EmbeddedStore::open(data.path())?);
+    let store = Arc::new(EmbeddedStore::open_async(data.path(), EmbeddedOptions::default()).await?);
     let config = ServerConfig {
         token_secret: TokenSecret::random(),
         // Presence quicker than the 5 s / 30 s defaults, so the demo is short.

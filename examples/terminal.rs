@@ -11,19 +11,22 @@
 //! client picks up exactly where it left off.
 //!
 //! Everything another user wrote (names, group names, messages) and every
-//! text from the server is printed through `chat_core::text::printable`:
+//! text from the server is printed through `chat_core::text::printable`
+//! (re-exported as `chat_client::chat_core`):
 //! control characters and bidirectional overrides show as escapes instead
 //! of moving the cursor, clearing the screen or reordering the line.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use chat_client::chat_core::text::printable;
+use chat_client::{
+    Channel, ChannelKind, DeviceId, ErrorCode, FriendStatus, Invitation, Message,
+    UpdatePrivacyRequest, UserId, WhoMayAdd,
+};
 use chat_client::{
     ChatClient, ClientEvent, ConnectOptions, ConnectionHandle, FileCursorStore, Session,
 };
-use chat_core::api::{FriendStatus, UpdatePrivacyRequest};
-use chat_core::text::printable;
-use chat_core::{Channel, ChannelKind, DeviceId, Invitation, Message, UserId, WhoMayAdd};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -307,7 +310,7 @@ async fn main() -> Result<(), Error> {
     let session = if args.signup {
         match http.signup(&args.user, &password, None).await {
             Ok(s) => s,
-            Err(e) if e.code() == Some(chat_core::protocol::ErrorCode::AlreadyExists) => {
+            Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {
                 http.login(&args.user, &password).await?
             }
             Err(e) => return Err(e.into()),

@@ -1,1 +1,4 @@
-//! Shared helpers for the examples.
+//! Shared code of the examples: [`product`], the product server of
+//! `embed_in_axum`, which its test starts too.
+
+pub mod product;
