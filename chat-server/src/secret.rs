@@ -70,7 +70,7 @@ impl TokenSecret {
     /// its secret, and its users their sessions, across restarts.
     ///
     /// Blocking file I/O, done once at start-up. Two processes starting at
-    /// once agree on one secret (the file is created exclusively; the
+    /// once agree on one secret (the file appears whole, and only once; the
     /// loser reads the winner's). An existing file that others can read is
     /// used, with a warning.
     pub fn load_or_create(path: impl AsRef<Path>) -> Result<Self, ServerError> {
@@ -149,10 +149,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes a new file (failing if it exists) only its owner can read, and
-/// flushes it to disk.
+/// Writes a new file at `path` (failing with `AlreadyExists` if there is
+/// one) that only its owner can read, flushed to disk. It appears whole or
+/// not at all: written under a temporary name, then linked in place (a
+/// link never replaces an existing file), so a concurrent reader never
+/// sees it half written.
 fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -160,9 +164,19 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    let written = (|| {
+        let mut file = options.open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written?;
+    // Make the new name durable.
+    if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -191,6 +205,51 @@ mod tests {
         let text = format!("{secret:?}");
         assert!(!text.contains("nobody"), "{text}");
         assert!(text.contains("42 bytes"), "{text}");
+    }
+
+    #[test]
+    fn load_or_create_makes_one_secret_for_the_owner_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/token.secret");
+        let made = TokenSecret::load_or_create(&path).unwrap();
+        assert!(made.len() >= MIN_SECRET_BYTES);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
+        assert_eq!(TokenSecret::load_or_create(&path).unwrap(), made, "kept");
+        // Concurrent starts agree on one secret.
+        let path = dir.path().join("raced.secret");
+        let secrets: Vec<TokenSecret> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| TokenSecret::load_or_create(&path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(secrets.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn a_secret_file_is_trimmed_and_must_be_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "  0123456789abcdef0123456789abcdef\n").unwrap();
+        assert_eq!(
+            TokenSecret::from_file(&path).unwrap().as_bytes(),
+            b"0123456789abcdef0123456789abcdef"
+        );
+        std::fs::write(&path, "short\n").unwrap();
+        let e = TokenSecret::from_file(&path).unwrap_err();
+        assert_eq!(e.code(), "config", "{e}");
+        assert_eq!(
+            TokenSecret::load_or_create(&path).unwrap_err().code(),
+            "config"
+        );
+        let e = TokenSecret::from_file(dir.path().join("missing")).unwrap_err();
+        assert_eq!(e.code(), "io");
+        assert!(!e.is_retryable());
     }
 
     #[test]
