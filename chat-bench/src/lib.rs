@@ -15,7 +15,7 @@
 //!
 //! Scenarios (see `chat-bench --help`):
 //!
-//! * [`connections`]: N authenticated, heartbeating connections held;
+//! * [`connections()`]: N authenticated, heartbeating connections held;
 //!   `--processes K` splits them over K processes;
 //! * [`one_to_one`] and [`group`]: throughput and latency with a delivery
 //!   check; `one-to-one --baseline` also runs [`baseline`];

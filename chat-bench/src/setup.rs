@@ -36,7 +36,7 @@ pub fn run_prefix() -> String {
 }
 
 /// Retries `call` on retryable errors (rate limited, unavailable, timeouts),
-/// with a growing pause, at most [`ATTEMPTS`] times.
+/// with a growing pause, at most eight times.
 pub async fn retrying<T, F, Fut>(what: &str, mut call: F) -> Result<T>
 where
     F: FnMut() -> Fut,

@@ -27,6 +27,34 @@ pub struct DeviceState {
 /// the cursor advances (and when it stops). A store that loses a save only
 /// makes the device receive some messages again after a restart; it never
 /// makes it miss one.
+///
+/// Implement it to keep the cursor with the application's own data (the
+/// same database transaction as what the messages changed makes handling
+/// exactly-once):
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+///
+/// use chat_client::{ClientError, CursorStore, DeviceId, DeviceState, UserId};
+///
+/// #[derive(Debug, Default)]
+/// struct MyStore(Mutex<HashMap<(UserId, DeviceId), DeviceState>>);
+///
+/// #[async_trait::async_trait]
+/// impl CursorStore for MyStore {
+///     async fn load(&self, user: UserId, device: DeviceId) -> chat_client::Result<Option<DeviceState>> {
+///         let map = self.0.lock().map_err(|_| ClientError::store("lock poisoned"))?;
+///         Ok(map.get(&(user, device)).copied())
+///     }
+///
+///     async fn save(&self, user: UserId, device: DeviceId, state: &DeviceState) -> chat_client::Result<()> {
+///         let mut map = self.0.lock().map_err(|_| ClientError::store("lock poisoned"))?;
+///         map.insert((user, device), *state);
+///         Ok(())
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait CursorStore: Send + Sync + Debug {
     /// The stored state, or `None` if there is none yet (the connection then

@@ -64,6 +64,23 @@ pub(crate) fn not_a_member() -> WireError {
 
 /// Builds a [`ChatServer`] from backends given as trait objects. Any backend
 /// not given is the in-memory one.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use chat_server::chat_core::memory::{MemoryBus, MemoryPresence};
+/// use chat_server::{ChatServer, EmbeddedOptions, EmbeddedStore, ServerConfig, TokenSecret};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = Arc::new(EmbeddedStore::open_async("./chat-data", EmbeddedOptions::default()).await?);
+/// let server = ChatServer::builder(ServerConfig { token_secret: TokenSecret::random(), ..ServerConfig::default() })
+///     .storage(store)                              // directory and messages, one backend
+///     .bus(Arc::new(MemoryBus::default()))         // or NATS, Redis, ... between nodes
+///     .presence(Arc::new(MemoryPresence::new(30_000)))
+///     .build()
+///     .await?;
+/// # let _ = server;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Default)]
 pub struct ServerBuilder {
     config: ServerConfig,
@@ -734,6 +751,15 @@ impl ChatServer {
     /// node stops: two servers with one node id would make the same message
     /// ids. A discovery outage alone never stops it: the lease is refreshed
     /// again once discovery is back.
+    ///
+    /// ```no_run
+    /// # async fn run(server: chat_server::ChatServer) -> Result<(), chat_server::ServerError> {
+    /// // Once the host application listens at these addresses:
+    /// server
+    ///     .advertise("wss://chat1.example.com/chat/v1/ws".into(), "https://chat1.example.com/chat".into())
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn advertise(&self, ws_url: String, http_url: String) -> Result<(), ServerError> {
         let cfg = &self.inner.config;
         let info = ServerInfo {

@@ -5,6 +5,9 @@
 //! server is not up yet, the reason a connection stopped, and
 //! configuration errors that stop retrying at once.
 
+// Test scaffolding: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -146,15 +149,12 @@ async fn a_new_device_starts_from_now_or_replays_the_inbox() {
         .await
         .unwrap();
     let mut seen = 0;
-    loop {
-        match next_event(&mut replay, |e| {
-            matches!(e, ClientEvent::Synced { .. } | ClientEvent::Message(_))
-        })
-        .await
-        {
-            ClientEvent::Message(_) => seen += 1,
-            _ => break,
-        }
+    while let ClientEvent::Message(_) = next_event(&mut replay, |e| {
+        matches!(e, ClientEvent::Synced { .. } | ClientEvent::Message(_))
+    })
+    .await
+    {
+        seen += 1;
     }
     assert_eq!(seen, 6);
     ts.stop().await;

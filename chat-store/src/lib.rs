@@ -15,7 +15,8 @@
 //! * [`sharded`] (always compiled): [`sharded::ShardedHistory`] spreads
 //!   chat history over N stores of any backend by a stable hash of the
 //!   channel id (one channel, one shard, its order kept), and
-//!   [`sharded::ShardedInbox`] inboxes by user.
+//!   [`sharded::ShardedMessageStore`] joins it to the inboxes kept in one
+//!   coordinating store.
 //! * [`conformance`] (always compiled): public async functions that take a
 //!   backend as a trait object and assert every clause of the trait
 //!   contracts in `chat-core`, in the style of `object_store`'s integration

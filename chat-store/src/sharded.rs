@@ -107,7 +107,7 @@ impl<T: ?Sized> Sharded<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Invalid`] for an empty list, or more than `u32::MAX` shards.
+    /// [`Error::InvalidInput`] for an empty list, or more than `u32::MAX` shards.
     pub fn new(shards: Vec<Arc<T>>) -> Result<Self> {
         if shards.is_empty() || shards.len() > u32::MAX as usize {
             return Err(Error::invalid("a sharded store needs 1 to 2^32-1 shards"));
@@ -330,6 +330,10 @@ impl Inbox for ShardedMessageStore {
 
     async fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
         self.coordinator.advance_cursor(user, device, cursor).await
+    }
+
+    async fn head(&self, user: UserId) -> Result<Seq> {
+        self.coordinator.head(user).await
     }
 }
 
