@@ -392,6 +392,18 @@ impl Mock {
         f(&mut self.state.lock().unwrap())
     }
 
+    /// A new device's connection with a cursor store of its own.
+    async fn connect_new(&self, options: ConnectOptions) -> Connection {
+        self.session()
+            .connect(
+                DeviceId::new_random(),
+                Arc::new(MemoryCursorStore::new()),
+                options,
+            )
+            .await
+            .unwrap()
+    }
+
     fn session(&self) -> Session {
         ChatClient::new(&format!("http://{}", self.http))
             .unwrap()
@@ -525,15 +537,7 @@ async fn sync_then_live_moves_the_cursor() {
 #[tokio::test]
 async fn reconnects_after_a_retryable_close_and_syncs_without_duplicates() {
     let mock = Mock::start().await;
-    let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            options(),
-        )
-        .await
-        .unwrap();
+    let mut conn = mock.connect_new(options()).await;
     assert!(until_synced(&mut conn).await.is_empty());
     let a = mock.deliver("a");
     assert_eq!(next_message(&mut conn).await, a);
@@ -565,15 +569,7 @@ async fn reconnects_after_a_retryable_close_and_syncs_without_duplicates() {
 #[tokio::test]
 async fn messages_stored_while_offline_arrive_after_reconnect() {
     let mock = Mock::start().await;
-    let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            options(),
-        )
-        .await
-        .unwrap();
+    let mut conn = mock.connect_new(options()).await;
     until_synced(&mut conn).await;
     // Fail the first sync page of the next connection retryably: the page
     // is asked for again on the same connection.
@@ -611,15 +607,7 @@ async fn a_restored_cursor_skips_what_the_device_already_has() {
 #[tokio::test]
 async fn a_send_cut_off_by_a_disconnect_is_retried_with_the_same_id() {
     let mock = Mock::start().await;
-    let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            options(),
-        )
-        .await
-        .unwrap();
+    let mut conn = mock.connect_new(options()).await;
     until_synced(&mut conn).await;
     mock.with(|s| s.drop_next_send = true);
     let cid = ClientMsgId::new("my-key-1").unwrap();
@@ -643,15 +631,7 @@ async fn a_send_cut_off_by_a_disconnect_is_retried_with_the_same_id() {
 #[tokio::test]
 async fn own_sends_are_not_delivered_back_as_events() {
     let mock = Mock::start().await;
-    let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            options(),
-        )
-        .await
-        .unwrap();
+    let mut conn = mock.connect_new(options()).await;
     until_synced(&mut conn).await;
     let mine = conn.send(mock.channel, "mine").await.unwrap();
     assert_eq!(mine.seq, Some(Seq(1)));
@@ -685,15 +665,7 @@ async fn own_sends_are_not_delivered_back_as_events() {
 #[tokio::test]
 async fn overtaken_lost_and_resynced_events_arrive_in_order() {
     let mock = Mock::start().await;
-    let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            options(),
-        )
-        .await
-        .unwrap();
+    let mut conn = mock.connect_new(options()).await;
     until_synced(&mut conn).await;
     // 2 overtakes 1.
     let one = mock.store_quietly("one");
@@ -718,15 +690,7 @@ async fn overtaken_lost_and_resynced_events_arrive_in_order() {
 #[tokio::test]
 async fn a_fatal_close_code_stops_the_connection() {
     let mock = Mock::start().await;
-    let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            options(),
-        )
-        .await
-        .unwrap();
+    let mut conn = mock.connect_new(options()).await;
     until_synced(&mut conn).await;
     mock.close_all(4100);
     let mut events = Vec::new();
@@ -774,15 +738,7 @@ async fn a_fatal_close_code_stops_the_connection() {
 #[tokio::test]
 async fn closed_says_why_the_connection_stopped() {
     let mock = Mock::start().await;
-    let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            options(),
-        )
-        .await
-        .unwrap();
+    let mut conn = mock.connect_new(options()).await;
     until_synced(&mut conn).await;
     let handle = conn.handle();
     let waiting = tokio::spawn(async move { handle.closed().await });
@@ -818,19 +774,13 @@ async fn closed_says_why_the_connection_stopped() {
 async fn sends_from_the_event_loop_are_not_stuck_behind_unread_events() {
     let mock = Mock::start().await;
     let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            ConnectOptions {
-                event_capacity: 4,
-                event_buffer_bytes: 16 << 10,
-                sync_page_size: 50,
-                ..options()
-            },
-        )
-        .await
-        .unwrap();
+        .connect_new(ConnectOptions {
+            event_capacity: 4,
+            event_buffer_bytes: 16 << 10,
+            sync_page_size: 50,
+            ..options()
+        })
+        .await;
     until_synced(&mut conn).await;
     let syncs = mock.with(|s| s.sync_requests);
     let sent: Vec<u64> = (0..400).map(|i| mock.deliver(&format!("m{i}"))).collect();
@@ -1007,17 +957,11 @@ async fn a_new_device_can_start_from_now_or_from_a_message() {
     drop(conn);
     // Another new device, from the third message on.
     let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            ConnectOptions {
-                start_from: StartFrom::After(Seq(old[2])),
-                ..options()
-            },
-        )
-        .await
-        .unwrap();
+        .connect_new(ConnectOptions {
+            start_from: StartFrom::After(Seq(old[2])),
+            ..options()
+        })
+        .await;
     assert_eq!(
         until_synced(&mut conn).await,
         [old[3], old[4], live, meanwhile]
@@ -1104,17 +1048,11 @@ async fn connect_fails_when_no_server_answers() {
 async fn a_slow_reader_loses_nothing_and_dropping_closes_the_socket() {
     let mock = Mock::start().await;
     let mut conn = mock
-        .session()
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            ConnectOptions {
-                event_capacity: 1,
-                ..options()
-            },
-        )
-        .await
-        .unwrap();
+        .connect_new(ConnectOptions {
+            event_capacity: 1,
+            ..options()
+        })
+        .await;
     until_synced(&mut conn).await;
     let sent: Vec<u64> = (0..50).map(|i| mock.deliver(&format!("m{i}"))).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -66,7 +66,7 @@ impl TokenSecret {
 
     /// The secret kept at `path`: read it if the file exists, else make a
     /// random one and write it there, readable by its owner only (mode
-    /// 0600 on Unix), creating the directory if needed. So a server keeps
+    /// 0600 on Unix), creating the directory if needed (0700). So a server keeps
     /// its secret, and its users their sessions, across restarts.
     ///
     /// Blocking file I/O, done once at start-up. Two processes starting at
@@ -89,7 +89,16 @@ impl TokenSecret {
             }
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            {
+                // Directories made for a secret are its owner's only.
+                use std::os::unix::fs::DirBuilderExt;
+                builder.mode(0o700);
+            }
+            builder
+                .create(dir)
                 .map_err(|e| ServerError::io(format!("cannot create {}", dir.display()), e))?;
         }
         let secret = Self::random();

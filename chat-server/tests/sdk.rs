@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_client::{
-    ChatClient, ClientError, ClientEvent, ConnectOptions, Connection, DeviceId, ErrorCode,
-    MemoryCursorStore, Password, Retry, Session, StartFrom,
+    ChatClient, ClientError, ClientEvent, ConnectOptions, DeviceId, ErrorCode, MemoryCursorStore,
+    Password, Retry, StartFrom,
 };
 use chat_core::memory::MemoryStore;
 use chat_server::{ChatServer, ServerConfig};
@@ -33,19 +33,6 @@ fn fast_config() -> ServerConfig {
     }
 }
 
-async fn connect_with(session: &Session, options: ConnectOptions) -> Connection {
-    let mut conn = session
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            options,
-        )
-        .await
-        .unwrap();
-    next_event(&mut conn, |e| matches!(e, ClientEvent::Synced { .. })).await;
-    conn
-}
-
 /// The echo-bot loop with 400 messages queued for it: each answer is sent
 /// from the loop that reads the events, and nothing stalls.
 #[tokio::test]
@@ -54,7 +41,7 @@ async fn sends_from_the_event_loop_do_not_stall_behind_queued_events() {
     let alice = signup_open(&ts, "alice").await;
     let bot = signup_open(&ts, "bot").await;
     let channel = alice.open_direct(bot.user_id()).await.unwrap();
-    let mut b = connect_with(
+    let mut b = connect_synced_with(
         &bot,
         ConnectOptions {
             // Small queues, so that most of the 400 wait on the socket or

@@ -218,11 +218,16 @@ pub async fn login_sdk(ts: &TestServer, name: &str) -> Session {
 
 /// A live SDK connection of a new device, synced.
 pub async fn connect_synced(session: &Session) -> Connection {
+    connect_synced_with(session, ConnectOptions::default()).await
+}
+
+/// A live SDK connection of a new device with `options`, synced.
+pub async fn connect_synced_with(session: &Session, options: ConnectOptions) -> Connection {
     let mut conn = session
         .connect(
             DeviceId::new_random(),
             Arc::new(MemoryCursorStore::new()),
-            ConnectOptions::default(),
+            options,
         )
         .await
         .unwrap();
