@@ -326,9 +326,9 @@ async fn messages_with(conn: &mut Connection, content: &str, wait: Duration) -> 
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, conn.next_event()).await {
-        if let ClientEvent::Message(m) = ev {
-            if m.content == content {
-                got.push(m.id);
+        if let ClientEvent::Message(d) = ev {
+            if d.message.content == content {
+                got.push(d.message.id);
             }
         }
     }

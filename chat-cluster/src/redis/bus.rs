@@ -110,7 +110,7 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// The delivery bus on Redis pub/sub. See the [module docs](self).
+/// The delivery bus on Redis pub/sub. See the [module docs](crate::redis).
 #[derive(Debug, Clone)]
 pub struct RedisBus {
     inner: Arc<Inner>,

@@ -77,7 +77,7 @@ impl RedisPresenceConfig {
 }
 
 /// Presence in Redis, shared by every chat server on it. See the
-/// [module docs](self).
+/// [module docs](crate::redis).
 #[derive(Clone)]
 pub struct RedisPresence {
     conn: ConnectionManager,
