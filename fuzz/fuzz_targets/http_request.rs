@@ -25,7 +25,7 @@ fn world() -> &'static World {
             .build()
             .expect("a runtime");
         let config = ServerConfig {
-            token_secret: vec![7; 32],
+            token_secret: vec![7; 32].into(),
             argon2_memory_kib: 64,
             argon2_iterations: 1,
             ..ServerConfig::default()
