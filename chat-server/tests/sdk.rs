@@ -98,17 +98,14 @@ async fn a_new_device_starts_from_now_or_replays_the_inbox() {
     for i in 0..5 {
         a.send(channel.id, format!("old {i}")).await.unwrap();
     }
-    let mut latest = bob
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            ConnectOptions {
-                start_from: StartFrom::Latest,
-                ..ConnectOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let mut latest = connect_new(
+        &bob,
+        ConnectOptions {
+            start_from: StartFrom::Latest,
+            ..ConnectOptions::default()
+        },
+    )
+    .await;
     match next_event(&mut latest, |e| {
         matches!(e, ClientEvent::Synced { .. } | ClientEvent::Message(_))
     })
@@ -127,14 +124,7 @@ async fn a_new_device_starts_from_now_or_replays_the_inbox() {
     assert_eq!(d.seq.0, 6);
 
     // By default a new device gets all six.
-    let mut replay = bob
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            ConnectOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut replay = connect_new(&bob, ConnectOptions::default()).await;
     let mut seen = 0;
     while let ClientEvent::Message(_) = next_event(&mut replay, |e| {
         matches!(e, ClientEvent::Synced { .. } | ClientEvent::Message(_))
@@ -334,17 +324,14 @@ async fn configuration_errors_stop_retrying() {
         .await
         .unwrap_err();
     assert!(!err.is_retryable(), "{err:?}");
-    let conn = alice
-        .connect(
-            DeviceId::new_random(),
-            Arc::new(MemoryCursorStore::new()),
-            ConnectOptions {
-                retry_initial_connect: true,
-                ..ConnectOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let conn = connect_new(
+        &alice,
+        ConnectOptions {
+            retry_initial_connect: true,
+            ..ConnectOptions::default()
+        },
+    )
+    .await;
     let why = tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .expect("stops at once");

@@ -223,16 +223,22 @@ pub async fn connect_synced(session: &Session) -> Connection {
 
 /// A live SDK connection of a new device with `options`, synced.
 pub async fn connect_synced_with(session: &Session, options: ConnectOptions) -> Connection {
-    let mut conn = session
+    let mut conn = connect_new(session, options).await;
+    next_event(&mut conn, |e| matches!(e, ClientEvent::Synced { .. })).await;
+    conn
+}
+
+/// A live SDK connection of a new device (a cursor store of its own) with
+/// `options`, as `connect` returns it.
+pub async fn connect_new(session: &Session, options: ConnectOptions) -> Connection {
+    session
         .connect(
             DeviceId::new_random(),
             Arc::new(MemoryCursorStore::new()),
             options,
         )
         .await
-        .unwrap();
-    next_event(&mut conn, |e| matches!(e, ClientEvent::Synced { .. })).await;
-    conn
+        .unwrap()
 }
 
 /// The next event `wanted` accepts, skipping others; fails the test after
