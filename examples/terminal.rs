@@ -1,7 +1,7 @@
 //! An interactive terminal chat client for a running server.
 //!
 //! ```sh
-//! cargo run --release -p chat-server -- --data-dir ./chat-data     # terminal 1
+//! cargo run --release -p chat-server --features full -- --data-dir ./chat-data   # terminal 1
 //! cargo run --example terminal -- --user alice --signup             # terminal 2
 //! cargo run --example terminal -- --user bob --signup               # terminal 3
 //! ```
