@@ -69,8 +69,9 @@ pub enum ClientError {
     #[error("cursor store failed: {0}")]
     Store(String),
     /// The client is configured wrongly and no retry can help: a malformed
-    /// URL, a `https://` or `wss://` URL in a build without TLS, a session
-    /// whose credentials log in as another user.
+    /// URL, a `https://` or `wss://` URL without TLS, a server certificate
+    /// that the trusted roots refuse, a session whose credentials log in as
+    /// another user.
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -168,8 +169,48 @@ impl From<WireError> for ClientError {
 }
 
 /// The message hyper's HTTP connector gives for an `https://` URL when no
-/// TLS backend is compiled in.
+/// TLS backend is compiled in (a `reqwest::Client` of the application's
+/// own, given to [`ChatClient::with_http_client`](crate::ChatClient::with_http_client)).
 const NO_TLS: &str = "scheme is not http";
+
+/// Whether `error`'s chain holds a server certificate that TLS refused
+/// (unknown issuer, expired, another name): retrying cannot help until the
+/// trusted roots ([`TlsOptions`](crate::TlsOptions)) or the server's
+/// certificate change.
+fn certificate_refused(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            if matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::UnsupportedNameType
+            ) {
+                return true;
+            }
+        }
+        // An I/O error's own cause is not among its sources: look inside.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            let inner: &(dyn StdError + 'static) = inner;
+            if certificate_refused(inner) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// The configuration error of a refused certificate.
+fn refused(text: String) -> ClientError {
+    ClientError::Config(format!(
+        "the server's TLS certificate was refused: {text} (trust its root with TlsOptions)"
+    ))
+}
 
 impl From<reqwest::Error> for ClientError {
     fn from(e: reqwest::Error) -> Self {
@@ -179,6 +220,8 @@ impl From<reqwest::Error> for ClientError {
         } else if e.is_builder() {
             // A request that could not even be built: a bad URL or header.
             ClientError::Config(text)
+        } else if certificate_refused(&e) {
+            refused(text)
         } else if text.contains(NO_TLS) {
             ClientError::Config(format!(
                 "{text} (an https:// URL needs TLS, which this build of reqwest does not include)"
@@ -205,6 +248,7 @@ impl From<tungstenite::Error> for ClientError {
                 };
                 ClientError::Config(format!("WebSocket URL: {}{hint}", flatten(&e)))
             }
+            _ if certificate_refused(&e) => refused(flatten(&e)),
             _ => ClientError::WebSocket(flatten(&e)),
         }
     }
@@ -264,6 +308,20 @@ mod tests {
         // A cause whose text the outer message already holds is not repeated.
         let e = ClientError::store(Outer(std::io::Error::other("error sending request")));
         assert_eq!(e.to_string(), "cursor store failed: error sending request");
+    }
+
+    #[test]
+    fn a_refused_certificate_is_a_configuration_error_wherever_it_hides() {
+        let bad = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        // As tokio-rustls reports it: an I/O error around the rustls one.
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, bad);
+        let e = ClientError::from(tungstenite::Error::Io(io));
+        assert_eq!(e.kind(), "config", "{e}");
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("certificate"), "{e}");
+        let other =
+            std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert!(ClientError::from(tungstenite::Error::Io(other)).is_retryable());
     }
 
     #[test]

@@ -170,9 +170,9 @@ impl ChatServer {
 const LOG_CAPS: &[&str] = &["tokio_postgres::query=info", "tungstenite=debug"];
 
 /// The log filter of `directives` (`RUST_LOG` syntax, e.g. `info` or
-/// `chat_server=debug`) with [`LOG_CAPS`] on top, whatever the directives
-/// say: tokens and message text never reach the logs. Invalid directives
-/// are ignored.
+/// `chat_server=debug`) with caps on top, whatever the directives say
+/// (`tokio_postgres::query` at `info`, `tungstenite` at `debug`): tokens
+/// and message text never reach the logs. Invalid directives are ignored.
 pub fn log_filter(directives: &str) -> tracing_subscriber::EnvFilter {
     let mut filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
