@@ -198,6 +198,19 @@ async fn connect(session: &Session) -> Connection {
     }
 }
 
+/// Sends "message N" for each N of `numbers`, noting their ids in `sent`.
+async fn send_numbered(
+    conn: &Connection,
+    channel: chat_client::ChannelId,
+    numbers: std::ops::Range<u32>,
+    sent: &mut BTreeSet<MessageId>,
+) {
+    for i in numbers {
+        let r = conn.send(channel, format!("message {i}")).await.unwrap();
+        sent.insert(r.message_id);
+    }
+}
+
 /// Every message of the channel, oldest first.
 async fn whole_history(
     session: &Session,
@@ -243,15 +256,9 @@ async fn the_echo_bot_survives_its_own_kill_and_a_server_restart() {
 
     // A backlog of 300 messages waits for the bot.
     let alice_conn = connect(&alice).await;
-    let mut sent = Vec::new();
-    for i in 0..300 {
-        let r = alice_conn
-            .send(channel.id, format!("message {i}"))
-            .await
-            .unwrap();
-        sent.push(r.message_id);
-    }
-    let all: BTreeSet<MessageId> = sent.iter().copied().collect();
+    let mut sent = BTreeSet::new();
+    send_numbered(&alice_conn, channel.id, 0..300, &mut sent).await;
+    let all = sent.clone();
 
     // Run 1: killed (SIGKILL) a third of the way through.
     let run = Bot::start(&url, &state);
@@ -313,14 +320,8 @@ async fn the_echo_bot_survives_its_own_kill_and_a_server_restart() {
     // The server restarts under the bot; the bot reconnects by itself.
     server.stop().await;
     let server = Server::start(&listener, dir.path()).await;
-    for i in 300..350 {
-        let r = alice_conn
-            .send(channel.id, format!("message {i}"))
-            .await
-            .unwrap();
-        sent.push(r.message_id);
-    }
-    let all: BTreeSet<MessageId> = sent.iter().copied().collect();
+    send_numbered(&alice_conn, channel.id, 300..350, &mut sent).await;
+    let all = sent.clone();
     block(|| run.read_until(&mut second, |s| all_acked(&all, &acked_first, s)));
 
     // Nothing answered twice: one answer per message in the history, with
