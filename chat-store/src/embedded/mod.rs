@@ -197,7 +197,7 @@ pub struct EmbeddedOptions {
     pub max_open_files: usize,
     /// A write (one group commit, its `fsync` included) that has not
     /// completed after this long marks the store stalled: new writes are
-    /// refused at once (temporary errors) and [`MessageStore::health`]
+    /// refused at once (temporary errors) and [`MessageStore::health`](chat_core::MessageStore::health)
     /// reports it, until the write completes. Default: 3 s.
     pub stall_after: Duration,
 }
