@@ -44,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checker;
 pub mod cli;
 pub mod cluster;
 pub mod connections;
@@ -64,6 +65,7 @@ pub mod stats;
 pub mod target;
 pub mod traffic;
 pub mod wire;
+pub mod workload;
 
 pub use cli::{Cli, Command};
 pub use connections::connections;
