@@ -362,6 +362,68 @@ async fn bus_broker_restart_under_load_loses_nothing() {
     cluster.stop().await;
 }
 
+/// Regression (found by the broker restart above): a message whose live
+/// publish failed on the sender's node, sent to a device on a node that
+/// never lost the broker, with no message after it. Nothing tells that
+/// device to sync; the sender's node must publish it again once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_publish_failed_reaches_a_device_on_another_node() {
+    let cluster = Cluster::start(ClusterConfig::local(2).unwrap())
+        .await
+        .unwrap();
+    let client = ChatClient::new(&cluster.http_url()).unwrap();
+    let prefix = chat_bench::setup::run_prefix();
+    let alice = signup(&client, &format!("{prefix}-alice")).await;
+    let bob = signup(&client, &format!("{prefix}-bob")).await;
+    let direct = alice.open_direct(bob.user_id()).await.unwrap();
+    let connect = |session: &Session, region: &str| {
+        let options = ConnectOptions {
+            region: Some(region.into()),
+            ..ConnectOptions::default()
+        };
+        let session = session.clone();
+        async move {
+            let mut conn = session
+                .connect(
+                    DeviceId::new_random(),
+                    Arc::new(MemoryCursorStore::new()),
+                    options,
+                )
+                .await
+                .unwrap();
+            loop {
+                if let Some(ClientEvent::Synced { .. }) = conn.next_event().await {
+                    return conn;
+                }
+            }
+        }
+    };
+    let a = connect(&alice, "r1").await;
+    let mut b = connect(&bob, "r2").await;
+    // Node 1 loses the broker; node 2 keeps it, so it has no gap to report.
+    cluster.cut_bus(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = a.send(direct.id, "while node1 is cut").await.unwrap();
+    cluster.heal_bus(1).unwrap();
+    let shown = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match b.next_event().await {
+                Some(ClientEvent::Message(d)) => return Some(d.message.id),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        shown.ok().flatten(),
+        Some(sent.message_id),
+        "bob's device shows the message without any later one"
+    );
+    drop((a, b));
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_from_the_broker_for_20_s_loses_nothing() {
     let cluster = three_nodes().await;

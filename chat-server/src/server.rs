@@ -29,6 +29,7 @@ use crate::limits::AuthLimits;
 use crate::metered::Metered;
 use crate::metrics::Metrics;
 use crate::push::{PushJob, PushQueue};
+use crate::redeliver::Redeliveries;
 use crate::send_quota::SendQuota;
 use crate::sessions::{LocalDelivery, Sessions};
 
@@ -229,6 +230,7 @@ impl ServerBuilder {
             clock,
             sessions,
             push_queue,
+            redeliveries: Arc::new(Redeliveries::default()),
             stats,
             metrics,
             shutdown: CancellationToken::new(),
@@ -344,6 +346,8 @@ pub(crate) struct Inner {
     pub(crate) conn_limit: Arc<Semaphore>,
     /// Jobs for the push worker, off the send path.
     push_queue: PushQueue,
+    /// Message publishes that failed, to publish again.
+    redeliveries: Arc<Redeliveries>,
     pub(crate) stats: Arc<Counters>,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down; every session watches it.
@@ -557,16 +561,25 @@ impl ChatServer {
             inner.stats.messages_stored.fetch_add(1, Ordering::Relaxed);
         }
         if !positions.is_empty() {
-            let envelope = Envelope {
+            let envelope = |positions| Envelope {
                 event: BusEvent::Message {
                     message: message.clone(),
                     positions,
                 },
                 skip_device: Some(device),
             };
-            if let Err(e) = inner.bus.publish(&recipients, envelope).await {
-                // The message is durable in every inbox; recipients get it on sync.
-                tracing::warn!(error = %e, "live delivery failed; recipients will sync");
+            if let Err(e) = inner
+                .bus
+                .publish(&recipients, envelope(positions.clone()))
+                .await
+            {
+                // The message is durable in every inbox, but devices on
+                // other nodes have no reason to sync: publish it again
+                // once the bus takes it (redeliver.rs).
+                tracing::warn!(error = %e, "live delivery failed; published again later");
+                inner
+                    .redeliveries
+                    .push(recipients.clone(), envelope(positions));
             }
         }
         if duplicate {
@@ -732,6 +745,13 @@ impl ChatServer {
                 }
             }
         });
+        // Failed live deliveries, published again.
+        let redeliveries = inner.redeliveries.clone();
+        let bus = inner.bus.clone();
+        let shutdown = inner.shutdown.clone();
+        inner
+            .tasks
+            .spawn(async move { redeliveries.run(bus.as_ref(), shutdown).await });
         // Push worker: off the send path, bounded queue and concurrency.
         self.spawn_push_worker(push_rx);
     }
