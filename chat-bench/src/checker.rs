@@ -502,9 +502,9 @@ mod tests {
         }
     }
 
-    /// Alice's first device sends message `id` (inbox position `seq` for
-    /// both users): acked, shown on the three other devices, stored.
-    fn deliver(w: &mut World, id: u64, seq: u64) {
+    /// Alice's first device's send of message `id` acknowledged at inbox
+    /// position `seq`.
+    fn ack(w: &mut World, id: u64, seq: u64) {
         w.h.attempt(w.alice.1, key(id));
         w.h.acked(Acked {
             device: w.alice.1,
@@ -513,6 +513,12 @@ mod tests {
             client_msg_id: key(id),
             seq: Some(Seq(seq)),
         });
+    }
+
+    /// Alice's first device sends message `id` (inbox position `seq` for
+    /// both users): acked, shown on the three other devices, stored.
+    fn deliver(w: &mut World, id: u64, seq: u64) {
+        ack(w, id, seq);
         for d in [w.alice.2, w.bob.1, w.bob.2] {
             w.h.shown(d, shown(w.chan, id, seq));
             w.h.cursor(d, Seq(seq));
@@ -546,13 +552,7 @@ mod tests {
     fn an_acked_message_a_member_device_never_shows_is_lost() {
         let mut w = world();
         deliver(&mut w, 10, 1);
-        w.h.acked(Acked {
-            device: w.alice.1,
-            channel: w.chan,
-            message: MessageId(20),
-            client_msg_id: key(20),
-            seq: Some(Seq(2)),
-        });
+        ack(&mut w, 20, 2);
         w.h.shown(w.alice.2, shown(w.chan, 20, 2));
         w.h.shown(w.bob.1, shown(w.chan, 20, 2));
         store(&mut w, &[10, 20]);
@@ -597,20 +597,8 @@ mod tests {
         let mut w = world();
         deliver(&mut w, 10, 1);
         // Bob's second device shows 30 before 20.
-        w.h.acked(Acked {
-            device: w.alice.1,
-            channel: w.chan,
-            message: MessageId(30),
-            client_msg_id: key(30),
-            seq: Some(Seq(3)),
-        });
-        w.h.acked(Acked {
-            device: w.alice.1,
-            channel: w.chan,
-            message: MessageId(20),
-            client_msg_id: key(20),
-            seq: Some(Seq(2)),
-        });
+        ack(&mut w, 30, 3);
+        ack(&mut w, 20, 2);
         for d in [w.alice.2, w.bob.1] {
             w.h.shown(d, shown(w.chan, 20, 2));
             w.h.shown(d, shown(w.chan, 30, 3));
@@ -648,13 +636,7 @@ mod tests {
         deliver(&mut w, 20, 2);
         // Bob's first device shows 30 (seq 3); his second device's cursor
         // moves to 3 before it shows 30, then shows it.
-        w.h.acked(Acked {
-            device: w.alice.1,
-            channel: w.chan,
-            message: MessageId(30),
-            client_msg_id: key(30),
-            seq: Some(Seq(3)),
-        });
+        ack(&mut w, 30, 3);
         w.h.shown(w.alice.2, shown(w.chan, 30, 3));
         w.h.shown(w.bob.1, shown(w.chan, 30, 3));
         w.h.cursor(w.bob.2, Seq(3));

@@ -9,8 +9,9 @@
 //! Needs the engines of the README (`.ci/engines start` for etcd),
 //! `nats-server` on PATH for the broker restart, and the server binary
 //! built with `cargo build -p chat-server --features full,etcd` (or
-//! `CHAT_SERVER_BIN`). Run one test at a time (`--test-threads=1`): each
-//! is three servers and a few hundred connections on this machine.
+//! `CHAT_SERVER_BIN`), and the `faults` feature: `cargo test -p chat-bench
+//! --features faults --test faults -- --test-threads=1`. One test at a
+//! time: each is three servers and their load on this machine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;

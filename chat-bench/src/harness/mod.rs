@@ -487,18 +487,7 @@ pub async fn up(args: &crate::cli::ClusterUpArgs) -> Result<()> {
     );
     use std::io::Write as _;
     std::io::stdout().flush()?;
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    crate::target::interrupted().await;
     println!("stopping");
     cluster.stop().await;
     println!("stopped");
