@@ -28,6 +28,16 @@
 //! * [`login_storm::login_storm`]: failed logins hammered while a real user
 //!   logs in.
 //!
+//! And for many servers as one system (docs/cluster.md):
+//!
+//! * [`harness`]: a local cluster of `chat-server` processes on
+//!   PostgreSQL, NATS, Redis and etcd, with faults (kill, SIGTERM, SIGSTOP,
+//!   restart, a node cut from the broker); `chat-bench cluster up`;
+//! * [`workload`] and [`checker`]: SDK devices through `route` under a
+//!   fault, and the verdict on what they showed (nothing lost, nothing
+//!   twice, in order, history reaching every device, no cursor past an
+//!   unshown message).
+//!
 //! Only loopback addresses are ever loaded. Every loop is bounded in count
 //! and time.
 //!
