@@ -449,6 +449,24 @@ impl Cluster {
                 }
             }
         }
+        // The run's routes bucket on the broker (one JetStream stream per
+        // prefix), which would otherwise stay on a shared NATS.
+        let bus = chat_cluster::nats::NatsBusConfig::new(
+            format!("nats://{}", self.front_of_bus()),
+            self.run.clone(),
+        );
+        match chat_cluster::nats::NatsBus::connect(bus).await {
+            Ok(bus) => {
+                if let Err(e) = bus.remove_routes().await {
+                    eprintln!(
+                        "chat-bench cluster: could not remove the routes of {}: {e}",
+                        self.run
+                    );
+                }
+                bus.close().await;
+            }
+            Err(e) => eprintln!("chat-bench cluster: NATS for clean-up: {e}"),
+        }
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
         if let Err(e) = pg_execute(&self.config.postgres_url, &sql).await {
             eprintln!("chat-bench cluster: could not drop {}: {e}", self.database);
@@ -492,6 +510,16 @@ pub async fn up(args: &crate::cli::ClusterUpArgs) -> Result<()> {
     cluster.stop().await;
     println!("stopped");
     Ok(())
+}
+
+impl Cluster {
+    /// The broker the nodes use now (through their proxies).
+    fn front_of_bus(&self) -> String {
+        self.nodes
+            .first()
+            .map(|n| n.bus.backend())
+            .unwrap_or_else(|| self.config.nats_url.replace("nats://", ""))
+    }
 }
 
 /// Runs one statement on the PostgreSQL server at `url`.

@@ -63,6 +63,16 @@ impl Proxy {
         }
     }
 
+    /// The first backend, as `host:port` (empty if none).
+    pub fn backend(&self) -> String {
+        self.state
+            .backends
+            .lock()
+            .ok()
+            .and_then(|b| b.first().map(|a| a.to_string()))
+            .unwrap_or_default()
+    }
+
     /// Closes every connection through the proxy and refuses new ones
     /// until [`heal`](Self::heal).
     pub fn cut(&self) {
