@@ -360,6 +360,14 @@ pub(crate) struct Inner {
     fatal: Mutex<Option<String>>,
 }
 
+/// Longest a send's answer waits for its live publish: a bus whose broker
+/// is gone can take seconds to notice (the NATS bus waits up to its request
+/// timeout), and a client counts a request unanswered that long as a dead
+/// connection. A publish that takes longer is made again later
+/// (`redeliver.rs`); its recipients may then see the event twice, with the
+/// same position.
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+
 /// A running chat node. Cheap to clone; all clones are the same node.
 #[derive(Debug, Clone)]
 pub struct ChatServer {
@@ -568,11 +576,22 @@ impl ChatServer {
                 },
                 skip_device: Some(device),
             };
-            if let Err(e) = inner
-                .bus
-                .publish(&recipients, envelope(positions.clone()))
-                .await
-            {
+            // The answer waits for the publish (so that delivery follows
+            // the ack closely), but not for a bus that has lost its broker
+            // without noticing yet: past PUBLISH_WAIT the publish counts as
+            // failed and is made again later.
+            let published = tokio::time::timeout(
+                PUBLISH_WAIT,
+                inner.bus.publish(&recipients, envelope(positions.clone())),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(chat_core::Error::temporary(
+                    "bus",
+                    format!("no answer from the bus within {PUBLISH_WAIT:?}"),
+                ))
+            });
+            if let Err(e) = published {
                 // The message is durable in every inbox, but devices on
                 // other nodes have no reason to sync: publish it again
                 // once the bus takes it (redeliver.rs).
