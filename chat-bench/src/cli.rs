@@ -56,6 +56,37 @@ pub enum Command {
     /// Run a chat server tuned for benchmarks (cheap password hashing, no
     /// rate limit) until Ctrl-C; prints `listening http://ADDR`.
     Serve(ServeArgs),
+    /// A local cluster of `chat-server` processes on PostgreSQL, NATS,
+    /// Redis and etcd (docs/cluster.md).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `chat-bench cluster ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// Start N servers, print the URL clients use (`route` there), and run
+    /// until Ctrl-C or SIGTERM; then stop every server and drop the run's
+    /// database.
+    Up(ClusterUpArgs),
+}
+
+/// Options of `cluster up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterUpArgs {
+    /// Chat servers to start.
+    #[arg(short = 'n', long, default_value_t = 3)]
+    pub nodes: u16,
+    /// The `chat-server` binary (default: CHAT_SERVER_BIN, or next to this
+    /// program).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Heartbeat interval, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_secs: u64,
+    /// Presence timeout, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub presence_timeout_secs: u64,
 }
 
 /// How load connections are made (shared by every scenario).

@@ -28,6 +28,16 @@
 //! * [`login_storm::login_storm`]: failed logins hammered while a real user
 //!   logs in.
 //!
+//! And for many servers as one system (docs/cluster.md):
+//!
+//! * [`harness`]: a local cluster of `chat-server` processes on
+//!   PostgreSQL, NATS, Redis and etcd, with faults (kill, SIGTERM, SIGSTOP,
+//!   restart, a node cut from the broker); `chat-bench cluster up`;
+//! * [`workload`] and [`checker`]: SDK devices through `route` under a
+//!   fault, and the verdict on what they showed (nothing lost, nothing
+//!   twice, in order, history reaching every device, no cursor past an
+//!   unshown message).
+//!
 //! Only loopback addresses are ever loaded. Every loop is bounded in count
 //! and time.
 //!
@@ -44,10 +54,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checker;
 pub mod cli;
 pub mod cluster;
 pub mod connections;
 pub mod error;
+pub mod harness;
 pub mod limits;
 pub mod login_storm;
 pub mod messages;
@@ -63,6 +75,7 @@ pub mod stats;
 pub mod target;
 pub mod traffic;
 pub mod wire;
+pub mod workload;
 
 pub use cli::{Cli, Command};
 pub use connections::connections;
@@ -86,38 +99,38 @@ pub async fn run(cli: &Cli) -> Result<RunReport> {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let quiet = cli.quiet;
-    let (report, target) = match &cli.command {
-        Command::Connections(a) => {
-            let (r, t) = connections(a, quiet).await?;
-            (Report::Connections(r), Some(t))
-        }
-        Command::OneToOne(a) => {
-            let (r, t) = one_to_one(a, quiet).await?;
-            (Report::OneToOne(r), Some(t))
-        }
-        Command::Group(a) => {
-            let (r, t) = group(a, quiet).await?;
-            (Report::Group(r), Some(t))
-        }
-        Command::ReconnectStorm(a) => {
-            let (r, t) = reconnect_storm(a, quiet).await?;
-            (Report::ReconnectStorm(r), Some(t))
-        }
-        Command::Signups(a) => {
-            let (r, t) = signups::signups(a, quiet).await?;
-            (Report::Signups(r), Some(t))
-        }
-        Command::LoginStorm(a) => {
-            let (r, t) = login_storm::login_storm(a).await?;
-            (Report::LoginStorm(r), Some(t))
-        }
-        Command::Baseline(a) => (Report::Baseline(baseline(a, quiet).await?), None),
-        Command::Serve(_) => {
-            return Err(BenchError::plan(
-                "`serve` runs until interrupted; call chat_bench::target::serve",
-            ))
-        }
-    };
+    let (report, target) =
+        match &cli.command {
+            Command::Connections(a) => {
+                let (r, t) = connections(a, quiet).await?;
+                (Report::Connections(r), Some(t))
+            }
+            Command::OneToOne(a) => {
+                let (r, t) = one_to_one(a, quiet).await?;
+                (Report::OneToOne(r), Some(t))
+            }
+            Command::Group(a) => {
+                let (r, t) = group(a, quiet).await?;
+                (Report::Group(r), Some(t))
+            }
+            Command::ReconnectStorm(a) => {
+                let (r, t) = reconnect_storm(a, quiet).await?;
+                (Report::ReconnectStorm(r), Some(t))
+            }
+            Command::Signups(a) => {
+                let (r, t) = signups::signups(a, quiet).await?;
+                (Report::Signups(r), Some(t))
+            }
+            Command::LoginStorm(a) => {
+                let (r, t) = login_storm::login_storm(a).await?;
+                (Report::LoginStorm(r), Some(t))
+            }
+            Command::Baseline(a) => (Report::Baseline(baseline(a, quiet).await?), None),
+            Command::Serve(_) | Command::Cluster(_) => return Err(BenchError::plan(
+                "`serve` and `cluster` run until interrupted; call chat_bench::target::serve or \
+                 chat_bench::harness::up",
+            )),
+        };
     let run = RunReport::new(report, target, started_at_ms);
     if let Some(path) = &cli.json {
         run.write_json(path)?;

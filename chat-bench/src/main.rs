@@ -35,6 +35,15 @@ fn main() -> ExitCode {
                 }
             };
         }
+        if let Command::Cluster(chat_bench::cli::ClusterCommand::Up(args)) = &cli.command {
+            return match chat_bench::harness::up(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("chat-bench cluster up: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         match chat_bench::run(&cli).await {
             Ok(report) => {
                 let child = matches!(&cli.command, Command::Connections(a) if a.child);

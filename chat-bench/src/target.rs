@@ -438,6 +438,18 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
             }
         }
     };
+    tokio::select! {
+        _ = stdin_closed => {}
+        _ = interrupted() => {}
+    }
+    srv.shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), srv.task).await;
+    Ok(())
+}
+
+/// Resolves at Ctrl-C (SIGINT) or SIGTERM: how a tool that runs until
+/// stopped (`serve`, `cluster up`) is stopped.
+pub(crate) async fn interrupted() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -447,11 +459,7 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         }
     };
     tokio::select! {
-        _ = stdin_closed => {}
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
-    srv.shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(20), srv.task).await;
-    Ok(())
 }

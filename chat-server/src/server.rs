@@ -29,6 +29,7 @@ use crate::limits::AuthLimits;
 use crate::metered::Metered;
 use crate::metrics::Metrics;
 use crate::push::{PushJob, PushQueue};
+use crate::redeliver::Redeliveries;
 use crate::send_quota::SendQuota;
 use crate::sessions::{LocalDelivery, Sessions};
 
@@ -229,6 +230,7 @@ impl ServerBuilder {
             clock,
             sessions,
             push_queue,
+            redeliveries: Arc::new(Redeliveries::default()),
             stats,
             metrics,
             shutdown: CancellationToken::new(),
@@ -344,6 +346,8 @@ pub(crate) struct Inner {
     pub(crate) conn_limit: Arc<Semaphore>,
     /// Jobs for the push worker, off the send path.
     push_queue: PushQueue,
+    /// Message publishes that failed, to publish again.
+    redeliveries: Arc<Redeliveries>,
     pub(crate) stats: Arc<Counters>,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down; every session watches it.
@@ -355,6 +359,14 @@ pub(crate) struct Inner {
     /// Set when the node stops by itself, with the reason.
     fatal: Mutex<Option<String>>,
 }
+
+/// Longest a send's answer waits for its live publish: a bus whose broker
+/// is gone can take seconds to notice (the NATS bus waits up to its request
+/// timeout), and a client counts a request unanswered that long as a dead
+/// connection. A publish that takes longer is made again later
+/// (`redeliver.rs`); its recipients may then see the event twice, with the
+/// same position.
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 
 /// A running chat node. Cheap to clone; all clones are the same node.
 #[derive(Debug, Clone)]
@@ -557,16 +569,36 @@ impl ChatServer {
             inner.stats.messages_stored.fetch_add(1, Ordering::Relaxed);
         }
         if !positions.is_empty() {
-            let envelope = Envelope {
+            let envelope = |positions| Envelope {
                 event: BusEvent::Message {
                     message: message.clone(),
                     positions,
                 },
                 skip_device: Some(device),
             };
-            if let Err(e) = inner.bus.publish(&recipients, envelope).await {
-                // The message is durable in every inbox; recipients get it on sync.
-                tracing::warn!(error = %e, "live delivery failed; recipients will sync");
+            // The answer waits for the publish (so that delivery follows
+            // the ack closely), but not for a bus that has lost its broker
+            // without noticing yet: past PUBLISH_WAIT the publish counts as
+            // failed and is made again later.
+            let published = tokio::time::timeout(
+                PUBLISH_WAIT,
+                inner.bus.publish(&recipients, envelope(positions.clone())),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(chat_core::Error::temporary(
+                    "bus",
+                    format!("no answer from the bus within {PUBLISH_WAIT:?}"),
+                ))
+            });
+            if let Err(e) = published {
+                // The message is durable in every inbox, but devices on
+                // other nodes have no reason to sync: publish it again
+                // once the bus takes it (redeliver.rs).
+                tracing::warn!(error = %e, "live delivery failed; published again later");
+                inner
+                    .redeliveries
+                    .push(recipients.clone(), envelope(positions));
             }
         }
         if duplicate {
@@ -732,6 +764,13 @@ impl ChatServer {
                 }
             }
         });
+        // Failed live deliveries, published again.
+        let redeliveries = inner.redeliveries.clone();
+        let bus = inner.bus.clone();
+        let shutdown = inner.shutdown.clone();
+        inner
+            .tasks
+            .spawn(async move { redeliveries.run(bus.as_ref(), shutdown).await });
         // Push worker: off the send path, bounded queue and concurrency.
         self.spawn_push_worker(push_rx);
     }
