@@ -58,7 +58,8 @@ commands:
   /group NAME USER..  create a group with these users (or invite them) and switch to it
   /channels           list your channels
   /switch N           switch to channel N of /channels
-  /history            the last 20 messages of the current channel
+  /history            the last 20 messages of the current channel, with their ids
+  /reply ID TEXT      answer message ID of the current channel
   /friend USER        ask USER to be friends, or accept their request
   /unfriend USER      end a friendship, decline or cancel a request
   /requests           pending friend requests
@@ -121,7 +122,11 @@ impl Ui {
                 Err(_) => String::new(),
             }
         };
-        println!("{place}{who}: {}", printable(&m.content));
+        let quote = match m.reply_to {
+            Some(to) => format!(" (reply to {to})"),
+            None => String::new(),
+        };
+        println!("{place}[{}] {who}{quote}: {}", m.id, printable(&m.content));
     }
 
     async fn switch(&mut self, channel: Channel) {
@@ -192,6 +197,18 @@ impl Ui {
                 }
                 None => println!("no channel yet: /dm USER or /group NAME USER.."),
             },
+            "/reply" => {
+                let id = words.next().and_then(|w| w.parse::<u64>().ok());
+                let text = words.collect::<Vec<_>>().join(" ");
+                match (self.current.clone(), id) {
+                    (Some(c), Some(id)) if !text.is_empty() => {
+                        let to = chat_client::MessageId(id);
+                        self.conn.send_reply(c.id, to, text).await?;
+                    }
+                    (None, _) => println!("no channel yet: /dm USER or /group NAME USER.."),
+                    _ => println!("usage: /reply ID TEXT (ids are shown in /history)"),
+                }
+            }
             "/friend" => {
                 for name in words {
                     let user = self.session.user_by_name(name).await?;

@@ -586,6 +586,17 @@ impl Connection {
             .await
     }
 
+    /// Sends a reply to a message of the same channel: see
+    /// [`ConnectionHandle::send_reply`].
+    pub async fn send_reply(
+        &self,
+        channel: ChannelId,
+        reply_to: MessageId,
+        content: impl Into<String>,
+    ) -> Result<SendReceipt> {
+        self.handle.send_reply(channel, reply_to, content).await
+    }
+
     /// A page of a channel's history: see [`ConnectionHandle::history`].
     pub async fn history(&self, channel: ChannelId, query: &HistoryQuery) -> Result<MessagePage> {
         self.handle.history(channel, query).await
@@ -676,7 +687,45 @@ impl ConnectionHandle {
         client_msg_id: ClientMsgId,
         content: impl Into<String>,
     ) -> Result<SendReceipt> {
-        let content = content.into();
+        self.send_message(channel, client_msg_id, content.into(), None)
+            .await
+    }
+
+    /// Sends a message that replies to (quotes) `reply_to`, a message of
+    /// the same channel, with a fresh [`ClientMsgId`], retried like
+    /// [`send_with_id`](Self::send_with_id). The message carries
+    /// [`Message::reply_to`](chat_core::Message::reply_to) in history and
+    /// events. A `reply_to` that is no message of `channel` is refused
+    /// with [`ClientError::Api`] and code `not_found`.
+    ///
+    /// ```no_run
+    /// # async fn run(conn: chat_client::ConnectionHandle, d: chat_client::Delivery) -> chat_client::Result<()> {
+    /// conn.send_reply(d.message.channel_id, d.message.id, "agreed").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_reply(
+        &self,
+        channel: ChannelId,
+        reply_to: MessageId,
+        content: impl Into<String>,
+    ) -> Result<SendReceipt> {
+        self.send_message(
+            channel,
+            ClientMsgId::new_random(),
+            content.into(),
+            Some(reply_to),
+        )
+        .await
+    }
+
+    /// The send request, retried (see [`send_with_id`](Self::send_with_id)).
+    async fn send_message(
+        &self,
+        channel: ChannelId,
+        client_msg_id: ClientMsgId,
+        content: String,
+        reply_to: Option<MessageId>,
+    ) -> Result<SendReceipt> {
         let options = &self.shared.options;
         let deadline = worker::deadline_in(options.send_deadline);
         let mut backoff = options.backoff();
@@ -685,6 +734,7 @@ impl ConnectionHandle {
                 channel,
                 client_msg_id: client_msg_id.clone(),
                 content: content.clone(),
+                reply_to,
             };
             let error = match self.request(request, deadline).await {
                 Ok(ReplyBody::Sent {

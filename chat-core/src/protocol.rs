@@ -45,6 +45,10 @@ pub enum Request {
         client_msg_id: ClientMsgId,
         /// Text, at most the server's limit (100,000 characters by default).
         content: String,
+        /// The message of the same channel this one replies to. A message
+        /// of another channel (or none) is refused with `not_found`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<MessageId>,
     },
     /// Read the inbox after a position. Without `after`, the device's stored
     /// cursor is used.
@@ -483,6 +487,7 @@ mod tests {
                 channel: c,
                 client_msg_id: ClientMsgId::new_random(),
                 content: "x".into(),
+                reply_to: None,
             },
             Request::Sync {
                 after: None,

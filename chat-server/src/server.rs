@@ -12,9 +12,9 @@ use chat_core::memory::{
 use chat_core::protocol::{ErrorCode, WireError};
 use chat_core::{
     BusEvent, Channel, ChannelId, ClientMsgId, Clock, Committed, DeliveryBus, DeviceId, Directory,
-    Envelope, Health, InboxEntry, Message, MessageIdGenerator, MessageStore, NewMessage, Page,
-    Presence, PresenceStatus, PresenceTracker, PushNotifier, Seq, ServerInfo, ServiceDiscovery,
-    Snowflake, TokioClock, UserId, MAX_PAGE,
+    Envelope, Health, InboxEntry, Message, MessageId, MessageIdGenerator, MessageStore, NewMessage,
+    Page, Presence, PresenceStatus, PresenceTracker, PushNotifier, Seq, ServerInfo,
+    ServiceDiscovery, Snowflake, TokioClock, UserId, MAX_PAGE,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -466,8 +466,24 @@ impl ChatServer {
         client_msg_id: ClientMsgId,
         content: String,
     ) -> ApiResult<SendOutcome> {
+        self.send_reply(sender, device, channel_id, client_msg_id, content, None)
+            .await
+    }
+
+    /// [`send`](Self::send) of a message that may reply to (quote)
+    /// `reply_to`, a message of the same channel: one that is not is
+    /// refused with `not_found`, storing nothing.
+    pub async fn send_reply(
+        &self,
+        sender: UserId,
+        device: DeviceId,
+        channel_id: ChannelId,
+        client_msg_id: ClientMsgId,
+        content: String,
+        reply_to: Option<MessageId>,
+    ) -> ApiResult<SendOutcome> {
         let outcome = self
-            .send_counted(sender, device, channel_id, client_msg_id, content)
+            .send_counted(sender, device, channel_id, client_msg_id, content, reply_to)
             .await;
         let label = match &outcome {
             Ok(o) if o.duplicate => "duplicate",
@@ -486,6 +502,7 @@ impl ChatServer {
         channel_id: ChannelId,
         client_msg_id: ClientMsgId,
         content: String,
+        reply_to: Option<MessageId>,
     ) -> ApiResult<SendOutcome> {
         self.charge_send(sender, &content)?;
         let max = self.inner.config.max_message_chars;
@@ -502,6 +519,9 @@ impl ChatServer {
         // Control characters other than tabs and line breaks would steer
         // the terminals and logs that show the message.
         chat_core::text::validate_message_text(&content).map_err(wire)?;
+        if let Some(target) = reply_to {
+            self.check_reply_target(sender, channel_id, target).await?;
+        }
         let inner = &self.inner;
         let committed = self
             .within_deadline(async {
@@ -513,6 +533,7 @@ impl ChatServer {
                     created_at: inner.clock.now_ms(),
                     client_msg_id,
                     timeout: inner.config.send_timeout,
+                    reply_to,
                 };
                 // Another message of the channel was committed with a
                 // larger id first (a concurrent send here, or a node whose
@@ -591,6 +612,31 @@ impl ChatServer {
             duplicate: false,
             seq,
         })
+    }
+
+    /// A reply must quote a message of its own channel. Only replies pay
+    /// for this check (membership first, so a non-member learns nothing
+    /// about the channel's messages); plain sends go straight to the commit.
+    async fn check_reply_target(
+        &self,
+        sender: UserId,
+        channel: ChannelId,
+        target: MessageId,
+    ) -> ApiResult<()> {
+        self.member_channel(sender, channel).await?;
+        match self
+            .inner
+            .messages
+            .get(channel, target)
+            .await
+            .map_err(wire)?
+        {
+            Some(_) => Ok(()),
+            None => Err(err(
+                ErrorCode::NotFound,
+                "reply_to: no such message in this channel",
+            )),
+        }
     }
 
     /// Charges a send to the user's byte rate (`send_quota.rs`).

@@ -670,9 +670,10 @@ async fn handle_request(
             channel,
             client_msg_id,
             content,
+            reply_to,
         } => {
             let out = server
-                .send(user, device, channel, client_msg_id, content)
+                .send_reply(user, device, channel, client_msg_id, content, reply_to)
                 .await?;
             Ok(ReplyBody::Sent {
                 message_id: out.message.id,

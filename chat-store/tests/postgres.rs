@@ -158,6 +158,7 @@ fn message(channel: ChannelId, sender: UserId, id: u64, content: &str) -> Messag
         content: content.to_owned(),
         created_at: 1_700_000_000_000 + id % 1_000,
         client_msg_id: ClientMsgId::new_random(),
+        reply_to: None,
     }
 }
 
@@ -317,6 +318,7 @@ fn new_message(channel: ChannelId, sender: UserId, id: u64, content: &str) -> Ne
         created_at: 1_700_000_000_000,
         client_msg_id: ClientMsgId::new_random(),
         timeout: Duration::from_secs(30),
+        reply_to: None,
     }
 }
 

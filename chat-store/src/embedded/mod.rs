@@ -745,6 +745,7 @@ mod tests {
             created_at: k,
             client_msg_id: ClientMsgId::new_random(),
             timeout: std::time::Duration::from_secs(30),
+            reply_to: None,
         };
         let before = store.commit(send(1)).await.unwrap();
         assert_eq!(store.health(), Health::Ok);

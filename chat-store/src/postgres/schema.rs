@@ -173,7 +173,62 @@ CREATE TABLE {schema}.revoked_sessions (
 CREATE INDEX channels_by_owner ON {schema}.channels (owner);
 "#,
     },
+    Migration {
+        version: 5,
+        name: "replies: reply_to on messages, inbox entries and the outbox",
+        sql: MIGRATION_5,
+    },
 ];
+
+/// Replies. `reply_to` (a stored message id, like `message_id`) on
+/// messages, inbox entries and outbox entries, and `commit_messages` with
+/// one more array, `p_replies`: the version-3 function commits the batch,
+/// then the replies among the new messages get their `reply_to`, in the
+/// same transaction (plain messages write nothing more). The 7-argument
+/// function stays for servers of the previous version during an upgrade.
+const MIGRATION_5: &str = r#"
+ALTER TABLE {schema}.messages ADD COLUMN reply_to bigint;
+ALTER TABLE {schema}.inbox_entries ADD COLUMN reply_to bigint;
+ALTER TABLE {schema}.sends ADD COLUMN reply_to bigint;
+
+CREATE FUNCTION {schema}.commit_messages(
+    p_channels uuid[], p_senders uuid[], p_keys text[], p_contents text[],
+    p_created bigint[], p_proposed bigint[], p_outbox boolean[], p_replies bigint[])
+RETURNS TABLE (idx integer, status text, message_id bigint, created_at bigint,
+               users uuid[], seqs bigint[])
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    r record;
+    v_reply bigint;
+BEGIN
+    FOR r IN SELECT * FROM {schema}.commit_messages(p_channels, p_senders, p_keys, p_contents,
+                                                    p_created, p_proposed, p_outbox) LOOP
+        v_reply := p_replies[r.idx + 1];
+        IF r.status = 'new' AND v_reply IS NOT NULL THEN
+            IF p_outbox[r.idx + 1] THEN
+                UPDATE {schema}.sends s SET reply_to = v_reply
+                    WHERE s.channel_id = p_channels[r.idx + 1] AND s.sender = p_senders[r.idx + 1]
+                      AND s.client_msg_id = p_keys[r.idx + 1];
+            ELSE
+                UPDATE {schema}.messages m SET reply_to = v_reply
+                    WHERE m.channel_id = p_channels[r.idx + 1] AND m.message_id = r.message_id;
+            END IF;
+            UPDATE {schema}.inbox_entries e SET reply_to = v_reply
+                FROM unnest(r.users, r.seqs) AS u(user_id, seq)
+                WHERE e.user_id = u.user_id AND e.seq = u.seq;
+        END IF;
+        idx := r.idx;
+        status := r.status;
+        message_id := r.message_id;
+        created_at := r.created_at;
+        users := r.users;
+        seqs := r.seqs;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+"#;
 
 /// Inboxes ordered by positions assigned at commit, and the function that
 /// commits a batch of messages in one statement (see `commit.rs`).
