@@ -62,6 +62,8 @@ commands:
   /reply ID TEXT      answer message ID of the current channel
   /friend USER        ask USER to be friends, or accept their request
   /unfriend USER      end a friendship, decline or cancel a request
+  /block USER         USER can no longer message you directly or see your presence
+  /unblock USER       undo /block
   /requests           pending friend requests
   /invites            pending group invitations
   /join N             accept invitation N of /invites
@@ -223,6 +225,18 @@ impl Ui {
                     let user = self.session.user_by_name(name).await?;
                     self.session.remove_friend(user.id).await?;
                     println!("nothing pending between you and {name} any more");
+                }
+            }
+            cmd @ ("/block" | "/unblock") => {
+                for name in words {
+                    let user = self.session.user_by_name(name).await?;
+                    if cmd == "/block" {
+                        self.session.block(user.id).await?;
+                        println!("blocked {name}");
+                    } else {
+                        self.session.unblock(user.id).await?;
+                        println!("unblocked {name}");
+                    }
                 }
             }
             "/requests" => {

@@ -299,6 +299,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// Authenticated, but not allowed (e.g. not a member of the channel).
     Forbidden,
+    /// The other user has blocked the caller: no direct channel with them,
+    /// no direct messages to them.
+    Blocked,
     /// The user, channel or message does not exist.
     NotFound,
     /// Already exists (e.g. username taken).
@@ -329,7 +332,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadFrame | ErrorCode::InvalidInput => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::Blocked => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
             ErrorCode::MessageTooLarge => 413,
@@ -372,6 +375,7 @@ impl From<&Error> for WireError {
             Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             Error::Conflict { .. } => ErrorCode::Conflict,
             Error::Forbidden { .. } => ErrorCode::Forbidden,
+            Error::Blocked => ErrorCode::Blocked,
             Error::InvalidInput { .. } => ErrorCode::InvalidInput,
             Error::LimitExceeded { .. } => ErrorCode::LimitExceeded,
             Error::Unsupported { .. } | Error::StaleId { .. } => ErrorCode::Internal,

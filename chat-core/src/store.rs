@@ -433,8 +433,11 @@ impl Committed {
 ///   members from its own directory data, and membership changes and
 ///   commits to one channel are serialized: a member added before the
 ///   commit gets the message, one added after does not. A channel that does
-///   not exist is `NotFound`; a sender who is not a member is `Forbidden`.
-///   Nothing is written in either case.
+///   not exist is `NotFound`; a sender who is not a member is `Forbidden`;
+///   a sender to a **direct** channel whose other member has blocked them
+///   ([`Directory::block`](crate::Directory::block)) is
+///   [`Error::Blocked`](crate::Error::Blocked). Nothing is written in any
+///   of these cases. (Only direct channels pay for the block check.)
 /// * **Ids increase per channel in commit order**: a proposed id that is not
 ///   above the channel's last id is refused with
 ///   [`Error::StaleId`](crate::Error::StaleId) (carrying the last id),

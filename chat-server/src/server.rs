@@ -735,8 +735,19 @@ impl ChatServer {
                 _ => "offline",
             },
         );
-        let friends = match self.inner.directory.friends(presence.user).await {
-            Ok(f) => f,
+        let directory = &self.inner.directory;
+        let friends = match directory.friends(presence.user).await {
+            // Users the changed user blocks get nothing.
+            Ok(f) => match directory.blocked(presence.user).await {
+                Ok(blocked) => f
+                    .into_iter()
+                    .filter(|u| blocked.binary_search(u).is_err())
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load blocks for a presence change");
+                    return;
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load friends for a presence change");
                 return;

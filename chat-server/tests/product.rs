@@ -1,4 +1,5 @@
-//! Product features through the real server and the real SDK: replies.
+//! Product features through the real server and the real SDK: replies,
+//! blocking.
 //! Each test runs on the test storage (`CHAT_TEST_STORAGE`: memory by
 //! default, PostgreSQL in CI's second pass).
 
@@ -8,6 +9,7 @@
 mod common;
 
 use chat_client::{ClientEvent, ErrorCode, HistoryQuery, MessageId};
+use chat_core::PresenceStatus;
 use common::*;
 
 /// A reply quotes a message of its own channel: the other member gets it
@@ -112,5 +114,117 @@ async fn replies_quote_a_message_of_the_same_channel() {
         .await
         .unwrap();
     assert_eq!(page.messages.len(), 2, "refused replies stored nothing");
+    ts.stop().await;
+}
+
+/// Alice blocks Bob: Bob can neither open a direct channel with her nor
+/// send in theirs (`blocked`, nothing stored), from any of his devices,
+/// and sees her offline; their group works as before, and Alice still
+/// writes to him. Unblocking restores everything.
+#[tokio::test]
+async fn blocking_refuses_direct_messages_and_hides_presence() {
+    let ts = start(test_config()).await;
+    let alice = signup_open(&ts, "alice").await;
+    let bob = signup_open(&ts, "bob").await;
+    let carol = signup_open(&ts, "carol").await;
+    make_friends(&alice, &bob).await;
+    let direct = alice.open_direct(bob.user_id()).await.unwrap();
+    let group = alice
+        .create_group("trio", &[bob.user_id(), carol.user_id()])
+        .await
+        .unwrap()
+        .channel;
+    let mut a = connect_synced(&alice).await;
+    let mut b1 = connect_synced(&bob).await;
+    let shown = |p: Vec<chat_client::Presence>| (p[0].status, p[0].last_active_at.is_some());
+    assert_eq!(
+        shown(b1.presence(&[alice.user_id()]).await.unwrap()),
+        (PresenceStatus::Online, true),
+        "a friend sees Alice online before the block"
+    );
+
+    alice.block(bob.user_id()).await.unwrap();
+    alice.block(bob.user_id()).await.unwrap();
+    let listed: Vec<_> = alice
+        .blocked()
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.id)
+        .collect();
+    assert_eq!(listed, vec![bob.user_id()]);
+    assert!(bob.blocked().await.unwrap().is_empty(), "one-way");
+
+    assert_eq!(
+        api_code(b1.send(direct.id, "hello?").await),
+        ErrorCode::Blocked
+    );
+    assert_eq!(
+        api_code(bob.open_direct(alice.user_id()).await),
+        ErrorCode::Blocked,
+        "not even the channel that exists"
+    );
+    // Bob's other device, connected after the block: the same.
+    let b2 = connect_synced(&bob).await;
+    assert_eq!(
+        api_code(b2.send(direct.id, "from my phone").await),
+        ErrorCode::Blocked
+    );
+    assert_eq!(
+        shown(b2.presence(&[alice.user_id()]).await.unwrap()),
+        (PresenceStatus::Offline, false),
+        "Bob sees Alice as a stranger"
+    );
+    assert_eq!(
+        shown(a.presence(&[bob.user_id()]).await.unwrap()),
+        (PresenceStatus::Online, true),
+        "Alice still sees Bob"
+    );
+
+    // Groups are not affected; Alice still writes to Bob.
+    let in_group = b1.send(group.id, "group hello").await.unwrap();
+    let ClientEvent::Message(d) =
+        next_event(&mut a, |e| matches!(e, ClientEvent::Message(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(d.message.id, in_group.message_id);
+    let from_alice = a.send(direct.id, "I can still write").await.unwrap();
+    let ClientEvent::Message(d) = next_event(
+        &mut b1,
+        |e| matches!(e, ClientEvent::Message(d) if d.message.channel_id == direct.id),
+    )
+    .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(d.message.id, from_alice.message_id);
+    let page = alice
+        .history(direct.id, &HistoryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 1, "refused messages stored nothing");
+
+    alice.unblock(bob.user_id()).await.unwrap();
+    assert!(alice.blocked().await.unwrap().is_empty());
+    let back = b2.send(direct.id, "thanks").await.unwrap();
+    let ClientEvent::Message(d) = next_event(
+        &mut a,
+        |e| matches!(e, ClientEvent::Message(d) if d.message.id == back.message_id),
+    )
+    .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(d.message.content, "thanks");
+    assert_eq!(
+        bob.open_direct(alice.user_id()).await.unwrap().id,
+        direct.id
+    );
+    assert_eq!(
+        shown(b2.presence(&[alice.user_id()]).await.unwrap()),
+        (PresenceStatus::Online, true),
+        "unblocking restores presence"
+    );
     ts.stop().await;
 }

@@ -442,8 +442,8 @@ async fn migrations_are_idempotent_and_safe_when_servers_start_at_once() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 13,
-        "nine data tables, three of migration 4, and schema_migrations"
+        tables, 14,
+        "nine data tables, three of migration 4, blocks (migration 5), and schema_migrations"
     );
 
     // Connecting again, and migrating again, change nothing.
@@ -1303,6 +1303,15 @@ impl Directory for TwoServers {
     }
     async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
         self.pick().contacts(user, among).await
+    }
+    async fn block(&self, user: UserId, target: UserId) -> Result<()> {
+        self.pick().block(user, target).await
+    }
+    async fn unblock(&self, user: UserId, target: UserId) -> Result<()> {
+        self.pick().unblock(user, target).await
+    }
+    async fn blocked(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.pick().blocked(user).await
     }
     async fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel> {
         self.pick().create_channel(channel, limits).await

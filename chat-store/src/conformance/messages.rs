@@ -35,6 +35,9 @@ use super::{ids_of, new_user, ok, Ids};
 ///   at least), `has_more`, and nothing past the end; `head` is the last
 ///   position;
 /// * cursors start at zero, only move forward, and are per device;
+/// * a sender blocked by the other member of a direct channel is refused
+///   with `Blocked`, writing nothing; the blocker still sends, groups are
+///   not affected, and unblocking lets the sender through again;
 /// * a reply's `reply_to` is kept in history (committed or appended) and in
 ///   every member's inbox entry, and a plain message has none.
 ///
@@ -51,6 +54,7 @@ pub async fn message_store_suite(store: &dyn MessageStore, directory: &dyn Direc
     reads_with_limits(store, directory).await;
     cursors(store).await;
     replies_are_kept(store, directory).await;
+    blocked_senders_are_refused(store, directory).await;
 }
 
 /// A commit request with a fresh key and a generous timeout.
@@ -562,4 +566,46 @@ async fn replies_are_kept(store: &dyn MessageStore, directory: &dyn Directory) {
         Some(appended),
         "an appended reply keeps reply_to"
     );
+}
+
+/// A block refuses the blocked user's commits to the direct channel of the
+/// two, and nothing else.
+async fn blocked_senders_are_refused(store: &dyn MessageStore, directory: &dyn Directory) {
+    let [a, b, c] = users::<3>(directory).await;
+    let direct = ok(
+        directory
+            .create_channel(Channel::direct(a, b, 0), &chat_core::Limits::default())
+            .await,
+        "create_channel",
+    );
+    let group = group(directory, &[a, b, c]).await;
+    let ids = Ids::fresh();
+    commit(store, new_message(direct.id, b, ids.at(1), "hello")).await;
+    ok(directory.block(a, b).await, "block");
+    match store
+        .commit(new_message(direct.id, b, ids.at(2), "blocked"))
+        .await
+    {
+        Err(Error::Blocked) => {}
+        other => panic!("a blocked sender's direct message: expected Blocked, got {other:?}"),
+    }
+    assert_eq!(
+        whole_history(store, direct.id).await.len(),
+        1,
+        "a refused commit writes nothing"
+    );
+    assert_eq!(whole_inbox(store, a).await.len(), 1, "nor an inbox entry");
+    commit(
+        store,
+        new_message(direct.id, a, ids.at(3), "the blocker still sends"),
+    )
+    .await;
+    commit(
+        store,
+        new_message(group.id, b, ids.at(4), "groups are not affected"),
+    )
+    .await;
+    ok(directory.unblock(a, b).await, "unblock");
+    commit(store, new_message(direct.id, b, ids.at(5), "unblocked")).await;
+    assert_eq!(whole_history(store, direct.id).await.len(), 3);
 }

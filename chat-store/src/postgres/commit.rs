@@ -254,6 +254,7 @@ fn decode_row(row: &tokio_postgres::Row, live: &[Pending]) -> Result<(usize, Res
         ))),
         "no_channel" => Err(Error::not_found("channel")),
         "forbidden" => Err(Error::forbidden("not a member of this channel")),
+        "blocked" => Err(Error::Blocked),
         "stale" => Err(Error::StaleId { last: id()? }),
         other => Err(Error::backend(
             BACKEND,
