@@ -60,6 +60,7 @@ commands:
   /switch N           switch to channel N of /channels
   /history            the last 20 messages of the current channel, with their ids
   /reply ID TEXT      answer message ID of the current channel
+  /typing             tell the current channel you are typing
   /friend USER        ask USER to be friends, or accept their request
   /unfriend USER      end a friendship, decline or cancel a request
   /block USER         USER can no longer message you directly or see your presence
@@ -211,6 +212,10 @@ impl Ui {
                     _ => println!("usage: /reply ID TEXT (ids are shown in /history)"),
                 }
             }
+            "/typing" => match self.current.clone() {
+                Some(c) => self.conn.typing(c.id).await?,
+                None => println!("no channel yet: /dm USER or /group NAME USER.."),
+            },
             "/friend" => {
                 for name in words {
                     let user = self.session.user_by_name(name).await?;
@@ -383,6 +388,13 @@ async fn main() -> Result<(), Error> {
                 Some(ClientEvent::Invitation(inv)) => {
                     let by = ui.name(inv.inviter).await;
                     println!("* {by} invites you to #{}: /invites", printable(&inv.group_name));
+                }
+                Some(ClientEvent::Typing { channel, user, .. }) => {
+                    let name = ui.name(user).await;
+                    let here = ui.current.as_ref().is_some_and(|c| c.id == channel);
+                    if here {
+                        println!("* {name} is typing");
+                    }
                 }
                 Some(ClientEvent::Connected { server_id }) => {
                     println!("* connected to {}", printable(&server_id));

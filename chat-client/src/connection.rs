@@ -291,6 +291,17 @@ pub enum ClientEvent {
     FriendRequest(User),
     /// A friend request the user sent was accepted.
     FriendAccepted(User),
+    /// Another member is typing in `channel`: show it until
+    /// `expires_in_ms` pass without another `Typing` from them (or a
+    /// message from them arrives).
+    Typing {
+        /// The channel.
+        channel: ChannelId,
+        /// Who is typing.
+        user: UserId,
+        /// How long the indicator lasts without a refresh.
+        expires_in_ms: u64,
+    },
     /// The user is invited to a group: answer with
     /// [`Session::accept_invitation`] or [`Session::decline_invitation`].
     Invitation(Invitation),
@@ -317,6 +328,15 @@ impl ClientEvent {
             Event::FriendRequest { from } => Ok(ClientEvent::FriendRequest(from)),
             Event::FriendAccepted { friend } => Ok(ClientEvent::FriendAccepted(friend)),
             Event::Invitation { invitation } => Ok(ClientEvent::Invitation(invitation)),
+            Event::Typing {
+                channel,
+                user,
+                expires_in_ms,
+            } => Ok(ClientEvent::Typing {
+                channel,
+                user,
+                expires_in_ms,
+            }),
             other => Err(other),
         }
     }
@@ -602,6 +622,11 @@ impl Connection {
         self.handle.history(channel, query).await
     }
 
+    /// Says the user is typing in `channel`: see [`ConnectionHandle::typing`].
+    pub async fn typing(&self, channel: ChannelId) -> Result<()> {
+        self.handle.typing(channel).await
+    }
+
     /// The presence of `users`: see [`ConnectionHandle::presence`].
     pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>> {
         self.handle.presence(users).await
@@ -805,6 +830,27 @@ impl ConnectionHandle {
         match self.request(request, self.request_deadline()).await? {
             ReplyBody::Presence { users } => Ok(users),
             other => Err(unexpected("presence", &other)),
+        }
+    }
+
+    /// Says the user is typing in `channel` (a member's): the other
+    /// members connected now get [`ClientEvent::Typing`]. Nothing is
+    /// stored or pushed. Call it again every few seconds while the user
+    /// types (the server publishes at most one every 2 s per channel; the
+    /// indicator expires after 5 s without one).
+    ///
+    /// ```no_run
+    /// # async fn run(conn: chat_client::ConnectionHandle, channel: chat_client::ChannelId) -> chat_client::Result<()> {
+    /// conn.typing(channel).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn typing(&self, channel: ChannelId) -> Result<()> {
+        match self
+            .request(Request::Typing { channel }, self.request_deadline())
+            .await?
+        {
+            ReplyBody::Typing { .. } => Ok(()),
+            other => Err(unexpected("typing", &other)),
         }
     }
 

@@ -92,7 +92,17 @@ pub enum Request {
     /// Ask for the position of the last entry of the user's inbox, for a
     /// new device that starts "from now" instead of replaying the inbox.
     Head {},
+    /// The user is typing in a channel: tells the other members connected
+    /// now (never stored, never pushed). Send it again while typing, every
+    /// few seconds: the indicator expires after `expires_in_ms` without one.
+    Typing {
+        /// The channel (the user must be a member).
+        channel: ChannelId,
+    },
 }
+
+/// How long a typing indicator lasts without a refresh, in milliseconds.
+pub const TYPING_EXPIRES_MS: u64 = 5_000;
 
 impl Request {
     /// The `type` of every request this version knows. A frame whose
@@ -106,6 +116,7 @@ impl Request {
         "history",
         "presence",
         "head",
+        "typing",
     ];
 }
 
@@ -242,6 +253,11 @@ pub enum ReplyBody {
         /// The last position.
         seq: Seq,
     },
+    /// The typing indicator is taken.
+    Typing {
+        /// How long it lasts without a refresh.
+        expires_in_ms: u64,
+    },
 }
 
 /// Something the server tells the client without being asked.
@@ -282,6 +298,16 @@ pub enum Event {
     Invitation {
         /// The invitation.
         invitation: Invitation,
+    },
+    /// Another member is typing in a channel: show it until
+    /// `expires_in_ms` pass without another such event from them.
+    Typing {
+        /// The channel.
+        channel: ChannelId,
+        /// Who is typing.
+        user: UserId,
+        /// How long the indicator lasts without a refresh.
+        expires_in_ms: u64,
     },
 }
 
@@ -507,6 +533,7 @@ mod tests {
             },
             Request::Presence { users: vec![] },
             Request::Head {},
+            Request::Typing { channel: c },
         ];
         // Exhaustive on purpose: a new request type fails to compile here
         // until it is added to this list and to `Request::TYPES`.
@@ -519,6 +546,7 @@ mod tests {
                 Request::History { .. } => "history",
                 Request::Presence { .. } => "presence",
                 Request::Head {} => "head",
+                Request::Typing { .. } => "typing",
             }
         }
         assert_eq!(requests.len(), Request::TYPES.len());

@@ -213,6 +213,7 @@ impl ServerBuilder {
             hashing: HashPool::start(passwords, config.hash_workers, config.hash_queue)?,
             auth_limits: AuthLimits::new(config.auth_per_address, config.login_per_username),
             send_quota: SendQuota::new(&config),
+            typing: crate::typing::TypingLimit::new(),
             conn_limits: ConnLimits::new(
                 config.max_open_connections,
                 config.max_connections_per_address,
@@ -336,6 +337,8 @@ pub(crate) struct Inner {
     pub(crate) auth_limits: AuthLimits,
     /// Send bytes per user.
     pub(crate) send_quota: SendQuota,
+    /// Typing indicators published per user and channel (`typing.rs`).
+    pub(crate) typing: crate::typing::TypingLimit,
     /// Every open socket, in total and per address (see `accept.rs`).
     pub(crate) conn_limits: Arc<ConnLimits>,
     pub(crate) tokens: Tokens,

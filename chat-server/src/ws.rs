@@ -728,6 +728,9 @@ async fn handle_request(
         Request::Presence { users } => Ok(ReplyBody::Presence {
             users: server.presence_of(user, &users).await?,
         }),
+        Request::Typing { channel } => Ok(ReplyBody::Typing {
+            expires_in_ms: server.typing(user, channel).await?,
+        }),
         Request::Head {} => Ok(ReplyBody::Head {
             seq: server.inner.messages.head(user).await.map_err(wire)?,
         }),

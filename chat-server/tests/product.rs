@@ -1,5 +1,5 @@
 //! Product features through the real server and the real SDK: replies,
-//! blocking.
+//! blocking, typing indicators.
 //! Each test runs on the test storage (`CHAT_TEST_STORAGE`: memory by
 //! default, PostgreSQL in CI's second pass).
 
@@ -225,6 +225,75 @@ async fn blocking_refuses_direct_messages_and_hides_presence() {
         shown(b2.presence(&[alice.user_id()]).await.unwrap()),
         (PresenceStatus::Online, true),
         "unblocking restores presence"
+    );
+    ts.stop().await;
+}
+
+/// Typing reaches the other members' devices connected now, once per
+/// refresh interval, never the typer's own devices; it is not stored (a
+/// device that connects later gets none), and non-members are refused.
+#[tokio::test]
+async fn typing_reaches_connected_members_only_and_is_not_stored() {
+    let ts = start(test_config()).await;
+    let alice = signup_open(&ts, "alice").await;
+    let bob = signup_open(&ts, "bob").await;
+    let carol = signup_open(&ts, "carol").await;
+    let group = alice
+        .create_group("pair", &[bob.user_id()])
+        .await
+        .unwrap()
+        .channel;
+    let a1 = connect_synced(&alice).await;
+    let mut a2 = connect_synced(&alice).await;
+    let mut b1 = connect_synced(&bob).await;
+    let mut b2 = connect_synced(&bob).await;
+
+    a1.typing(group.id).await.unwrap();
+    // A refresh right away is answered but publishes nothing more.
+    a1.typing(group.id).await.unwrap();
+    let sent = a1.send(group.id, "done typing").await.unwrap();
+
+    let typing_or_message =
+        |e: &ClientEvent| matches!(e, ClientEvent::Typing { .. } | ClientEvent::Message(_));
+    for conn in [&mut b1, &mut b2] {
+        match next_event(conn, typing_or_message).await {
+            ClientEvent::Typing {
+                channel,
+                user,
+                expires_in_ms,
+            } => {
+                assert_eq!((channel, user), (group.id, alice.user_id()));
+                assert_eq!(expires_in_ms, 5_000);
+            }
+            other => panic!("expected typing first, got {other:?}"),
+        }
+        match next_event(conn, typing_or_message).await {
+            ClientEvent::Message(d) => assert_eq!(
+                d.message.id, sent.message_id,
+                "one indicator per interval, then the message"
+            ),
+            other => panic!("expected the message, got {other:?}"),
+        }
+    }
+    match next_event(&mut a2, typing_or_message).await {
+        ClientEvent::Message(d) => assert_eq!(
+            d.message.id, sent.message_id,
+            "the typer's own devices get no indicator"
+        ),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    // A device connecting now replays the inbox: the message, no indicator.
+    let mut b3 = connect_new(&bob, Default::default()).await;
+    match next_event(&mut b3, typing_or_message).await {
+        ClientEvent::Message(d) => assert_eq!(d.message.id, sent.message_id),
+        other => panic!("typing is not stored, got {other:?}"),
+    }
+
+    let c = connect_synced(&carol).await;
+    assert_eq!(
+        api_code(c.typing(group.id).await),
+        ErrorCode::NotFound,
+        "non-members are refused"
     );
     ts.stop().await;
 }
