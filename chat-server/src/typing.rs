@@ -36,8 +36,8 @@ impl TypingLimit {
 impl ChatServer {
     /// `user` is typing in `channel` (members only: `not_found` otherwise):
     /// tells the other members connected now, unless this user and channel
-    /// published within [`MIN_INTERVAL`]. Answers how long the indicator
-    /// lasts.
+    /// published within the last 2 seconds. Answers how long the indicator
+    /// lasts. Nothing is stored or pushed.
     pub async fn typing(&self, user: UserId, channel: ChannelId) -> ApiResult<u64> {
         let members = self.member_channel(user, channel).await?.members;
         if self.inner.typing.buckets.take((user, channel), 1.0).is_ok() {
