@@ -58,9 +58,13 @@ commands:
   /group NAME USER..  create a group with these users (or invite them) and switch to it
   /channels           list your channels
   /switch N           switch to channel N of /channels
-  /history            the last 20 messages of the current channel
+  /history            the last 20 messages of the current channel, with their ids
+  /reply ID TEXT      answer message ID of the current channel
+  /typing             tell the current channel you are typing
   /friend USER        ask USER to be friends, or accept their request
   /unfriend USER      end a friendship, decline or cancel a request
+  /block USER         USER can no longer message you directly or see your presence
+  /unblock USER       undo /block
   /requests           pending friend requests
   /invites            pending group invitations
   /join N             accept invitation N of /invites
@@ -121,7 +125,11 @@ impl Ui {
                 Err(_) => String::new(),
             }
         };
-        println!("{place}{who}: {}", printable(&m.content));
+        let quote = match m.reply_to {
+            Some(to) => format!(" (reply to {to})"),
+            None => String::new(),
+        };
+        println!("{place}[{}] {who}{quote}: {}", m.id, printable(&m.content));
     }
 
     async fn switch(&mut self, channel: Channel) {
@@ -192,6 +200,22 @@ impl Ui {
                 }
                 None => println!("no channel yet: /dm USER or /group NAME USER.."),
             },
+            "/reply" => {
+                let id = words.next().and_then(|w| w.parse::<u64>().ok());
+                let text = words.collect::<Vec<_>>().join(" ");
+                match (self.current.clone(), id) {
+                    (Some(c), Some(id)) if !text.is_empty() => {
+                        let to = chat_client::MessageId(id);
+                        self.conn.send_reply(c.id, to, text).await?;
+                    }
+                    (None, _) => println!("no channel yet: /dm USER or /group NAME USER.."),
+                    _ => println!("usage: /reply ID TEXT (ids are shown in /history)"),
+                }
+            }
+            "/typing" => match self.current.clone() {
+                Some(c) => self.conn.typing(c.id).await?,
+                None => println!("no channel yet: /dm USER or /group NAME USER.."),
+            },
             "/friend" => {
                 for name in words {
                     let user = self.session.user_by_name(name).await?;
@@ -206,6 +230,18 @@ impl Ui {
                     let user = self.session.user_by_name(name).await?;
                     self.session.remove_friend(user.id).await?;
                     println!("nothing pending between you and {name} any more");
+                }
+            }
+            cmd @ ("/block" | "/unblock") => {
+                for name in words {
+                    let user = self.session.user_by_name(name).await?;
+                    if cmd == "/block" {
+                        self.session.block(user.id).await?;
+                        println!("blocked {name}");
+                    } else {
+                        self.session.unblock(user.id).await?;
+                        println!("unblocked {name}");
+                    }
                 }
             }
             "/requests" => {
@@ -352,6 +388,13 @@ async fn main() -> Result<(), Error> {
                 Some(ClientEvent::Invitation(inv)) => {
                     let by = ui.name(inv.inviter).await;
                     println!("* {by} invites you to #{}: /invites", printable(&inv.group_name));
+                }
+                Some(ClientEvent::Typing { channel, user, .. }) => {
+                    let name = ui.name(user).await;
+                    let here = ui.current.as_ref().is_some_and(|c| c.id == channel);
+                    if here {
+                        println!("* {name} is typing");
+                    }
                 }
                 Some(ClientEvent::Connected { server_id }) => {
                     println!("* connected to {}", printable(&server_id));

@@ -198,6 +198,7 @@ pub fn send_frame(
             channel,
             client_msg_id,
             content,
+            reply_to: None,
         },
     })
 }

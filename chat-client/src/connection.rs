@@ -291,6 +291,17 @@ pub enum ClientEvent {
     FriendRequest(User),
     /// A friend request the user sent was accepted.
     FriendAccepted(User),
+    /// Another member is typing in `channel`: show it until
+    /// `expires_in_ms` pass without another `Typing` from them (or a
+    /// message from them arrives).
+    Typing {
+        /// The channel.
+        channel: ChannelId,
+        /// Who is typing.
+        user: UserId,
+        /// How long the indicator lasts without a refresh.
+        expires_in_ms: u64,
+    },
     /// The user is invited to a group: answer with
     /// [`Session::accept_invitation`] or [`Session::decline_invitation`].
     Invitation(Invitation),
@@ -317,6 +328,15 @@ impl ClientEvent {
             Event::FriendRequest { from } => Ok(ClientEvent::FriendRequest(from)),
             Event::FriendAccepted { friend } => Ok(ClientEvent::FriendAccepted(friend)),
             Event::Invitation { invitation } => Ok(ClientEvent::Invitation(invitation)),
+            Event::Typing {
+                channel,
+                user,
+                expires_in_ms,
+            } => Ok(ClientEvent::Typing {
+                channel,
+                user,
+                expires_in_ms,
+            }),
             other => Err(other),
         }
     }
@@ -586,9 +606,25 @@ impl Connection {
             .await
     }
 
+    /// Sends a reply to a message of the same channel: see
+    /// [`ConnectionHandle::send_reply`].
+    pub async fn send_reply(
+        &self,
+        channel: ChannelId,
+        reply_to: MessageId,
+        content: impl Into<String>,
+    ) -> Result<SendReceipt> {
+        self.handle.send_reply(channel, reply_to, content).await
+    }
+
     /// A page of a channel's history: see [`ConnectionHandle::history`].
     pub async fn history(&self, channel: ChannelId, query: &HistoryQuery) -> Result<MessagePage> {
         self.handle.history(channel, query).await
+    }
+
+    /// Says the user is typing in `channel`: see [`ConnectionHandle::typing`].
+    pub async fn typing(&self, channel: ChannelId) -> Result<()> {
+        self.handle.typing(channel).await
     }
 
     /// The presence of `users`: see [`ConnectionHandle::presence`].
@@ -676,7 +712,45 @@ impl ConnectionHandle {
         client_msg_id: ClientMsgId,
         content: impl Into<String>,
     ) -> Result<SendReceipt> {
-        let content = content.into();
+        self.send_message(channel, client_msg_id, content.into(), None)
+            .await
+    }
+
+    /// Sends a message that replies to (quotes) `reply_to`, a message of
+    /// the same channel, with a fresh [`ClientMsgId`], retried like
+    /// [`send_with_id`](Self::send_with_id). The message carries
+    /// [`Message::reply_to`](chat_core::Message::reply_to) in history and
+    /// events. A `reply_to` that is no message of `channel` is refused
+    /// with [`ClientError::Api`] and code `not_found`.
+    ///
+    /// ```no_run
+    /// # async fn run(conn: chat_client::ConnectionHandle, d: chat_client::Delivery) -> chat_client::Result<()> {
+    /// conn.send_reply(d.message.channel_id, d.message.id, "agreed").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_reply(
+        &self,
+        channel: ChannelId,
+        reply_to: MessageId,
+        content: impl Into<String>,
+    ) -> Result<SendReceipt> {
+        self.send_message(
+            channel,
+            ClientMsgId::new_random(),
+            content.into(),
+            Some(reply_to),
+        )
+        .await
+    }
+
+    /// The send request, retried (see [`send_with_id`](Self::send_with_id)).
+    async fn send_message(
+        &self,
+        channel: ChannelId,
+        client_msg_id: ClientMsgId,
+        content: String,
+        reply_to: Option<MessageId>,
+    ) -> Result<SendReceipt> {
         let options = &self.shared.options;
         let deadline = worker::deadline_in(options.send_deadline);
         let mut backoff = options.backoff();
@@ -685,6 +759,7 @@ impl ConnectionHandle {
                 channel,
                 client_msg_id: client_msg_id.clone(),
                 content: content.clone(),
+                reply_to,
             };
             let error = match self.request(request, deadline).await {
                 Ok(ReplyBody::Sent {
@@ -755,6 +830,27 @@ impl ConnectionHandle {
         match self.request(request, self.request_deadline()).await? {
             ReplyBody::Presence { users } => Ok(users),
             other => Err(unexpected("presence", &other)),
+        }
+    }
+
+    /// Says the user is typing in `channel` (a member's): the other
+    /// members connected now get [`ClientEvent::Typing`]. Nothing is
+    /// stored or pushed. Call it again every few seconds while the user
+    /// types (the server publishes at most one every 2 s per channel; the
+    /// indicator expires after 5 s without one).
+    ///
+    /// ```no_run
+    /// # async fn run(conn: chat_client::ConnectionHandle, channel: chat_client::ChannelId) -> chat_client::Result<()> {
+    /// conn.typing(channel).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn typing(&self, channel: ChannelId) -> Result<()> {
+        match self
+            .request(Request::Typing { channel }, self.request_deadline())
+            .await?
+        {
+            ReplyBody::Typing { .. } => Ok(()),
+            other => Err(unexpected("typing", &other)),
         }
     }
 

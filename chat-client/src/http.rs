@@ -576,6 +576,26 @@ impl Session {
             .await
     }
 
+    /// `PUT /v1/blocks/{user}`: blocks `user` (idempotent): they can no
+    /// longer open a direct channel with you or send in it (their sends
+    /// fail with code `blocked`) and see you offline; groups are not
+    /// affected.
+    pub async fn block(&self, user: UserId) -> Result<()> {
+        self.empty(Method::PUT, &format!("/v1/blocks/{user}")).await
+    }
+
+    /// `DELETE /v1/blocks/{user}`: unblocks `user` (idempotent).
+    pub async fn unblock(&self, user: UserId) -> Result<()> {
+        self.empty(Method::DELETE, &format!("/v1/blocks/{user}"))
+            .await
+    }
+
+    /// `GET /v1/blocks`: the users you block.
+    pub async fn blocked(&self) -> Result<Vec<User>> {
+        let list: UserList = self.get("/v1/blocks").await?;
+        Ok(list.users)
+    }
+
     /// `GET /v1/friends/requests`: pending friend requests, both ways.
     pub async fn friend_requests(&self) -> Result<FriendRequests> {
         self.get("/v1/friends/requests").await

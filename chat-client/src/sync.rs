@@ -232,6 +232,7 @@ mod tests {
             content: format!("m{seq}"),
             created_at: seq,
             client_msg_id: ClientMsgId::new(format!("k{seq}")).unwrap(),
+            reply_to: None,
         }
     }
 

@@ -80,6 +80,7 @@ impl State {
                 content: text.to_owned(),
                 created_at: id,
                 client_msg_id: cid,
+                reply_to: None,
             },
         );
         id
@@ -257,6 +258,7 @@ impl Mock {
                 channel,
                 client_msg_id,
                 content,
+                ..
             } => {
                 if st.fail_next_send {
                     st.fail_next_send = false;

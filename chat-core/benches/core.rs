@@ -49,6 +49,7 @@ fn message(len: usize) -> Message {
         content: "x".repeat(len),
         created_at: 1_764_300_000_000,
         client_msg_id: ClientMsgId::new_random(),
+        reply_to: None,
     }
 }
 
@@ -75,6 +76,7 @@ fn frames(c: &mut Criterion) {
                 channel: ChannelId::new_random(),
                 client_msg_id: ClientMsgId::new_random(),
                 content: "y".repeat(len),
+                reply_to: None,
             },
         };
         let text = serde_json::to_string(&send).expect("encode");

@@ -200,6 +200,18 @@ pub struct TokenState {
 ///   every session instead (epoch + 1), never fewer than asked.
 ///   [`token_state`](Self::token_state) reads the epoch and whether a
 ///   session is revoked, in one snapshot.
+/// * **Blocking**: [`block(user, target)`](Self::block) records that
+///   `user` blocks `target` (`NotFound` for an unknown target,
+///   `InvalidInput` for oneself; idempotent); [`unblock`](Self::unblock)
+///   removes the record (idempotent). A block is one-way and changes
+///   nothing else (friendship, channels, requests stay). While it holds,
+///   [`contacts(target, ..)`](Self::contacts) leaves `user` out (so
+///   `target` sees no presence of `user`), and the message store refuses
+///   `target`'s commits to the direct channel of the two with
+///   [`Error::Blocked`](crate::Error::Blocked) (see
+///   [`MessageStore::commit`](crate::MessageStore::commit)), in order with
+///   the block: a commit that starts after `block` returned is refused.
+///   Groups are not affected.
 /// * **Expiry**: only the records of revoked sessions expire.
 #[async_trait]
 pub trait Directory: Send + Sync + Debug + 'static {
@@ -254,8 +266,17 @@ pub trait Directory: Send + Sync + Debug + 'static {
 
     /// The users of `among` who are `user`'s friends or share a channel
     /// with `user`, in the order given, each once, with their privacy
-    /// settings.
+    /// settings; never one who has blocked `user`.
     async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>>;
+
+    /// `user` blocks `target` (see the contract); blocking again is a no-op.
+    async fn block(&self, user: UserId, target: UserId) -> Result<()>;
+
+    /// `user` unblocks `target`; unblocking a user not blocked is a no-op.
+    async fn unblock(&self, user: UserId, target: UserId) -> Result<()>;
+
+    /// The users `user` has blocked, sorted by id.
+    async fn blocked(&self, user: UserId) -> Result<Vec<UserId>>;
 
     /// Creates a channel (see the contract for direct channels and caps).
     async fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel>;

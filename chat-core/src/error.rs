@@ -62,6 +62,9 @@ pub enum Error {
         /// The channel's last id.
         last: crate::id::MessageId,
     },
+    /// The other member of a direct channel has blocked the caller: their
+    /// direct messages and a new direct channel with that user are refused.
+    Blocked,
     /// The backend does not support this operation.
     Unsupported {
         /// The operation.
@@ -90,6 +93,7 @@ impl std::fmt::Display for Error {
             Error::StaleId { last } => {
                 write!(f, "message id is not above the channel's last id {last}")
             }
+            Error::Blocked => write!(f, "blocked: this user does not take your direct messages"),
             Error::Unsupported { operation } => write!(f, "unsupported operation: {operation}"),
             Error::Backend {
                 backend, source, ..

@@ -46,6 +46,7 @@
 //!     created_at: 0,
 //!     client_msg_id: ClientMsgId::new_random(),
 //!     timeout: Duration::from_secs(5),
+//!     reply_to: None,
 //! };
 //! // History and both inboxes, in one atomic commit.
 //! let committed = store.commit(send.clone()).await.unwrap();

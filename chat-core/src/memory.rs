@@ -25,7 +25,7 @@ use crate::store::{
     entry_bytes, take_within, Appended, Committed, Fanout, FanoutStore, HistoryStore, Inbox,
     InboxEntry, MessageStore, NewMessage, Page, Paged, Seq,
 };
-use crate::types::{Message, Presence, PresenceStatus};
+use crate::types::{ChannelKind, Message, Presence, PresenceStatus};
 
 mod directory;
 
@@ -140,6 +140,14 @@ impl MemoryStore {
             .ok_or(Error::not_found("channel"))?;
         if !channel.is_member(new.sender) {
             return Err(Error::forbidden("not a member of this channel"));
+        }
+        if channel.kind == ChannelKind::Direct
+            && channel
+                .members
+                .iter()
+                .any(|m| *m != new.sender && self.directory.blocks_now(*m, new.sender))
+        {
+            return Err(Error::Blocked);
         }
         let log = stripe.entry(new.channel_id).or_default();
         let key = (new.sender, new.client_msg_id.clone());

@@ -45,6 +45,10 @@ pub enum Request {
         client_msg_id: ClientMsgId,
         /// Text, at most the server's limit (100,000 characters by default).
         content: String,
+        /// The message of the same channel this one replies to. A message
+        /// of another channel (or none) is refused with `not_found`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<MessageId>,
     },
     /// Read the inbox after a position. Without `after`, the device's stored
     /// cursor is used.
@@ -88,7 +92,17 @@ pub enum Request {
     /// Ask for the position of the last entry of the user's inbox, for a
     /// new device that starts "from now" instead of replaying the inbox.
     Head {},
+    /// The user is typing in a channel: tells the other members connected
+    /// now (never stored, never pushed). Send it again while typing, every
+    /// few seconds: the indicator expires after `expires_in_ms` without one.
+    Typing {
+        /// The channel (the user must be a member).
+        channel: ChannelId,
+    },
 }
+
+/// How long a typing indicator lasts without a refresh, in milliseconds.
+pub const TYPING_EXPIRES_MS: u64 = 5_000;
 
 impl Request {
     /// The `type` of every request this version knows. A frame whose
@@ -102,6 +116,7 @@ impl Request {
         "history",
         "presence",
         "head",
+        "typing",
     ];
 }
 
@@ -238,6 +253,11 @@ pub enum ReplyBody {
         /// The last position.
         seq: Seq,
     },
+    /// The typing indicator is taken.
+    Typing {
+        /// How long it lasts without a refresh.
+        expires_in_ms: u64,
+    },
 }
 
 /// Something the server tells the client without being asked.
@@ -279,6 +299,16 @@ pub enum Event {
         /// The invitation.
         invitation: Invitation,
     },
+    /// Another member is typing in a channel: show it until
+    /// `expires_in_ms` pass without another such event from them.
+    Typing {
+        /// The channel.
+        channel: ChannelId,
+        /// Who is typing.
+        user: UserId,
+        /// How long the indicator lasts without a refresh.
+        expires_in_ms: u64,
+    },
 }
 
 /// Stable error codes. Clients branch on these, never on the message text.
@@ -295,6 +325,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// Authenticated, but not allowed (e.g. not a member of the channel).
     Forbidden,
+    /// The other user has blocked the caller: no direct channel with them,
+    /// no direct messages to them.
+    Blocked,
     /// The user, channel or message does not exist.
     NotFound,
     /// Already exists (e.g. username taken).
@@ -325,7 +358,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadFrame | ErrorCode::InvalidInput => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::Blocked => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
             ErrorCode::MessageTooLarge => 413,
@@ -368,6 +401,7 @@ impl From<&Error> for WireError {
             Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             Error::Conflict { .. } => ErrorCode::Conflict,
             Error::Forbidden { .. } => ErrorCode::Forbidden,
+            Error::Blocked => ErrorCode::Blocked,
             Error::InvalidInput { .. } => ErrorCode::InvalidInput,
             Error::LimitExceeded { .. } => ErrorCode::LimitExceeded,
             Error::Unsupported { .. } | Error::StaleId { .. } => ErrorCode::Internal,
@@ -483,6 +517,7 @@ mod tests {
                 channel: c,
                 client_msg_id: ClientMsgId::new_random(),
                 content: "x".into(),
+                reply_to: None,
             },
             Request::Sync {
                 after: None,
@@ -498,6 +533,7 @@ mod tests {
             },
             Request::Presence { users: vec![] },
             Request::Head {},
+            Request::Typing { channel: c },
         ];
         // Exhaustive on purpose: a new request type fails to compile here
         // until it is added to this list and to `Request::TYPES`.
@@ -510,6 +546,7 @@ mod tests {
                 Request::History { .. } => "history",
                 Request::Presence { .. } => "presence",
                 Request::Head {} => "head",
+                Request::Typing { .. } => "typing",
             }
         }
         assert_eq!(requests.len(), Request::TYPES.len());

@@ -367,6 +367,10 @@ pub struct NewMessage {
     pub created_at: u64,
     /// The sender's idempotency key.
     pub client_msg_id: ClientMsgId,
+    /// The message of the same channel this one replies to, checked by the
+    /// caller to exist in the channel (messages are never removed, so it
+    /// still does at commit). Stored and returned as given.
+    pub reply_to: Option<MessageId>,
     /// How long the store may take before it starts the write: past it,
     /// the commit is refused with a temporary error and writes nothing.
     pub timeout: Duration,
@@ -382,6 +386,7 @@ impl NewMessage {
             content: self.content.clone(),
             created_at: self.created_at,
             client_msg_id: self.client_msg_id.clone(),
+            reply_to: self.reply_to,
         }
     }
 }
@@ -428,8 +433,11 @@ impl Committed {
 ///   members from its own directory data, and membership changes and
 ///   commits to one channel are serialized: a member added before the
 ///   commit gets the message, one added after does not. A channel that does
-///   not exist is `NotFound`; a sender who is not a member is `Forbidden`.
-///   Nothing is written in either case.
+///   not exist is `NotFound`; a sender who is not a member is `Forbidden`;
+///   a sender to a **direct** channel whose other member has blocked them
+///   ([`Directory::block`](crate::Directory::block)) is
+///   [`Error::Blocked`](crate::Error::Blocked). Nothing is written in any
+///   of these cases. (Only direct channels pay for the block check.)
 /// * **Ids increase per channel in commit order**: a proposed id that is not
 ///   above the channel's last id is refused with
 ///   [`Error::StaleId`](crate::Error::StaleId) (carrying the last id),
@@ -445,7 +453,10 @@ impl Committed {
 ///   [`HistoryStore::append`]. A key already committed returns the
 ///   *original* message with `duplicate: true` and its original positions
 ///   if the content matches, and `Conflict` otherwise; neither writes
-///   anything. A duplicate is only answered for an original that is durable.
+///   anything (the content decides: the original's `reply_to` is
+///   answered). A duplicate is only answered for an original that is durable.
+/// * **Replies**: [`NewMessage::reply_to`] is stored with the message, in
+///   history and in every inbox entry, and read back by every read.
 ///   An `Err` other than these means the commit may or may not have
 ///   happened: retry with the same key, which returns the outcome.
 /// * **No late writes**: a commit that has not started its write within

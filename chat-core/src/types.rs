@@ -193,6 +193,10 @@ pub struct Message {
     pub created_at: u64,
     /// The sender's idempotency key for this message.
     pub client_msg_id: ClientMsgId,
+    /// The message of the same channel this one answers (quotes), if any.
+    /// The server checks that it exists in the channel before storing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
 }
 
 #[cfg(test)]
@@ -205,6 +209,7 @@ impl Message {
             content: format!("message {id}"),
             created_at: 0,
             client_msg_id: ClientMsgId::new_random(),
+            reply_to: None,
         }
     }
 }

@@ -15,6 +15,12 @@
 //!   user is offline with no last activity, exactly like a user never seen.
 //!   A user who hides last-seen shows their status but never
 //!   `last_active_at`.
+//! * A user may block another: the blocked user cannot open a direct
+//!   channel with them (`blocked`), their messages in an existing one are
+//!   refused by the store's commit (`blocked`), and they are no contact of
+//!   the blocker's any more (the directory leaves blockers out of
+//!   `contacts`), so they see the blocker as offline and never seen, and
+//!   get no presence events from them. Groups are not affected.
 
 use chat_core::protocol::{ErrorCode, Event};
 use chat_core::{
@@ -50,6 +56,18 @@ impl ChatServer {
                 .binary_search(&actor)
                 .is_ok(),
         })
+    }
+
+    /// Whether `blocker` blocks `user`.
+    pub(crate) async fn blocks(&self, blocker: UserId, user: UserId) -> ApiResult<bool> {
+        Ok(self
+            .inner
+            .directory
+            .blocked(blocker)
+            .await
+            .map_err(wire)?
+            .binary_search(&user)
+            .is_ok())
     }
 
     /// Sends `event` to `users`' connected devices. Best effort: what it

@@ -254,6 +254,8 @@ fn api_routes() -> OpenApiRouter<ChatServer> {
         .routes(routes!(friends))
         .routes(routes!(friend_requests))
         .routes(routes!(add_friend, remove_friend))
+        .routes(routes!(blocked))
+        .routes(routes!(block, unblock))
         .routes(routes!(channels))
         .routes(routes!(open_direct))
         .routes(routes!(channel))
@@ -302,6 +304,7 @@ async fn unmatched() -> ApiError {
         (name = "profile", description = "The caller's profile and privacy settings"),
         (name = "users", description = "Other users"),
         (name = "friends", description = "Friend requests and friends"),
+        (name = "blocks", description = "Blocking users"),
         (name = "channels", description = "Direct channels, channel lists and history"),
         (name = "groups", description = "Groups, members and invitations"),
         (name = "devices", description = "Devices and push tokens"),
@@ -803,6 +806,62 @@ async fn remove_friend(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /v1/blocks`: the users the caller blocks.
+#[utoipa::path(
+    get,
+    path = "/v1/blocks",
+    tag = "blocks",
+    responses((status = 200, description = "The users the caller blocks", body = UserList), Errors),
+    security(("bearer" = []))
+)]
+async fn blocked(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+) -> HttpResult<Json<UserList>> {
+    let ids = server.inner.directory.blocked(me).await.map_err(wire)?;
+    Ok(Json(UserList {
+        users: load_users(&server, ids).await?,
+    }))
+}
+
+/// `PUT /v1/blocks/{user}`: blocks `user` (idempotent). They can no longer
+/// open a direct channel with the caller nor send in it, and see no
+/// presence of the caller; groups are not affected.
+#[utoipa::path(
+    put,
+    path = "/v1/blocks/{id}",
+    tag = "blocks",
+    params(("id" = UserId, Path, description = "A user id")),
+    responses((status = 204, description = "Blocked"), Errors),
+    security(("bearer" = []))
+)]
+async fn block(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+    P(id): P<UserId>,
+) -> HttpResult<StatusCode> {
+    server.inner.directory.block(me, id).await.map_err(wire)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/blocks/{user}`: unblocks `user` (idempotent).
+#[utoipa::path(
+    delete,
+    path = "/v1/blocks/{id}",
+    tag = "blocks",
+    params(("id" = UserId, Path, description = "A user id")),
+    responses((status = 204, description = "Unblocked"), Errors),
+    security(("bearer" = []))
+)]
+async fn unblock(
+    State(server): State<ChatServer>,
+    Caller(me): Caller,
+    P(id): P<UserId>,
+) -> HttpResult<StatusCode> {
+    server.inner.directory.unblock(me, id).await.map_err(wire)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(
     get,
     path = "/v1/channels",
@@ -873,6 +932,11 @@ async fn open_direct(
             "a direct channel needs another user",
         )
         .into());
+    }
+    // A user who blocks the caller takes no direct channel from them, not
+    // even one that exists.
+    if server.blocks(req.user, me).await? {
+        return Err(err(ErrorCode::Blocked, "this user has blocked you").into());
     }
     // Once opened, it stays open for both.
     if let Ok(existing) = server

@@ -71,6 +71,7 @@ mod send_quota;
 mod server;
 mod sessions;
 mod tls;
+mod typing;
 mod web;
 mod ws;
 

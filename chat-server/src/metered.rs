@@ -174,6 +174,15 @@ impl Directory for Metered<dyn Directory> {
     async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
         timed!(self.contacts(user, among))
     }
+    async fn block(&self, user: UserId, target: UserId) -> Result<()> {
+        timed!(self.block(user, target))
+    }
+    async fn unblock(&self, user: UserId, target: UserId) -> Result<()> {
+        timed!(self.unblock(user, target))
+    }
+    async fn blocked(&self, user: UserId) -> Result<Vec<UserId>> {
+        timed!(self.blocked(user))
+    }
     async fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel> {
         timed!(self.create_channel(channel, limits))
     }

@@ -200,6 +200,7 @@ pub(crate) fn code_label(code: ErrorCode) -> &'static str {
         ErrorCode::InvalidInput => "invalid_input",
         ErrorCode::Unauthorized => "unauthorized",
         ErrorCode::Forbidden => "forbidden",
+        ErrorCode::Blocked => "blocked",
         ErrorCode::NotFound => "not_found",
         ErrorCode::AlreadyExists => "already_exists",
         ErrorCode::Conflict => "conflict",

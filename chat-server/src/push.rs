@@ -592,6 +592,7 @@ mod tests {
             content: content.to_owned(),
             created_at: 0,
             client_msg_id: ClientMsgId::new_random(),
+            reply_to: None,
         }
     }
 

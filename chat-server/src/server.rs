@@ -12,9 +12,9 @@ use chat_core::memory::{
 use chat_core::protocol::{ErrorCode, WireError};
 use chat_core::{
     BusEvent, Channel, ChannelId, ClientMsgId, Clock, Committed, DeliveryBus, DeviceId, Directory,
-    Envelope, Health, InboxEntry, Message, MessageIdGenerator, MessageStore, NewMessage, Page,
-    Presence, PresenceStatus, PresenceTracker, PushNotifier, Seq, ServerInfo, ServiceDiscovery,
-    Snowflake, TokioClock, UserId, MAX_PAGE,
+    Envelope, Health, InboxEntry, Message, MessageId, MessageIdGenerator, MessageStore, NewMessage,
+    Page, Presence, PresenceStatus, PresenceTracker, PushNotifier, Seq, ServerInfo,
+    ServiceDiscovery, Snowflake, TokioClock, UserId, MAX_PAGE,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -214,6 +214,7 @@ impl ServerBuilder {
             hashing: HashPool::start(passwords, config.hash_workers, config.hash_queue)?,
             auth_limits: AuthLimits::new(config.auth_per_address, config.login_per_username),
             send_quota: SendQuota::new(&config),
+            typing: crate::typing::TypingLimit::new(),
             conn_limits: ConnLimits::new(
                 config.max_open_connections,
                 config.max_connections_per_address,
@@ -338,6 +339,8 @@ pub(crate) struct Inner {
     pub(crate) auth_limits: AuthLimits,
     /// Send bytes per user.
     pub(crate) send_quota: SendQuota,
+    /// Typing indicators published per user and channel (`typing.rs`).
+    pub(crate) typing: crate::typing::TypingLimit,
     /// Every open socket, in total and per address (see `accept.rs`).
     pub(crate) conn_limits: Arc<ConnLimits>,
     pub(crate) tokens: Tokens,
@@ -478,8 +481,24 @@ impl ChatServer {
         client_msg_id: ClientMsgId,
         content: String,
     ) -> ApiResult<SendOutcome> {
+        self.send_reply(sender, device, channel_id, client_msg_id, content, None)
+            .await
+    }
+
+    /// [`send`](Self::send) of a message that may reply to (quote)
+    /// `reply_to`, a message of the same channel: one that is not is
+    /// refused with `not_found`, storing nothing.
+    pub async fn send_reply(
+        &self,
+        sender: UserId,
+        device: DeviceId,
+        channel_id: ChannelId,
+        client_msg_id: ClientMsgId,
+        content: String,
+        reply_to: Option<MessageId>,
+    ) -> ApiResult<SendOutcome> {
         let outcome = self
-            .send_counted(sender, device, channel_id, client_msg_id, content)
+            .send_counted(sender, device, channel_id, client_msg_id, content, reply_to)
             .await;
         let label = match &outcome {
             Ok(o) if o.duplicate => "duplicate",
@@ -498,6 +517,7 @@ impl ChatServer {
         channel_id: ChannelId,
         client_msg_id: ClientMsgId,
         content: String,
+        reply_to: Option<MessageId>,
     ) -> ApiResult<SendOutcome> {
         self.charge_send(sender, &content)?;
         let max = self.inner.config.max_message_chars;
@@ -514,6 +534,9 @@ impl ChatServer {
         // Control characters other than tabs and line breaks would steer
         // the terminals and logs that show the message.
         chat_core::text::validate_message_text(&content).map_err(wire)?;
+        if let Some(target) = reply_to {
+            self.check_reply_target(sender, channel_id, target).await?;
+        }
         let inner = &self.inner;
         let committed = self
             .within_deadline(async {
@@ -525,6 +548,7 @@ impl ChatServer {
                     created_at: inner.clock.now_ms(),
                     client_msg_id,
                     timeout: inner.config.send_timeout,
+                    reply_to,
                 };
                 // Another message of the channel was committed with a
                 // larger id first (a concurrent send here, or a node whose
@@ -625,6 +649,31 @@ impl ChatServer {
         })
     }
 
+    /// A reply must quote a message of its own channel. Only replies pay
+    /// for this check (membership first, so a non-member learns nothing
+    /// about the channel's messages); plain sends go straight to the commit.
+    async fn check_reply_target(
+        &self,
+        sender: UserId,
+        channel: ChannelId,
+        target: MessageId,
+    ) -> ApiResult<()> {
+        self.member_channel(sender, channel).await?;
+        match self
+            .inner
+            .messages
+            .get(channel, target)
+            .await
+            .map_err(wire)?
+        {
+            Some(_) => Ok(()),
+            None => Err(err(
+                ErrorCode::NotFound,
+                "reply_to: no such message in this channel",
+            )),
+        }
+    }
+
     /// Charges a send to the user's byte rate (`send_quota.rs`).
     fn charge_send(&self, sender: UserId, content: &str) -> ApiResult<()> {
         let charged = self.inner.send_quota.charge(sender, content);
@@ -721,8 +770,19 @@ impl ChatServer {
                 _ => "offline",
             },
         );
-        let friends = match self.inner.directory.friends(presence.user).await {
-            Ok(f) => f,
+        let directory = &self.inner.directory;
+        let friends = match directory.friends(presence.user).await {
+            // Users the changed user blocks get nothing.
+            Ok(f) => match directory.blocked(presence.user).await {
+                Ok(blocked) => f
+                    .into_iter()
+                    .filter(|u| blocked.binary_search(u).is_err())
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load blocks for a presence change");
+                    return;
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load friends for a presence change");
                 return;

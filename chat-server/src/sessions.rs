@@ -249,6 +249,7 @@ mod tests {
             content: "quotes \" and \\ and\nlines ✓".into(),
             created_at: 1_764_300_000_000,
             client_msg_id: ClientMsgId::new_random(),
+            reply_to: None,
         };
         let seq = Seq(42);
         let spliced = message_frame(seq, &serde_json::to_string(&message).unwrap());

@@ -670,9 +670,10 @@ async fn handle_request(
             channel,
             client_msg_id,
             content,
+            reply_to,
         } => {
             let out = server
-                .send(user, device, channel, client_msg_id, content)
+                .send_reply(user, device, channel, client_msg_id, content, reply_to)
                 .await?;
             Ok(ReplyBody::Sent {
                 message_id: out.message.id,
@@ -726,6 +727,9 @@ async fn handle_request(
         }
         Request::Presence { users } => Ok(ReplyBody::Presence {
             users: server.presence_of(user, &users).await?,
+        }),
+        Request::Typing { channel } => Ok(ReplyBody::Typing {
+            expires_in_ms: server.typing(user, channel).await?,
         }),
         Request::Head {} => Ok(ReplyBody::Head {
             seq: server.inner.messages.head(user).await.map_err(wire)?,

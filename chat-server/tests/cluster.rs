@@ -574,6 +574,7 @@ impl Raw {
             channel,
             client_msg_id: ClientMsgId::new_random(),
             content: content.to_owned(),
+            reply_to: None,
         })
         .await
     }

@@ -687,6 +687,15 @@ impl Directory for RacingDirectory {
     async fn contacts(&self, user: UserId, among: &[UserId]) -> chat_core::Result<Vec<Contact>> {
         self.inner.contacts(user, among).await
     }
+    async fn block(&self, user: UserId, target: UserId) -> chat_core::Result<()> {
+        self.inner.block(user, target).await
+    }
+    async fn unblock(&self, user: UserId, target: UserId) -> chat_core::Result<()> {
+        self.inner.unblock(user, target).await
+    }
+    async fn blocked(&self, user: UserId) -> chat_core::Result<Vec<UserId>> {
+        self.inner.blocked(user).await
+    }
     async fn create_channel(
         &self,
         channel: Channel,

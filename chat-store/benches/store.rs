@@ -29,6 +29,7 @@ fn message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> Message {
         content: TEXT.into(),
         created_at: 0,
         client_msg_id: ClientMsgId::new_random(),
+        reply_to: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn new_message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> NewMessag
         created_at: 0,
         client_msg_id: ClientMsgId::new_random(),
         timeout: Duration::from_secs(30),
+        reply_to: None,
     }
 }
 

@@ -284,6 +284,7 @@ fn commits_are_atomic_and_acknowledged_ones_survive_sigkill() {
                             created_at: k,
                             client_msg_id: ClientMsgId::new_random(),
                             timeout: Duration::from_secs(30),
+                            reply_to: None,
                         };
                         tokio::task::yield_now().await;
                         let c = loop {
@@ -400,6 +401,7 @@ fn commits_are_atomic_and_acknowledged_ones_survive_sigkill() {
                         created_at: 0,
                         client_msg_id: a.message.client_msg_id.clone(),
                         timeout: Duration::from_secs(30),
+                        reply_to: None,
                     })
                     .await
                     .unwrap();
@@ -441,6 +443,7 @@ async fn concurrent_appends_with_one_client_msg_id_store_once() {
             content: format!("round {round}"),
             created_at: round,
             client_msg_id: ClientMsgId::new_random(),
+            reply_to: None,
         };
         let mut tasks = tokio::task::JoinSet::new();
         for k in 1..=64u64 {
@@ -504,6 +507,7 @@ async fn a_format_1_store_is_upgraded_and_keeps_its_idempotency_records() {
         content: "written by format 1".into(),
         created_at: 1_700_000_000_000,
         client_msg_id: ClientMsgId::new("c-1").unwrap(),
+        reply_to: None,
     };
     {
         // Format 1, by hand: the message, and its idempotency record keyed
@@ -556,6 +560,7 @@ async fn a_format_2_store_is_upgraded_to_inbox_positions() {
         content: format!("format 2, id {id}"),
         created_at: id,
         client_msg_id: ClientMsgId::new_random(),
+        reply_to: None,
     };
     let ids = [1u64 << 40, (1 << 40) + 7, 1 << 41];
     {

@@ -158,6 +158,7 @@ fn message(channel: ChannelId, sender: UserId, id: u64, content: &str) -> Messag
         content: content.to_owned(),
         created_at: 1_700_000_000_000 + id % 1_000,
         client_msg_id: ClientMsgId::new_random(),
+        reply_to: None,
     }
 }
 
@@ -317,6 +318,7 @@ fn new_message(channel: ChannelId, sender: UserId, id: u64, content: &str) -> Ne
         created_at: 1_700_000_000_000,
         client_msg_id: ClientMsgId::new_random(),
         timeout: Duration::from_secs(30),
+        reply_to: None,
     }
 }
 
@@ -440,8 +442,8 @@ async fn migrations_are_idempotent_and_safe_when_servers_start_at_once() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 13,
-        "nine data tables, three of migration 4, and schema_migrations"
+        tables, 14,
+        "nine data tables, three of migration 4, blocks (migration 5), and schema_migrations"
     );
 
     // Connecting again, and migrating again, change nothing.
@@ -1301,6 +1303,15 @@ impl Directory for TwoServers {
     }
     async fn contacts(&self, user: UserId, among: &[UserId]) -> Result<Vec<Contact>> {
         self.pick().contacts(user, among).await
+    }
+    async fn block(&self, user: UserId, target: UserId) -> Result<()> {
+        self.pick().block(user, target).await
+    }
+    async fn unblock(&self, user: UserId, target: UserId) -> Result<()> {
+        self.pick().unblock(user, target).await
+    }
+    async fn blocked(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.pick().blocked(user).await
     }
     async fn create_channel(&self, channel: Channel, limits: &Limits) -> Result<Channel> {
         self.pick().create_channel(channel, limits).await

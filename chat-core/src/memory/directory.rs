@@ -46,6 +46,8 @@ struct DirectoryState {
     /// Pending invitations by inviter: `(invitee, channel)`.
     invitations_out: HashMap<UserId, BTreeSet<(UserId, ChannelId)>>,
     devices: HashMap<UserId, BTreeMap<DeviceId, Device>>,
+    /// Blocks by blocker: the users they block.
+    blocks: HashMap<UserId, BTreeSet<UserId>>,
 }
 
 impl DirectoryState {
@@ -161,6 +163,17 @@ impl MemoryDirectory {
     /// [`MemoryStore`]: super::MemoryStore
     pub(super) fn channel_now(&self, id: ChannelId) -> Option<Channel> {
         lock(&self.state).channels.get(&id).cloned()
+    }
+
+    /// Whether `blocker` blocks `user` now (for [`MemoryStore`]'s commits
+    /// to direct channels).
+    ///
+    /// [`MemoryStore`]: super::MemoryStore
+    pub(super) fn blocks_now(&self, blocker: UserId, user: UserId) -> bool {
+        lock(&self.state)
+            .blocks
+            .get(&blocker)
+            .is_some_and(|b| b.contains(&user))
     }
 }
 
@@ -312,6 +325,32 @@ impl Directory for MemoryDirectory {
             .unwrap_or_default())
     }
 
+    async fn block(&self, user: UserId, target: UserId) -> Result<()> {
+        if user == target {
+            return Err(Error::invalid("a user cannot block themselves"));
+        }
+        let mut st = lock(&self.state);
+        st.require_user(user)?;
+        st.require_user(target)?;
+        st.blocks.entry(user).or_default().insert(target);
+        Ok(())
+    }
+
+    async fn unblock(&self, user: UserId, target: UserId) -> Result<()> {
+        if let Some(b) = lock(&self.state).blocks.get_mut(&user) {
+            b.remove(&target);
+        }
+        Ok(())
+    }
+
+    async fn blocked(&self, user: UserId) -> Result<Vec<UserId>> {
+        Ok(lock(&self.state)
+            .blocks
+            .get(&user)
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default())
+    }
+
     async fn friend_requests(&self, user: UserId) -> Result<Vec<FriendRequest>> {
         let st = lock(&self.state);
         let mut out: Vec<FriendRequest> = Vec::new();
@@ -348,6 +387,7 @@ impl Directory for MemoryDirectory {
             known.extend(channel.members.iter().copied());
         }
         known.remove(&user);
+        known.retain(|u| !st.blocks.get(u).is_some_and(|b| b.contains(&user)));
         let mut seen = BTreeSet::new();
         Ok(among
             .iter()

@@ -454,6 +454,7 @@ impl Raw {
             channel,
             client_msg_id: ClientMsgId::new(cid).unwrap(),
             content: content.into(),
+            reply_to: None,
         })
         .await
     }

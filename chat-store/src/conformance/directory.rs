@@ -52,6 +52,9 @@ fn seats(n: usize) -> Limits {
 ///   by `add_member`;
 /// * `contacts`: friends and channel co-members only, in the asked order,
 ///   once each, never the user; pending requests do not count;
+/// * blocks: one-way, idempotent both ways, listed sorted; unknown users
+///   are `NotFound` and oneself `InvalidInput`; a blocker is no contact of
+///   the user they block (the other way round still is), until unblocked;
 /// * channels: creating a direct channel again returns the stored one; a
 ///   group with a taken id is `AlreadyExists`; malformed channels are
 ///   `InvalidInput` and write nothing; members are stored sorted without
@@ -82,6 +85,7 @@ pub async fn directory_suite(directory: &dyn Directory) {
     group_caps(directory).await;
     invitations(directory).await;
     contacts(directory).await;
+    blocks(directory).await;
     devices(directory).await;
     push_tokens(directory).await;
     edges(directory).await;
@@ -1530,4 +1534,83 @@ async fn contacts(directory: &dyn Directory) {
         "a stranger has no contacts"
     );
     assert!(ok(directory.contacts(me, &[]).await, "contacts").is_empty());
+}
+
+async fn blocks(directory: &dyn Directory) {
+    let me = new_user(directory, "bme").await;
+    let [friend, co, other] = [
+        new_user(directory, "bfr").await,
+        new_user(directory, "bco").await,
+        new_user(directory, "bot").await,
+    ];
+    befriend(directory, me, friend).await;
+    ok(
+        directory
+            .create_channel(group(co, vec![co, me], "blocks"), &L)
+            .await,
+        "create_channel",
+    );
+    assert_eq!(ok(directory.blocked(me).await, "blocked"), vec![]);
+    ok(directory.block(me, friend).await, "block");
+    ok(directory.block(me, co).await, "block");
+    ok(directory.block(me, co).await, "block again is a no-op");
+    assert_eq!(
+        ok(directory.blocked(me).await, "blocked"),
+        sorted(&[friend, co]),
+        "blocks are listed, sorted, once"
+    );
+    assert_eq!(
+        ok(directory.blocked(friend).await, "blocked"),
+        vec![],
+        "a block is one-way"
+    );
+    let seen_by = |viewer: UserId| async move {
+        ok(directory.contacts(viewer, &[me]).await, "contacts")
+            .iter()
+            .map(|c| c.user)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seen_by(friend).await,
+        vec![],
+        "a blocker is no friend's contact"
+    );
+    assert_eq!(seen_by(co).await, vec![], "nor a co-member's");
+    let mine = ok(directory.contacts(me, &[friend, co]).await, "contacts");
+    assert_eq!(
+        mine.iter().map(|c| c.user).collect::<Vec<_>>(),
+        vec![friend, co],
+        "the blocker still sees the users they block"
+    );
+    assert_eq!(
+        ok(directory.friends(me).await, "friends"),
+        vec![friend],
+        "a block leaves friendship alone"
+    );
+    ok(directory.unblock(me, co).await, "unblock");
+    ok(directory.unblock(me, co).await, "unblock again is a no-op");
+    ok(
+        directory.unblock(me, other).await,
+        "unblock of a user never blocked",
+    );
+    assert_eq!(
+        seen_by(co).await,
+        vec![me],
+        "unblocking restores the contact"
+    );
+    assert_eq!(ok(directory.blocked(me).await, "blocked"), vec![friend]);
+    assert!(
+        matches!(
+            directory.block(me, UserId::new_random()).await,
+            Err(Error::NotFound { .. })
+        ),
+        "blocking an unknown user is NotFound"
+    );
+    assert!(
+        matches!(
+            directory.block(me, me).await,
+            Err(Error::InvalidInput { .. })
+        ),
+        "blocking oneself is InvalidInput"
+    );
 }

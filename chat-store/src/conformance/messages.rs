@@ -34,7 +34,12 @@ use super::{ids_of, new_user, ok, Ids};
 /// * `read` after a position, with entry and byte limits (always one entry
 ///   at least), `has_more`, and nothing past the end; `head` is the last
 ///   position;
-/// * cursors start at zero, only move forward, and are per device.
+/// * cursors start at zero, only move forward, and are per device;
+/// * a sender blocked by the other member of a direct channel is refused
+///   with `Blocked`, writing nothing; the blocker still sends, groups are
+///   not affected, and unblocking lets the sender through again;
+/// * a reply's `reply_to` is kept in history (committed or appended) and in
+///   every member's inbox entry, and a plain message has none.
 ///
 /// # Panics
 ///
@@ -48,6 +53,8 @@ pub async fn message_store_suite(store: &dyn MessageStore, directory: &dyn Direc
     late_commits_are_refused(store, directory).await;
     reads_with_limits(store, directory).await;
     cursors(store).await;
+    replies_are_kept(store, directory).await;
+    blocked_senders_are_refused(store, directory).await;
 }
 
 /// A commit request with a fresh key and a generous timeout.
@@ -65,6 +72,7 @@ pub(super) fn new_message(
         created_at: 1_700_000_000_000 + id.0 % 1_000,
         client_msg_id: ClientMsgId::new_random(),
         timeout: Duration::from_secs(30),
+        reply_to: None,
     }
 }
 
@@ -515,4 +523,89 @@ async fn cursors(store: &dyn MessageStore) {
         Seq::ZERO,
         "each user has their own"
     );
+}
+
+/// `reply_to` goes wherever the message goes: `get`, pages of history,
+/// every member's inbox entry, and through [`HistoryStore::append`](chat_core::HistoryStore::append).
+async fn replies_are_kept(store: &dyn MessageStore, directory: &dyn Directory) {
+    let [a, b, c] = users::<3>(directory).await;
+    let group = group(directory, &[a, b, c]).await;
+    let ids = Ids::fresh();
+    let question = commit(store, new_message(group.id, a, ids.at(1), "lunch?")).await;
+    assert_eq!(
+        question.message.reply_to, None,
+        "a plain message has no reply_to"
+    );
+    let mut answer = new_message(group.id, b, ids.at(2), "yes");
+    answer.reply_to = Some(question.message.id);
+    let answer = commit(store, answer).await;
+    assert_eq!(answer.message.reply_to, Some(question.message.id));
+    assert_eq!(
+        ok(store.get(group.id, answer.message.id).await, "get").and_then(|m| m.reply_to),
+        Some(question.message.id),
+        "get carries reply_to"
+    );
+    assert_eq!(
+        whole_history(store, group.id).await,
+        vec![question.message.clone(), answer.message.clone()],
+        "history pages carry reply_to (and only on the reply)"
+    );
+    for member in [a, b, c] {
+        let inbox = whole_inbox(store, member).await;
+        assert_eq!(
+            inbox.last().map(|e| e.message.reply_to),
+            Some(Some(question.message.id)),
+            "every member's inbox entry carries reply_to"
+        );
+    }
+    let mut appended = super::message(group.id, c, ids.at(3), "me too");
+    appended.reply_to = Some(question.message.id);
+    ok(store.append(appended.clone()).await, "append a reply");
+    assert_eq!(
+        ok(store.get(group.id, appended.id).await, "get"),
+        Some(appended),
+        "an appended reply keeps reply_to"
+    );
+}
+
+/// A block refuses the blocked user's commits to the direct channel of the
+/// two, and nothing else.
+async fn blocked_senders_are_refused(store: &dyn MessageStore, directory: &dyn Directory) {
+    let [a, b, c] = users::<3>(directory).await;
+    let direct = ok(
+        directory
+            .create_channel(Channel::direct(a, b, 0), &chat_core::Limits::default())
+            .await,
+        "create_channel",
+    );
+    let group = group(directory, &[a, b, c]).await;
+    let ids = Ids::fresh();
+    commit(store, new_message(direct.id, b, ids.at(1), "hello")).await;
+    ok(directory.block(a, b).await, "block");
+    match store
+        .commit(new_message(direct.id, b, ids.at(2), "blocked"))
+        .await
+    {
+        Err(Error::Blocked) => {}
+        other => panic!("a blocked sender's direct message: expected Blocked, got {other:?}"),
+    }
+    assert_eq!(
+        whole_history(store, direct.id).await.len(),
+        1,
+        "a refused commit writes nothing"
+    );
+    assert_eq!(whole_inbox(store, a).await.len(), 1, "nor an inbox entry");
+    commit(
+        store,
+        new_message(direct.id, a, ids.at(3), "the blocker still sends"),
+    )
+    .await;
+    commit(
+        store,
+        new_message(group.id, b, ids.at(4), "groups are not affected"),
+    )
+    .await;
+    ok(directory.unblock(a, b).await, "unblock");
+    commit(store, new_message(direct.id, b, ids.at(5), "unblocked")).await;
+    assert_eq!(whole_history(store, direct.id).await.len(), 3);
 }

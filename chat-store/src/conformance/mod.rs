@@ -135,6 +135,7 @@ fn message(
         content: content.into(),
         created_at: 1_700_000_000_000 + id.0 % 1_000,
         client_msg_id: ClientMsgId::new_random(),
+        reply_to: None,
     }
 }
 

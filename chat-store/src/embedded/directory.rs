@@ -344,6 +344,41 @@ impl Inner {
         commit(batch)
     }
 
+    fn block(&self, user: UserId, target: UserId) -> Result<()> {
+        if user == target {
+            return Err(Error::invalid("a user cannot block themselves"));
+        }
+        self.require_stored(user)?;
+        self.require_stored(target)?;
+        let mut batch = self.batch();
+        batch.insert(
+            &self.blocks,
+            keys::pair(user.as_bytes(), target.as_bytes()),
+            [],
+        );
+        commit(batch)
+    }
+
+    fn unblock(&self, user: UserId, target: UserId) -> Result<()> {
+        let key = keys::pair(user.as_bytes(), target.as_bytes());
+        if !self.blocks.contains_key(key).map_err(db)? {
+            return Ok(());
+        }
+        let mut batch = self.batch();
+        batch.remove(&self.blocks, key);
+        commit(batch)
+    }
+
+    fn blocked(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.blocks
+            .prefix(user.as_bytes())
+            .map(|kv| {
+                let (key, _) = kv.map_err(db)?;
+                Ok(UserId::from_bytes(keys::pair_second(&key)?))
+            })
+            .collect()
+    }
+
     fn friends(&self, user: UserId) -> Result<Vec<UserId>> {
         self.friends
             .prefix(user.as_bytes())
@@ -388,6 +423,7 @@ impl Inner {
         let memberships = self.memberships.snapshot_at(instant);
         let channels = self.channels.snapshot_at(instant);
         let users = self.users.snapshot_at(instant);
+        let blocks = self.blocks.snapshot_at(instant);
         let mut known = BTreeSet::new();
         for kv in friends.prefix(user.as_bytes()) {
             let (key, _) = kv.map_err(db)?;
@@ -407,6 +443,12 @@ impl Inner {
         let mut out = Vec::new();
         for u in among.iter().copied() {
             if !known.contains(&u) || !seen.insert(u) {
+                continue;
+            }
+            if blocks
+                .contains_key(keys::pair(u.as_bytes(), user.as_bytes()))
+                .map_err(db)?
+            {
                 continue;
             }
             let value = users
@@ -767,6 +809,18 @@ impl Directory for EmbeddedStore {
 
     async fn friends(&self, user: UserId) -> Result<Vec<UserId>> {
         self.blocking(move |s| s.friends(user)).await
+    }
+
+    async fn block(&self, user: UserId, target: UserId) -> Result<()> {
+        self.blocking(move |s| s.block(user, target)).await
+    }
+
+    async fn unblock(&self, user: UserId, target: UserId) -> Result<()> {
+        self.blocking(move |s| s.unblock(user, target)).await
+    }
+
+    async fn blocked(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.blocking(move |s| s.blocked(user)).await
     }
 
     async fn friend_requests(&self, user: UserId) -> Result<Vec<FriendRequest>> {

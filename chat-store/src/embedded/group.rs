@@ -62,8 +62,8 @@ use std::time::{Duration, Instant};
 
 use chat_core::rules::check_duplicate;
 use chat_core::{
-    Appended, Channel, ChannelId, Committed, Error, Message, MessageId, NewMessage, Result, Seq,
-    UserId,
+    Appended, Channel, ChannelId, ChannelKind, Committed, Error, Message, MessageId, NewMessage,
+    Result, Seq, UserId,
 };
 use fjall::{Keyspace, PartitionHandle, PersistMode, UserKey, UserValue};
 use tokio::sync::oneshot;
@@ -116,6 +116,8 @@ pub(super) struct Tables {
     pub(super) inbox: PartitionHandle,
     pub(super) channels: PartitionHandle,
     pub(super) cursors: PartitionHandle,
+    /// Read for commits to direct channels (`blocker ++ blocked`).
+    pub(super) blocks: PartitionHandle,
 }
 
 /// What the committer is asked to do.
@@ -728,6 +730,16 @@ impl Worker {
         if !channel.is_member(new.sender) {
             return Err(Error::forbidden("not a member of this channel"));
         }
+        if channel.kind == ChannelKind::Direct {
+            // Blocks are written by the committer too, so one queued
+            // before this commit is already applied.
+            for other in channel.members.iter().filter(|m| **m != new.sender) {
+                let key = keys::pair(other.as_bytes(), new.sender.as_bytes());
+                if self.tables.blocks.contains_key(key).map_err(db)? {
+                    return Err(Error::Blocked);
+                }
+            }
+        }
         let key = keys::idempotency(new.channel_id, new.sender, &new.client_msg_id);
         if let Some((original, positions)) = self.existing(&key, changes)? {
             let message = check_duplicate(&original, &new.to_message(original.id))?
@@ -850,6 +862,7 @@ mod tests {
             inbox: open("inbox"),
             channels: open("channels"),
             cursors: open("cursors"),
+            blocks: open("blocks"),
         };
         let committer = Arc::new(
             Committer::start(keyspace.clone(), tables, None, Duration::from_secs(3)).unwrap(),
@@ -912,6 +925,7 @@ mod tests {
             inbox: open("inbox"),
             channels: open("channels"),
             cursors: open("cursors"),
+            blocks: open("blocks"),
         };
         let q = open("q");
         let committer = Committer::start(

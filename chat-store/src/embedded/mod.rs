@@ -27,6 +27,7 @@
 //! | `invitations` | `invitee ++ channel_id` | the [`Invitation`] |
 //! | `invitations_sent` | `inviter ++ invitee ++ channel_id` (index by inviter) | empty |
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
+//! | `blocks` | `blocker ++ blocked` | empty |
 //! | `revoked_sessions` | `user_id ++ session` (8 bytes big-endian) | until when, 8 bytes big-endian |
 //! | `meta` | `format` | the layout version, `3` |
 //!
@@ -274,6 +275,7 @@ struct Inner {
     invitations_sent: PartitionHandle,
     devices: PartitionHandle,
     revoked_sessions: PartitionHandle,
+    blocks: PartitionHandle,
     stripes: Stripes,
     group: Committer,
 }
@@ -497,12 +499,14 @@ impl Inner {
         }
         let history = open("history")?;
         let channels = open("channels")?;
+        let blocks = open("blocks")?;
         let tables = Tables {
             history: history.clone(),
             idempotency,
             inbox: inbox.clone(),
             channels: channels.clone(),
             cursors: cursors.clone(),
+            blocks: blocks.clone(),
         };
         let reserve = (options.free_space_reserve > 0).then(|| SpaceReserve {
             path: path.to_path_buf(),
@@ -523,6 +527,7 @@ impl Inner {
             invitations_sent: open("invitations_sent")?,
             devices: open("devices")?,
             revoked_sessions: open("revoked_sessions")?,
+            blocks,
             stripes: Stripes::default(),
             group: Committer::start(keyspace.clone(), tables, reserve, options.stall_after)?,
             keyspace,
@@ -745,6 +750,7 @@ mod tests {
             created_at: k,
             client_msg_id: ClientMsgId::new_random(),
             timeout: std::time::Duration::from_secs(30),
+            reply_to: None,
         };
         let before = store.commit(send(1)).await.unwrap();
         assert_eq!(store.health(), Health::Ok);

@@ -41,7 +41,7 @@ const QUEUE: usize = 8_192;
 
 /// The function call of a batch.
 pub(super) const COMMIT: &str =
-    "SELECT idx, status, message_id, created_at, users, seqs FROM commit_messages($1, $2, $3, $4, $5, $6, $7)";
+    "SELECT idx, status, message_id, created_at, users, seqs FROM commit_messages($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// One commit waiting for its batch.
 struct Pending {
@@ -155,6 +155,10 @@ async fn run_batch(store: &PostgresStore, batch: Vec<Pending>) {
         .collect();
     let proposed: Vec<i64> = live.iter().map(|p| id_to_sql(p.message.id)).collect();
     let outbox: Vec<bool> = live.iter().map(|p| p.outbox).collect();
+    let replies: Vec<Option<i64>> = live
+        .iter()
+        .map(|p| p.message.reply_to.map(id_to_sql))
+        .collect();
     let rows = store
         .run(move |client| {
             Box::pin(async move {
@@ -164,6 +168,7 @@ async fn run_batch(store: &PostgresStore, batch: Vec<Pending>) {
                         &statement,
                         &[
                             &channels, &senders, &keys, &contents, &created, &proposed, &outbox,
+                            &replies,
                         ],
                     )
                     .await
@@ -249,6 +254,7 @@ fn decode_row(row: &tokio_postgres::Row, live: &[Pending]) -> Result<(usize, Res
         ))),
         "no_channel" => Err(Error::not_found("channel")),
         "forbidden" => Err(Error::forbidden("not a member of this channel")),
+        "blocked" => Err(Error::Blocked),
         "stale" => Err(Error::StaleId { last: id()? }),
         other => Err(Error::backend(
             BACKEND,
@@ -277,7 +283,7 @@ impl MessageStore for PostgresStore {
 
 /// Undrained outbox entries old enough, oldest first.
 const OUTBOX: &str = concat!(
-    "SELECT channel_id, message_id, sender, content, created_at, client_msg_id FROM sends",
+    "SELECT channel_id, message_id, sender, content, created_at, client_msg_id, reply_to FROM sends",
     " WHERE NOT drained AND committed_at <= now() - make_interval(secs => $1) ORDER BY committed_at LIMIT $2"
 );
 

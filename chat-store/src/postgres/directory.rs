@@ -91,6 +91,12 @@ const REMOVE_FRIEND: &str = "WITH requests AS (\
      ) DELETE FROM friends \
      WHERE (user_id = $1 AND friend_id = $2) OR (user_id = $2 AND friend_id = $1)";
 const FRIENDS: &str = "SELECT friend_id FROM friends WHERE user_id = $1 ORDER BY friend_id";
+/// Locks the direct channel of a block's two users, if it exists: a block
+/// is serialized with the commits to it (`commit_messages` locks it too).
+const LOCK_DIRECT: &str = "SELECT 1 FROM channels WHERE channel_id = $1 FOR NO KEY UPDATE";
+const BLOCK: &str = "INSERT INTO blocks (blocker, blocked) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+const UNBLOCK: &str = "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2";
+const BLOCKED: &str = "SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY blocked";
 const FRIEND_REQUESTS: &str = "SELECT from_user, to_user, created_at FROM friend_requests \
      WHERE from_user = $1 OR to_user = $1 ORDER BY from_user, to_user";
 /// The users of `$2` who are `$1`'s friends or share a channel with `$1`,
@@ -99,7 +105,8 @@ const FRIEND_REQUESTS: &str = "SELECT from_user, to_user, created_at FROM friend
 /// membership key).
 const CONTACTS: &str = "SELECT a.u, u.who_may_add, u.hide_last_seen \
      FROM unnest($2::uuid[]) WITH ORDINALITY AS a (u, i) JOIN users u ON u.user_id = a.u \
-     WHERE a.u <> $1 AND (\
+     WHERE a.u <> $1 \
+       AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = a.u AND b.blocked = $1) AND (\
          EXISTS (SELECT 1 FROM friends f WHERE f.user_id = $1 AND f.friend_id = a.u) \
          OR EXISTS (SELECT 1 FROM channel_members m1 \
                     JOIN channel_members m2 ON m2.channel_id = m1.channel_id \
@@ -653,6 +660,51 @@ impl Directory for PostgresStore {
                 tx.query(&lock, &[&ids]).await.map_err(pg_error)?;
                 execute(&tx, REMOVE_FRIEND, &[&a.0, &b.0]).await?;
                 tx.commit().await.map_err(pg_error)
+            })
+        })
+        .await
+    }
+
+    async fn block(&self, user: UserId, target: UserId) -> Result<()> {
+        if user == target {
+            return Err(Error::invalid("a user cannot block themselves"));
+        }
+        self.run(move |client| {
+            Box::pin(async move {
+                let tx = client.transaction().await.map_err(pg_error)?;
+                require_users(&tx, &[user.0, target.0]).await?;
+                let direct = chat_core::ChannelId::direct(user, target);
+                tx.query(LOCK_DIRECT, &[&direct.0])
+                    .await
+                    .map_err(pg_error)?;
+                execute(&tx, BLOCK, &[&user.0, &target.0]).await?;
+                tx.commit().await.map_err(pg_error)
+            })
+        })
+        .await
+    }
+
+    async fn unblock(&self, user: UserId, target: UserId) -> Result<()> {
+        self.run(move |client| {
+            Box::pin(async move {
+                execute(client, UNBLOCK, &[&user.0, &target.0]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn blocked(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.run(move |client| {
+            Box::pin(async move {
+                let statement = client.prepare_cached(BLOCKED).await.map_err(pg_error)?;
+                client
+                    .query(&statement, &[&user.0])
+                    .await
+                    .map_err(pg_error)?
+                    .iter()
+                    .map(|row| row.try_get(0).map(UserId).map_err(pg_error))
+                    .collect()
             })
         })
         .await

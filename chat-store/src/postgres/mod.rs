@@ -664,7 +664,7 @@ fn limit_to_sql(limit: usize) -> i64 {
 /// The columns of a message, in the order [`message_from_row`] reads them.
 macro_rules! message_columns {
     () => {
-        "channel_id, message_id, sender, content, created_at, client_msg_id"
+        "channel_id, message_id, sender, content, created_at, client_msg_id, reply_to"
     };
 }
 use message_columns;
@@ -680,6 +680,10 @@ fn message_from_row(row: &Row) -> Result<Message> {
         created_at: time_from_sql(row.try_get(4).map_err(pg_error)?),
         client_msg_id: ClientMsgId::new(client_msg_id)
             .map_err(|e| corrupt("message", format!("client_msg_id: {e}")))?,
+        reply_to: row
+            .try_get::<_, Option<i64>>(6)
+            .map_err(pg_error)?
+            .map(id_from_sql),
     })
 }
 

@@ -146,6 +146,7 @@ async fn hot_statements_are_index_range_scans() {
         content: "one more".into(),
         created_at: 0,
         client_msg_id: ClientMsgId::new_random(),
+        reply_to: None,
     };
     assert!(!store.append(m).await.unwrap().is_duplicate());
 

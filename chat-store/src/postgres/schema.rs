@@ -173,7 +173,124 @@ CREATE TABLE {schema}.revoked_sessions (
 CREATE INDEX channels_by_owner ON {schema}.channels (owner);
 "#,
     },
+    Migration {
+        version: 5,
+        name: "replies (reply_to on messages, inbox entries and the outbox) and blocks",
+        sql: MIGRATION_5,
+    },
 ];
+
+/// Replies and blocks.
+///
+/// * `reply_to` (a stored message id, like `message_id`) on messages,
+///   inbox entries and outbox entries.
+/// * `blocks`: `(blocker, blocked)`. A block locks the direct channel of
+///   the two (if it exists) like a membership change, so it is serialized
+///   with the commits to that channel.
+/// * `commit_messages` with one more array, `p_replies`: it locks the
+///   batch's channels (in the version-3 function's order), refuses the
+///   messages of senders blocked by the other member of a direct channel
+///   (status `blocked`), has the version-3 function commit the rest, then
+///   gives the replies among the new messages their `reply_to`, all in the
+///   same transaction (plain messages write nothing more). The 7-argument
+///   function stays for servers of the previous version during an upgrade.
+const MIGRATION_5: &str = r#"
+ALTER TABLE {schema}.messages ADD COLUMN reply_to bigint;
+ALTER TABLE {schema}.inbox_entries ADD COLUMN reply_to bigint;
+ALTER TABLE {schema}.sends ADD COLUMN reply_to bigint;
+
+CREATE TABLE {schema}.blocks (
+    blocker uuid NOT NULL,
+    blocked uuid NOT NULL,
+    CONSTRAINT blocks_pkey PRIMARY KEY (blocker, blocked),
+    CONSTRAINT blocks_not_self CHECK (blocker <> blocked),
+    CONSTRAINT blocks_blocker_fk FOREIGN KEY (blocker) REFERENCES {schema}.users (user_id),
+    CONSTRAINT blocks_blocked_fk FOREIGN KEY (blocked) REFERENCES {schema}.users (user_id)
+);
+
+CREATE FUNCTION {schema}.commit_messages(
+    p_channels uuid[], p_senders uuid[], p_keys text[], p_contents text[],
+    p_created bigint[], p_proposed bigint[], p_outbox boolean[], p_replies bigint[])
+RETURNS TABLE (idx integer, status text, message_id bigint, created_at bigint,
+               users uuid[], seqs bigint[])
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    n integer := coalesce(array_length(p_channels, 1), 0);
+    r record;
+    v_reply bigint;
+    v_blocked integer[];
+    -- v_keep[k]: the index (from 1) in the batch of the k-th message sent on.
+    v_keep integer[];
+    v_i integer;
+BEGIN
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM {schema}.channels c WHERE c.channel_id = ANY (p_channels)
+        ORDER BY c.channel_id FOR NO KEY UPDATE;
+    -- Members of direct channels whose other member blocks them.
+    SELECT coalesce(array_agg(t.i::integer ORDER BY t.i), '{}') INTO v_blocked
+        FROM unnest(p_channels, p_senders) WITH ORDINALITY AS t(ch, sender, i)
+        JOIN {schema}.channels c ON c.channel_id = t.ch AND c.kind = 'direct'
+        WHERE EXISTS (SELECT 1 FROM {schema}.channel_members m
+                      WHERE m.channel_id = t.ch AND m.user_id = t.sender)
+          AND EXISTS (SELECT 1 FROM {schema}.channel_members m
+                      JOIN {schema}.blocks b ON b.blocker = m.user_id AND b.blocked = t.sender
+                      WHERE m.channel_id = t.ch AND m.user_id <> t.sender);
+    IF cardinality(v_blocked) = 0 THEN
+        v_keep := ARRAY(SELECT generate_series(1, n));
+    ELSE
+        FOREACH v_i IN ARRAY v_blocked LOOP
+            idx := v_i - 1;
+            status := 'blocked';
+            message_id := NULL;
+            created_at := NULL;
+            users := NULL;
+            seqs := NULL;
+            RETURN NEXT;
+        END LOOP;
+        v_keep := ARRAY(SELECT k FROM generate_series(1, n) AS k
+                        WHERE k <> ALL (v_blocked) ORDER BY k);
+        IF cardinality(v_keep) = 0 THEN
+            RETURN;
+        END IF;
+        p_channels := ARRAY(SELECT p_channels[k] FROM unnest(v_keep) WITH ORDINALITY AS x(k, o) ORDER BY o);
+        p_senders := ARRAY(SELECT p_senders[k] FROM unnest(v_keep) WITH ORDINALITY AS x(k, o) ORDER BY o);
+        p_keys := ARRAY(SELECT p_keys[k] FROM unnest(v_keep) WITH ORDINALITY AS x(k, o) ORDER BY o);
+        p_contents := ARRAY(SELECT p_contents[k] FROM unnest(v_keep) WITH ORDINALITY AS x(k, o) ORDER BY o);
+        p_created := ARRAY(SELECT p_created[k] FROM unnest(v_keep) WITH ORDINALITY AS x(k, o) ORDER BY o);
+        p_proposed := ARRAY(SELECT p_proposed[k] FROM unnest(v_keep) WITH ORDINALITY AS x(k, o) ORDER BY o);
+        p_outbox := ARRAY(SELECT p_outbox[k] FROM unnest(v_keep) WITH ORDINALITY AS x(k, o) ORDER BY o);
+        p_replies := ARRAY(SELECT p_replies[k] FROM unnest(v_keep) WITH ORDINALITY AS x(k, o) ORDER BY o);
+    END IF;
+    FOR r IN SELECT * FROM {schema}.commit_messages(p_channels, p_senders, p_keys, p_contents,
+                                                    p_created, p_proposed, p_outbox) LOOP
+        v_reply := p_replies[r.idx + 1];
+        IF r.status = 'new' AND v_reply IS NOT NULL THEN
+            IF p_outbox[r.idx + 1] THEN
+                UPDATE {schema}.sends s SET reply_to = v_reply
+                    WHERE s.channel_id = p_channels[r.idx + 1] AND s.sender = p_senders[r.idx + 1]
+                      AND s.client_msg_id = p_keys[r.idx + 1];
+            ELSE
+                UPDATE {schema}.messages m SET reply_to = v_reply
+                    WHERE m.channel_id = p_channels[r.idx + 1] AND m.message_id = r.message_id;
+            END IF;
+            UPDATE {schema}.inbox_entries e SET reply_to = v_reply
+                FROM unnest(r.users, r.seqs) AS u(user_id, seq)
+                WHERE e.user_id = u.user_id AND e.seq = u.seq;
+        END IF;
+        idx := v_keep[r.idx + 1] - 1;
+        status := r.status;
+        message_id := r.message_id;
+        created_at := r.created_at;
+        users := r.users;
+        seqs := r.seqs;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+"#;
 
 /// Inboxes ordered by positions assigned at commit, and the function that
 /// commits a batch of messages in one statement (see `commit.rs`).
