@@ -759,6 +759,12 @@ async fn add_friend(
     Caller(me): Caller,
     P(id): P<UserId>,
 ) -> HttpResult<Json<FriendAnswer>> {
+    // A user who blocked the caller hears nothing from them, friend
+    // requests included (the same `blocked` code as their direct messages).
+    let blocked_by_them = server.inner.directory.blocked(id).await.map_err(wire)?;
+    if blocked_by_them.binary_search(&me).is_ok() {
+        return Err(wire(chat_core::Error::Blocked).into());
+    }
     let outcome = server
         .inner
         .directory

@@ -24,37 +24,89 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chat_core::{DeliveryBus, Envelope, UserId};
+use chat_core::{BusEvent, DeliveryBus, Envelope, Seq, UserId};
 use tokio_util::sync::CancellationToken;
 
 /// Envelopes kept at most; past it the oldest is dropped (its recipients
 /// still get the message at their next sync).
-const CAPACITY: usize = 10_000;
+/// The most the queue holds, in bytes of message content and recipient
+/// lists (a client controls both: bounded by bytes, not by count). Past
+/// it the oldest envelope is dropped: its recipients get the message at
+/// their next sync.
+const BUDGET_BYTES: usize = 16 << 20;
 
-/// Pause between attempts while the bus keeps failing.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 
-/// The failed publishes of one node. See the module docs.
+/// One waiting publish: its recipients, the envelope and its size.
+type Waiting = (Vec<UserId>, Envelope, usize);
+
 #[derive(Debug, Default)]
 pub(crate) struct Redeliveries {
-    queue: Mutex<VecDeque<(Vec<UserId>, Envelope)>>,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: VecDeque<Waiting>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn push_back(&mut self, entry: Waiting) {
+        self.bytes += entry.2;
+        self.waiting.push_back(entry);
+    }
+
+    fn push_front(&mut self, entry: Waiting) {
+        self.bytes += entry.2;
+        self.waiting.push_front(entry);
+    }
+
+    fn pop_front(&mut self) -> Option<Waiting> {
+        let entry = self.waiting.pop_front()?;
+        self.bytes -= entry.2;
+        Some(entry)
+    }
+}
+
+/// What an envelope weighs in the queue: what a client put in it (the
+/// text, the recipients and their positions) plus a fixed allowance.
+fn weight(users: &[UserId], envelope: &Envelope) -> usize {
+    let carried = match &envelope.event {
+        BusEvent::Message { message, positions } => {
+            message.content.len() + positions.len() * std::mem::size_of::<(UserId, Seq)>()
+        }
+        _ => 0,
+    };
+    256 + carried + users.len() * std::mem::size_of::<UserId>()
 }
 
 impl Redeliveries {
     /// Keeps a publish of `envelope` to `users` that failed.
     pub(crate) fn push(&self, users: Vec<UserId>, envelope: Envelope) {
+        let size = weight(&users, &envelope);
         let mut queue = self.lock();
-        if queue.len() >= CAPACITY {
-            queue.pop_front();
+        let mut dropped = 0usize;
+        while queue.bytes + size > BUDGET_BYTES && queue.pop_front().is_some() {
+            dropped += 1;
+        }
+        if dropped > 0 {
             tracing::warn!(
-                capacity = CAPACITY,
-                "too many live deliveries waiting for the bus; the oldest is left to sync"
+                budget_bytes = BUDGET_BYTES,
+                dropped,
+                "too many live deliveries waiting for the bus; the oldest are left to sync"
             );
         }
-        queue.push_back((users, envelope));
+        queue.push_back((users, envelope, size));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Vec<UserId>, Envelope)>> {
+    /// Bytes waiting (for tests).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -67,14 +119,60 @@ impl Redeliveries {
                 _ = tokio::time::sleep(RETRY_EVERY) => {}
             }
             loop {
-                let Some((users, envelope)) = self.lock().pop_front() else {
+                let Some((users, envelope, size)) = self.lock().pop_front() else {
                     break;
                 };
                 if bus.publish(&users, envelope.clone()).await.is_err() {
-                    self.lock().push_front((users, envelope));
+                    self.lock().push_front((users, envelope, size));
                     break;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_core::{ChannelId, ClientMsgId, Message, MessageId};
+
+    fn envelope(content: String) -> Envelope {
+        Envelope {
+            event: BusEvent::Message {
+                message: Message {
+                    id: MessageId(1),
+                    channel_id: ChannelId::new_random(),
+                    sender: UserId::new_random(),
+                    content,
+                    created_at: 0,
+                    client_msg_id: ClientMsgId::new_random(),
+                    reply_to: None,
+                },
+                positions: vec![(UserId::new_random(), Seq(1))],
+            },
+            skip_device: None,
+        }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_by_bytes_and_drops_the_oldest() {
+        let queue = Redeliveries::default();
+        let big = 1 << 20; // a client's 1 MiB of text per envelope, at most
+        for _ in 0..(BUDGET_BYTES / big) * 3 {
+            queue.push(vec![UserId::new_random()], envelope("x".repeat(big)));
+            assert!(queue.bytes() <= BUDGET_BYTES);
+        }
+        let kept = queue.lock().waiting.len();
+        assert!(kept > 0 && kept < BUDGET_BYTES / big, "kept {kept}");
+        // Small envelopes are many before the budget is reached.
+        let small = Redeliveries::default();
+        for _ in 0..10_000 {
+            small.push(vec![UserId::new_random()], envelope("hi".into()));
+        }
+        assert_eq!(small.lock().waiting.len(), 10_000);
+        // The newest is kept: pushing one more big envelope evicts from the front.
+        let last = envelope("y".repeat(big));
+        queue.push(vec![], last.clone());
+        assert_eq!(queue.lock().waiting.back().map(|w| &w.1), Some(&last));
     }
 }

@@ -205,6 +205,18 @@ async fn blocking_refuses_direct_messages_and_hides_presence() {
         .unwrap();
     assert_eq!(page.messages.len(), 1, "refused messages stored nothing");
 
+    // A stranger Alice blocks cannot ask her to be friends either.
+    alice.block(carol.user_id()).await.unwrap();
+    assert_eq!(
+        api_code(carol.add_friend(alice.user_id()).await),
+        ErrorCode::Blocked
+    );
+    assert!(
+        alice.friend_requests().await.unwrap().incoming.is_empty(),
+        "no request reaches the blocker"
+    );
+    alice.unblock(carol.user_id()).await.unwrap();
+
     alice.unblock(bob.user_id()).await.unwrap();
     assert!(alice.blocked().await.unwrap().is_empty());
     let back = b2.send(direct.id, "thanks").await.unwrap();
