@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chat_core::{BusEvent, DeliveryBus, Envelope, Seq, UserId};
+use chat_core::{BusEvent, DeliveryBus, Envelope, UserId};
 use tokio_util::sync::CancellationToken;
 
 /// Envelopes kept at most; past it the oldest is dropped (its recipients
@@ -74,11 +74,11 @@ impl Queue {
 fn weight(users: &[UserId], envelope: &Envelope) -> usize {
     let carried = match &envelope.event {
         BusEvent::Message { message, positions } => {
-            message.content.len() + positions.len() * std::mem::size_of::<(UserId, Seq)>()
+            message.content.len() + std::mem::size_of_val(positions.as_slice())
         }
         _ => 0,
     };
-    256 + carried + users.len() * std::mem::size_of::<UserId>()
+    256 + carried + std::mem::size_of_val(users)
 }
 
 impl Redeliveries {
@@ -134,7 +134,7 @@ impl Redeliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_core::{ChannelId, ClientMsgId, Message, MessageId};
+    use chat_core::{ChannelId, ClientMsgId, Message, MessageId, Seq};
 
     fn envelope(content: String) -> Envelope {
         Envelope {
