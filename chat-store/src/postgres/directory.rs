@@ -319,6 +319,23 @@ fn session_to_sql(session: u64) -> i64 {
 }
 
 impl PostgresStore {
+    /// The user ids a one-column `query` of `user` answers (friends, blocks).
+    async fn user_ids(&self, query: &'static str, user: UserId) -> Result<Vec<UserId>> {
+        self.run(move |client| {
+            Box::pin(async move {
+                let statement = client.prepare_cached(query).await.map_err(pg_error)?;
+                client
+                    .query(&statement, &[&user.0])
+                    .await
+                    .map_err(pg_error)?
+                    .iter()
+                    .map(|row| row.try_get(0).map(UserId).map_err(pg_error))
+                    .collect()
+            })
+        })
+        .await
+    }
+
     /// `add_member`, `remove_member` and `accept_invitation`: one
     /// transaction holding the channel's row lock and then the user's, so
     /// the group's size and the user's joined groups are checked against
@@ -695,35 +712,11 @@ impl Directory for PostgresStore {
     }
 
     async fn blocked(&self, user: UserId) -> Result<Vec<UserId>> {
-        self.run(move |client| {
-            Box::pin(async move {
-                let statement = client.prepare_cached(BLOCKED).await.map_err(pg_error)?;
-                client
-                    .query(&statement, &[&user.0])
-                    .await
-                    .map_err(pg_error)?
-                    .iter()
-                    .map(|row| row.try_get(0).map(UserId).map_err(pg_error))
-                    .collect()
-            })
-        })
-        .await
+        self.user_ids(BLOCKED, user).await
     }
 
     async fn friends(&self, user: UserId) -> Result<Vec<UserId>> {
-        self.run(move |client| {
-            Box::pin(async move {
-                let friends = client.prepare_cached(FRIENDS).await.map_err(pg_error)?;
-                client
-                    .query(&friends, &[&user.0])
-                    .await
-                    .map_err(pg_error)?
-                    .iter()
-                    .map(|row| row.try_get(0).map(UserId).map_err(pg_error))
-                    .collect()
-            })
-        })
-        .await
+        self.user_ids(FRIENDS, user).await
     }
 
     async fn friend_requests(&self, user: UserId) -> Result<Vec<FriendRequest>> {
