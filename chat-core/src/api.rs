@@ -208,6 +208,45 @@ pub struct ChannelList {
     /// The cursor of the next page (pass it as `after`); absent on the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<ChannelId>,
+    /// One summary per channel of `channels`, in the same order: the
+    /// caller's unread count and read marker, the last message, and in a
+    /// direct channel the other member's markers.
+    #[serde(default)]
+    pub summaries: Vec<ChannelSummary>,
+}
+
+/// Longest text of [`ChannelSummary::last_message`], in characters.
+pub const LAST_MESSAGE_PREVIEW: usize = 200;
+
+/// A channel as its list shows it to the caller (see `GET /v1/channels`).
+/// Computed from stored markers and the channel's head, never from
+/// history: see [`crate::receipts`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelSummary {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Messages after the caller's read marker (every message without
+    /// one). The caller's own messages are read.
+    pub unread: u64,
+    /// The caller's read marker: the last message they have read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<MessageId>,
+    /// The channel's last message, its content cut to its first
+    /// [`LAST_MESSAGE_PREVIEW`] characters (`truncated` then says so;
+    /// history has the whole text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<Message>,
+    /// Whether `last_message`'s content was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Direct channels: the other member's read marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_read: Option<MessageId>,
+    /// Direct channels: the last message a device of the other member has
+    /// received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_delivered: Option<MessageId>,
 }
 
 /// Query of `GET /v1/channels/{id}/messages` (see [`crate::Page`]).

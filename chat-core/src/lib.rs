@@ -70,6 +70,7 @@ pub mod memory;
 pub mod presence;
 pub mod protocol;
 pub mod push;
+pub mod receipts;
 pub mod rules;
 pub mod store;
 pub mod text;
@@ -88,6 +89,7 @@ pub use presence::PresenceTracker;
 pub use push::{
     DeliveryOutcome, DeviceOutcome, PushNotification, PushNotifier, PushReport, MAX_PUSH_DEVICES,
 };
+pub use receipts::{Marker, MarkerKind, MarkerUpdate, Receipt, Receipts, MAX_RECEIPTS};
 pub use store::{
     entry_bytes, take_within, Appended, Committed, Fanout, FanoutStore, Health, HistoryStore,
     Inbox, InboxEntry, MessageStore, NewMessage, Page, Paged, Seq, ENTRY_OVERHEAD, MAX_PAGE,

@@ -28,6 +28,7 @@ use crate::store::{
 use crate::types::{ChannelKind, Message, Presence, PresenceStatus};
 
 mod directory;
+mod receipts;
 
 pub use directory::MemoryDirectory;
 
@@ -55,6 +56,10 @@ struct ChannelLog {
     dedup: HashMap<(UserId, ClientMsgId), Sent>,
     /// The largest id ever committed to the channel (history or outbox).
     last_id: MessageId,
+    /// The last message committed (history or outbox) and its number.
+    head: Option<crate::receipts::Marker>,
+    /// Each committed message's number (see [`crate::receipts`]).
+    numbers: HashMap<MessageId, u64>,
 }
 
 /// An idempotency record.
@@ -95,6 +100,9 @@ pub struct MemoryStore {
     channels: Vec<Mutex<HashMap<ChannelId, ChannelLog>>>,
     inboxes: Vec<Mutex<Inboxes>>,
     cursors: Mutex<HashMap<(UserId, DeviceId), Seq>>,
+    /// Read and delivered markers; locked after a channel stripe, never
+    /// before one.
+    receipts: Mutex<HashMap<(UserId, ChannelId), crate::receipts::Receipt>>,
 }
 
 impl Default for MemoryStore {
@@ -112,6 +120,7 @@ impl MemoryStore {
             channels: (0..STRIPES).map(|_| Mutex::default()).collect(),
             inboxes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             cursors: Mutex::default(),
+            receipts: Mutex::default(),
         }
     }
 
@@ -190,6 +199,18 @@ impl MemoryStore {
             positions.push((*member, seq));
         }
         log.last_id = id;
+        let own = crate::receipts::Marker {
+            id,
+            number: log.head.map_or(1, |h| h.number + 1),
+        };
+        log.head = Some(own);
+        log.numbers.insert(id, own.number);
+        // The sender has read their own message: under the channel's lock,
+        // so with the commit.
+        let mut receipts = lock(&self.receipts);
+        let receipt = receipts.entry((new.sender, new.channel_id)).or_default();
+        receipt.read = Some(crate::receipts::advance(receipt.read, own).marker);
+        drop(receipts);
         log.dedup.insert(
             key,
             Sent {

@@ -99,6 +99,25 @@ pub enum Request {
         /// The channel (the user must be a member).
         channel: ChannelId,
     },
+    /// The user has read `channel` up to `message` (a message of the
+    /// channel): moves their read marker forward (a marker at or below the
+    /// stored one changes nothing). The user's other devices and the other
+    /// members get a `read` event when it moves.
+    Read {
+        /// The channel (the user must be a member).
+        channel: ChannelId,
+        /// The last message read.
+        message: MessageId,
+    },
+    /// A device of the user has received `message` of direct channel
+    /// `channel`: moves their delivered marker forward; the other member
+    /// gets a `delivered` event when it moves. The SDK sends it by itself.
+    Delivered {
+        /// The direct channel (the user must be a member).
+        channel: ChannelId,
+        /// The last message received.
+        message: MessageId,
+    },
 }
 
 /// How long a typing indicator lasts without a refresh, in milliseconds.
@@ -117,6 +136,8 @@ impl Request {
         "presence",
         "head",
         "typing",
+        "read",
+        "delivered",
     ];
 }
 
@@ -258,6 +279,23 @@ pub enum ReplyBody {
         /// How long it lasts without a refresh.
         expires_in_ms: u64,
     },
+    /// The user's read marker in a channel, as stored now.
+    Read {
+        /// The channel.
+        channel: ChannelId,
+        /// The last message read (the one asked, or a later one already
+        /// marked).
+        message: MessageId,
+        /// Messages of the channel after it.
+        unread: u64,
+    },
+    /// The user's delivered marker in a direct channel, as stored now.
+    Delivered {
+        /// The channel.
+        channel: ChannelId,
+        /// The last message received (the one given, or a later one).
+        message: MessageId,
+    },
 }
 
 /// Something the server tells the client without being asked.
@@ -308,6 +346,27 @@ pub enum Event {
         user: UserId,
         /// How long the indicator lasts without a refresh.
         expires_in_ms: u64,
+    },
+    /// A member's read marker moved: `user` has read `channel` up to
+    /// `message`. The user's own other devices get it too (their unread
+    /// count for the channel is then the messages after `message`).
+    Read {
+        /// The channel.
+        channel: ChannelId,
+        /// Who read.
+        user: UserId,
+        /// The last message they have read.
+        message: MessageId,
+    },
+    /// In a direct channel, a device of the other member (`user`) has
+    /// received every message up to `message`.
+    Delivered {
+        /// The direct channel.
+        channel: ChannelId,
+        /// The recipient.
+        user: UserId,
+        /// The last message received.
+        message: MessageId,
     },
 }
 
@@ -534,6 +593,14 @@ mod tests {
             Request::Presence { users: vec![] },
             Request::Head {},
             Request::Typing { channel: c },
+            Request::Read {
+                channel: c,
+                message: MessageId(1),
+            },
+            Request::Delivered {
+                channel: c,
+                message: MessageId(1),
+            },
         ];
         // Exhaustive on purpose: a new request type fails to compile here
         // until it is added to this list and to `Request::TYPES`.
@@ -547,6 +614,8 @@ mod tests {
                 Request::Presence { .. } => "presence",
                 Request::Head {} => "head",
                 Request::Typing { .. } => "typing",
+                Request::Read { .. } => "read",
+                Request::Delivered { .. } => "delivered",
             }
         }
         assert_eq!(requests.len(), Request::TYPES.len());

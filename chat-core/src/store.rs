@@ -455,6 +455,9 @@ impl Committed {
 ///   if the content matches, and `Conflict` otherwise; neither writes
 ///   anything (the content decides: the original's `reply_to` is
 ///   answered). A duplicate is only answered for an original that is durable.
+/// * **Numbers and the sender's read marker**: a new message takes its
+///   channel's next number and moves the sender's read marker to it, in
+///   the same atomic write (see [`Receipts`](crate::Receipts)).
 /// * **Replies**: [`NewMessage::reply_to`] is stored with the message, in
 ///   history and in every inbox entry, and read back by every read.
 ///   An `Err` other than these means the commit may or may not have
@@ -465,7 +468,7 @@ impl Committed {
 ///   stalled `fsync`, may still complete; its entries then take positions
 ///   above every cursor, and the retry the sender makes finds it.)
 #[async_trait]
-pub trait MessageStore: HistoryStore + Inbox {
+pub trait MessageStore: HistoryStore + Inbox + crate::receipts::Receipts {
     /// Stores `message` in history and every member's inbox, atomically.
     async fn commit(&self, message: NewMessage) -> Result<Committed>;
 
@@ -528,7 +531,7 @@ impl Health {
 /// * `outbox_done` marks an entry drained and drops its content; unknown
 ///   or already drained entries are not an error.
 #[async_trait]
-pub trait FanoutStore: Inbox {
+pub trait FanoutStore: Inbox + crate::receipts::Receipts {
     /// Commits `message` to every member's inbox and to the outbox.
     async fn commit_fanout(&self, message: NewMessage) -> Result<Fanout>;
 

@@ -898,7 +898,12 @@ async fn channels(
     } else {
         None
     };
-    Ok(Json(ChannelList { channels, next }))
+    let summaries = server.channel_summaries(me, &channels).await?;
+    Ok(Json(ChannelList {
+        channels,
+        next,
+        summaries,
+    }))
 }
 
 #[utoipa::path(

@@ -65,6 +65,7 @@ mod metrics;
 mod origin;
 mod outbox;
 mod push;
+mod receipts;
 mod redeliver;
 mod secret;
 mod send_quota;

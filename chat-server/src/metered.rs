@@ -115,6 +115,25 @@ impl Inbox for Metered<dyn MessageStore> {
 }
 
 #[async_trait]
+impl chat_core::Receipts for Metered<dyn MessageStore> {
+    async fn set_marker(
+        &self,
+        user: UserId,
+        channel: ChannelId,
+        kind: chat_core::MarkerKind,
+        message: MessageId,
+    ) -> Result<chat_core::MarkerUpdate> {
+        timed!(self.set_marker(user, channel, kind, message))
+    }
+    async fn receipts(&self, keys: &[(UserId, ChannelId)]) -> Result<Vec<chat_core::Receipt>> {
+        timed!(self.receipts(keys))
+    }
+    async fn heads(&self, channels: &[ChannelId]) -> Result<Vec<Option<chat_core::Marker>>> {
+        timed!(self.heads(channels))
+    }
+}
+
+#[async_trait]
 impl MessageStore for Metered<dyn MessageStore> {
     async fn commit(&self, message: NewMessage) -> Result<Committed> {
         timed!(self.commit(message))

@@ -734,6 +734,18 @@ async fn handle_request(
         Request::Head {} => Ok(ReplyBody::Head {
             seq: server.inner.messages.head(user).await.map_err(wire)?,
         }),
+        Request::Read { channel, message } => {
+            let (message, unread) = server.mark_read(user, device, channel, message).await?;
+            Ok(ReplyBody::Read {
+                channel,
+                message,
+                unread,
+            })
+        }
+        Request::Delivered { channel, message } => Ok(ReplyBody::Delivered {
+            channel,
+            message: server.mark_delivered(user, channel, message).await?,
+        }),
         _ => Err(WireError::new(ErrorCode::BadFrame, "unknown request")),
     }
 }

@@ -337,6 +337,32 @@ impl Inbox for ShardedMessageStore {
     }
 }
 
+/// Numbers and markers live with the inboxes, in the coordinator: its
+/// fan-out commit numbers each message (and its outbox and idempotency
+/// records keep the numbers after the drain).
+#[async_trait]
+impl chat_core::Receipts for ShardedMessageStore {
+    async fn set_marker(
+        &self,
+        user: UserId,
+        channel: ChannelId,
+        kind: chat_core::MarkerKind,
+        message: MessageId,
+    ) -> Result<chat_core::MarkerUpdate> {
+        self.coordinator
+            .set_marker(user, channel, kind, message)
+            .await
+    }
+
+    async fn receipts(&self, keys: &[(UserId, ChannelId)]) -> Result<Vec<chat_core::Receipt>> {
+        self.coordinator.receipts(keys).await
+    }
+
+    async fn heads(&self, channels: &[ChannelId]) -> Result<Vec<Option<chat_core::Marker>>> {
+        self.coordinator.heads(channels).await
+    }
+}
+
 #[async_trait]
 impl MessageStore for ShardedMessageStore {
     async fn commit(&self, message: NewMessage) -> Result<Committed> {

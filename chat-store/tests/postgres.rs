@@ -332,6 +332,7 @@ async fn the_concurrency_suite_passes_across_two_servers() {
     conformance::concurrency_suite(&servers, &servers).await;
     conformance::history_suite(&servers).await;
     conformance::message_store_suite(&servers, &servers).await;
+    conformance::receipts_suite(&servers, &servers).await;
     conformance::directory_suite(&servers).await;
     assert!(servers.calls.load(Ordering::Relaxed) > 100);
 }
@@ -442,8 +443,9 @@ async fn migrations_are_idempotent_and_safe_when_servers_start_at_once() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 14,
-        "nine data tables, three of migration 4, blocks (migration 5), and schema_migrations"
+        tables, 15,
+        "nine data tables, three of migration 4, blocks (migration 5), receipts (migration 6), \
+         and schema_migrations"
     );
 
     // Connecting again, and migrating again, change nothing.
@@ -1244,6 +1246,25 @@ impl Inbox for TwoServers {
     }
     async fn advance_cursor(&self, user: UserId, device: DeviceId, cursor: Seq) -> Result<Seq> {
         self.pick().advance_cursor(user, device, cursor).await
+    }
+}
+
+#[async_trait]
+impl chat_core::Receipts for TwoServers {
+    async fn set_marker(
+        &self,
+        user: UserId,
+        channel: ChannelId,
+        kind: chat_core::MarkerKind,
+        message: MessageId,
+    ) -> Result<chat_core::MarkerUpdate> {
+        self.pick().set_marker(user, channel, kind, message).await
+    }
+    async fn receipts(&self, keys: &[(UserId, ChannelId)]) -> Result<Vec<chat_core::Receipt>> {
+        self.pick().receipts(keys).await
+    }
+    async fn heads(&self, channels: &[ChannelId]) -> Result<Vec<Option<chat_core::Marker>>> {
+        self.pick().heads(channels).await
     }
 }
 

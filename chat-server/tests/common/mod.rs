@@ -591,6 +591,34 @@ impl<T: MessageStore> Inbox for Faulty<T> {
 }
 
 #[async_trait]
+impl<T: MessageStore> chat_core::Receipts for Faulty<T> {
+    async fn set_marker(
+        &self,
+        user: UserId,
+        channel: ChannelId,
+        kind: chat_core::MarkerKind,
+        message: MessageId,
+    ) -> chat_core::Result<chat_core::MarkerUpdate> {
+        self.check()?;
+        self.inner.set_marker(user, channel, kind, message).await
+    }
+    async fn receipts(
+        &self,
+        keys: &[(UserId, ChannelId)],
+    ) -> chat_core::Result<Vec<chat_core::Receipt>> {
+        self.check()?;
+        self.inner.receipts(keys).await
+    }
+    async fn heads(
+        &self,
+        channels: &[ChannelId],
+    ) -> chat_core::Result<Vec<Option<chat_core::Marker>>> {
+        self.check()?;
+        self.inner.heads(channels).await
+    }
+}
+
+#[async_trait]
 impl<T: MessageStore> MessageStore for Faulty<T> {
     async fn commit(&self, message: NewMessage) -> chat_core::Result<Committed> {
         self.check()?;

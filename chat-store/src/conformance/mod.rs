@@ -21,6 +21,7 @@
 //! | [`directory_suite`] | [`Directory`]: unique usernames, users, profiles and privacy settings, token epochs and revoked sessions, friend requests and their acceptance, direct and group channels, invitations, membership limits, per-user caps, paged `channels_of`, `contacts`, devices, compare-and-clear of push tokens |
 //! | [`concurrency_suite`] | the clauses only concurrency can break: one winner per idempotency key (appends and commits), username, group seat; concurrent commits from several nodes keep each channel in id order in every inbox at dense positions; a member added during commits gets a suffix of history; cursors keep the maximum; crossed friend requests end as one friendship; per-user caps hold; every epoch bump counts; a push-token clear never erases a newer token or re-creates a removed device |
 //! | [`durability_check_write`] / [`durability_check_read`] | everything acknowledged before a restart (or a crash) is there after it |
+//! | [`receipts_suite`] | [`Receipts`](chat_core::Receipts): dense per-channel message numbers and heads, unread after N sends, own sends read atomically, monotonic and idempotent markers, refusals for messages outside the channel, concurrent markers keeping the largest, bounded reads |
 //! | [`run_all`] | all of the above but the restart |
 //!
 //! Every check uses fresh random ids, usernames and message ids, so the
@@ -64,15 +65,17 @@ mod directory;
 mod durability;
 mod history;
 mod messages;
+mod receipts;
 
 pub use concurrency::concurrency_suite;
 pub use directory::directory_suite;
 pub use durability::{durability_check_read, durability_check_write, DurabilityProbe};
 pub use history::history_suite;
 pub use messages::message_store_suite;
+pub use receipts::receipts_suite;
 
 /// Runs every suite: [`history_suite`], [`message_store_suite`],
-/// [`directory_suite`], [`concurrency_suite`], and a
+/// [`directory_suite`], [`concurrency_suite`], [`receipts_suite`], and a
 /// [`durability_check_write`] / [`durability_check_read`] round trip
 /// without a restart (a backend's own tests add the restart).
 ///
@@ -87,6 +90,7 @@ pub async fn run_all(store: &dyn MessageStore, directory: &dyn Directory) {
     message_store_suite(store, directory).await;
     directory_suite(directory).await;
     concurrency_suite(store, directory).await;
+    receipts_suite(store, directory).await;
     let probe = durability_check_write(store, directory).await;
     durability_check_read(store, directory, &probe).await;
 }

@@ -62,8 +62,8 @@ use std::time::{Duration, Instant};
 
 use chat_core::rules::check_duplicate;
 use chat_core::{
-    Appended, Channel, ChannelId, ChannelKind, Committed, Error, Message, MessageId, NewMessage,
-    Result, Seq, UserId,
+    Appended, Channel, ChannelId, ChannelKind, Committed, Error, Marker, MarkerKind, MarkerUpdate,
+    Message, MessageId, NewMessage, Receipt, Result, Seq, UserId,
 };
 use fjall::{Keyspace, PartitionHandle, PersistMode, UserKey, UserValue};
 use tokio::sync::oneshot;
@@ -118,6 +118,10 @@ pub(super) struct Tables {
     pub(super) cursors: PartitionHandle,
     /// Read for commits to direct channels (`blocker ++ blocked`).
     pub(super) blocks: PartitionHandle,
+    /// Message numbers, written with each commit.
+    pub(super) numbers: PartitionHandle,
+    /// Read and delivered markers.
+    pub(super) receipts: PartitionHandle,
 }
 
 /// What the committer is asked to do.
@@ -140,6 +144,13 @@ enum Request {
         cursor: Seq,
         done: oneshot::Sender<Result<Seq>>,
     },
+    Marker {
+        user: UserId,
+        channel: ChannelId,
+        kind: MarkerKind,
+        message: MessageId,
+        done: oneshot::Sender<Result<MarkerUpdate>>,
+    },
 }
 
 impl Request {
@@ -156,6 +167,9 @@ impl Request {
                 let _ = done.send(Err(error()));
             }
             Request::Cursor { done, .. } => {
+                let _ = done.send(Err(error()));
+            }
+            Request::Marker { done, .. } => {
                 let _ = done.send(Err(error()));
             }
         }
@@ -361,6 +375,27 @@ impl Committer {
             .unwrap_or_else(|_| Err(Error::temporary(BACKEND, "the store is closing")))
     }
 
+    /// Moves a read or delivered marker forward (see `receipts.rs`).
+    pub(super) async fn set_marker(
+        &self,
+        user: UserId,
+        channel: ChannelId,
+        kind: MarkerKind,
+        message: MessageId,
+    ) -> Result<MarkerUpdate> {
+        let (done, result) = oneshot::channel();
+        self.submit(Request::Marker {
+            user,
+            channel,
+            kind,
+            message,
+            done,
+        });
+        result
+            .await
+            .unwrap_or_else(|_| Err(Error::temporary(BACKEND, "the store is closing")))
+    }
+
     /// Appends a message to history as given.
     pub(super) async fn append(&self, message: Message) -> Result<Appended> {
         let (done, result) = oneshot::channel();
@@ -391,6 +426,8 @@ struct Cache {
     last_ids: HashMap<ChannelId, MessageId>,
     /// The last position of each inbox.
     heads: HashMap<UserId, u64>,
+    /// The last numbered message of each channel.
+    channel_heads: HashMap<ChannelId, Option<Marker>>,
 }
 
 impl Cache {
@@ -403,6 +440,9 @@ impl Cache {
         }
         if self.heads.len() > CACHE_LIMIT {
             self.heads.clear();
+        }
+        if self.channel_heads.len() > CACHE_LIMIT {
+            self.channel_heads.clear();
         }
     }
 }
@@ -420,6 +460,12 @@ struct Changes {
     keys: HashMap<Vec<u8>, Sent>,
     /// Cursors written in this group.
     cursors: HashMap<[u8; 32], Seq>,
+    /// Channel heads moved in this group.
+    channel_heads: HashMap<ChannelId, Option<Marker>>,
+    /// Numbers given in this group.
+    numbers: HashMap<(ChannelId, MessageId), u64>,
+    /// Receipts written in this group (`user ++ channel`).
+    receipts: HashMap<[u8; 32], Receipt>,
 }
 
 /// An answer to send once the group's commit is known.
@@ -428,6 +474,7 @@ enum Answer {
     Commit(oneshot::Sender<Result<Committed>>, Result<Committed>),
     Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
     Cursor(oneshot::Sender<Result<Seq>>, Result<Seq>),
+    Marker(oneshot::Sender<Result<MarkerUpdate>>, Result<MarkerUpdate>),
 }
 
 struct Worker {
@@ -572,6 +619,17 @@ impl Worker {
                     let result = self.stage_cursor(key, cursor, &mut batch, &mut changes);
                     answers.push(Answer::Cursor(done, result));
                 }
+                Request::Marker {
+                    user,
+                    channel,
+                    kind,
+                    message,
+                    done,
+                } => {
+                    let result =
+                        self.stage_marker(user, channel, kind, message, &mut batch, &mut changes);
+                    answers.push(Answer::Marker(done, result));
+                }
             }
         }
         let outcome = batch.commit().map_err(|e| db(e).to_string());
@@ -580,6 +638,7 @@ impl Worker {
                 self.cache.channels.extend(changes.channels);
                 self.cache.last_ids.extend(changes.last_ids);
                 self.cache.heads.extend(changes.heads);
+                self.cache.channel_heads.extend(changes.channel_heads);
                 self.cache.bound();
             }
             // Nothing of the group is known to be on disk: forget it all.
@@ -609,6 +668,12 @@ impl Worker {
                     let _ = done.send(result);
                 }
                 (Answer::Cursor(done, _), Err(why)) => {
+                    let _ = done.send(Err(Error::temporary(BACKEND, why.clone())));
+                }
+                (Answer::Marker(done, result), Ok(())) => {
+                    let _ = done.send(result);
+                }
+                (Answer::Marker(done, _), Err(why)) => {
                     let _ = done.send(Err(Error::temporary(BACKEND, why.clone())));
                 }
             }
@@ -774,6 +839,7 @@ impl Worker {
             key.clone(),
             keys::idempotency_value(new.channel_id, id, &positions),
         );
+        self.stage_number(new.channel_id, id, new.sender, batch, changes)?;
         changes.last_ids.insert(new.channel_id, id);
         changes
             .keys
@@ -783,6 +849,109 @@ impl Worker {
             duplicate: false,
             positions,
         })
+    }
+
+    /// The last numbered message of `channel`.
+    fn channel_head(&mut self, channel: ChannelId, changes: &Changes) -> Result<Option<Marker>> {
+        if let Some(h) = changes.channel_heads.get(&channel) {
+            return Ok(*h);
+        }
+        if let Some(h) = self.cache.channel_heads.get(&channel) {
+            return Ok(*h);
+        }
+        let head = super::receipts::head(&self.tables.numbers, channel)?;
+        self.cache.channel_heads.insert(channel, head);
+        Ok(head)
+    }
+
+    /// `user`'s markers in `channel`, as this group leaves them so far.
+    fn receipt(&self, key: &[u8; 32], changes: &Changes) -> Result<Receipt> {
+        if let Some(r) = changes.receipts.get(key) {
+            return Ok(*r);
+        }
+        match self.tables.receipts.get(key).map_err(db)? {
+            Some(v) => super::receipts::decode_receipt(&v),
+            None => Ok(Receipt::default()),
+        }
+    }
+
+    /// Gives a new message its channel's next number and moves its
+    /// sender's read marker to it, in the commit's batch.
+    fn stage_number(
+        &mut self,
+        channel: ChannelId,
+        id: MessageId,
+        sender: UserId,
+        batch: &mut fjall::Batch,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let number = self
+            .channel_head(channel, changes)?
+            .map_or(1, |h| h.number + 1);
+        let marker = Marker { id, number };
+        batch.insert(
+            &self.tables.numbers,
+            keys::history(channel, id),
+            number.to_be_bytes(),
+        );
+        changes.channel_heads.insert(channel, Some(marker));
+        changes.numbers.insert((channel, id), number);
+        let key = keys::pair(sender.as_bytes(), channel.as_bytes());
+        let mut receipt = self.receipt(&key, changes)?;
+        receipt.read = Some(chat_core::receipts::advance(receipt.read, marker).marker);
+        batch.insert(
+            &self.tables.receipts,
+            key,
+            super::receipts::encode_receipt(&receipt),
+        );
+        changes.receipts.insert(key, receipt);
+        Ok(())
+    }
+
+    fn stage_marker(
+        &mut self,
+        user: UserId,
+        channel: ChannelId,
+        kind: MarkerKind,
+        message: MessageId,
+        batch: &mut fjall::Batch,
+        changes: &mut Changes,
+    ) -> Result<MarkerUpdate> {
+        let number = match changes.numbers.get(&(channel, message)) {
+            Some(n) => *n,
+            None => match self
+                .tables
+                .numbers
+                .get(keys::history(channel, message))
+                .map_err(db)?
+            {
+                Some(v) => keys::parse_message_id(&v, "message number")?.0,
+                None => return Err(Error::not_found("message")),
+            },
+        };
+        let key = keys::pair(user.as_bytes(), channel.as_bytes());
+        let mut receipt = self.receipt(&key, changes)?;
+        let slot = match kind {
+            MarkerKind::Read => &mut receipt.read,
+            MarkerKind::Delivered => &mut receipt.delivered,
+        };
+        let update = chat_core::receipts::advance(
+            *slot,
+            Marker {
+                id: message,
+                number,
+            },
+        );
+        if update.moved {
+            *slot = Some(update.marker);
+            batch.insert(
+                &self.tables.receipts,
+                key,
+                super::receipts::encode_receipt(&receipt),
+            );
+            changes.receipts.insert(key, receipt);
+        }
+        Ok(update)
     }
 
     fn stage_cursor(
@@ -863,6 +1032,8 @@ mod tests {
             channels: open("channels"),
             cursors: open("cursors"),
             blocks: open("blocks"),
+            numbers: open("numbers"),
+            receipts: open("receipts"),
         };
         let committer = Arc::new(
             Committer::start(keyspace.clone(), tables, None, Duration::from_secs(3)).unwrap(),
@@ -926,6 +1097,8 @@ mod tests {
             channels: open("channels"),
             cursors: open("cursors"),
             blocks: open("blocks"),
+            numbers: open("numbers"),
+            receipts: open("receipts"),
         };
         let q = open("q");
         let committer = Committer::start(

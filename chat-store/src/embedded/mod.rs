@@ -29,7 +29,9 @@
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
 //! | `blocks` | `blocker ++ blocked` | empty |
 //! | `revoked_sessions` | `user_id ++ session` (8 bytes big-endian) | until when, 8 bytes big-endian |
-//! | `meta` | `format` | the layout version, `3` |
+//! | `numbers` | `channel_id ++ message_id` | the message's number in its channel, 8 bytes big-endian (the last key of a channel is its head) |
+//! | `receipts` | `user_id ++ channel_id` | read marker then delivered marker, each `message_id ++ number` (raw, 32 bytes; number 0: none) |
+//! | `meta` | `format` | the layout version, `4` |
 //!
 //! So a channel's history is one contiguous key range ordered by id (a page
 //! is a bounded range scan, backward for "latest" and "before", forward for
@@ -54,7 +56,8 @@
 //! positions 1, 2, ... in message id order, referring to the history record
 //! (restored from the inbox's copy where a crash of format 2's two-step send
 //! left it missing), and each cursor becomes the number of entries at or
-//! below it.
+//! below it. Format 3 had no message numbers: every channel's history is
+//! numbered 1, 2, ... in id order.
 //!
 //! # Durability
 //!
@@ -144,6 +147,7 @@ mod group;
 mod history;
 mod keys;
 mod locks;
+mod receipts;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -164,9 +168,12 @@ const BACKEND: &str = "fjall";
 const DURABILITY: PersistMode = PersistMode::SyncAll;
 
 /// Version of the key layout in the module docs, kept in the `meta`
-/// partition; stores of formats 1 and 2 are upgraded at open, another is
-/// refused.
-const FORMAT_VERSION: &[u8] = b"3";
+/// partition; stores of formats 1, 2 and 3 are upgraded at open, another
+/// is refused.
+const FORMAT_VERSION: &[u8] = b"4";
+
+/// Format 3, whose messages had no numbers (see `receipts.rs`).
+const FORMAT_3: &[u8] = b"3";
 
 /// Format 1, whose idempotency keys were not scoped to the channel.
 const FORMAT_1: &[u8] = b"1";
@@ -276,6 +283,10 @@ struct Inner {
     devices: PartitionHandle,
     revoked_sessions: PartitionHandle,
     blocks: PartitionHandle,
+    /// Message numbers (see `receipts.rs`).
+    numbers: PartitionHandle,
+    /// Read and delivered markers.
+    receipts: PartitionHandle,
     stripes: Stripes,
     group: Committer,
 }
@@ -475,11 +486,21 @@ impl Inner {
             upgrade_from_format_1(&keyspace, &meta, &idempotency)?;
             format = Some(FORMAT_2.into());
         }
+        if format.as_deref() == Some(FORMAT_2) {
+            upgrade_from_format_2(&keyspace, &meta, &inbox, &cursors, &open("history")?)?;
+            format = Some(FORMAT_3.into());
+        }
+        if format.as_deref() == Some(FORMAT_3) {
+            receipts::upgrade_from_format_3(
+                &keyspace,
+                &meta,
+                &open("history")?,
+                &open(receipts::NUMBERS)?,
+            )?;
+            format = Some(FORMAT_VERSION.into());
+        }
         match format {
             Some(v) if &*v == FORMAT_VERSION => {}
-            Some(v) if &*v == FORMAT_2 => {
-                upgrade_from_format_2(&keyspace, &meta, &inbox, &cursors, &open("history")?)?
-            }
             Some(v) => {
                 return Err(Error::backend(
                     BACKEND,
@@ -500,7 +521,11 @@ impl Inner {
         let history = open("history")?;
         let channels = open("channels")?;
         let blocks = open("blocks")?;
+        let numbers = open(receipts::NUMBERS)?;
+        let receipts = open(receipts::RECEIPTS)?;
         let tables = Tables {
+            numbers: numbers.clone(),
+            receipts: receipts.clone(),
             history: history.clone(),
             idempotency,
             inbox: inbox.clone(),
@@ -528,6 +553,8 @@ impl Inner {
             devices: open("devices")?,
             revoked_sessions: open("revoked_sessions")?,
             blocks,
+            numbers,
+            receipts,
             stripes: Stripes::default(),
             group: Committer::start(keyspace.clone(), tables, reserve, options.stall_after)?,
             keyspace,
@@ -615,7 +642,7 @@ fn upgrade_from_format_2(
         });
         batch.insert(cursors, key, seq.to_be_bytes());
     }
-    batch.insert(meta, "format", FORMAT_VERSION);
+    batch.insert(meta, "format", FORMAT_3);
     batch.commit().map_err(db)?;
     tracing::info!(entries, "embedded store upgraded from format 2 to 3");
     keyspace.delete_partition(old).map_err(db)?;

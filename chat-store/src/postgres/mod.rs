@@ -180,6 +180,7 @@ mod history;
 mod inbox;
 #[cfg(test)]
 mod plans;
+mod receipts;
 mod schema;
 
 use std::fmt;

@@ -178,6 +178,11 @@ CREATE INDEX channels_by_owner ON {schema}.channels (owner);
         name: "replies (reply_to on messages, inbox entries and the outbox) and blocks",
         sql: MIGRATION_5,
     },
+    Migration {
+        version: 6,
+        name: "message numbers, read and delivered markers",
+        sql: super::receipts::MIGRATION_6,
+    },
 ];
 
 /// Replies and blocks.
