@@ -56,11 +56,12 @@ const HELP: &str = "\
 commands:
   /dm USER            open the direct channel with USER and switch to it
   /group NAME USER..  create a group with these users (or invite them) and switch to it
-  /channels           list your channels
+  /channels           list your channels, with unread counts
   /switch N           switch to channel N of /channels
   /history            the last 20 messages of the current channel, with their ids
   /reply ID TEXT      answer message ID of the current channel
   /typing             tell the current channel you are typing
+  /read               mark the current channel read (up to its last message)
   /friend USER        ask USER to be friends, or accept their request
   /unfriend USER      end a friendship, decline or cancel a request
   /block USER         USER can no longer message you directly or see your presence
@@ -173,9 +174,14 @@ impl Ui {
                 self.switch(group.channel).await;
             }
             "/channels" => {
-                self.channels = self.session.channels().await?;
-                for (i, c) in self.channels.clone().iter().enumerate() {
-                    println!("  {i}: {}", self.label(c).await);
+                let list = self.session.channel_summaries().await?;
+                self.channels = list.iter().map(|(c, _)| c.clone()).collect();
+                for (i, (c, summary)) in list.iter().enumerate() {
+                    let unread = match summary.unread {
+                        0 => String::new(),
+                        n => format!(" ({n} unread)"),
+                    };
+                    println!("  {i}: {}{unread}", self.label(c).await);
                 }
             }
             "/switch" => {
@@ -212,6 +218,22 @@ impl Ui {
                     _ => println!("usage: /reply ID TEXT (ids are shown in /history)"),
                 }
             }
+            "/read" => match self.current.clone() {
+                Some(c) => {
+                    let query = chat_client::HistoryQuery {
+                        limit: Some(1),
+                        ..Default::default()
+                    };
+                    match self.conn.history(c.id, &query).await?.messages.last() {
+                        Some(last) => {
+                            let state = self.conn.mark_read(c.id, last.id).await?;
+                            println!("read up to {} ({} unread)", state.message, state.unread);
+                        }
+                        None => println!("nothing to read yet"),
+                    }
+                }
+                None => println!("no channel yet: /dm USER or /group NAME USER.."),
+            },
             "/typing" => match self.current.clone() {
                 Some(c) => self.conn.typing(c.id).await?,
                 None => println!("no channel yet: /dm USER or /group NAME USER.."),
@@ -394,6 +416,20 @@ async fn main() -> Result<(), Error> {
                     let here = ui.current.as_ref().is_some_and(|c| c.id == channel);
                     if here {
                         println!("* {name} is typing");
+                    }
+                }
+                Some(ClientEvent::Read { channel, user, message }) => {
+                    let here = ui.current.as_ref().is_some_and(|c| c.id == channel);
+                    if user == ui.session.user_id() {
+                        println!("* read up to {message} on another device");
+                    } else if here {
+                        let name = ui.name(user).await;
+                        println!("* {name} has read up to {message}");
+                    }
+                }
+                Some(ClientEvent::Delivered { channel, message, .. }) => {
+                    if ui.current.as_ref().is_some_and(|c| c.id == channel) {
+                        println!("* delivered up to {message}");
                     }
                 }
                 Some(ClientEvent::Connected { server_id }) => {

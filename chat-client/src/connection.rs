@@ -305,6 +305,28 @@ pub enum ClientEvent {
     /// The user is invited to a group: answer with
     /// [`Session::accept_invitation`] or [`Session::decline_invitation`].
     Invitation(Invitation),
+    /// A read marker moved: `user` has read `channel` up to `message`.
+    /// From another member, it is a read receipt; from the connected user
+    /// (another of their devices), the channel's unread messages are now
+    /// those after `message`.
+    Read {
+        /// The channel.
+        channel: ChannelId,
+        /// Who read.
+        user: UserId,
+        /// The last message they have read.
+        message: MessageId,
+    },
+    /// In a direct channel, a device of the other member (`user`) has
+    /// received every message up to `message`.
+    Delivered {
+        /// The direct channel.
+        channel: ChannelId,
+        /// The recipient.
+        user: UserId,
+        /// The last message received.
+        message: MessageId,
+    },
     /// The WebSocket closed or failed. Unless the connection has stopped
     /// (see [`Connection::closed`]), it reconnects.
     Disconnected {
@@ -337,6 +359,24 @@ impl ClientEvent {
                 user,
                 expires_in_ms,
             }),
+            Event::Read {
+                channel,
+                user,
+                message,
+            } => Ok(ClientEvent::Read {
+                channel,
+                user,
+                message,
+            }),
+            Event::Delivered {
+                channel,
+                user,
+                message,
+            } => Ok(ClientEvent::Delivered {
+                channel,
+                user,
+                message,
+            }),
             other => Err(other),
         }
     }
@@ -367,6 +407,20 @@ pub struct SendReceipt {
     /// The message's position in the user's inbox (absent only for a
     /// duplicate whose positions the server no longer knows).
     pub seq: Option<Seq>,
+}
+
+/// What [`ConnectionHandle::mark_read`] resolves to: the user's read
+/// marker in a channel as stored now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadState {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The last message read (the one marked, or a later one marked
+    /// before).
+    pub message: MessageId,
+    /// Messages of the channel after it.
+    pub unread: u64,
 }
 
 /// The stream of [`ClientEvent`]s of a connection.
@@ -627,6 +681,22 @@ impl Connection {
         self.handle.typing(channel).await
     }
 
+    /// Marks `channel` read up to `message`: see
+    /// [`ConnectionHandle::mark_read`].
+    pub async fn mark_read(&self, channel: ChannelId, message: MessageId) -> Result<ReadState> {
+        self.handle.mark_read(channel, message).await
+    }
+
+    /// Says a message of a direct channel was received: see
+    /// [`ConnectionHandle::mark_delivered`].
+    pub async fn mark_delivered(
+        &self,
+        channel: ChannelId,
+        message: MessageId,
+    ) -> Result<MessageId> {
+        self.handle.mark_delivered(channel, message).await
+    }
+
     /// The presence of `users`: see [`ConnectionHandle::presence`].
     pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>> {
         self.handle.presence(users).await
@@ -851,6 +921,56 @@ impl ConnectionHandle {
         {
             ReplyBody::Typing { .. } => Ok(()),
             other => Err(unexpected("typing", &other)),
+        }
+    }
+
+    /// Marks `channel` (a member's) read up to `message`, a message of the
+    /// channel: the read marker only moves forward, so marking an older
+    /// message changes nothing and answers the marker stored. When it
+    /// moves, the user's other devices and the other members get
+    /// [`ClientEvent::Read`]. Answers the marker and the unread count.
+    ///
+    /// ```no_run
+    /// # async fn run(conn: chat_client::ConnectionHandle, channel: chat_client::ChannelId, last: chat_client::MessageId) -> chat_client::Result<()> {
+    /// let state = conn.mark_read(channel, last).await?;
+    /// println!("read up to {}, {} unread", state.message, state.unread);
+    /// # Ok(()) }
+    /// ```
+    pub async fn mark_read(&self, channel: ChannelId, message: MessageId) -> Result<ReadState> {
+        match self
+            .request(Request::Read { channel, message }, self.request_deadline())
+            .await?
+        {
+            ReplyBody::Read {
+                channel,
+                message,
+                unread,
+            } => Ok(ReadState {
+                channel,
+                message,
+                unread,
+            }),
+            other => Err(unexpected("read", &other)),
+        }
+    }
+
+    /// Says a device of the user has received `message` of direct channel
+    /// `channel` (the delivered marker only moves forward); the other
+    /// member gets [`ClientEvent::Delivered`]. Answers the marker stored.
+    pub async fn mark_delivered(
+        &self,
+        channel: ChannelId,
+        message: MessageId,
+    ) -> Result<MessageId> {
+        match self
+            .request(
+                Request::Delivered { channel, message },
+                self.request_deadline(),
+            )
+            .await?
+        {
+            ReplyBody::Delivered { message, .. } => Ok(message),
+            other => Err(unexpected("delivered", &other)),
         }
     }
 

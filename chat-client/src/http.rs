@@ -704,6 +704,49 @@ impl Session {
         }
     }
 
+    /// `GET /v1/channels?after=&limit=` in full: one page of the caller's
+    /// channels with their summaries (unread count, read marker, last
+    /// message, the other member's markers in direct channels), and the
+    /// cursor of the next page.
+    pub async fn channel_list_page(
+        &self,
+        after: Option<ChannelId>,
+        limit: usize,
+    ) -> Result<ChannelList> {
+        let mut params: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        if let Some(after) = after {
+            params.push(("after", after.to_string()));
+        }
+        self.call_with(Method::GET, "/v1/channels", |r| r.query(&params))
+            .await
+    }
+
+    /// Every channel of the caller with its summary, page by page: what a
+    /// device shows in its channel list after a (re)connect, unread counts
+    /// and read markers included.
+    ///
+    /// ```no_run
+    /// # async fn run(session: chat_client::Session) -> chat_client::Result<()> {
+    /// for (channel, summary) in session.channel_summaries().await? {
+    ///     println!("{}: {} unread", channel.id, summary.unread);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn channel_summaries(
+        &self,
+    ) -> Result<Vec<(Channel, chat_core::api::ChannelSummary)>> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let list = self.channel_list_page(after, MAX_CHANNEL_PAGE).await?;
+            all.extend(list.channels.into_iter().zip(list.summaries));
+            match list.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
     /// `GET /v1/channels/{id}` (members only).
     pub async fn channel(&self, id: ChannelId) -> Result<Channel> {
         self.get(&format!("/v1/channels/{id}")).await

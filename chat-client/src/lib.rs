@@ -135,7 +135,7 @@ mod worker;
 pub use backoff::Retry;
 pub use connection::{
     AckMode, ClientEvent, ConnectOptions, Connection, ConnectionHandle, Delivery, Events,
-    SendReceipt, StartFrom,
+    ReadState, SendReceipt, StartFrom,
 };
 pub use error::{ClientError, Result};
 pub use http::{ChatClient, Credentials, Password, Session};
@@ -149,6 +149,7 @@ pub use chat_core::api::{
     AuthResponse, FriendRequests, FriendStatus, GroupChange, HistoryQuery, InvitationList,
     MessagePage, PendingFriend, RouteResponse, UpdatePrivacyRequest, UpdateProfileRequest,
 };
+pub use chat_core::api::{ChannelList, ChannelSummary};
 pub use chat_core::protocol::{close, ErrorCode, WireError};
 pub use chat_core::{
     Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId, Invitation, Message, MessageId,

@@ -58,7 +58,7 @@ fn api_blocks() -> Vec<(&'static str, &'static str)> {
 
 #[test]
 fn api_examples_parse_as_their_types_and_serialize_identically() {
-    use chat_core::api::{GroupChange, RouteResponse};
+    use chat_core::api::{ChannelList, GroupChange, RouteResponse};
     use chat_core::Privacy;
     fn same<T: serde::Serialize + serde::de::DeserializeOwned>(ex: &str) {
         let value: T = serde_json::from_str(ex).unwrap_or_else(|e| panic!("{ex}: {e}"));
@@ -72,6 +72,7 @@ fn api_examples_parse_as_their_types_and_serialize_identically() {
             "RouteResponse" => same::<RouteResponse>(ex),
             "Privacy" => same::<Privacy>(ex),
             "GroupChange" => same::<GroupChange>(ex),
+            "ChannelList" => same::<ChannelList>(ex),
             other => panic!("no check for api example type {other}"),
         }
     }
