@@ -130,6 +130,13 @@ pub struct TokenState {
 ///     request's time);
 ///   - otherwise a request `from → to` is stored: `Requested`.
 ///
+///   Before any of these, a request from a user `to` blocks
+///   ([`block(to, from)`](Self::block)) is refused with
+///   [`Error::Blocked`](crate::Error::Blocked), writing nothing (an
+///   acceptance too). The check is atomic with the request: a request that
+///   starts after `block` returned is refused, and one answered `Blocked`
+///   wrote nothing.
+///
 ///   So two users asking each other at the same time end as friends, with
 ///   no request left in either direction: exactly one call answers
 ///   `Requested` and the other `Accepted`. Caps (`LimitExceeded`, nothing
@@ -207,7 +214,8 @@ pub struct TokenState {
 ///   nothing else (friendship, channels, requests stay). While it holds,
 ///   [`contacts(target, ..)`](Self::contacts) leaves `user` out (so
 ///   `target` sees no presence of `user`), and the message store refuses
-///   `target`'s commits to the direct channel of the two with
+///   `target`'s friend requests to `user` (see above) and `target`'s
+///   commits to the direct channel of the two with
 ///   [`Error::Blocked`](crate::Error::Blocked) (see
 ///   [`MessageStore::commit`](crate::MessageStore::commit)), in order with
 ///   the block: a commit that starts after `block` returned is refused.

@@ -760,11 +760,8 @@ async fn add_friend(
     P(id): P<UserId>,
 ) -> HttpResult<Json<FriendAnswer>> {
     // A user who blocked the caller hears nothing from them, friend
-    // requests included (the same `blocked` code as their direct messages).
-    let blocked_by_them = server.inner.directory.blocked(id).await.map_err(wire)?;
-    if blocked_by_them.binary_search(&me).is_ok() {
-        return Err(wire(chat_core::Error::Blocked).into());
-    }
+    // requests included (the same `blocked` code as their direct
+    // messages): the directory refuses it, atomically with the request.
     let outcome = server
         .inner
         .directory

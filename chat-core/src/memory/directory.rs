@@ -277,6 +277,11 @@ impl Directory for MemoryDirectory {
         let mut st = lock(&self.state);
         st.require_user(from)?;
         st.require_user(to)?;
+        // Under the same lock as `block`: a request that starts after the
+        // block returned is refused.
+        if st.blocks.get(&to).is_some_and(|b| b.contains(&from)) {
+            return Err(Error::Blocked);
+        }
         let out =
             |a: UserId, b: UserId| st.requests_out.get(&a).is_some_and(|m| m.contains_key(&b));
         let pair = FriendPair {

@@ -63,6 +63,7 @@ pub async fn concurrency_suite(store: &dyn MessageStore, directory: &dyn Directo
     racing_members(directory).await;
     racing_token_clears(directory).await;
     racing_friend_requests(directory).await;
+    requests_racing_blocks(directory).await;
     racing_caps(directory).await;
     racing_epochs(directory).await;
 }
@@ -665,4 +666,48 @@ async fn racing_epochs(directory: &dyn Directory) {
         ok(directory.token_state(user, 0).await, "token_state").epoch,
         RACERS
     );
+}
+
+/// A friend request racing a block of its asker: answered `Blocked` with
+/// nothing stored, or `Requested` with the request stored (it came first);
+/// never `Blocked` with a request written, and never a request after the
+/// block returned.
+async fn requests_racing_blocks(directory: &dyn Directory) {
+    type Racer<'a> =
+        Pin<Box<dyn Future<Output = Option<chat_core::Result<chat_core::FriendOutcome>>> + 'a>>;
+    let limits = chat_core::Limits::default();
+    for round in 0..RACERS {
+        let x = new_user(directory, "racer").await;
+        let y = new_user(directory, "blocker").await;
+        let mut results = join_all([
+            Box::pin(async {
+                ok(directory.block(y, x).await, "racing block");
+                None
+            }) as Racer<'_>,
+            Box::pin(async { Some(directory.request_friend(x, y, 1_000, &limits).await) }),
+        ])
+        .await;
+        let outcome = results.pop().flatten().expect("the request's answer");
+        let stored = !ok(directory.friend_requests(y).await, "friend_requests").is_empty();
+        match outcome {
+            Err(chat_core::Error::Blocked) => assert!(
+                !stored,
+                "round {round}: a request answered Blocked wrote nothing"
+            ),
+            Ok(chat_core::FriendOutcome::Requested) => {
+                assert!(
+                    stored,
+                    "round {round}: a request answered Requested is stored"
+                )
+            }
+            other => panic!("round {round}: unexpected answer {other:?}"),
+        }
+        assert!(
+            matches!(
+                directory.request_friend(x, y, 2_000, &limits).await,
+                Err(chat_core::Error::Blocked)
+            ),
+            "round {round}: after the block, requests are refused"
+        );
+    }
 }

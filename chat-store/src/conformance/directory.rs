@@ -55,6 +55,9 @@ fn seats(n: usize) -> Limits {
 /// * blocks: one-way, idempotent both ways, listed sorted; unknown users
 ///   are `NotFound` and oneself `InvalidInput`; a blocker is no contact of
 ///   the user they block (the other way round still is), until unblocked;
+///   a friend request (or its acceptance) from a user the recipient blocks
+///   is `Blocked` and writes nothing, the blocker may still ask, and
+///   unblocking lets the request through;
 /// * channels: creating a direct channel again returns the stored one; a
 ///   group with a taken id is `AlreadyExists`; malformed channels are
 ///   `InvalidInput` and write nothing; members are stored sorted without
@@ -86,6 +89,7 @@ pub async fn directory_suite(directory: &dyn Directory) {
     invitations(directory).await;
     contacts(directory).await;
     blocks(directory).await;
+    blocked_friend_requests(directory).await;
     devices(directory).await;
     push_tokens(directory).await;
     edges(directory).await;
@@ -1612,5 +1616,52 @@ async fn blocks(directory: &dyn Directory) {
             Err(Error::InvalidInput { .. })
         ),
         "blocking oneself is InvalidInput"
+    );
+}
+
+async fn blocked_friend_requests(directory: &dyn Directory) {
+    let x = new_user(directory, "asker").await;
+    let y = new_user(directory, "blocker").await;
+    ok(directory.block(y, x).await, "block");
+    assert!(
+        matches!(
+            directory.request_friend(x, y, 1_000, &L).await,
+            Err(Error::Blocked)
+        ),
+        "a request to a user who blocks the asker is Blocked"
+    );
+    assert!(
+        ok(directory.friend_requests(y).await, "friend_requests").is_empty(),
+        "a refused request writes nothing"
+    );
+    assert_eq!(
+        ok(
+            directory.request_friend(y, x, 2_000, &L).await,
+            "the blocker asks"
+        ),
+        FriendOutcome::Requested,
+        "a block is one-way: the blocker may still ask"
+    );
+    assert!(
+        matches!(
+            directory.request_friend(x, y, 3_000, &L).await,
+            Err(Error::Blocked)
+        ),
+        "accepting the blocker's request is Blocked too"
+    );
+    assert_eq!(
+        ok(directory.friend_requests(x).await, "friend_requests").len(),
+        1,
+        "the blocker's request stays pending"
+    );
+    assert!(ok(directory.friends(x).await, "friends").is_empty());
+    ok(directory.unblock(y, x).await, "unblock");
+    assert_eq!(
+        ok(
+            directory.request_friend(x, y, 4_000, &L).await,
+            "request after unblock"
+        ),
+        FriendOutcome::Accepted,
+        "unblocking lets the request through"
     );
 }

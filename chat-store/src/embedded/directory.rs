@@ -297,6 +297,11 @@ impl Inner {
             keys::pair(from.as_bytes(), to.as_bytes()),
             keys::pair(to.as_bytes(), from.as_bytes()),
         );
+        // `block` takes the same two stripes: the check and the request's
+        // write are one step with respect to it.
+        if self.blocks.contains_key(to_from).map_err(db)? {
+            return Err(Error::Blocked);
+        }
         let pair = FriendPair {
             friends: self.friends.contains_key(from_to).map_err(db)?,
             requested: self.friend_requests.contains_key(from_to).map_err(db)?,
@@ -350,6 +355,8 @@ impl Inner {
         }
         self.require_stored(user)?;
         self.require_stored(target)?;
+        // Serialized with `request_friend` of the two (same stripes).
+        let _guards = self.stripes.lock(&[user_stripe(user), user_stripe(target)]);
         let mut batch = self.batch();
         batch.insert(
             &self.blocks,

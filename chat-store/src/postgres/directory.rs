@@ -97,6 +97,8 @@ const LOCK_DIRECT: &str = "SELECT 1 FROM channels WHERE channel_id = $1 FOR NO K
 const BLOCK: &str = "INSERT INTO blocks (blocker, blocked) VALUES ($1, $2) ON CONFLICT DO NOTHING";
 const UNBLOCK: &str = "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2";
 const BLOCKED: &str = "SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY blocked";
+/// Whether `$1` blocks `$2`.
+const IS_BLOCKED: &str = "SELECT EXISTS (SELECT 1 FROM blocks WHERE blocker = $1 AND blocked = $2)";
 const FRIEND_REQUESTS: &str = "SELECT from_user, to_user, created_at FROM friend_requests \
      WHERE from_user = $1 OR to_user = $1 ORDER BY from_user, to_user";
 /// The users of `$2` who are `$1`'s friends or share a channel with `$1`,
@@ -634,6 +636,14 @@ impl Directory for PostgresStore {
             Box::pin(async move {
                 let tx = client.transaction().await.map_err(pg_error)?;
                 lock_users(&tx, &[from, to]).await?;
+                // Under the users' locks, which `block` takes too.
+                if query_row(&tx, IS_BLOCKED, &[&to.0, &from.0])
+                    .await?
+                    .try_get::<_, bool>(0)
+                    .map_err(pg_error)?
+                {
+                    return Err(Error::Blocked);
+                }
                 let row = query_row(&tx, FRIEND_PAIR, &[&from.0, &to.0]).await?;
                 let flag = |i| row.try_get::<_, bool>(i).map_err(pg_error);
                 let pair = FriendPair {
@@ -694,6 +704,9 @@ impl Directory for PostgresStore {
                 tx.query(LOCK_DIRECT, &[&direct.0])
                     .await
                     .map_err(pg_error)?;
+                // The two users' rows too (after the channel, the order of
+                // the commits): serialized with request_friend of the two.
+                lock_users(&tx, &[user, target]).await?;
                 execute(&tx, BLOCK, &[&user.0, &target.0]).await?;
                 tx.commit().await.map_err(pg_error)
             })
