@@ -128,6 +128,11 @@ pub struct ConnectOptions {
     /// bytes. Default 2 MiB. A sync page that does not fit makes the
     /// connection reconnect and sync with smaller pages.
     pub max_frame_size: usize,
+    /// Whether the connection tells the server, for the messages of direct
+    /// channels it hands over, that this device has received them (the
+    /// other member gets [`ClientEvent::Delivered`]). Sent with the cursor's
+    /// next save (about once a second), one per channel. Default `true`.
+    pub delivery_receipts: bool,
 }
 
 impl Default for ConnectOptions {
@@ -147,6 +152,7 @@ impl Default for ConnectOptions {
             retry_initial_connect: false,
             sync_page_size: 200,
             max_frame_size: 2 << 20,
+            delivery_receipts: true,
         }
     }
 }
@@ -956,7 +962,9 @@ impl ConnectionHandle {
 
     /// Says a device of the user has received `message` of direct channel
     /// `channel` (the delivered marker only moves forward); the other
-    /// member gets [`ClientEvent::Delivered`]. Answers the marker stored.
+    /// member gets [`ClientEvent::Delivered`]. The connection does this by
+    /// itself for the direct messages it hands over (see
+    /// [`ConnectOptions::delivery_receipts`]). Answers the marker stored.
     pub async fn mark_delivered(
         &self,
         channel: ChannelId,

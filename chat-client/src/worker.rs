@@ -29,7 +29,7 @@ use chat_core::protocol::{
     close, ClientFrame, ErrorCode, Event, ReplyBody, Request, ServerFrame, Welcome, WireError,
     PROTOCOL_VERSION,
 };
-use chat_core::{ChannelId, ClientMsgId, DeviceId, Seq};
+use chat_core::{ChannelId, ClientMsgId, DeviceId, MessageId, Seq};
 use futures::{SinkExt, StreamExt};
 use reqwest::Url;
 use tokio::net::TcpStream;
@@ -110,6 +110,9 @@ enum Waiter {
     Ack(Seq),
     /// The inbox's last position, where a device starting from now begins.
     Head,
+    /// A delivery receipt (fire and forget: a lost one is covered by the
+    /// next, markers only move forward).
+    Delivered,
 }
 
 /// A request written to the socket, waiting for its reply.
@@ -360,6 +363,9 @@ pub(crate) struct Worker {
     flushes: Vec<(Seq, oneshot::Sender<Result<()>>)>,
     /// When the cursor was last saved and acked.
     last_commit: Option<Instant>,
+    /// Delivery receipts to send: per direct channel, the last message of
+    /// the other member handed over (sent with the next commit).
+    receipts_due: HashMap<ChannelId, MessageId>,
     _done: DoneGuard,
 }
 
@@ -414,6 +420,7 @@ impl Worker {
             saved,
             server_cursor: Seq::ZERO,
             flushes: Vec::new(),
+            receipts_due: HashMap::new(),
             last_commit: None,
             _done: DoneGuard(parts.done_tx),
         }
@@ -569,7 +576,9 @@ impl Worker {
     /// Whether a commit should run now: acknowledgements wait for one, or
     /// the cursor moved and the interval has passed.
     fn commit_wanted(&mut self) -> bool {
-        !self.flushes.is_empty() || (self.commit_due() && self.committable() > self.saved)
+        !self.flushes.is_empty()
+            || (self.commit_due()
+                && (self.committable() > self.saved || !self.receipts_due.is_empty()))
     }
 
     /// Saves the cursor the application's handling allows, acks it to the
@@ -608,13 +617,23 @@ impl Worker {
                 self.flushes.push((upto, reply));
             }
         }
-        match ws {
-            Some(ws) if saved > self.server_cursor => {
-                self.server_cursor = saved;
-                self.write_request(ws, Request::Ack { cursor: saved }, Waiter::Ack(saved))
-                    .await
-            }
-            _ => Ok(()),
+        let Some(ws) = ws else {
+            return Ok(());
+        };
+        for (channel, message) in std::mem::take(&mut self.receipts_due) {
+            self.write_request(
+                ws,
+                Request::Delivered { channel, message },
+                Waiter::Delivered,
+            )
+            .await?;
+        }
+        if saved > self.server_cursor {
+            self.server_cursor = saved;
+            self.write_request(ws, Request::Ack { cursor: saved }, Waiter::Ack(saved))
+                .await
+        } else {
+            Ok(())
         }
     }
 
@@ -1012,7 +1031,7 @@ impl Worker {
                     let _ = tx.send(Err(ClientError::Timeout));
                 }
                 Waiter::Sync(_) | Waiter::Heartbeat | Waiter::Head => dead = true,
-                Waiter::Ack(_) => {}
+                Waiter::Ack(_) | Waiter::Delivered => {}
             }
         }
         if dead {
@@ -1089,7 +1108,18 @@ impl Worker {
     /// Hands released messages to the application, and notes whether
     /// entries still wait for an earlier one.
     fn released(&mut self, entries: Vec<chat_core::InboxEntry>) {
+        let me = self.session.user_id();
         for e in entries {
+            // A message of the other member of a direct channel: this
+            // device has it, say so (coalesced per channel).
+            let m = &e.message;
+            if self.options.delivery_receipts
+                && m.sender != me
+                && m.channel_id == ChannelId::direct(me, m.sender)
+            {
+                let due = self.receipts_due.entry(m.channel_id).or_insert(m.id);
+                *due = (*due).max(m.id);
+            }
             // Not handled until the application has it, even if it is gone.
             self.outstanding.push_back(e.seq);
             let delivery = Delivery::new(e.seq, e.message, self.acker.clone());
@@ -1188,6 +1218,11 @@ impl Worker {
                         Ok(_) => debug!(%cursor, "cursor acked"),
                         Err(e) => warn!(error = %e, %cursor, "ack failed"),
                     },
+                    Waiter::Delivered => {
+                        if let Err(e) = result {
+                            debug!(error = %e, "delivery receipt refused");
+                        }
+                    }
                     Waiter::Head => match result {
                         Ok(ReplyBody::Head { seq }) => {
                             debug!(%seq, "starting from the inbox's last position");

@@ -233,3 +233,100 @@ async fn two_nodes(hub: &MemoryBusHub) -> (TestServer, TestServer) {
         }
     }
 }
+
+/// The next `delivered` event on `conn` from `user`, as its message.
+async fn next_delivered(
+    conn: &mut chat_client::Connection,
+    channel: ChannelId,
+    user: chat_client::UserId,
+) -> MessageId {
+    let ClientEvent::Delivered { message, .. } = next_event(conn, |e| {
+        matches!(e, ClientEvent::Delivered { channel: c, user: u, .. } if *c == channel && *u == user)
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    message
+}
+
+/// Delivery receipts in a direct channel: the recipient's SDK says it has
+/// a message (live, or by sync when it connects later, on another node),
+/// and every device of the sender gets `delivered`; the marker is in the
+/// channel list after a reconnect. Groups and non-members are refused.
+#[tokio::test]
+async fn delivery_receipts_reach_the_senders_devices_across_nodes() {
+    let hub = MemoryBusHub::new();
+    let (first, second) = two_nodes(&hub).await;
+    let alice = signup_open(&first, "alice").await;
+    let bob = signup_open(&first, "bob").await;
+    let carol = signup_open(&first, "carol").await;
+    let direct = alice.open_direct(bob.user_id()).await.unwrap();
+    let mut a1 = connect_synced(&alice).await;
+    let mut a2 = connect_synced(&alice).await;
+
+    // Bob is offline: nothing is delivered yet.
+    let first_id = a1
+        .send(direct.id, "are you there?")
+        .await
+        .unwrap()
+        .message_id;
+    assert_eq!(summary(&alice, direct.id).await.peer_delivered, None);
+
+    // Bob connects on the other node: his device syncs the message and
+    // says so; both of alice's devices hear it.
+    let bob_there = ChatClient::new(&second.http)
+        .unwrap()
+        .login("bob", "password123")
+        .await
+        .unwrap();
+    let b = connect_synced(&bob_there).await;
+    assert_eq!(
+        next_delivered(&mut a1, direct.id, bob.user_id()).await,
+        first_id
+    );
+    assert_eq!(
+        next_delivered(&mut a2, direct.id, bob.user_id()).await,
+        first_id
+    );
+
+    // Live: a second message, delivered as it arrives.
+    let second_id = a1.send(direct.id, "lunch?").await.unwrap().message_id;
+    assert_eq!(
+        next_delivered(&mut a2, direct.id, bob.user_id()).await,
+        second_id
+    );
+
+    // A device of alice's that connects later reads it from the list.
+    let alice_later = login_sdk(&first, "alice").await;
+    let listed = summary(&alice_later, direct.id).await;
+    assert_eq!(listed.peer_delivered, Some(second_id));
+    assert_eq!(listed.peer_read, None, "delivered is not read");
+
+    // Marking an older message changes nothing.
+    assert_eq!(
+        b.mark_delivered(direct.id, first_id).await.unwrap(),
+        second_id
+    );
+
+    // Refusals: a group, a non-member.
+    let group = alice
+        .create_group("g", &[bob.user_id()])
+        .await
+        .unwrap()
+        .channel;
+    let in_group = a1.send(group.id, "hi all").await.unwrap().message_id;
+    assert_eq!(
+        api_code(b.mark_delivered(group.id, in_group).await),
+        ErrorCode::InvalidInput,
+        "delivery receipts are for direct channels"
+    );
+    let c = connect_synced(&carol).await;
+    assert_eq!(
+        api_code(c.mark_delivered(direct.id, first_id).await),
+        ErrorCode::NotFound,
+        "carol is not a member"
+    );
+    first.stop().await;
+    second.stop().await;
+}
