@@ -134,8 +134,8 @@ mod worker;
 
 pub use backoff::Retry;
 pub use connection::{
-    AckMode, ClientEvent, ConnectOptions, Connection, ConnectionHandle, Delivery, Events,
-    SendReceipt, StartFrom,
+    AckMode, ChangeReceipt, ClientEvent, ConnectOptions, Connection, ConnectionHandle, Delivery,
+    Events, SendReceipt, StartFrom,
 };
 pub use error::{ClientError, Result};
 pub use http::{ChatClient, Credentials, Password, Session};
@@ -151,6 +151,6 @@ pub use chat_core::api::{
 };
 pub use chat_core::protocol::{close, ErrorCode, WireError};
 pub use chat_core::{
-    Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId, Invitation, Message, MessageId,
-    Platform, Presence, Privacy, Profile, Seq, User, UserId, WhoMayAdd,
+    Change, Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId, Invitation, Message,
+    MessageId, Platform, Presence, Privacy, Profile, Seq, User, UserId, WhoMayAdd,
 };

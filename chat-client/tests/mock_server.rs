@@ -81,6 +81,9 @@ impl State {
                 created_at: id,
                 client_msg_id: cid,
                 reply_to: None,
+                edited_at: None,
+                deleted: false,
+                reactions: Vec::new(),
             },
         );
         id
@@ -303,6 +306,7 @@ impl Mock {
                     .map(|(seq, m)| InboxEntry {
                         seq: Seq(*seq),
                         message: m.clone(),
+                        change: None,
                     })
                     .collect();
                 let has_more = all.len() > limit;

@@ -60,6 +60,7 @@
 
 pub mod api;
 pub mod bus;
+pub mod changes;
 pub mod clock;
 pub mod directory;
 pub mod discovery;
@@ -76,6 +77,7 @@ pub mod text;
 pub mod types;
 
 pub use bus::{BusEvent, DeliveryBus, Envelope, EnvelopeHandler};
+pub use changes::{Action, Change, Changed, NewChange, Reactions};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use directory::{
     Contact, Directory, FriendOutcome, InviteOutcome, Limits, TokenState, UserRecord,

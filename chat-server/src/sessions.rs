@@ -250,6 +250,9 @@ mod tests {
             created_at: 1_764_300_000_000,
             client_msg_id: ClientMsgId::new_random(),
             reply_to: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         };
         let seq = Seq(42);
         let spliced = message_frame(seq, &serde_json::to_string(&message).unwrap());

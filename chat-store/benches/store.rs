@@ -30,6 +30,9 @@ fn message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> Message {
         created_at: 0,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
     }
 }
 

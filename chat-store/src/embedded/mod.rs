@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `history` | `channel_id ++ message_id` | the [`Message`] |
 //! | `channel_idempotency` | `channel_id ++ sender ++ client_msg_id` (ASCII) | `channel_id ++ message_id`, then `user_id ++ seq` per inbox it reached (raw, 24 bytes each) |
-//! | `inbox_entries` | `user_id ++ seq` | `channel_id ++ message_id` (raw, 24 bytes): the history record at that position of the user's inbox |
+//! | `inbox_entries` | `user_id ++ seq` | `channel_id ++ message_id` (raw, 24 bytes): the history record at that position of the user's inbox; for a change entry (an edit, a deletion, a reaction) the JSON [`Change`](chat_core::Change) follows |
 //! | `cursors` | `user_id ++ device_id` | the cursor (an inbox position), 8 bytes big-endian |
 //! | `users` | `user_id` | the user, its password hash, privacy settings and token epoch |
 //! | `usernames` | username (UTF-8) | `user_id` (raw, 16 bytes) |
@@ -28,6 +28,7 @@
 //! | `invitations_sent` | `inviter ++ invitee ++ channel_id` (index by inviter) | empty |
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
 //! | `blocks` | `blocker ++ blocked` | empty |
+//! | `reactions` | `channel_id ++ message_id ++ user_id ++ emoji` (UTF-8) | empty |
 //! | `revoked_sessions` | `user_id ++ session` (8 bytes big-endian) | until when, 8 bytes big-endian |
 //! | `meta` | `format` | the layout version, `3` |
 //!
@@ -276,6 +277,7 @@ struct Inner {
     devices: PartitionHandle,
     revoked_sessions: PartitionHandle,
     blocks: PartitionHandle,
+    reactions: PartitionHandle,
     stripes: Stripes,
     group: Committer,
 }
@@ -500,6 +502,7 @@ impl Inner {
         let history = open("history")?;
         let channels = open("channels")?;
         let blocks = open("blocks")?;
+        let reactions = open("reactions")?;
         let tables = Tables {
             history: history.clone(),
             idempotency,
@@ -507,6 +510,7 @@ impl Inner {
             channels: channels.clone(),
             cursors: cursors.clone(),
             blocks: blocks.clone(),
+            reactions: reactions.clone(),
         };
         let reserve = (options.free_space_reserve > 0).then(|| SpaceReserve {
             path: path.to_path_buf(),
@@ -528,6 +532,7 @@ impl Inner {
             devices: open("devices")?,
             revoked_sessions: open("revoked_sessions")?,
             blocks,
+            reactions,
             stripes: Stripes::default(),
             group: Committer::start(keyspace.clone(), tables, reserve, options.stall_after)?,
             keyspace,
