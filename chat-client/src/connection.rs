@@ -360,7 +360,7 @@ pub struct ChangeReceipt {
 impl ClientEvent {
     /// The event for a server notice (a friend request, its acceptance, an
     /// invitation); the event back if it is none of these.
-    pub(crate) fn from_notice(event: Event) -> std::result::Result<Self, Event> {
+    pub(crate) fn from_notice(event: Event) -> std::result::Result<Self, Box<Event>> {
         match event {
             Event::FriendRequest { from } => Ok(ClientEvent::FriendRequest(from)),
             Event::FriendAccepted { friend } => Ok(ClientEvent::FriendAccepted(friend)),
@@ -374,7 +374,7 @@ impl ClientEvent {
                 user,
                 expires_in_ms,
             }),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }
     }
 

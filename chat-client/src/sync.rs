@@ -55,7 +55,7 @@ pub(crate) struct StalledPage;
 #[derive(Debug)]
 enum Slot {
     /// A message, or a change entry, to hand to the application.
-    Message(Message, Option<Change>),
+    Message(Box<(Message, Option<Change>)>),
     /// This device's own message: handled by its receipt.
     Own,
 }
@@ -168,7 +168,7 @@ impl SyncState {
         let slot = if own {
             Slot::Own
         } else {
-            Slot::Message(message, change)
+            Slot::Message(Box::new((message, change)))
         };
         // A receipt already placed here stays: the entry is this device's.
         if !matches!(self.pending.get(&seq), Some(Slot::Own)) {
@@ -190,7 +190,8 @@ impl SyncState {
             }
             let (seq, slot) = entry.remove_entry();
             self.cursor = seq;
-            if let Slot::Message(message, change) = slot {
+            if let Slot::Message(entry) = slot {
+                let (message, change) = *entry;
                 out.push(InboxEntry {
                     seq,
                     message,

@@ -230,6 +230,31 @@ impl EnvelopeHandler for LocalDelivery {
                     }
                 }
             }
+            BusEvent::Changed {
+                message,
+                change,
+                positions,
+            } => {
+                // Each recipient's frame carries their own position.
+                for user in users {
+                    let Ok(i) = positions.binary_search_by_key(user, |(u, _)| *u) else {
+                        continue;
+                    };
+                    let handles = self.targets(*user, envelope);
+                    if handles.is_empty() {
+                        continue;
+                    }
+                    let frame = encode(&ServerFrame::Event(Event::Changed {
+                        seq: positions[i].1,
+                        message: message.clone(),
+                        change: change.clone(),
+                    }));
+                    self.metrics.deliveries.inc_by(handles.len() as u64);
+                    for h in handles {
+                        h.offer(frame.clone());
+                    }
+                }
+            }
             other => tracing::debug!(?other, "bus event this node does not deliver"),
         }
     }
