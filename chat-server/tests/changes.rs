@@ -389,3 +389,88 @@ async fn reactions_are_counted_in_history_and_reach_every_device() {
     assert_eq!(counts.iter().map(|r| r.count).sum::<u32>(), 1 + 1 + 19);
     ts.stop().await;
 }
+
+/// Two nodes sharing storage, linked by a delivery bus: an edit, a deletion
+/// and a reaction made through one node reach a device connected to the
+/// other live.
+#[tokio::test]
+async fn changes_cross_the_bus_to_devices_on_another_node() {
+    use chat_core::memory::{MemoryBusHub, MemoryDiscovery, MemoryPresence, MemoryStore};
+    use chat_server::{ChatServer, ServerConfig};
+
+    let hub = MemoryBusHub::new();
+    let store = Arc::new(MemoryStore::default());
+    let presence = Arc::new(MemoryPresence::default());
+    let discovery = Arc::new(MemoryDiscovery::default());
+    let node = |id: u16, region: &str| {
+        ChatServer::builder(ServerConfig {
+            node_id: id,
+            server_id: format!("node-{id}"),
+            region: Some(region.into()),
+            ..test_config()
+        })
+        .directory(store.directory())
+        .messages(store.clone())
+        .presence(presence.clone())
+        .discovery(discovery.clone())
+        .bus(Arc::new(hub.node()))
+    };
+    let s1 = start_with(node(1, "eu")).await;
+    let s2 = start_with(node(2, "us")).await;
+    let alice = signup_open(&s1, "alice").await;
+    let bob = signup_open(&s2, "bob").await;
+    let direct = alice.open_direct(bob.user_id()).await.unwrap();
+    let in_region = |region: &str| ConnectOptions {
+        region: Some(region.into()),
+        ..ConnectOptions::default()
+    };
+    let mut a = alice
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            in_region("eu"),
+        )
+        .await
+        .unwrap();
+    let mut b = bob
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            in_region("us"),
+        )
+        .await
+        .unwrap();
+    next_event(&mut a, |e| matches!(e, ClientEvent::Synced { .. })).await;
+    next_event(&mut b, |e| matches!(e, ClientEvent::Synced { .. })).await;
+    assert_eq!((s1.server.connections(), s2.server.connections()), (1, 1));
+
+    let m = a.send(direct.id, "across nodes").await.unwrap();
+    seen(&mut b, m.message_id).await;
+    let edited = a
+        .edit(direct.id, m.message_id, "across nodes, edited")
+        .await
+        .unwrap();
+    let (change, message) = next_change(&mut b, m.message_id).await;
+    assert_eq!(change, Change::Edited {});
+    assert_eq!(message, edited.message);
+    b.react(direct.id, m.message_id, "👍").await.unwrap();
+    let (change, _) = next_change(&mut a, m.message_id).await;
+    assert_eq!(
+        change,
+        Change::Reacted {
+            user: bob.user_id(),
+            emoji: "👍".into()
+        }
+    );
+    let deleted = a.delete(direct.id, m.message_id).await.unwrap();
+    let (change, message) = next_change(&mut b, m.message_id).await;
+    assert_eq!(
+        change,
+        Change::Deleted {
+            by: alice.user_id()
+        }
+    );
+    assert_eq!(message, deleted.message);
+    s1.stop().await;
+    s2.stop().await;
+}
