@@ -101,6 +101,7 @@ async fn edits_and_deletions_reach_every_device_and_converge_after_a_reconnect()
     let direct = alice.open_direct(bob.user_id()).await.unwrap();
 
     let mut a = connect_synced(&alice).await;
+    let mut a2 = connect_synced(&alice).await;
     let mut b1 = connect_synced(&bob).await;
     let laptop = Device::new();
     let mut b2 = laptop.connect_synced(&bob).await;
@@ -204,6 +205,20 @@ async fn edits_and_deletions_reach_every_device_and_converge_after_a_reconnect()
         }
     );
     assert_eq!(message, deleted.message, "bob's phone gets the tombstone");
+    // Alice's other device: bob's edit, then her own deletion, in order.
+    assert_eq!(
+        next_change(&mut a2, typo.message_id).await.0,
+        Change::Edited {}
+    );
+    let (change, message) = next_change(&mut a2, typo.message_id).await;
+    assert_eq!(
+        change,
+        Change::Deleted {
+            by: alice.user_id()
+        },
+        "alice's other device gets her own deletion"
+    );
+    assert_eq!(message, deleted.message);
     assert!(
         a.delete(group.id, typo.message_id).await.unwrap().unchanged,
         "a second deletion changes nothing"
