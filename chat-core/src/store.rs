@@ -76,8 +76,11 @@ impl std::fmt::Display for Seq {
 pub struct InboxEntry {
     /// Its position in this user's inbox.
     pub seq: Seq,
-    /// The message; for a change entry, the message's state just after
-    /// the change (without reactions).
+    /// The message as this entry committed or changed it (without
+    /// reactions), or a later state of it: a backend whose entries refer
+    /// to history (the embedded store) shows the message as it is now, an
+    /// edit or a tombstone included. Applying the entries of an inbox in
+    /// order ends on the current state either way.
     pub message: Message,
     /// Set on a **change entry**: what changed about `message` (an edit, a
     /// deletion, a reaction; see [`crate::changes`]). `None` for the entry

@@ -9,7 +9,7 @@ use chat_core::{
 };
 
 use super::messages::{group, new_message, users, whole_history, whole_inbox};
-use super::{ok, Ids};
+use super::{join_all, ok, Ids};
 
 /// Checks every clause of [`MessageStore::change`] and
 /// [`HistoryStore::reactions`](chat_core::HistoryStore::reactions).
@@ -33,7 +33,12 @@ use super::{ok, Ids};
 ///   ones per user and message (`LimitExceeded` past them);
 /// * a change that cannot start within its timeout is refused with a
 ///   temporary error and writes nothing;
-/// * a retried send of a message edited since is a `Conflict`.
+/// * a retried send of a message edited since is a `Conflict`;
+/// * concurrent changes of one message: the same reaction (or edit) raced
+///   is applied once and answered `unchanged` to the others, a user's
+///   racing reactions still stop at the cap, and every change applied has
+///   one entry in each member's inbox at dense positions, in the order
+///   history applied them.
 ///
 /// # Panics
 ///
@@ -42,6 +47,7 @@ pub async fn changes_suite(store: &dyn MessageStore, directory: &dyn Directory) 
     edits(store, directory).await;
     deletions(store, directory).await;
     reactions(store, directory).await;
+    concurrent_changes(store, directory).await;
 }
 
 fn change(channel: ChannelId, id: MessageId, actor: UserId, action: Action) -> NewChange {
@@ -514,3 +520,65 @@ async fn reactions(store: &dyn MessageStore, directory: &dyn Directory) {
         "each reaction is one change entry"
     );
 }
+
+async fn concurrent_changes(store: &dyn MessageStore, directory: &dyn Directory) {
+    const RACERS: usize = 8;
+    let [a, b] = users::<2>(directory).await;
+    let group = group(directory, &[a, b]).await;
+    let ids = Ids::fresh();
+    let m = ok(
+        store
+            .commit(new_message(group.id, a, ids.at(1), "race"))
+            .await,
+        "commit",
+    )
+    .message;
+    let before = heads(store, &[a, b]).await;
+
+    // The same reaction, and the same edit, raced: one of each applies.
+    let same = join_all((0..RACERS).map(|_| store.change(react(group.id, m.id, b, "👍")))).await;
+    let edits = join_all((0..RACERS).map(|_| store.change(edit(group.id, m.id, a, "raced")))).await;
+    for (what, results) in [("the same reaction", same), ("the same edit", edits)] {
+        let applied = results
+            .into_iter()
+            .map(|r| ok(r, what))
+            .filter(|c| !c.unchanged)
+            .count();
+        assert_eq!(applied, 1, "{what} raced {RACERS} times is applied once");
+    }
+    // Distinct reactions of one user raced past the cap: exactly up to it.
+    let many = MAX + 5;
+    let results =
+        join_all((0..many).map(|k| store.change(react(group.id, m.id, b, &format!(":{k}:")))))
+            .await;
+    let mut applied = 0;
+    for r in results {
+        match r {
+            Ok(c) if !c.unchanged => applied += 1,
+            Err(Error::LimitExceeded { .. }) => {}
+            other => panic!("a racing reaction: {other:?}"),
+        }
+    }
+    assert_eq!(
+        applied,
+        MAX - 1,
+        "the cap holds under a race (one 👍 already there)"
+    );
+    let counted: u32 = ok(store.reactions(group.id, &[m.id], a).await, "reactions")
+        .into_iter()
+        .flat_map(|(_, r)| r)
+        .map(|r| r.count)
+        .sum();
+    assert_eq!(counted as usize, MAX);
+    for (i, user) in [a, b].into_iter().enumerate() {
+        let inbox = whole_inbox(store, user).await;
+        assert_eq!(
+            inbox.len(),
+            before[i] + 2 + (MAX - 1),
+            "one change entry per applied change"
+        );
+        assert!(inbox[before[i]..].iter().all(|e| e.change.is_some()));
+    }
+}
+
+const MAX: usize = chat_core::changes::MAX_REACTIONS_PER_USER;
