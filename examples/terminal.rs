@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use chat_client::chat_core::text::printable;
 use chat_client::{
-    Channel, ChannelKind, DeviceId, ErrorCode, FriendStatus, Invitation, Message,
+    Change, Channel, ChannelKind, DeviceId, ErrorCode, FriendStatus, Invitation, Message,
     UpdatePrivacyRequest, UserId, WhoMayAdd,
 };
 use chat_client::{
@@ -62,6 +62,10 @@ commands:
   /reply ID TEXT      answer message ID of the current channel
   /typing             tell the current channel you are typing
   /read               mark the current channel read (up to its last message)
+  /edit ID TEXT       replace the text of your message ID of the current channel
+  /delete ID          delete message ID (yours, or any in a group you own)
+  /react ID EMOJI     react to message ID with EMOJI
+  /unreact ID EMOJI   take your reaction EMOJI back
   /friend USER        ask USER to be friends, or accept their request
   /unfriend USER      end a friendship, decline or cancel a request
   /block USER         USER can no longer message you directly or see your presence
@@ -130,7 +134,25 @@ impl Ui {
             Some(to) => format!(" (reply to {to})"),
             None => String::new(),
         };
-        println!("{place}[{}] {who}{quote}: {}", m.id, printable(&m.content));
+        if m.deleted {
+            println!("{place}[{}] {who}{quote}: (deleted)", m.id);
+            return;
+        }
+        let edited = if m.edited_at.is_some() {
+            " (edited)"
+        } else {
+            ""
+        };
+        let reactions: String = m
+            .reactions
+            .iter()
+            .map(|r| format!(" {}×{}", printable(&r.emoji), r.count))
+            .collect();
+        println!(
+            "{place}[{}] {who}{quote}{edited}: {}{reactions}",
+            m.id,
+            printable(&m.content)
+        );
     }
 
     async fn switch(&mut self, channel: Channel) {
@@ -234,6 +256,33 @@ impl Ui {
                 }
                 None => println!("no channel yet: /dm USER or /group NAME USER.."),
             },
+            cmd @ ("/edit" | "/delete" | "/react" | "/unreact") => {
+                let id = words.next().and_then(|w| w.parse::<u64>().ok());
+                let rest = words.collect::<Vec<_>>().join(" ");
+                let Some(c) = self.current.clone() else {
+                    println!("no channel yet: /dm USER or /group NAME USER..");
+                    return Ok(true);
+                };
+                let Some(id) = id.map(chat_client::MessageId) else {
+                    println!("usage: {cmd} ID ... (ids are shown in /history)");
+                    return Ok(true);
+                };
+                let done = match cmd {
+                    "/edit" if !rest.is_empty() => self.conn.edit(c.id, id, rest).await?,
+                    "/delete" => self.conn.delete(c.id, id).await?,
+                    "/react" if !rest.is_empty() => self.conn.react(c.id, id, rest).await?,
+                    "/unreact" if !rest.is_empty() => self.conn.unreact(c.id, id, rest).await?,
+                    _ => {
+                        println!(
+                            "usage: /edit ID TEXT, /delete ID, /react ID EMOJI, /unreact ID EMOJI"
+                        );
+                        return Ok(true);
+                    }
+                };
+                if done.unchanged {
+                    println!("* nothing to change");
+                }
+            }
             "/typing" => match self.current.clone() {
                 Some(c) => self.conn.typing(c.id).await?,
                 None => println!("no channel yet: /dm USER or /group NAME USER.."),
@@ -439,6 +488,22 @@ async fn main() -> Result<(), Error> {
                     println!("* disconnected ({}); reconnecting", printable(&reason));
                 }
                 Some(ClientEvent::Error(e)) => println!("* error: {}", printable(&e.to_string())),
+                Some(ClientEvent::Changed { change, delivery }) => match &change {
+                    Change::Reacted { user, emoji } | Change::Unreacted { user, emoji } => {
+                        let name = ui.name(*user).await;
+                        let verb = if matches!(change, Change::Reacted { .. }) {
+                            "reacted"
+                        } else {
+                            "took back"
+                        };
+                        println!(
+                            "* {name} {verb} {} on [{}]",
+                            printable(emoji),
+                            delivery.message.id
+                        );
+                    }
+                    _ => ui.show(&delivery.message).await,
+                },
                 Some(_) => {}
                 None => {
                     println!("* connection closed");

@@ -10,7 +10,8 @@ use std::time::Duration;
 use chat_core::api::{HistoryQuery, MessagePage};
 use chat_core::protocol::{Event, ReplyBody, Request};
 use chat_core::{
-    ChannelId, ClientMsgId, DeviceId, Invitation, Message, MessageId, Presence, Seq, User, UserId,
+    Change, ChannelId, ClientMsgId, DeviceId, Invitation, Message, MessageId, Presence, Seq, User,
+    UserId,
 };
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -346,12 +347,48 @@ pub enum ClientEvent {
     /// for good, such as [`ClientError::Closed`] with code 4100, which
     /// [`Connection::closed`] also returns.
     Error(ClientError),
+    /// A message of one of the user's channels was edited, deleted or
+    /// reacted to, by anyone (this user's other devices included): a
+    /// change entry of the inbox, delivered live or by sync, once and in
+    /// inbox order like a [`ClientEvent::Message`] (and acknowledged the
+    /// same way). Apply it to the application's copy of the message:
+    /// replace the copy with `delivery.message` for
+    /// [`Change::Edited`] and [`Change::Deleted`] (the tombstone), count
+    /// the reaction in or out for [`Change::Reacted`] and
+    /// [`Change::Unreacted`]. Changes made through this connection are not
+    /// delivered back: their [`ChangeReceipt`] stands for them.
+    Changed {
+        /// What changed.
+        change: Change,
+        /// The message after the change, its position and the means to
+        /// acknowledge it.
+        delivery: Delivery,
+    },
+}
+
+/// What [`ConnectionHandle::edit`], [`ConnectionHandle::delete`],
+/// [`ConnectionHandle::react`] and [`ConnectionHandle::unreact`] resolve
+/// to: the change is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChangeReceipt {
+    /// The message after the change (without reactions).
+    pub message: Message,
+    /// What changed.
+    pub change: Change,
+    /// `true` if the message already was in the asked state: nothing was
+    /// written (the same edit again, a second delete, a reaction already
+    /// there or already gone).
+    pub unchanged: bool,
+    /// The change entry's position in the user's inbox (absent when
+    /// unchanged).
+    pub seq: Option<Seq>,
 }
 
 impl ClientEvent {
     /// The event for a server notice (a friend request, its acceptance, an
     /// invitation); the event back if it is none of these.
-    pub(crate) fn from_notice(event: Event) -> std::result::Result<Self, Event> {
+    pub(crate) fn from_notice(event: Event) -> std::result::Result<Self, Box<Event>> {
         match event {
             Event::FriendRequest { from } => Ok(ClientEvent::FriendRequest(from)),
             Event::FriendAccepted { friend } => Ok(ClientEvent::FriendAccepted(friend)),
@@ -383,7 +420,7 @@ impl ClientEvent {
                 user,
                 message,
             }),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }
     }
 
@@ -392,7 +429,9 @@ impl ClientEvent {
     pub(crate) fn queued_size(&self) -> usize {
         const OVERHEAD: usize = 256;
         match self {
-            ClientEvent::Message(d) => OVERHEAD.saturating_add(d.message.content.len()),
+            ClientEvent::Message(d) | ClientEvent::Changed { delivery: d, .. } => {
+                OVERHEAD.saturating_add(d.message.content.len())
+            }
             _ => OVERHEAD,
         }
     }
@@ -459,7 +498,9 @@ impl Events {
         self.flow
             .queued_bytes
             .fetch_sub(e.queued_size(), Ordering::AcqRel);
-        if let (true, ClientEvent::Message(d)) = (self.auto_ack, e) {
+        if let (true, ClientEvent::Message(d) | ClientEvent::Changed { delivery: d, .. }) =
+            (self.auto_ack, e)
+        {
             self.flow.acked.fetch_max(d.seq.0, Ordering::AcqRel);
         }
         self.flow.taken.notify_one();
@@ -701,6 +742,41 @@ impl Connection {
         message: MessageId,
     ) -> Result<MessageId> {
         self.handle.mark_delivered(channel, message).await
+    }
+
+    /// Edits one of the user's messages: see [`ConnectionHandle::edit`].
+    pub async fn edit(
+        &self,
+        channel: ChannelId,
+        message_id: MessageId,
+        content: impl Into<String>,
+    ) -> Result<ChangeReceipt> {
+        self.handle.edit(channel, message_id, content).await
+    }
+
+    /// Deletes a message: see [`ConnectionHandle::delete`].
+    pub async fn delete(&self, channel: ChannelId, message_id: MessageId) -> Result<ChangeReceipt> {
+        self.handle.delete(channel, message_id).await
+    }
+
+    /// Reacts to a message: see [`ConnectionHandle::react`].
+    pub async fn react(
+        &self,
+        channel: ChannelId,
+        message_id: MessageId,
+        emoji: impl Into<String>,
+    ) -> Result<ChangeReceipt> {
+        self.handle.react(channel, message_id, emoji).await
+    }
+
+    /// Takes a reaction back: see [`ConnectionHandle::unreact`].
+    pub async fn unreact(
+        &self,
+        channel: ChannelId,
+        message_id: MessageId,
+        emoji: impl Into<String>,
+    ) -> Result<ChangeReceipt> {
+        self.handle.unreact(channel, message_id, emoji).await
     }
 
     /// The presence of `users`: see [`ConnectionHandle::presence`].
@@ -979,6 +1055,100 @@ impl ConnectionHandle {
         {
             ReplyBody::Delivered { message, .. } => Ok(message),
             other => Err(unexpected("delivered", &other)),
+        }
+    }
+
+    /// Replaces the content of one of the user's own messages (`channel`
+    /// must be a member's): the id and the order stay, `edited_at` is set,
+    /// and every member's devices get [`ClientEvent::Changed`] (live, or by
+    /// sync when they reconnect). The same content again changes nothing
+    /// ([`ChangeReceipt::unchanged`]). Refused with `forbidden` for a
+    /// message of another user, `not_found` for a channel the user is not
+    /// in or a message not in it, `conflict` for a deleted message, and
+    /// like a send for empty or too long content.
+    ///
+    /// ```no_run
+    /// # async fn run(conn: chat_client::ConnectionHandle, channel: chat_client::ChannelId, id: chat_client::MessageId) -> chat_client::Result<()> {
+    /// let receipt = conn.edit(channel, id, "hello, fixed").await?;
+    /// assert!(receipt.message.edited_at.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn edit(
+        &self,
+        channel: ChannelId,
+        message_id: MessageId,
+        content: impl Into<String>,
+    ) -> Result<ChangeReceipt> {
+        self.change(Request::Edit {
+            channel,
+            message_id,
+            content: content.into(),
+        })
+        .await
+    }
+
+    /// Deletes a message: the user's own, or any message of a group the
+    /// user owns (`forbidden` otherwise). It stays as a tombstone (no
+    /// content, [`Message::deleted`]); every member's devices get
+    /// [`ClientEvent::Changed`]. Deleting again changes nothing.
+    pub async fn delete(&self, channel: ChannelId, message_id: MessageId) -> Result<ChangeReceipt> {
+        self.change(Request::Delete {
+            channel,
+            message_id,
+        })
+        .await
+    }
+
+    /// Adds the reaction `emoji` (1 to 32 bytes, no control character or
+    /// space) to a message of a channel the user is in; at most 20
+    /// distinct reactions per user and message (`limit_exceeded`). History
+    /// pages count them per emoji ([`Message::reactions`]); every member's
+    /// devices get [`ClientEvent::Changed`]. A reaction the user already
+    /// has changes nothing.
+    pub async fn react(
+        &self,
+        channel: ChannelId,
+        message_id: MessageId,
+        emoji: impl Into<String>,
+    ) -> Result<ChangeReceipt> {
+        self.change(Request::React {
+            channel,
+            message_id,
+            emoji: emoji.into(),
+        })
+        .await
+    }
+
+    /// Takes back the user's reaction `emoji`; one the user does not have
+    /// changes nothing.
+    pub async fn unreact(
+        &self,
+        channel: ChannelId,
+        message_id: MessageId,
+        emoji: impl Into<String>,
+    ) -> Result<ChangeReceipt> {
+        self.change(Request::Unreact {
+            channel,
+            message_id,
+            emoji: emoji.into(),
+        })
+        .await
+    }
+
+    async fn change(&self, request: Request) -> Result<ChangeReceipt> {
+        match self.request(request, self.request_deadline()).await? {
+            ReplyBody::Changed {
+                message,
+                change,
+                unchanged,
+                seq,
+            } => Ok(ChangeReceipt {
+                message,
+                change,
+                unchanged,
+                seq,
+            }),
+            other => Err(unexpected("change", &other)),
         }
     }
 

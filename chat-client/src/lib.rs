@@ -72,6 +72,20 @@
 //! channel's messages in id order. This device's own messages are not
 //! repeated as events: [`Connection::send`]'s receipt stands for them.
 //!
+//! ## Edits, deletions and reactions
+//!
+//! [`ConnectionHandle::edit`], [`ConnectionHandle::delete`],
+//! [`ConnectionHandle::react`] and [`ConnectionHandle::unreact`] change a
+//! stored message. The server puts each change in the inbox of every
+//! member, at the next position, so it reaches the user's other devices and
+//! the other members as a [`ClientEvent::Changed`], in inbox order with the
+//! messages, live or by the sync after a reconnect, and is acknowledged
+//! like a message. The SDK keeps no copy of the messages: the application
+//! applies each change to its own (replace the message with
+//! `delivery.message` for an edit or a deletion, count a reaction in or
+//! out), and every device converges. History pages carry the current state:
+//! edited text with `edited_at`, tombstones, reactions counted per emoji.
+//!
 //! ## Acknowledgement and crashes
 //!
 //! The cursor saved in the [`CursorStore`] (and acked to the server) only
@@ -134,8 +148,8 @@ mod worker;
 
 pub use backoff::Retry;
 pub use connection::{
-    AckMode, ClientEvent, ConnectOptions, Connection, ConnectionHandle, Delivery, Events,
-    ReadState, SendReceipt, StartFrom,
+    AckMode, ChangeReceipt, ClientEvent, ConnectOptions, Connection, ConnectionHandle, Delivery,
+    Events, ReadState, SendReceipt, StartFrom,
 };
 pub use error::{ClientError, Result};
 pub use http::{ChatClient, Credentials, Password, Session};
@@ -152,6 +166,6 @@ pub use chat_core::api::{
 pub use chat_core::api::{ChannelList, ChannelSummary};
 pub use chat_core::protocol::{close, ErrorCode, WireError};
 pub use chat_core::{
-    Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId, Invitation, Message, MessageId,
-    Platform, Presence, Privacy, Profile, Seq, User, UserId, WhoMayAdd,
+    Change, Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId, Invitation, Message,
+    MessageId, Platform, Presence, Privacy, Profile, Seq, User, UserId, WhoMayAdd,
 };

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use chat_core::{ChannelId, ClientMsgId, InboxEntry, Message, Seq, UserId};
+use chat_core::{Change, ChannelId, ClientMsgId, InboxEntry, Message, Seq, UserId};
 use tokio::time::Instant;
 
 /// What to do after a sync page.
@@ -54,8 +54,8 @@ pub(crate) struct StalledPage;
 /// An entry waiting for the ones before it.
 #[derive(Debug)]
 enum Slot {
-    /// A message to hand to the application.
-    Message(Message),
+    /// A message, or a change entry, to hand to the application.
+    Message(Box<(Message, Option<Change>)>),
     /// This device's own message: handled by its receipt.
     Own,
 }
@@ -135,19 +135,40 @@ impl SyncState {
         out
     }
 
+    /// This device's own change (an edit, a deletion, a reaction) is
+    /// stored at `seq`: its reply stands for it, the position is handled
+    /// silently. Returns entries released by it.
+    pub(crate) fn changed(&mut self, seq: Seq) -> Vec<InboxEntry> {
+        let mut out = Vec::new();
+        if seq > self.cursor {
+            self.pending.insert(seq, Slot::Own);
+            self.drain(&mut out);
+        }
+        out
+    }
+
     /// Takes in one entry (from a page or a live event).
-    fn admit(&mut self, seq: Seq, message: Message, out: &mut Vec<InboxEntry>) {
+    fn admit(
+        &mut self,
+        seq: Seq,
+        message: Message,
+        change: Option<Change>,
+        out: &mut Vec<InboxEntry>,
+    ) {
         if seq <= self.cursor {
             return; // handled already
         }
-        let own = message.sender == self.user
+        // Change entries carry the key of the message they change: only
+        // a message's own entry is recognised by it.
+        let own = change.is_none()
+            && message.sender == self.user
             && self
                 .own
                 .contains_key(&(message.channel_id, message.client_msg_id.clone()));
         let slot = if own {
             Slot::Own
         } else {
-            Slot::Message(message)
+            Slot::Message(Box::new((message, change)))
         };
         // A receipt already placed here stays: the entry is this device's.
         if !matches!(self.pending.get(&seq), Some(Slot::Own)) {
@@ -169,16 +190,32 @@ impl SyncState {
             }
             let (seq, slot) = entry.remove_entry();
             self.cursor = seq;
-            if let Slot::Message(message) = slot {
-                out.push(InboxEntry { seq, message });
+            if let Slot::Message(entry) = slot {
+                let (message, change) = *entry;
+                out.push(InboxEntry {
+                    seq,
+                    message,
+                    change,
+                });
             }
         }
     }
 
     /// A live message arrived at position `seq`: returns what is released.
     pub(crate) fn on_live(&mut self, seq: Seq, message: Message) -> Vec<InboxEntry> {
+        self.on_live_entry(seq, message, None)
+    }
+
+    /// A live message or change entry arrived at position `seq`: returns
+    /// what is released.
+    pub(crate) fn on_live_entry(
+        &mut self,
+        seq: Seq,
+        message: Message,
+        change: Option<Change>,
+    ) -> Vec<InboxEntry> {
         let mut out = Vec::new();
-        self.admit(seq, message, &mut out);
+        self.admit(seq, message, change, &mut out);
         out
     }
 
@@ -197,7 +234,7 @@ impl SyncState {
                 continue;
             }
             last = last.max(e.seq);
-            self.admit(e.seq, e.message, &mut emit);
+            self.admit(e.seq, e.message, e.change, &mut emit);
         }
         if has_more {
             if last == after {
@@ -233,6 +270,9 @@ mod tests {
             created_at: seq,
             client_msg_id: ClientMsgId::new(format!("k{seq}")).unwrap(),
             reply_to: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         }
     }
 
@@ -240,6 +280,7 @@ mod tests {
         InboxEntry {
             seq: Seq(seq),
             message: msg(seq),
+            change: None,
         }
     }
 
@@ -321,6 +362,7 @@ mod tests {
                     InboxEntry {
                         seq: Seq(3),
                         message: mine,
+                        change: None,
                     },
                     entry(4),
                 ],
@@ -415,6 +457,7 @@ mod tests {
                                     .map(|k| InboxEntry {
                                         seq: Seq(k),
                                         message: message(k),
+                                        change: None,
                                     })
                                     .collect();
                                 let more = after.0 + 5 < total;
@@ -431,6 +474,7 @@ mod tests {
                             .map(|k| InboxEntry {
                                 seq: Seq(k),
                                 message: message(k),
+                                change: None,
                             })
                             .collect();
                         let o = s.on_page(after, page, false).unwrap();

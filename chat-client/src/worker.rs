@@ -1123,7 +1123,10 @@ impl Worker {
             // Not handled until the application has it, even if it is gone.
             self.outstanding.push_back(e.seq);
             let delivery = Delivery::new(e.seq, e.message, self.acker.clone());
-            self.emit(ClientEvent::Message(delivery));
+            match e.change {
+                None => self.emit(ClientEvent::Message(delivery)),
+                Some(change) => self.emit(ClientEvent::Changed { change, delivery }),
+            }
         }
         let Some(sync) = &self.sync else {
             return;
@@ -1163,6 +1166,18 @@ impl Worker {
                     self.released(out);
                 }
             }
+            ServerFrame::Event(Event::Changed {
+                seq,
+                message,
+                change,
+            }) => {
+                if self.over_budget() {
+                    self.behind = true;
+                } else if let Some(sync) = &mut self.sync {
+                    let out = sync.on_live_entry(seq, message, Some(change));
+                    self.released(out);
+                }
+            }
             ServerFrame::Event(Event::Presence { presence }) => {
                 self.emit(ClientEvent::Presence(presence));
             }
@@ -1189,6 +1204,14 @@ impl Worker {
                 let result = reply.into_result();
                 match pending.waiter {
                     Waiter::User(tx) => {
+                        if let (Ok(ReplyBody::Changed { seq: Some(seq), .. }), Some(sync)) =
+                            (&result, &mut self.sync)
+                        {
+                            // This device's own change: the reply stands
+                            // for its entry, handled silently.
+                            let out = sync.changed(*seq);
+                            self.released(out);
+                        }
                         let _ = tx.send(result.map_err(ClientError::Api));
                     }
                     Waiter::Send {

@@ -38,7 +38,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// What a mock connection is told to do by the test.
 #[derive(Debug)]
 enum Control {
-    Frame(ServerFrame),
+    Frame(Box<ServerFrame>),
     Close(u16),
 }
 
@@ -81,6 +81,9 @@ impl State {
                 created_at: id,
                 client_msg_id: cid,
                 reply_to: None,
+                edited_at: None,
+                deleted: false,
+                reactions: Vec::new(),
             },
         );
         id
@@ -303,6 +306,7 @@ impl Mock {
                     .map(|(seq, m)| InboxEntry {
                         seq: Seq(*seq),
                         message: m.clone(),
+                        change: None,
                     })
                     .collect();
                 let has_more = all.len() > limit;
@@ -357,10 +361,12 @@ impl Mock {
         let mut st = self.state.lock().unwrap();
         let message = st.inbox[&seq].clone();
         st.live.retain(|tx| {
-            tx.send(Control::Frame(ServerFrame::Event(Event::Message {
-                seq: Seq(seq),
-                message: message.clone(),
-            })))
+            tx.send(Control::Frame(Box::new(ServerFrame::Event(
+                Event::Message {
+                    seq: Seq(seq),
+                    message: message.clone(),
+                },
+            ))))
             .is_ok()
         });
     }
@@ -369,7 +375,7 @@ impl Mock {
     fn broadcast(&self, frame: ServerFrame) {
         let mut st = self.state.lock().unwrap();
         st.live
-            .retain(|tx| tx.send(Control::Frame(frame.clone())).is_ok());
+            .retain(|tx| tx.send(Control::Frame(Box::new(frame.clone()))).is_ok());
     }
 
     /// Stores a message without live delivery (it happened while offline).

@@ -50,6 +50,9 @@ fn message(len: usize) -> Message {
         created_at: 1_764_300_000_000,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
     }
 }
 

@@ -61,6 +61,18 @@ pub enum BusEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session: Option<u64>,
     },
+    /// A stored change to a message (an edit, a deletion, a reaction), and
+    /// where its change entry sits in each recipient's inbox: delivered as
+    /// [`Event::Changed`](crate::protocol::Event::Changed) like a message.
+    Changed {
+        /// The message after the change.
+        message: Message,
+        /// What changed.
+        change: crate::changes::Change,
+        /// `(recipient, inbox position)` for every recipient, sorted by
+        /// recipient.
+        positions: Vec<(UserId, Seq)>,
+    },
 }
 
 /// Receives envelopes for users subscribed on this node.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::bus::{DeliveryBus, Envelope, EnvelopeHandler};
+use crate::changes::{count_reactions, decide, Change, Changed, Decision, NewChange, Reactions};
 use crate::clock::{Clock, SystemClock};
 use crate::discovery::{ServerInfo, ServiceDiscovery};
 use crate::error::{Error, Result};
@@ -60,6 +61,8 @@ struct ChannelLog {
     head: Option<crate::receipts::Marker>,
     /// Each committed message's number (see [`crate::receipts`]).
     numbers: HashMap<MessageId, u64>,
+    /// message → its reactions, `(user, emoji)`, in the order added.
+    reactions: HashMap<MessageId, Vec<(UserId, String)>>,
 }
 
 /// An idempotency record.
@@ -195,6 +198,7 @@ impl MemoryStore {
             inbox.push(InboxEntry {
                 seq,
                 message: message.clone(),
+                change: None,
             });
             positions.push((*member, seq));
         }
@@ -263,6 +267,26 @@ impl HistoryStore for MemoryStore {
             .get(&channel)
             .and_then(|c| c.messages.get(&id))
             .cloned())
+    }
+
+    async fn reactions(
+        &self,
+        channel: ChannelId,
+        messages: &[MessageId],
+        viewer: UserId,
+    ) -> Result<Vec<(MessageId, Vec<Reactions>)>> {
+        let stripe = self.channel_stripe(channel);
+        let Some(log) = stripe.get(&channel) else {
+            return Ok(Vec::new());
+        };
+        Ok(messages
+            .iter()
+            .filter_map(|id| {
+                let pairs = log.reactions.get(id).filter(|v| !v.is_empty())?;
+                let counted = count_reactions(pairs.iter().map(|(u, e)| (e.as_str(), *u)), viewer);
+                Some((*id, counted))
+            })
+            .collect())
     }
 
     async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
@@ -343,6 +367,92 @@ impl MessageStore for MemoryStore {
                 "this key was committed through the outbox of a sharded deployment",
             )),
         }
+    }
+
+    async fn change(&self, change: NewChange) -> Result<Changed> {
+        let started = Instant::now();
+        // The channel's lock serializes changes with its commits, and the
+        // directory read under it with membership changes.
+        let mut stripe = self.channel_stripe(change.channel_id);
+        let channel = self
+            .directory
+            .channel_now(change.channel_id)
+            .ok_or(Error::not_found("channel"))?;
+        if !channel.is_member(change.actor) {
+            return Err(Error::forbidden("not a member of this channel"));
+        }
+        let log = stripe.entry(change.channel_id).or_default();
+        let current = log
+            .messages
+            .get(&change.message_id)
+            .ok_or(Error::not_found("message"))?;
+        let reacted: Vec<String> = log
+            .reactions
+            .get(&change.message_id)
+            .map(|v| {
+                v.iter()
+                    .filter(|(u, _)| *u == change.actor)
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let owner = match channel.kind {
+            ChannelKind::Group => channel.owner,
+            _ => None,
+        };
+        let (message, what) = match decide(current, owner, &change, &reacted)? {
+            Decision::Unchanged(what) => {
+                return Ok(Changed {
+                    message: current.clone(),
+                    change: what,
+                    unchanged: true,
+                    positions: Vec::new(),
+                })
+            }
+            Decision::Apply { message, change } => (message, change),
+        };
+        if started.elapsed() >= change.timeout {
+            return Err(Error::temporary(
+                "memory",
+                "the change did not start in time",
+            ));
+        }
+        let id = change.message_id;
+        match &what {
+            Change::Reacted { user, emoji } => log
+                .reactions
+                .entry(id)
+                .or_default()
+                .push((*user, emoji.clone())),
+            Change::Unreacted { user, emoji } => {
+                if let Some(v) = log.reactions.get_mut(&id) {
+                    v.retain(|(u, e)| !(u == user && e == emoji));
+                }
+            }
+            Change::Deleted { .. } => {
+                log.reactions.remove(&id);
+            }
+            _ => {}
+        }
+        log.messages.insert(id, message.clone());
+        let mut positions = Vec::with_capacity(channel.members.len());
+        for member in &channel.members {
+            let mut inboxes = self.inbox_stripe(*member);
+            let inbox = inboxes.entries.entry(*member).or_default();
+            let seq = Seq(inbox.len() as u64 + 1);
+            inbox.push(InboxEntry {
+                seq,
+                message: message.clone(),
+                change: Some(what.clone()),
+            });
+            positions.push((*member, seq));
+        }
+        Ok(Changed {
+            message,
+            change: what,
+            unchanged: false,
+            positions,
+        })
     }
 }
 

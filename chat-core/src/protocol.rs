@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::changes::Change;
 use crate::error::Error;
 use crate::id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 use crate::store::{InboxEntry, Seq};
@@ -118,6 +119,44 @@ pub enum Request {
         /// The last message received.
         message: MessageId,
     },
+    /// Replace the content of one of the user's own messages. The id and
+    /// the order stay; `edited_at` is set. The same content again changes
+    /// nothing (`unchanged: true`).
+    Edit {
+        /// The message's channel (the user must be a member).
+        channel: ChannelId,
+        /// The message.
+        message_id: MessageId,
+        /// The new text, under the same rules as a send's.
+        content: String,
+    },
+    /// Delete a message: the user's own, or any message of a group the
+    /// user owns. It stays as a tombstone (no content, `deleted: true`).
+    Delete {
+        /// The message's channel (the user must be a member).
+        channel: ChannelId,
+        /// The message.
+        message_id: MessageId,
+    },
+    /// Add a reaction to a message (at most 20 distinct ones per user and
+    /// message, each 1 to 32 bytes with no control character or space).
+    React {
+        /// The message's channel (the user must be a member).
+        channel: ChannelId,
+        /// The message.
+        message_id: MessageId,
+        /// The reaction, e.g. an emoji.
+        emoji: String,
+    },
+    /// Take back one of the user's reactions to a message.
+    Unreact {
+        /// The message's channel (the user must be a member).
+        channel: ChannelId,
+        /// The message.
+        message_id: MessageId,
+        /// The reaction.
+        emoji: String,
+    },
 }
 
 /// How long a typing indicator lasts without a refresh, in milliseconds.
@@ -138,6 +177,10 @@ impl Request {
         "typing",
         "read",
         "delivered",
+        "edit",
+        "delete",
+        "react",
+        "unreact",
     ];
 }
 
@@ -296,6 +339,22 @@ pub enum ReplyBody {
         /// The last message received (the one given, or a later one).
         message: MessageId,
     },
+    /// An edit, deletion or reaction is stored in history and in every
+    /// member's inbox (or there was nothing to change).
+    Changed {
+        /// The message after the change (without reactions).
+        message: Message,
+        /// What changed.
+        change: Change,
+        /// `true` if the message already was in the asked state: nothing
+        /// was written or announced.
+        #[serde(default)]
+        unchanged: bool,
+        /// The change entry's position in the user's own inbox, so the
+        /// device can count it as handled; absent when unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<Seq>,
+    },
 }
 
 /// Something the server tells the client without being asked.
@@ -367,6 +426,17 @@ pub enum Event {
         user: UserId,
         /// The last message received.
         message: MessageId,
+    },
+    /// A message of one of the user's channels was edited, deleted or
+    /// reacted to: a change entry of the user's inbox, delivered live like
+    /// a message (and by sync to a device that was offline).
+    Changed {
+        /// The change entry's position in this user's inbox.
+        seq: Seq,
+        /// The message after the change (without reactions).
+        message: Message,
+        /// What changed.
+        change: Change,
     },
 }
 
@@ -601,6 +671,25 @@ mod tests {
                 channel: c,
                 message: MessageId(1),
             },
+            Request::Edit {
+                channel: c,
+                message_id: MessageId(1),
+                content: "x".into(),
+            },
+            Request::Delete {
+                channel: c,
+                message_id: MessageId(1),
+            },
+            Request::React {
+                channel: c,
+                message_id: MessageId(1),
+                emoji: "x".into(),
+            },
+            Request::Unreact {
+                channel: c,
+                message_id: MessageId(1),
+                emoji: "x".into(),
+            },
         ];
         // Exhaustive on purpose: a new request type fails to compile here
         // until it is added to this list and to `Request::TYPES`.
@@ -616,6 +705,10 @@ mod tests {
                 Request::Typing { .. } => "typing",
                 Request::Read { .. } => "read",
                 Request::Delivered { .. } => "delivered",
+                Request::Edit { .. } => "edit",
+                Request::Delete { .. } => "delete",
+                Request::React { .. } => "react",
+                Request::Unreact { .. } => "unreact",
             }
         }
         assert_eq!(requests.len(), Request::TYPES.len());

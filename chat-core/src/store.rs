@@ -76,8 +76,17 @@ impl std::fmt::Display for Seq {
 pub struct InboxEntry {
     /// Its position in this user's inbox.
     pub seq: Seq,
-    /// The message.
+    /// The message as this entry committed or changed it (without
+    /// reactions), or a later state of it: a backend whose entries refer
+    /// to history (the embedded store) shows the message as it is now, an
+    /// edit or a tombstone included. Applying the entries of an inbox in
+    /// order ends on the current state either way.
     pub message: Message,
+    /// Set on a **change entry**: what changed about `message` (an edit, a
+    /// deletion, a reaction; see [`crate::changes`]). `None` for the entry
+    /// of a new message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<crate::changes::Change>,
 }
 
 /// Some items of a longer sequence, and whether more follow.
@@ -267,6 +276,28 @@ pub trait HistoryStore: Send + Sync + Debug + 'static {
 
     /// A page of one channel's history.
     async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>>;
+
+    /// The reactions of some messages of one channel, counted per emoji for
+    /// `viewer` ([`Reactions::me`](crate::changes::Reactions::me)): one
+    /// `(message, reactions)` per asked message that has any, in the asked
+    /// order, each list sorted by emoji. Messages of other channels, unknown
+    /// ones and ones without reactions are left out. Reads only the asked
+    /// messages' reactions (at most [`MAX_PAGE`] messages are asked at once).
+    ///
+    /// Reactions are written by [`MessageStore::change`]. The default
+    /// answers [`Error::Unsupported`](crate::Error::Unsupported), for a
+    /// store that keeps none.
+    async fn reactions(
+        &self,
+        channel: ChannelId,
+        messages: &[MessageId],
+        viewer: UserId,
+    ) -> Result<Vec<(MessageId, Vec<crate::changes::Reactions>)>> {
+        let _ = (channel, messages, viewer);
+        Err(crate::Error::Unsupported {
+            operation: "reactions",
+        })
+    }
 }
 
 /// The message sync queue: one inbox per recipient, plus each device's
@@ -387,6 +418,9 @@ impl NewMessage {
             created_at: self.created_at,
             client_msg_id: self.client_msg_id.clone(),
             reply_to: self.reply_to,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         }
     }
 }
@@ -471,6 +505,49 @@ impl Committed {
 pub trait MessageStore: HistoryStore + Inbox + crate::receipts::Receipts {
     /// Stores `message` in history and every member's inbox, atomically.
     async fn commit(&self, message: NewMessage) -> Result<Committed>;
+
+    /// Edits, deletes or reacts to a stored message (see
+    /// [`crate::changes`] for the design).
+    ///
+    /// # Contract
+    ///
+    /// * **Checks**, in this order, each writing nothing when it fails: a
+    ///   channel that does not exist is `NotFound { what: "channel" }`; an
+    ///   actor who is not a member is `Forbidden`; a message not in the
+    ///   channel's history is `NotFound { what: "message" }`; then the
+    ///   rule every backend shares, [`changes::decide`](crate::changes::decide)
+    ///   (who may edit and delete, deleted messages, the reaction cap).
+    /// * **Atomic**, like [`commit`](Self::commit): the message's new state
+    ///   in history (content and `edited_at`, or the tombstone with its
+    ///   reactions removed, or the reaction added or removed) and a change
+    ///   entry in the inbox of every member of the channel at that moment
+    ///   (the actor included), all or nothing, durable on `Ok`.
+    /// * **Ordering**: changes and commits to one channel are serialized
+    ///   (and with membership changes), so a change entry follows the entry
+    ///   of its message in every inbox, and two changes to one message
+    ///   reach every inbox in the order history applied them. Each change
+    ///   entry takes the next position of each inbox, like a message.
+    /// * **Idempotency**: a change that would leave the message as it is
+    ///   (the same content again, a deletion of a deleted message, a
+    ///   reaction the actor already has, taking back one they do not have)
+    ///   writes nothing and answers `unchanged: true` with the message as
+    ///   it is and no positions. A message's id, channel, sender, creation
+    ///   time, client message id and `reply_to` never change. A retried
+    ///   *send* of a message edited or deleted since is a `Conflict` (its
+    ///   content no longer matches).
+    /// * **No late writes**: as for [`commit`](Self::commit), a change that
+    ///   has not started its write within [`NewChange::timeout`](crate::changes::NewChange::timeout)
+    ///   is refused with a temporary error and writes nothing.
+    /// * **Expiry**: none; tombstones, reactions and change entries are
+    ///   kept like messages.
+    ///
+    /// The default answers [`Error::Unsupported`](crate::Error::Unsupported).
+    async fn change(&self, change: crate::changes::NewChange) -> Result<crate::changes::Changed> {
+        let _ = change;
+        Err(crate::Error::Unsupported {
+            operation: "change",
+        })
+    }
 
     /// Whether the store can take writes now. A store that cannot (its
     /// disk is full, it is reopening after a failed write, its database is

@@ -197,6 +197,18 @@ pub struct Message {
     /// The server checks that it exists in the channel before storing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<MessageId>,
+    /// When the sender last edited the content, Unix milliseconds; `None`
+    /// for a message never edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// Whether the message was deleted: then it is a tombstone, with no
+    /// content and no reactions (see [`crate::changes`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// The reactions, one per emoji with its count, sorted by emoji: set in
+    /// history pages (for the user reading them), empty elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<crate::changes::Reactions>,
 }
 
 #[cfg(test)]
@@ -210,6 +222,9 @@ impl Message {
             created_at: 0,
             client_msg_id: ClientMsgId::new_random(),
             reply_to: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         }
     }
 }

@@ -54,6 +54,7 @@
 mod accept;
 mod account;
 mod auth;
+mod changes;
 mod config;
 mod consent;
 mod error;

@@ -93,6 +93,14 @@ impl HistoryStore for Metered<dyn MessageStore> {
     async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
         timed!(self.page(channel, page))
     }
+    async fn reactions(
+        &self,
+        channel: ChannelId,
+        messages: &[MessageId],
+        viewer: UserId,
+    ) -> Result<Vec<(MessageId, Vec<chat_core::Reactions>)>> {
+        timed!(self.reactions(channel, messages, viewer))
+    }
 }
 
 #[async_trait]
@@ -137,6 +145,9 @@ impl chat_core::Receipts for Metered<dyn MessageStore> {
 impl MessageStore for Metered<dyn MessageStore> {
     async fn commit(&self, message: NewMessage) -> Result<Committed> {
         timed!(self.commit(message))
+    }
+    async fn change(&self, change: chat_core::NewChange) -> Result<chat_core::Changed> {
+        timed!(self.change(change))
     }
     fn health(&self) -> Health {
         self.inner.health()

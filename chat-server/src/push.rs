@@ -593,6 +593,9 @@ mod tests {
             created_at: 0,
             client_msg_id: ClientMsgId::new_random(),
             reply_to: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         }
     }
 

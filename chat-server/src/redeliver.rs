@@ -73,9 +73,10 @@ impl Queue {
 /// text, the recipients and their positions) plus a fixed allowance.
 fn weight(users: &[UserId], envelope: &Envelope) -> usize {
     let carried = match &envelope.event {
-        BusEvent::Message { message, positions } => {
-            message.content.len() + std::mem::size_of_val(positions.as_slice())
-        }
+        BusEvent::Message { message, positions }
+        | BusEvent::Changed {
+            message, positions, ..
+        } => message.content.len() + std::mem::size_of_val(positions.as_slice()),
         _ => 0,
     };
     256 + carried + std::mem::size_of_val(users)
@@ -147,6 +148,9 @@ mod tests {
                     created_at: 0,
                     client_msg_id: ClientMsgId::new_random(),
                     reply_to: None,
+                    edited_at: None,
+                    deleted: false,
+                    reactions: Vec::new(),
                 },
                 positions: vec![(UserId::new_random(), Seq(1))],
             },

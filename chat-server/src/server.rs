@@ -721,12 +721,13 @@ impl ChatServer {
     ) -> ApiResult<(Vec<Message>, bool)> {
         self.member_channel(user, channel).await?;
         let page = page.with_max_bytes(page.max_bytes.min(self.inner.config.page_bytes));
-        let page = self
+        let mut page = self
             .inner
             .messages
             .page(channel, page)
             .await
             .map_err(wire)?;
+        crate::changes::add_reactions(&self.inner, user, channel, &mut page.items).await?;
         Ok((page.items, page.has_more))
     }
 
@@ -997,6 +998,28 @@ impl ChatServer {
         async move {
             signal.await;
             server.shutdown().await;
+        }
+    }
+
+    /// Publishes `envelope` to `recipients` live, waiting at most
+    /// [`PUBLISH_WAIT`]; a publish that fails or takes longer is made again
+    /// later, as a send's is.
+    pub(crate) async fn publish_or_redeliver(&self, recipients: Vec<UserId>, envelope: Envelope) {
+        let inner = &self.inner;
+        let published = tokio::time::timeout(
+            PUBLISH_WAIT,
+            inner.bus.publish(&recipients, envelope.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(chat_core::Error::temporary(
+                "bus",
+                format!("no answer from the bus within {PUBLISH_WAIT:?}"),
+            ))
+        });
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "live delivery failed; published again later");
+            inner.redeliveries.push(recipients, envelope);
         }
     }
 

@@ -230,6 +230,31 @@ impl EnvelopeHandler for LocalDelivery {
                     }
                 }
             }
+            BusEvent::Changed {
+                message,
+                change,
+                positions,
+            } => {
+                // Each recipient's frame carries their own position.
+                for user in users {
+                    let Ok(i) = positions.binary_search_by_key(user, |(u, _)| *u) else {
+                        continue;
+                    };
+                    let handles = self.targets(*user, envelope);
+                    if handles.is_empty() {
+                        continue;
+                    }
+                    let frame = encode(&ServerFrame::Event(Event::Changed {
+                        seq: positions[i].1,
+                        message: message.clone(),
+                        change: change.clone(),
+                    }));
+                    self.metrics.deliveries.inc_by(handles.len() as u64);
+                    for h in handles {
+                        h.offer(frame.clone());
+                    }
+                }
+            }
             other => tracing::debug!(?other, "bus event this node does not deliver"),
         }
     }
@@ -250,6 +275,9 @@ mod tests {
             created_at: 1_764_300_000_000,
             client_msg_id: ClientMsgId::new_random(),
             reply_to: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         };
         let seq = Seq(42);
         let spliced = message_frame(seq, &serde_json::to_string(&message).unwrap());

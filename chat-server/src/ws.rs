@@ -746,6 +746,45 @@ async fn handle_request(
             channel,
             message: server.mark_delivered(user, channel, message).await?,
         }),
+        Request::Edit {
+            channel,
+            message_id,
+            content,
+        } => {
+            let action = chat_core::Action::Edit { content };
+            server
+                .change(user, device, channel, message_id, action)
+                .await
+        }
+        Request::Delete {
+            channel,
+            message_id,
+        } => {
+            let action = chat_core::Action::Delete;
+            server
+                .change(user, device, channel, message_id, action)
+                .await
+        }
+        Request::React {
+            channel,
+            message_id,
+            emoji,
+        } => {
+            let action = chat_core::Action::React { emoji };
+            server
+                .change(user, device, channel, message_id, action)
+                .await
+        }
+        Request::Unreact {
+            channel,
+            message_id,
+            emoji,
+        } => {
+            let action = chat_core::Action::Unreact { emoji };
+            server
+                .change(user, device, channel, message_id, action)
+                .await
+        }
         _ => Err(WireError::new(ErrorCode::BadFrame, "unknown request")),
     }
 }

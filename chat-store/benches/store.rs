@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chat_core::memory::MemoryStore;
 use chat_core::{
-    Channel, ChannelId, ChannelKind, ClientMsgId, Directory, Message, MessageStore, NewMessage,
-    Page, Profile, Seq, Snowflake, User, UserId, UserRecord,
+    Action, Channel, ChannelId, ChannelKind, ClientMsgId, Directory, Message, MessageStore,
+    NewChange, NewMessage, Page, Profile, Seq, Snowflake, User, UserId, UserRecord,
 };
 use chat_store::embedded::EmbeddedStore;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -30,6 +30,9 @@ fn message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> Message {
         created_at: 0,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
     }
 }
 
@@ -165,6 +168,39 @@ fn store(c: &mut Criterion) {
                     |m| {
                         let s = be.messages.clone();
                         async move { black_box(s.commit(m).await.expect("commit")) }
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        // A change: the message's new state and a change entry in every
+        // member's inbox, in one write. The content alternates, so every
+        // edit writes.
+        for (label, channel) in [("1:1", &direct), ("group of 100", &group)] {
+            let target = rt
+                .block_on(be.messages.commit(new_message(&ids, channel.id, sender)))
+                .expect("commit")
+                .message
+                .id;
+            let flip = std::sync::atomic::AtomicU64::new(0);
+            g.bench_function(format!("edit {label}/{}", be.name), |b| {
+                b.to_async(&rt).iter_batched(
+                    || {
+                        let n = flip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        NewChange {
+                            channel_id: channel.id,
+                            message_id: target,
+                            actor: sender,
+                            action: Action::Edit {
+                                content: format!("edited {n}"),
+                            },
+                            at: n,
+                            timeout: Duration::from_secs(30),
+                        }
+                    },
+                    |c| {
+                        let s = be.messages.clone();
+                        async move { black_box(s.change(c).await.expect("change")) }
                     },
                     BatchSize::SmallInput,
                 )

@@ -219,6 +219,17 @@ impl HistoryStore for Sharded<dyn HistoryStore> {
     async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
         self.pick(channel.as_bytes()).page(channel, page).await
     }
+
+    async fn reactions(
+        &self,
+        channel: ChannelId,
+        messages: &[MessageId],
+        viewer: UserId,
+    ) -> Result<Vec<(MessageId, Vec<chat_core::Reactions>)>> {
+        self.pick(channel.as_bytes())
+            .reactions(channel, messages, viewer)
+            .await
+    }
 }
 
 /// The [`MessageStore`] of a deployment with sharded history: inboxes in a
@@ -310,6 +321,15 @@ impl HistoryStore for ShardedMessageStore {
     async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
         self.history.page(channel, page).await
     }
+
+    async fn reactions(
+        &self,
+        channel: ChannelId,
+        messages: &[MessageId],
+        viewer: UserId,
+    ) -> Result<Vec<(MessageId, Vec<chat_core::Reactions>)>> {
+        self.history.reactions(channel, messages, viewer).await
+    }
 }
 
 #[async_trait]
@@ -365,6 +385,17 @@ impl chat_core::Receipts for ShardedMessageStore {
 
 #[async_trait]
 impl MessageStore for ShardedMessageStore {
+    /// Not supported yet: a change writes the message's state on its
+    /// history shard and change entries in the coordinator's inboxes, which
+    /// needs an outbox of its own to stay whole across the two databases.
+    /// Answers [`Error::Unsupported`].
+    async fn change(&self, change: chat_core::NewChange) -> Result<chat_core::Changed> {
+        let _ = change;
+        Err(Error::Unsupported {
+            operation: "change (edits, deletions, reactions) on a sharded history",
+        })
+    }
+
     async fn commit(&self, message: NewMessage) -> Result<Committed> {
         let (channel, key) = (message.channel_id, message.clone());
         // Inboxes, idempotency, id, outbox: atomic in the coordinator.
@@ -480,7 +511,15 @@ mod tests {
     #[tokio::test]
     async fn the_conformance_suite_passes_over_memory_shards() {
         let (store, coordinator, _) = sharded_over_memory();
-        crate::conformance::run_all(&store, &*coordinator.directory()).await;
+        // Every suite but changes_suite: a sharded history does not take
+        // changes yet (MessageStore::change answers Unsupported).
+        let directory = coordinator.directory();
+        crate::conformance::history_suite(&store).await;
+        crate::conformance::message_store_suite(&store, &*directory).await;
+        crate::conformance::directory_suite(&*directory).await;
+        crate::conformance::concurrency_suite(&store, &*directory).await;
+        let probe = crate::conformance::durability_check_write(&store, &*directory).await;
+        crate::conformance::durability_check_read(&store, &*directory, &probe).await;
     }
 
     /// A send whose history write never happened (the process died after

@@ -444,6 +444,9 @@ async fn concurrent_appends_with_one_client_msg_id_store_once() {
             created_at: round,
             client_msg_id: ClientMsgId::new_random(),
             reply_to: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         };
         let mut tasks = tokio::task::JoinSet::new();
         for k in 1..=64u64 {
@@ -508,6 +511,9 @@ async fn a_format_1_store_is_upgraded_and_keeps_its_idempotency_records() {
         created_at: 1_700_000_000_000,
         client_msg_id: ClientMsgId::new("c-1").unwrap(),
         reply_to: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
     };
     {
         // Format 1, by hand: the message, and its idempotency record keyed
@@ -561,6 +567,9 @@ async fn a_format_2_store_is_upgraded_to_inbox_positions() {
         created_at: id,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
     };
     let ids = [1u64 << 40, (1 << 40) + 7, 1 << 41];
     {

@@ -196,6 +196,7 @@ pub async fn durability_check_write(
                 entries.push(InboxEntry {
                     seq,
                     message: c.message.clone(),
+                    change: None,
                 });
             }
         }

@@ -20,6 +20,7 @@
 //! | [`message_store_suite`] | [`MessageStore`]: the atomic commit to history and every member's inbox, dense per-user positions, ids raised to keep each channel increasing, members as of the commit, refusals and late commits that write nothing, duplicates with their original positions, inbox reads with entry and byte limits, monotonic per-device cursors |
 //! | [`directory_suite`] | [`Directory`]: unique usernames, users, profiles and privacy settings, token epochs and revoked sessions, friend requests and their acceptance, direct and group channels, invitations, membership limits, per-user caps, paged `channels_of`, `contacts`, devices, compare-and-clear of push tokens |
 //! | [`concurrency_suite`] | the clauses only concurrency can break: one winner per idempotency key (appends and commits), username, group seat; concurrent commits from several nodes keep each channel in id order in every inbox at dense positions; a member added during commits gets a suffix of history; cursors keep the maximum; crossed friend requests end as one friendship; per-user caps hold; every epoch bump counts; a push-token clear never erases a newer token or re-creates a removed device |
+//! | [`changes_suite`] | [`MessageStore::change`](chat_core::MessageStore::change) and [`HistoryStore::reactions`](chat_core::HistoryStore::reactions): edits, deletions (tombstones) and reactions in history and as change entries in every member's inbox, who may make which change, idempotent repeats that write nothing, the reaction cap, refusals and late changes that write nothing |
 //! | [`durability_check_write`] / [`durability_check_read`] | everything acknowledged before a restart (or a crash) is there after it |
 //! | [`receipts_suite`] | [`Receipts`](chat_core::Receipts): dense per-channel message numbers and heads, unread after N sends, own sends read atomically, monotonic and idempotent markers, refusals for messages outside the channel, concurrent markers keeping the largest, bounded reads |
 //! | [`run_all`] | all of the above but the restart |
@@ -60,6 +61,7 @@ macro_rules! assert_err {
     };
 }
 
+mod changes;
 mod concurrency;
 mod directory;
 mod durability;
@@ -67,6 +69,7 @@ mod history;
 mod messages;
 mod receipts;
 
+pub use changes::changes_suite;
 pub use concurrency::concurrency_suite;
 pub use directory::directory_suite;
 pub use durability::{durability_check_read, durability_check_write, DurabilityProbe};
@@ -75,7 +78,7 @@ pub use messages::message_store_suite;
 pub use receipts::receipts_suite;
 
 /// Runs every suite: [`history_suite`], [`message_store_suite`],
-/// [`directory_suite`], [`concurrency_suite`], [`receipts_suite`], and a
+/// [`directory_suite`], [`concurrency_suite`], [`receipts_suite`], [`changes_suite`], and a
 /// [`durability_check_write`] / [`durability_check_read`] round trip
 /// without a restart (a backend's own tests add the restart).
 ///
@@ -91,6 +94,7 @@ pub async fn run_all(store: &dyn MessageStore, directory: &dyn Directory) {
     directory_suite(directory).await;
     concurrency_suite(store, directory).await;
     receipts_suite(store, directory).await;
+    changes_suite(store, directory).await;
     let probe = durability_check_write(store, directory).await;
     durability_check_read(store, directory, &probe).await;
 }
@@ -140,6 +144,9 @@ fn message(
         created_at: 1_700_000_000_000 + id.0 % 1_000,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
     }
 }
 

@@ -60,11 +60,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use chat_core::changes::{decide, Decision};
 use chat_core::rules::check_duplicate;
 use chat_core::{
     Appended, Channel, ChannelId, ChannelKind, Committed, Error, Marker, MarkerKind, MarkerUpdate,
     Message, MessageId, NewMessage, Receipt, Result, Seq, UserId,
 };
+use chat_core::{Change, Changed, NewChange};
 use fjall::{Keyspace, PartitionHandle, PersistMode, UserKey, UserValue};
 use tokio::sync::oneshot;
 
@@ -122,6 +124,8 @@ pub(super) struct Tables {
     pub(super) numbers: PartitionHandle,
     /// Read and delivered markers.
     pub(super) receipts: PartitionHandle,
+    /// Reactions (`channel ++ message ++ user ++ emoji`), written by changes.
+    pub(super) reactions: PartitionHandle,
 }
 
 /// What the committer is asked to do.
@@ -151,6 +155,11 @@ enum Request {
         message: MessageId,
         done: oneshot::Sender<Result<MarkerUpdate>>,
     },
+    Change {
+        change: NewChange,
+        queued: Instant,
+        done: oneshot::Sender<Result<Changed>>,
+    },
 }
 
 impl Request {
@@ -170,6 +179,9 @@ impl Request {
                 let _ = done.send(Err(error()));
             }
             Request::Marker { done, .. } => {
+                let _ = done.send(Err(error()));
+            }
+            Request::Change { done, .. } => {
                 let _ = done.send(Err(error()));
             }
         }
@@ -396,6 +408,20 @@ impl Committer {
             .unwrap_or_else(|_| Err(Error::temporary(BACKEND, "the store is closing")))
     }
 
+    /// Edits, deletes or reacts to a message (see
+    /// `MessageStore::change`).
+    pub(super) async fn change(&self, change: NewChange) -> Result<Changed> {
+        let (done, result) = oneshot::channel();
+        self.submit(Request::Change {
+            change,
+            queued: Instant::now(),
+            done,
+        });
+        result
+            .await
+            .unwrap_or_else(|_| Err(Error::temporary(BACKEND, "the store is closing")))
+    }
+
     /// Appends a message to history as given.
     pub(super) async fn append(&self, message: Message) -> Result<Appended> {
         let (done, result) = oneshot::channel();
@@ -466,6 +492,10 @@ struct Changes {
     numbers: HashMap<(ChannelId, MessageId), u64>,
     /// Receipts written in this group (`user ++ channel`).
     receipts: HashMap<[u8; 32], Receipt>,
+    /// Messages changed in this group, by history key, as staged.
+    messages: HashMap<[u8; 24], Message>,
+    /// Reaction keys written in this group: present (added) or not.
+    reactions: HashMap<Vec<u8>, bool>,
 }
 
 /// An answer to send once the group's commit is known.
@@ -475,6 +505,7 @@ enum Answer {
     Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
     Cursor(oneshot::Sender<Result<Seq>>, Result<Seq>),
     Marker(oneshot::Sender<Result<MarkerUpdate>>, Result<MarkerUpdate>),
+    Change(oneshot::Sender<Result<Changed>>, Result<Changed>),
 }
 
 struct Worker {
@@ -630,6 +661,21 @@ impl Worker {
                         self.stage_marker(user, channel, kind, message, &mut batch, &mut changes);
                     answers.push(Answer::Marker(done, result));
                 }
+                Request::Change {
+                    change,
+                    queued,
+                    done,
+                } => {
+                    let result = if queued.elapsed() >= change.timeout {
+                        Err(Error::temporary(
+                            BACKEND,
+                            "the change waited past its timeout and was not applied",
+                        ))
+                    } else {
+                        self.stage_change(change, &mut batch, &mut changes)
+                    };
+                    answers.push(Answer::Change(done, result));
+                }
             }
         }
         let outcome = batch.commit().map_err(|e| db(e).to_string());
@@ -674,6 +720,12 @@ impl Worker {
                     let _ = done.send(result);
                 }
                 (Answer::Marker(done, _), Err(why)) => {
+                    let _ = done.send(Err(Error::temporary(BACKEND, why.clone())));
+                }
+                (Answer::Change(done, result), Ok(())) => {
+                    let _ = done.send(result);
+                }
+                (Answer::Change(done, _), Err(why)) => {
                     let _ = done.send(Err(Error::temporary(BACKEND, why.clone())));
                 }
             }
@@ -954,6 +1006,110 @@ impl Worker {
         Ok(update)
     }
 
+    /// The reaction keys under `prefix`, as stored and as this group has
+    /// changed them.
+    fn reaction_keys(&self, prefix: &[u8], changes: &Changes) -> Result<Vec<Vec<u8>>> {
+        let mut found: Vec<Vec<u8>> = Vec::new();
+        for kv in self.tables.reactions.prefix(prefix) {
+            let (key, _) = kv.map_err(db)?;
+            if changes.reactions.get(&*key) != Some(&false) {
+                found.push(key.to_vec());
+            }
+        }
+        for (key, present) in &changes.reactions {
+            if *present && key.starts_with(prefix) && !found.contains(key) {
+                found.push(key.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    fn stage_change(
+        &mut self,
+        change: NewChange,
+        batch: &mut fjall::Batch,
+        changes: &mut Changes,
+    ) -> Result<Changed> {
+        let (channel_id, id, actor) = (change.channel_id, change.message_id, change.actor);
+        let channel = self
+            .channel(channel_id, changes)?
+            .ok_or(Error::not_found("channel"))?;
+        if !channel.is_member(actor) {
+            return Err(Error::forbidden("not a member of this channel"));
+        }
+        let location = keys::history(channel_id, id);
+        let current = match changes.messages.get(&location) {
+            Some(m) => m.clone(),
+            None => match self.tables.history.get(location).map_err(db)? {
+                Some(v) => decode::<Message>(&v, "message")?,
+                None => return Err(Error::not_found("message")),
+            },
+        };
+        let mut reacted = Vec::new();
+        for key in self.reaction_keys(&keys::reactions_of(channel_id, id, Some(actor)), changes)? {
+            reacted.push(keys::parse_reaction(&key)?.1);
+        }
+        let owner = match channel.kind {
+            ChannelKind::Group => channel.owner,
+            _ => None,
+        };
+        let (message, what) = match decide(&current, owner, &change, &reacted)? {
+            Decision::Unchanged(what) => {
+                return Ok(Changed {
+                    message: current,
+                    change: what,
+                    unchanged: true,
+                    positions: Vec::new(),
+                })
+            }
+            Decision::Apply { message, change } => (message, change),
+        };
+        match &what {
+            Change::Reacted { user, emoji } => {
+                let key = keys::reaction(channel_id, id, *user, emoji);
+                batch.insert(&self.tables.reactions, key.clone(), []);
+                changes.reactions.insert(key, true);
+            }
+            Change::Unreacted { user, emoji } => {
+                let key = keys::reaction(channel_id, id, *user, emoji);
+                batch.remove(&self.tables.reactions, key.clone());
+                changes.reactions.insert(key, false);
+            }
+            _ => {
+                if matches!(what, Change::Deleted { .. }) {
+                    for key in
+                        self.reaction_keys(&keys::reactions_of(channel_id, id, None), changes)?
+                    {
+                        batch.remove(&self.tables.reactions, key.clone());
+                        changes.reactions.insert(key, false);
+                    }
+                }
+                batch.insert(&self.tables.history, location, encode(&message)?);
+                changes.messages.insert(location, message.clone());
+            }
+        }
+        // A change entry: the history record's location, then the change.
+        let mut value = location.to_vec();
+        value.extend_from_slice(&encode(&what)?);
+        let mut positions = Vec::with_capacity(channel.members.len());
+        for member in &channel.members {
+            let seq = self.head(*member, changes)? + 1;
+            changes.heads.insert(*member, seq);
+            batch.insert(
+                &self.tables.inbox,
+                keys::inbox(*member, Seq(seq)),
+                value.as_slice(),
+            );
+            positions.push((*member, Seq(seq)));
+        }
+        Ok(Changed {
+            message,
+            change: what,
+            unchanged: false,
+            positions,
+        })
+    }
+
     fn stage_cursor(
         &mut self,
         key: [u8; 32],
@@ -1034,6 +1190,7 @@ mod tests {
             blocks: open("blocks"),
             numbers: open("numbers"),
             receipts: open("receipts"),
+            reactions: open("reactions"),
         };
         let committer = Arc::new(
             Committer::start(keyspace.clone(), tables, None, Duration::from_secs(3)).unwrap(),
@@ -1099,6 +1256,7 @@ mod tests {
             blocks: open("blocks"),
             numbers: open("numbers"),
             receipts: open("receipts"),
+            reactions: open("reactions"),
         };
         let q = open("q");
         let committer = Committer::start(

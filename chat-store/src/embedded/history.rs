@@ -3,11 +3,13 @@
 use std::ops::RangeInclusive;
 
 use async_trait::async_trait;
+use chat_core::changes::count_reactions;
 use chat_core::{
     entry_bytes, take_within, Appended, ChannelId, Committed, DeviceId, Health, HistoryStore,
     Inbox, InboxEntry, Message, MessageId, MessageStore, NewMessage, Page, Paged, Result, Seq,
     UserId,
 };
+use chat_core::{Changed, NewChange, Reactions};
 use fjall::{KvPair, PartitionHandle};
 
 use super::{db, decode, keys, EmbeddedStore, Inner};
@@ -87,15 +89,22 @@ impl Inner {
         // commit writes them in one batch).
         let (inbox, history) = self.snapshots(&self.inbox, &self.history);
         let entries = inbox.range(range).map(|kv| {
-            let (key, location) = kv.map_err(db)?;
+            let (key, value) = kv.map_err(db)?;
             let (_, seq) = keys::parse_id_key(&key, "inbox key")?;
-            let message = match history.get(&location).map_err(db)? {
+            // A change entry has the change after the location.
+            let (location, change) = if value.len() > 24 {
+                (&value[..24], Some(decode(&value[24..], "change entry")?))
+            } else {
+                (&value[..], None)
+            };
+            let message = match history.get(location).map_err(db)? {
                 Some(v) => decode(&v, "message")?,
                 None => return Err(keys::corrupt("inbox entry", "its message is missing")),
             };
             Ok(InboxEntry {
                 seq: Seq(seq.0),
                 message,
+                change,
             })
         });
         take_within(entries, limit, max_bytes, |e| entry_bytes(&e.message))
@@ -122,6 +131,32 @@ impl HistoryStore for EmbeddedStore {
     async fn get(&self, channel: ChannelId, id: MessageId) -> Result<Option<Message>> {
         self.blocking(move |s| s.load_message(&s.history, &keys::history(channel, id)))
             .await
+    }
+
+    async fn reactions(
+        &self,
+        channel: ChannelId,
+        messages: &[MessageId],
+        viewer: UserId,
+    ) -> Result<Vec<(MessageId, Vec<Reactions>)>> {
+        let messages = messages.to_vec();
+        self.blocking(move |s| {
+            let mut out = Vec::new();
+            for id in messages {
+                let mut pairs = Vec::new();
+                for kv in s.reactions.prefix(keys::reactions_of(channel, id, None)) {
+                    let (key, _) = kv.map_err(db)?;
+                    pairs.push(keys::parse_reaction(&key)?);
+                }
+                if !pairs.is_empty() {
+                    let counted =
+                        count_reactions(pairs.iter().map(|(u, e)| (e.as_str(), *u)), viewer);
+                    out.push((id, counted));
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn page(&self, channel: ChannelId, page: Page) -> Result<Paged<Message>> {
@@ -164,6 +199,10 @@ impl Inbox for EmbeddedStore {
 impl MessageStore for EmbeddedStore {
     async fn commit(&self, message: NewMessage) -> Result<Committed> {
         self.inner()?.group.commit_message(message).await
+    }
+
+    async fn change(&self, change: NewChange) -> Result<Changed> {
+        self.inner()?.group.change(change).await
     }
 
     fn health(&self) -> Health {

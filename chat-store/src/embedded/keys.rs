@@ -14,6 +14,37 @@ pub(super) fn inbox(user: UserId, seq: Seq) -> [u8; 24] {
     id_key(user.as_bytes(), MessageId(seq.0))
 }
 
+/// `channel_id ++ message_id ++ user_id ++ emoji` (UTF-8): a message's
+/// reactions are one range, and one user's reactions to it a range inside.
+pub(super) fn reaction(channel: ChannelId, id: MessageId, user: UserId, emoji: &str) -> Vec<u8> {
+    let mut key = reactions_of(channel, id, Some(user));
+    key.extend_from_slice(emoji.as_bytes());
+    key
+}
+
+/// The prefix of the reactions of a message, or of one user's reactions to
+/// it.
+pub(super) fn reactions_of(channel: ChannelId, id: MessageId, user: Option<UserId>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(40 + chat_core::changes::MAX_EMOJI_BYTES);
+    key.extend_from_slice(&history(channel, id));
+    if let Some(user) = user {
+        key.extend_from_slice(user.as_bytes());
+    }
+    key
+}
+
+/// The user and emoji of a [`reaction`] key.
+pub(super) fn parse_reaction(key: &[u8]) -> Result<(UserId, String)> {
+    if key.len() <= 40 {
+        return Err(corrupt("reaction key", "too short"));
+    }
+    let user = UserId::from_bytes(parse_id16(&key[24..40], "reaction key")?);
+    let emoji = std::str::from_utf8(&key[40..])
+        .map_err(|e| corrupt("reaction key", e))?
+        .to_owned();
+    Ok((user, emoji))
+}
+
 /// `channel_id ++ sender ++ client_msg_id` (the client message id's ASCII
 /// bytes; the ids are fixed-width, so no separator is needed): the
 /// idempotency key is scoped to the channel, like the history key.

@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `history` | `channel_id ++ message_id` | the [`Message`] |
 //! | `channel_idempotency` | `channel_id ++ sender ++ client_msg_id` (ASCII) | `channel_id ++ message_id`, then `user_id ++ seq` per inbox it reached (raw, 24 bytes each) |
-//! | `inbox_entries` | `user_id ++ seq` | `channel_id ++ message_id` (raw, 24 bytes): the history record at that position of the user's inbox |
+//! | `inbox_entries` | `user_id ++ seq` | `channel_id ++ message_id` (raw, 24 bytes): the history record at that position of the user's inbox; for a change entry (an edit, a deletion, a reaction) the JSON [`Change`](chat_core::Change) follows |
 //! | `cursors` | `user_id ++ device_id` | the cursor (an inbox position), 8 bytes big-endian |
 //! | `users` | `user_id` | the user, its password hash, privacy settings and token epoch |
 //! | `usernames` | username (UTF-8) | `user_id` (raw, 16 bytes) |
@@ -28,6 +28,7 @@
 //! | `invitations_sent` | `inviter ++ invitee ++ channel_id` (index by inviter) | empty |
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
 //! | `blocks` | `blocker ++ blocked` | empty |
+//! | `reactions` | `channel_id ++ message_id ++ user_id ++ emoji` (UTF-8) | empty |
 //! | `revoked_sessions` | `user_id ++ session` (8 bytes big-endian) | until when, 8 bytes big-endian |
 //! | `numbers` | `channel_id ++ message_id` | the message's number in its channel, 8 bytes big-endian (the last key of a channel is its head) |
 //! | `receipts` | `user_id ++ channel_id` | read marker then delivered marker, each `message_id ++ number` (raw, 32 bytes; number 0: none) |
@@ -287,6 +288,7 @@ struct Inner {
     numbers: PartitionHandle,
     /// Read and delivered markers.
     receipts: PartitionHandle,
+    reactions: PartitionHandle,
     stripes: Stripes,
     group: Committer,
 }
@@ -523,6 +525,7 @@ impl Inner {
         let blocks = open("blocks")?;
         let numbers = open(receipts::NUMBERS)?;
         let receipts = open(receipts::RECEIPTS)?;
+        let reactions = open("reactions")?;
         let tables = Tables {
             numbers: numbers.clone(),
             receipts: receipts.clone(),
@@ -532,6 +535,7 @@ impl Inner {
             channels: channels.clone(),
             cursors: cursors.clone(),
             blocks: blocks.clone(),
+            reactions: reactions.clone(),
         };
         let reserve = (options.free_space_reserve > 0).then(|| SpaceReserve {
             path: path.to_path_buf(),
@@ -555,6 +559,7 @@ impl Inner {
             blocks,
             numbers,
             receipts,
+            reactions,
             stripes: Stripes::default(),
             group: Committer::start(keyspace.clone(), tables, reserve, options.stall_after)?,
             keyspace,

@@ -276,6 +276,10 @@ impl MessageStore for PostgresStore {
         }
     }
 
+    async fn change(&self, change: chat_core::NewChange) -> Result<chat_core::Changed> {
+        self.change_message(change).await
+    }
+
     fn health(&self) -> Health {
         Health::Ok
     }

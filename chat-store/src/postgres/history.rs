@@ -18,7 +18,8 @@ use super::{
 pub(super) const INSERT: &str = concat!(
     "WITH ins AS (INSERT INTO messages (",
     message_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING channel_id, message_id),",
+    ", edited_at, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    " ON CONFLICT DO NOTHING RETURNING channel_id, message_id),",
     " last AS (UPDATE channels c SET last_message_id = greatest(c.last_message_id, ins.message_id)",
     " FROM ins WHERE c.channel_id = ins.channel_id RETURNING 1)",
     " SELECT count(*) FROM ins"
@@ -28,14 +29,14 @@ pub(super) const INSERT: &str = concat!(
 pub(super) const BY_KEY: &str = concat!(
     "SELECT ",
     message_columns!(),
-    " FROM messages WHERE channel_id = $1 AND sender = $2 AND client_msg_id = $3"
+    ", edited_at, deleted FROM messages WHERE channel_id = $1 AND sender = $2 AND client_msg_id = $3"
 );
 
 /// One message by id: one lookup in `messages_pkey`.
 pub(super) const GET: &str = concat!(
     "SELECT ",
     message_columns!(),
-    " FROM messages WHERE channel_id = $1 AND message_id = $2"
+    ", edited_at, deleted FROM messages WHERE channel_id = $1 AND message_id = $2"
 );
 
 /// The oldest `$4` messages with stored ids in `[$2, $3]`: a forward range
@@ -43,10 +44,10 @@ pub(super) const GET: &str = concat!(
 /// [`within_budget`]: content past the budget `$5` is not sent).
 pub(super) const FORWARD: &str = concat!(
     "SELECT channel_id, message_id, sender,",
-    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to",
-    " FROM (SELECT ",
+    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to,",
+    " edited_at, deleted FROM (SELECT ",
     message_columns!(),
-    ", row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
+    ", edited_at, deleted, row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
     " FROM messages WHERE channel_id = $1 AND message_id BETWEEN $2 AND $3",
     " WINDOW w AS (ORDER BY message_id) ORDER BY message_id LIMIT $4) page",
     " ORDER BY message_id"
@@ -56,10 +57,10 @@ pub(super) const FORWARD: &str = concat!(
 /// backward range scan of `messages_pkey`, budgeted like [`FORWARD`].
 pub(super) const BACKWARD: &str = concat!(
     "SELECT channel_id, message_id, sender,",
-    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to",
-    " FROM (SELECT ",
+    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to,",
+    " edited_at, deleted FROM (SELECT ",
     message_columns!(),
-    ", row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
+    ", edited_at, deleted, row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
     " FROM messages WHERE channel_id = $1 AND message_id BETWEEN $2 AND $3",
     " WINDOW w AS (ORDER BY message_id DESC) ORDER BY message_id DESC LIMIT $4) page",
     " ORDER BY message_id DESC"
@@ -81,6 +82,15 @@ fn id_range(page: &Page) -> Option<(MessageId, MessageId)> {
 
 #[async_trait]
 impl HistoryStore for PostgresStore {
+    async fn reactions(
+        &self,
+        channel: ChannelId,
+        messages: &[MessageId],
+        viewer: chat_core::UserId,
+    ) -> Result<Vec<(MessageId, Vec<chat_core::Reactions>)>> {
+        self.reactions_of(channel, messages, viewer).await
+    }
+
     async fn append(&self, message: Message) -> Result<Appended> {
         self.run(move |client| {
             Box::pin(async move {
@@ -96,6 +106,8 @@ impl HistoryStore for PostgresStore {
                             &time_to_sql(message.created_at),
                             &message.client_msg_id.as_str(),
                             &message.reply_to.map(id_to_sql),
+                            &message.edited_at.map(time_to_sql),
+                            &message.deleted,
                         ],
                     )
                     .await

@@ -174,6 +174,7 @@
 //! [`Inbox`]: chat_core::Inbox
 //! [`Directory`]: chat_core::Directory
 
+mod change;
 mod commit;
 mod directory;
 mod history;
@@ -685,7 +686,25 @@ fn message_from_row(row: &Row) -> Result<Message> {
             .try_get::<_, Option<i64>>(6)
             .map_err(pg_error)?
             .map(id_from_sql),
+        // Queries of messages that may have changed also select these.
+        edited_at: match column(row, "edited_at") {
+            Some(i) => row
+                .try_get::<_, Option<i64>>(i)
+                .map_err(pg_error)?
+                .map(time_from_sql),
+            None => None,
+        },
+        deleted: match column(row, "deleted") {
+            Some(i) => row.try_get(i).map_err(pg_error)?,
+            None => false,
+        },
+        reactions: Vec::new(),
     })
+}
+
+/// The index of the column named `name`, if the row has one.
+fn column(row: &Row, name: &str) -> Option<usize> {
+    row.columns().iter().position(|c| c.name() == name)
 }
 
 /// The page a budgeted query (one with the message columns first and its

@@ -183,7 +183,42 @@ CREATE INDEX channels_by_owner ON {schema}.channels (owner);
         name: "message numbers, read and delivered markers",
         sql: super::receipts::MIGRATION_6,
     },
+    Migration {
+        version: 7,
+        name: "edits, deletions and reactions (edited_at, deleted, change entries, reactions)",
+        sql: MIGRATION_7,
+    },
 ];
+
+/// Edits, deletions and reactions (see `change.rs`).
+///
+/// * `edited_at` and `deleted` on messages and inbox entries: a message's
+///   state (a deleted message keeps its row as a tombstone, content `''`).
+/// * `inbox_entries.change`: the JSON `Change` of a change entry, `NULL`
+///   for the entry of a new message.
+/// * `reactions`: one row per user, message and emoji, keyed by the
+///   message first (a message's reactions, and one user's among them, are
+///   each one index range). Emojis compare by their bytes (`COLLATE "C"`),
+///   as every backend sorts them.
+///
+/// The added columns have constant defaults, so no table is rewritten.
+const MIGRATION_7: &str = r#"
+ALTER TABLE {schema}.messages
+    ADD COLUMN edited_at bigint,
+    ADD COLUMN deleted boolean NOT NULL DEFAULT false;
+ALTER TABLE {schema}.inbox_entries
+    ADD COLUMN edited_at bigint,
+    ADD COLUMN deleted boolean NOT NULL DEFAULT false,
+    ADD COLUMN change text;
+
+CREATE TABLE {schema}.reactions (
+    channel_id uuid   NOT NULL,
+    message_id bigint NOT NULL,
+    user_id    uuid   NOT NULL,
+    emoji      text   COLLATE "C" NOT NULL,
+    CONSTRAINT reactions_pkey PRIMARY KEY (channel_id, message_id, user_id, emoji)
+);
+"#;
 
 /// Replies and blocks.
 ///
