@@ -7,7 +7,7 @@
 //! | trait | what it stores or does |
 //! |---|---|
 //! | [`MessageIdGenerator`] | unique, time-ordered message ids ([`Snowflake`], [`ChannelSequence`]) |
-//! | [`MessageStore`] | the send path: one atomic commit of a message to history and every member's inbox |
+//! | [`MessageStore`] | the send path: one atomic commit of a message to history and every member's inbox; edits, deletions and reactions the same way ([`changes`]) |
 //! | [`HistoryStore`] | chat history, partitioned by channel, ordered by id |
 //! | [`Inbox`] | the per-recipient message sync queue, ordered by positions ([`Seq`]), and device cursors |
 //! | [`FanoutStore`] | the coordinating half of a sharded history (a transactional outbox) |
