@@ -585,6 +585,12 @@ async fn sync(
         };
         for e in &entries {
             res.positions.insert(e.seq.0);
+            if e.change.is_some() {
+                // A change entry (an edit, a deletion, a reaction) holds
+                // a position of the inbox but is no message.
+                after = e.seq;
+                continue;
+            }
             if count {
                 res.synced_messages += 1;
                 if !res.have.insert(e.message.id.0) {

@@ -341,6 +341,35 @@ mod tests {
     }
 
     #[test]
+    fn change_entries_keep_their_change_and_own_changes_are_silent() {
+        let mut s = fresh(0);
+        // A change entry of a message this device is still sending (same
+        // key) is not taken for the device's own message.
+        let key = ClientMsgId::new("mine").unwrap();
+        s.sending(CHANNEL, key.clone());
+        let mut mine = msg(1);
+        mine.sender = ME;
+        mine.client_msg_id = key;
+        let out = s.on_live_entry(Seq(1), mine, Some(Change::Edited {}));
+        assert_eq!(seqs(&out), vec![1]);
+        assert_eq!(out[0].change, Some(Change::Edited {}), "the change is kept");
+        // This device's own change, known from its reply, is released
+        // silently and lets the entries after it through.
+        assert!(s
+            .on_live_entry(Seq(3), msg(3), Some(Change::Deleted { by: OTHER }))
+            .is_empty());
+        let out = s.changed(Seq(2));
+        assert_eq!(seqs(&out), vec![3]);
+        assert_eq!(out[0].change, Some(Change::Deleted { by: OTHER }));
+        assert_eq!(s.cursor(), Seq(3));
+        // Pages carry changes too.
+        let mut changed = entry(4);
+        changed.change = Some(Change::Edited {});
+        let out = s.on_page(Seq(3), vec![changed], false).unwrap();
+        assert_eq!(out.emit[0].change, Some(Change::Edited {}));
+    }
+
+    #[test]
     fn own_sends_are_handled_silently() {
         let mut s = fresh(0);
         let key = ClientMsgId::new("mine").unwrap();

@@ -6,7 +6,7 @@
 //! the message in its channel's history (the new content and `edited_at`,
 //! a tombstone, the reaction set) and appends a **change entry** to the
 //! inbox of every member of the channel, in one atomic write. A change
-//! entry is an [`InboxEntry`] whose [`change`](InboxEntry::change) says
+//! entry is an [`InboxEntry`] whose [`change`](crate::InboxEntry::change) says
 //! what changed and whose `message` is the message's state just after the
 //! change. So the existing machinery carries changes with no other path:
 //!
@@ -27,7 +27,6 @@
 //!
 //! [`MessageStore::change`]: crate::MessageStore::change
 //! [`InboxEntry`]: crate::InboxEntry
-//! [`InboxEntry::change`]: crate::InboxEntry::change
 
 use std::time::Duration;
 

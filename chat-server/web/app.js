@@ -331,6 +331,12 @@ function event(frame) {
     case "message":
       inbox.offer(frame.seq, frame.message);
       break;
+    case "changed":
+      // An edit, a deletion or a reaction: a change entry of the inbox,
+      // carrying the message after the change, which replaces the copy
+      // shown (messages are kept by id).
+      inbox.offer(frame.seq, frame.message);
+      break;
     case "resync":
       inbox.sync();
       break;
@@ -422,7 +428,10 @@ function renderMessages() {
         "li",
         { className: mine ? "mine" : "", title: time },
         el("span", { className: "meta", textContent: `${nameOf(m.sender)} · ${time}` }),
-        el("span", { className: "text", textContent: m.content }),
+        el("span", {
+          className: "text",
+          textContent: m.deleted ? "(deleted)" : m.edited_at ? `${m.content} (edited)` : m.content,
+        }),
       );
     }),
   );

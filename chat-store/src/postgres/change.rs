@@ -36,7 +36,7 @@ const MESSAGE: &str = concat!(
     ", edited_at, deleted FROM messages WHERE channel_id = $1 AND message_id = $2"
 );
 
-const REACTED: &str =
+pub(super) const REACTED: &str =
     "SELECT emoji FROM reactions WHERE channel_id = $1 AND message_id = $2 AND user_id = $3";
 
 const UPDATE_MESSAGE: &str = "UPDATE messages SET content = $3, edited_at = $4, deleted = $5 \
@@ -65,7 +65,7 @@ const FAN_OUT: &str = "WITH bumped AS ( \
 
 /// The reactions of some messages, counted per emoji, by message then
 /// emoji (bytewise).
-const REACTIONS: &str = "SELECT message_id, emoji, count(*), bool_or(user_id = $3) \
+pub(super) const REACTIONS: &str = "SELECT message_id, emoji, count(*), bool_or(user_id = $3) \
      FROM reactions WHERE channel_id = $1 AND message_id = ANY($2) \
      GROUP BY message_id, emoji ORDER BY message_id, emoji COLLATE \"C\"";
 

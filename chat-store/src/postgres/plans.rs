@@ -9,7 +9,7 @@ use chat_core::{ChannelId, ClientMsgId, HistoryStore, Inbox, Message, MessageId,
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
-use super::{history, id_to_sql, inbox, limit_to_sql, PostgresConfig, PostgresStore};
+use super::{change, history, id_to_sql, inbox, limit_to_sql, PostgresConfig, PostgresStore};
 
 fn url() -> String {
     std::env::var("CHAT_TEST_PG_URL")
@@ -125,6 +125,35 @@ async fn hot_statements_are_index_range_scans() {
     )
     .await;
     assert_range_scan(&plan, "inbox_entries_pkey", "inbox sync after a cursor");
+
+    // Reactions: 5 users on each of the 250 messages of every channel.
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".reactions \
+             SELECT m.channel_id, m.message_id, gen_random_uuid(), (ARRAY['a','b','c','d'])[1 + u % 4] \
+             FROM \"{schema}\".messages m, generate_series(1, 5) AS u; \
+             ANALYZE \"{schema}\".reactions;"
+        ))
+        .await
+        .unwrap();
+    // A history page's reactions: the page's ids in the primary key (a
+    // bitmap or plain index scan, never the table), then a sort of just
+    // those rows for the per-emoji groups.
+    let page_ids: Vec<i64> = (150..200u64).map(|k| id_to_sql(MessageId(k))).collect();
+    let viewer = users[0].0;
+    let plan = explain(&admin, change::REACTIONS, &[&c, &page_ids, &viewer]).await;
+    assert!(
+        plan.contains("reactions_pkey") && !plan.contains("Seq Scan"),
+        "a page's reactions are read through reactions_pkey:\n{plan}"
+    );
+    let one = id_to_sql(MessageId(160));
+    let plan = explain(&admin, change::REACTED, &[&c, &one, &viewer]).await;
+    assert!(
+        plan.contains("Index Only Scan using reactions_pkey")
+            && !plan.contains("Sort")
+            && !plan.contains("Seq Scan"),
+        "one user's reactions to a message are one range of reactions_pkey:\n{plan}"
+    );
 
     // And the store reads the generated rows as the statements promise.
     let page = store
