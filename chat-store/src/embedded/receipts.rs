@@ -150,6 +150,92 @@ impl Receipts for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chat_core::{
+        Channel, ClientMsgId, Directory, MessageStore, NewMessage, Profile, User, UserRecord,
+    };
+
+    /// A store of format 3 (messages without numbers) is numbered when it
+    /// is opened: heads, markers and the next commit's number follow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_format_3_store_gets_message_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (UserId::new_random(), UserId::new_random());
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for (id, name) in [(a, "upgrade_a"), (b, "upgrade_b")] {
+            store
+                .create_user(UserRecord {
+                    user: User {
+                        id,
+                        username: name.into(),
+                        profile: Profile::default(),
+                        created_at: 0,
+                    },
+                    password_hash: "h".into(),
+                })
+                .await
+                .unwrap();
+        }
+        let channel = store
+            .create_channel(Channel::direct(a, b, 0), &chat_core::Limits::default())
+            .await
+            .unwrap();
+        let send = |k: u64| NewMessage {
+            id: MessageId(k),
+            channel_id: channel.id,
+            sender: a,
+            content: format!("message {k}"),
+            created_at: k,
+            client_msg_id: ClientMsgId::new_random(),
+            timeout: std::time::Duration::from_secs(30),
+            reply_to: None,
+        };
+        for k in [10, 20, 30] {
+            store.commit(send(k)).await.unwrap();
+        }
+        drop(store);
+        // Back to format 3: no numbers, no receipts.
+        {
+            let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+            let open = |name: &str| {
+                keyspace
+                    .open_partition(name, fjall::PartitionCreateOptions::default())
+                    .unwrap()
+            };
+            let (meta, numbers, receipts) = (open("meta"), open(NUMBERS), open(RECEIPTS));
+            let mut batch = keyspace.batch().durability(Some(DURABILITY));
+            for key in numbers.keys() {
+                batch.remove(&numbers, key.unwrap());
+            }
+            for key in receipts.keys() {
+                batch.remove(&receipts, key.unwrap());
+            }
+            batch.insert(&meta, "format", super::super::FORMAT_3);
+            batch.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.heads(&[channel.id]).await.unwrap(),
+            vec![Some(Marker {
+                id: MessageId(30),
+                number: 3
+            })]
+        );
+        let up = store
+            .set_marker(b, channel.id, MarkerKind::Read, MessageId(20))
+            .await
+            .unwrap();
+        assert_eq!(up.marker.number, 2);
+        store.commit(send(40)).await.unwrap();
+        let receipt = store.receipts(&[(a, channel.id)]).await.unwrap()[0];
+        assert_eq!(
+            receipt.read,
+            Some(Marker {
+                id: MessageId(40),
+                number: 4
+            }),
+            "the next commit takes number 4"
+        );
+    }
 
     #[test]
     fn receipts_round_trip() {

@@ -813,4 +813,134 @@ mod upgrade {
             .await
             .unwrap();
     }
+
+    /// Migration 6 on a schema at version 5 with messages: they are
+    /// numbered per channel in id order, the channel's head follows, and
+    /// the next commit takes the next number and moves its sender's
+    /// marker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_5_schema_gets_message_numbers() {
+        use chat_core::{
+            ChannelId, ClientMsgId, Marker, MarkerKind, MessageId, MessageStore, NewMessage,
+            Receipts,
+        };
+        let schema = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
+        let quoted = quote_ident(&schema);
+        let (admin, connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        admin
+            .batch_execute(&format!(
+                "CREATE SCHEMA {quoted}; CREATE TABLE {quoted}.schema_migrations (
+                     version integer NOT NULL PRIMARY KEY, name text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await
+            .unwrap();
+        for m in &MIGRATIONS[..5] {
+            admin
+                .batch_execute(&m.sql.replace("{schema}", &quoted))
+                .await
+                .unwrap();
+            admin
+                .execute(
+                    &format!(
+                        "INSERT INTO {quoted}.schema_migrations (version, name) VALUES ($1, $2)"
+                    ),
+                    &[&m.version, &m.name],
+                )
+                .await
+                .unwrap();
+        }
+        let (alice, bob) = (UserId::new_random(), UserId::new_random());
+        let channel = ChannelId::direct(alice, bob);
+        for user in [alice, bob] {
+            admin
+                .execute(
+                    &format!(
+                        "INSERT INTO {quoted}.users (user_id, username, display_name, about, \
+                         created_at, password_hash) VALUES ($1, $2, 'x', '', 0, 'h')"
+                    ),
+                    &[&user.0, &user.0.simple().to_string()],
+                )
+                .await
+                .unwrap();
+        }
+        let ids = [1u64 << 40, (1 << 40) + 7, 1 << 41];
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO {quoted}.channels (channel_id, kind, name, owner, created_at, \
+                     last_message_id) VALUES ($1, 'direct', '', NULL, 0, $2)"
+                ),
+                &[&channel.0, &id_to_sql(MessageId(ids[2]))],
+            )
+            .await
+            .unwrap();
+        for user in [alice, bob] {
+            admin
+                .execute(
+                    &format!("INSERT INTO {quoted}.channel_members VALUES ($1, $2)"),
+                    &[&channel.0, &user.0],
+                )
+                .await
+                .unwrap();
+        }
+        for id in ids {
+            admin
+                .execute(
+                    &format!(
+                        "INSERT INTO {quoted}.messages (channel_id, message_id, sender, content, \
+                         created_at, client_msg_id) VALUES ($1, $2, $3, 'm', 0, gen_random_uuid()::text)"
+                    ),
+                    &[&channel.0, &id_to_sql(MessageId(id)), &alice.0],
+                )
+                .await
+                .unwrap();
+        }
+
+        let store = PostgresStore::connect(PostgresConfig::new(url()).with_schema(&schema))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.heads(&[channel]).await.unwrap(),
+            vec![Some(Marker {
+                id: MessageId(ids[2]),
+                number: 3
+            })]
+        );
+        let up = store
+            .set_marker(bob, channel, MarkerKind::Read, MessageId(ids[1]))
+            .await
+            .unwrap();
+        assert_eq!(up.marker.number, 2, "the second message is number 2");
+        let next = store
+            .commit(NewMessage {
+                id: MessageId(ids[2] + 1),
+                channel_id: channel,
+                sender: alice,
+                content: "after".into(),
+                created_at: 1,
+                client_msg_id: ClientMsgId::new_random(),
+                reply_to: None,
+                timeout: std::time::Duration::from_secs(30),
+            })
+            .await
+            .unwrap();
+        let receipt = store.receipts(&[(alice, channel)]).await.unwrap()[0];
+        assert_eq!(
+            receipt.read,
+            Some(Marker {
+                id: next.message.id,
+                number: 4
+            }),
+            "the next commit takes number 4 and is read by its sender"
+        );
+        drop(store);
+        admin
+            .batch_execute(&format!("DROP SCHEMA {quoted} CASCADE"))
+            .await
+            .unwrap();
+    }
 }
