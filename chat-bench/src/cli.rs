@@ -92,6 +92,10 @@ pub struct ClusterUpArgs {
     /// the partition test runs them. Needs root, `ip netns`, `iptables`.
     #[arg(long)]
     pub netns: bool,
+    /// Shard chat history over this many PostgreSQL databases of the run's
+    /// own (besides the main one: directory, inboxes, cursors).
+    #[arg(long, default_value_t = 0)]
+    pub history_shards: u8,
 }
 
 /// How load connections are made (shared by every scenario).
@@ -210,6 +214,11 @@ pub struct OneToOneArgs {
     /// Also run the same workload against the bare relay and print the ratio.
     #[arg(long)]
     pub baseline: bool,
+    /// Ask `route` at --server (a cluster's load balancer) for each
+    /// connection's server, as clients of a cluster do: senders and
+    /// recipients land on the servers `route` names.
+    #[arg(long)]
+    pub via_route: bool,
     /// Also run the same workload on two chat servers in this process on
     /// one store of the --embedded-server kind, every sender on one and
     /// every recipient on the other, with the delivery bus on NATS at this

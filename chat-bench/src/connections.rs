@@ -293,7 +293,7 @@ async fn single(
 
 /// Asks `route` for the server of one connection: its URL (with a fresh
 /// token) and address.
-async fn routed(
+pub(crate) async fn routed(
     session: &chat_client::Session,
     timeout: Duration,
 ) -> Result<(String, SocketAddr), ConnError> {

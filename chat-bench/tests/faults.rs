@@ -40,20 +40,29 @@ async fn three_nodes() -> Cluster {
 }
 
 async fn started(cluster: &Cluster, config: &WorkloadConfig) -> Workload {
+    let at = Instant::now();
     let w = Workload::start(&cluster.http_url(), config).await.unwrap();
     let devices = config.users * config.devices_per_user;
     assert!(
         w.wait_connected(devices, Duration::from_secs(60)).await,
         "every device connects"
     );
+    let connected = at.elapsed();
     w.wait_sends(100, Duration::from_secs(60)).await;
+    println!(
+        "load: {} users, {devices} devices connected after {connected:?}, 100 sends acked after {:?}",
+        config.users,
+        at.elapsed()
+    );
     w
 }
 
 /// Finishes the load and asserts the checker passed with nothing surfaced
 /// to the application.
 async fn finished(w: Workload) -> WorkloadReport {
+    let at = Instant::now();
     let report = w.finish(Duration::from_secs(30)).await.unwrap();
+    println!("checked after {:?}", at.elapsed());
     println!("{report}");
     assert!(report.check.passed(), "{report}");
     assert!(report.sends > 0);
@@ -316,7 +325,11 @@ async fn users_of_a_killed_server_go_offline_once_and_online_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_sigterm_restart_of_all_three_surfaces_no_error() {
-    let mut cluster = three_nodes().await;
+    // History sharded over two databases besides the main one: the
+    // checker reads every channel's history back through the shards.
+    let mut config = ClusterConfig::local(3).unwrap();
+    config.history_shards = 2;
+    let mut cluster = Cluster::start(config).await.unwrap();
     let config = load();
     let w = started(&cluster, &config).await;
     let devices = config.users * config.devices_per_user;

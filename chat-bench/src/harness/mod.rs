@@ -62,6 +62,10 @@ pub struct ClusterConfig {
     /// [`Cluster::partition`] can cut it off with a firewall rule. Needs
     /// root, `ip netns` and `iptables`.
     pub netns: bool,
+    /// Chat history sharded over this many databases of the run's own
+    /// (`--history-shard-url`, by channel), besides the main one that
+    /// keeps the directory, inboxes and cursors; 0: all in the main one.
+    pub history_shards: u8,
 }
 
 impl ClusterConfig {
@@ -85,6 +89,7 @@ impl ClusterConfig {
             discovery_ttl_secs: 3,
             server_log: std::env::var("CHAT_TEST_SERVER_LOG").ok(),
             netns: false,
+            history_shards: 0,
         })
     }
 }
@@ -203,7 +208,9 @@ impl Cluster {
             nodes.push(Node::new(id, &config).await?);
         }
         let database = format!("chat_{run}");
-        pg_execute(&config.postgres_url, &format!("CREATE DATABASE {database}")).await?;
+        for db in std::iter::once(database.clone()).chain(shard_names(&database, &config)) {
+            pg_execute(&config.postgres_url, &format!("CREATE DATABASE {db}")).await?;
+        }
         let front = Proxy::start(nodes.iter().map(Node::addr).collect()).await?;
         let mut cluster = Self {
             config,
@@ -216,8 +223,16 @@ impl Cluster {
             nodes,
             front,
         };
+        // Every node starts at once (PostgreSQL migrations take an
+        // advisory lock: one node applies them, the others wait).
         for id in 1..=cluster.config.nodes {
-            if let Err(e) = cluster.spawn(id).await {
+            if let Err(e) = cluster.launch(id) {
+                cluster.stop().await;
+                return Err(e);
+            }
+        }
+        for id in 1..=cluster.config.nodes {
+            if let Err(e) = cluster.wait_healthy(id).await {
                 cluster.stop().await;
                 return Err(e);
             }
@@ -278,6 +293,13 @@ impl Cluster {
             }
             None => Command::new(&c.server_bin),
         };
+        for shard in shard_names(&self.database, c) {
+            let mut url = database_url(&c.postgres_url, &shard);
+            if let Some(e) = &node.engines {
+                url = with_authority(&url, e.postgres.addr());
+            }
+            cmd.args(["--history-shard-url", &url]);
+        }
         cmd.args(["--listen", &node.addr().to_string()])
             .args(["--postgres-url", &pg])
             .args(["--postgres-pool", "8"])
@@ -325,6 +347,12 @@ impl Cluster {
 
     /// Starts node `id`'s process and waits until it answers `/healthz`.
     async fn spawn(&mut self, id: u16) -> Result<()> {
+        self.launch(id)?;
+        self.wait_healthy(id).await
+    }
+
+    /// Starts node `id`'s process.
+    fn launch(&mut self, id: u16) -> Result<()> {
         let node = self.node(id)?;
         let child = self.command(node).spawn().map_err(|e| {
             BenchError::setup(format!(
@@ -332,8 +360,13 @@ impl Cluster {
                 self.config.server_bin.display()
             ))
         })?;
-        let url = format!("{}/healthz", node.http_url());
         self.node_mut(id)?.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until node `id` answers `/healthz` (60 s at most).
+    async fn wait_healthy(&mut self, id: u16) -> Result<()> {
+        let url = format!("{}/healthz", self.node(id)?.http_url());
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -503,12 +536,28 @@ impl Cluster {
     /// run's database and its prefixes in Redis.
     pub async fn stop(mut self) {
         let ids: Vec<u16> = self.nodes.iter().map(|n| n.id).collect();
+        // Every node drains at once.
+        let mut draining = Vec::new();
         for id in ids {
             if self.node(id).map(Node::is_running).unwrap_or(false) {
                 let _ = self.resume(id).await;
-                if let Err(e) = self.terminate(id).await {
+                if let Err(e) = self.signal(id, "TERM").await {
                     eprintln!("chat-bench cluster: {e}");
                 }
+                if let Ok(node) = self.node_mut(id) {
+                    if let Some(child) = node.child.take() {
+                        draining.push((id, child));
+                    }
+                }
+            }
+        }
+        for (id, mut child) in draining {
+            if tokio::time::timeout(Duration::from_secs(60), child.wait())
+                .await
+                .is_err()
+            {
+                eprintln!("chat-bench cluster: node {id} did not exit within 60 s of SIGTERM");
+                let _ = child.kill().await;
             }
         }
         // The run's routes bucket on the broker (one JetStream stream per
@@ -529,9 +578,13 @@ impl Cluster {
             }
             Err(e) => eprintln!("chat-bench cluster: NATS for clean-up: {e}"),
         }
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
-        if let Err(e) = pg_execute(&self.config.postgres_url, &sql).await {
-            eprintln!("chat-bench cluster: could not drop {}: {e}", self.database);
+        for db in
+            std::iter::once(self.database.clone()).chain(shard_names(&self.database, &self.config))
+        {
+            let sql = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
+            if let Err(e) = pg_execute(&self.config.postgres_url, &sql).await {
+                eprintln!("chat-bench cluster: could not drop {db}: {e}");
+            }
         }
     }
 }
@@ -547,6 +600,7 @@ pub async fn up(args: &crate::cli::ClusterUpArgs) -> Result<()> {
     config.presence_timeout_secs = args.presence_timeout_secs;
     config.discovery_ttl_secs = 15;
     config.netns = args.netns;
+    config.history_shards = args.history_shards;
     let cluster = Cluster::start(config).await?;
     for n in cluster.nodes() {
         println!(
@@ -624,6 +678,13 @@ impl Node {
             netns: Some(ns),
         })
     }
+}
+
+/// The history shards' databases: `{database}_s{i}`.
+fn shard_names(database: &str, config: &ClusterConfig) -> Vec<String> {
+    (1..=config.history_shards)
+        .map(|i| format!("{database}_s{i}"))
+        .collect()
 }
 
 /// `url` with its `host:port` replaced by `addr` (user, path and query
