@@ -4,8 +4,10 @@
 # build) on PostgreSQL, a private nats-server and a private redis-server
 # (so that no other load on the shared ones mixes in), and etcd; CONNS
 # authenticated, heartbeating connections opened through `route` from
-# PROCS load processes and PROCS source addresses (127.0.0.2...); while
+# PROCS load processes and SOURCES source addresses (127.0.0.2...); while
 # they are held, a one-to-one run of PAIRS pairs through `route`.
+# HEARTBEAT (seconds, default the product's 5) sets the servers' heartbeat;
+# SOURCES the number of source addresses (127.0.0.2...).
 #
 #   cargo build --release -p chat-server -p chat-bench \
 #     --features chat-server/full,chat-server/etcd
@@ -29,6 +31,12 @@ DURATION=${DURATION:-20}
 OUT=${OUT:-/tmp/chat-100k}
 NATS_PORT=${NATS_PORT:-14222}
 REDIS_PORT=${REDIS_PORT:-16379}
+HEARTBEAT=${HEARTBEAT:-5}
+# Source addresses: a socket bound to an address before connecting takes a
+# port of that address whatever the destination, and the kernel's search
+# for a free one slows to a crawl past about half of the 28,232 ephemeral
+# ports: keep under ~5,000 connections per address.
+SOURCES=${SOURCES:-24}
 
 rm -rf "$OUT"
 mkdir -p "$OUT/nats"
@@ -51,6 +59,7 @@ sleep 1
 CHAT_TEST_NATS_URL="nats://127.0.0.1:$NATS_PORT" \
 CHAT_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
   "$BIN/chat-bench" cluster up -n "$NODES" --server-bin "$BIN/chat-server" \
+  --heartbeat-secs "$HEARTBEAT" --presence-timeout-secs $((HEARTBEAT * 6)) \
   >"$OUT/cluster.log" 2>&1 &
 CLUSTER_PID=$!
 pids+=("$CLUSTER_PID")
@@ -84,9 +93,9 @@ procs+=("nats=$NATS_PID" "redis=$REDIS_PID" "lb=$CLUSTER_PID")
 watch=()
 for spec in "${procs[@]}"; do watch+=(--watch "$spec"); done
 sample idle
-sources=$(seq -s, -f '127.0.0.%g' 2 $((PROCS + 1)))
+sources=$(seq -s, -f '127.0.0.%g' 2 $((SOURCES + 1)))
 
-echo "== $CONNS connections through route, $PROCS load processes, sources $sources"
+echo "== $CONNS connections through route, $PROCS load processes, $SOURCES source addresses"
 "$BIN/chat-bench" --json "$OUT/connections.json" connections --server "$URL" --via-route \
   -n "$CONNS" --processes "$PROCS" --conns-per-user "$PER_USER" --source-ips "$sources" \
   --connect-concurrency 128 --connect-timeout 30 --hold "$HOLD" "${watch[@]}" \
@@ -98,15 +107,17 @@ for _ in $(seq 1 1800); do
   kill -0 "$CONN_PID" 2>/dev/null || break
   sleep 1
 done
+uptime >>"$OUT/samples.txt"
 # Heartbeats only: QUIET seconds with every connection held and nothing else.
 sample held
 sleep "$QUIET"
 sample quiet_end
 echo "== holding; one-to-one with $PAIRS pairs through route for $DURATION s"
 "$BIN/chat-bench" --json "$OUT/one-to-one.json" one-to-one --server "$URL" --via-route \
-  --pairs "$PAIRS" --duration "$DURATION" --source-ips "127.0.0.$((PROCS + 2))" \
+  --pairs "$PAIRS" --duration "$DURATION" --source-ips "127.0.0.$((SOURCES + 2))" \
   >"$OUT/one-to-one.out" 2>"$OUT/one-to-one.err" || true
 sample one_to_one_end
+uptime >>"$OUT/samples.txt"
 cat "$OUT/one-to-one.out"
 grep 'connections per server' "$OUT/one-to-one.err" || true
 wait "$CONN_PID" || true
