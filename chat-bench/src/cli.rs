@@ -87,6 +87,15 @@ pub struct ClusterUpArgs {
     /// Presence timeout, seconds.
     #[arg(long, default_value_t = 30)]
     pub presence_timeout_secs: u64,
+    /// Each server in a network namespace of its own (veth pair, private
+    /// subnet 10.201.0.0/16, engines reached through the host's end), as
+    /// the partition test runs them. Needs root, `ip netns`, `iptables`.
+    #[arg(long)]
+    pub netns: bool,
+    /// Shard chat history over this many PostgreSQL databases of the run's
+    /// own (besides the main one: directory, inboxes, cursors).
+    #[arg(long, default_value_t = 0)]
+    pub history_shards: u8,
 }
 
 /// How load connections are made (shared by every scenario).
@@ -152,6 +161,17 @@ pub struct ConnectionsArgs {
     /// Internal: run as one of the processes of `--processes`.
     #[arg(long, hide = true)]
     pub child: bool,
+    /// Ask `route` at --server (a cluster's load balancer) for each
+    /// connection's server and connect there, as clients of a cluster do,
+    /// instead of opening every connection on the server of one `route`.
+    #[arg(long)]
+    pub via_route: bool,
+    /// Another process to measure (resident memory and CPU time, before
+    /// connecting, with every connection open, at the end of the hold):
+    /// `NAME=PID`, repeatable. A cluster node named by its `host:port`
+    /// also gets its memory per connection.
+    #[arg(long = "watch", value_name = "NAME=PID")]
+    pub watch: Vec<String>,
 }
 
 /// Message workload options (shared by one-to-one, group and baseline).
@@ -194,6 +214,11 @@ pub struct OneToOneArgs {
     /// Also run the same workload against the bare relay and print the ratio.
     #[arg(long)]
     pub baseline: bool,
+    /// Ask `route` at --server (a cluster's load balancer) for each
+    /// connection's server, as clients of a cluster do: senders and
+    /// recipients land on the servers `route` names.
+    #[arg(long)]
+    pub via_route: bool,
     /// Also run the same workload on two chat servers in this process on
     /// one store of the --embedded-server kind, every sender on one and
     /// every recipient on the other, with the delivery bus on NATS at this

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_core::DeviceId;
@@ -132,8 +132,10 @@ async fn single(
         c.wait_go().await?;
     }
     let rss_before = target.pid.and_then(|p| vm_rss_kib(p).ok());
+    let mut watch = crate::watch::Watch::start(if args.child { &[] } else { &args.watch })?;
 
     progress.phase("connecting");
+    let per_server: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let stop = CancellationToken::new();
     let sem = Arc::new(Semaphore::new(args.load.connect_concurrency.max(1)));
     let sources = SourceIps::new(ips.to_vec());
@@ -147,14 +149,32 @@ async fn single(
             .await
             .map_err(|_| BenchError::setup("connect limiter closed"))?;
         let user = &users[(i / per_user) as usize];
-        let url = wire::chat_url(&target.ws_url, DeviceId::new_random(), &user.token);
         let source = sources.next();
-        let addr = target.ws_addr;
         let stop = stop.clone();
         let counters = counters.clone();
+        let fixed = (!args.via_route).then(|| {
+            (
+                wire::chat_url(&target.ws_url, DeviceId::new_random(), &user.token),
+                target.ws_addr,
+            )
+        });
+        let session = user.session.clone();
+        let per_server = per_server.clone();
         handles.push(tokio::spawn(async move {
-            let r = connect(addr, source, &url, timeout).await;
-            drop(url);
+            let r = match fixed {
+                Some((url, addr)) => connect(addr, source, &url, timeout).await,
+                None => match routed(&session, timeout).await {
+                    Ok((url, addr)) => {
+                        let r = connect(addr, source, &url, timeout).await;
+                        if r.is_ok() {
+                            let mut m = per_server.lock().unwrap_or_else(|e| e.into_inner());
+                            *m.entry(addr.to_string()).or_default() += 1;
+                        }
+                        r
+                    }
+                    Err(e) => Err(e),
+                },
+            };
             // Counted before the permit goes back: all permits back means
             // every attempt is counted.
             match &r {
@@ -188,6 +208,7 @@ async fn single(
         tokio::time::sleep(SETTLE).await;
         rss_after = target.pid.and_then(|p| vm_rss_kib(p).ok());
     }
+    watch.connected();
     match &mut control {
         // The parent says when to stop (it measures while every child holds).
         Some(c) => {
@@ -220,6 +241,8 @@ async fn single(
         server_in_load_process: matches!(target.kind, TargetKind::InProcess(_)),
         server_connections,
         source_ips: ips.iter().map(ToString::to_string).collect(),
+        per_server: std::mem::take(&mut *per_server.lock().unwrap_or_else(|e| e.into_inner())),
+        watched: watch.finish(),
         ..Default::default()
     };
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
@@ -266,6 +289,34 @@ async fn single(
         );
     }
     Ok(report)
+}
+
+/// Asks `route` for the server of one connection: its URL (with a fresh
+/// token) and address.
+pub(crate) async fn routed(
+    session: &chat_client::Session,
+    timeout: Duration,
+) -> Result<(String, SocketAddr), ConnError> {
+    let mut attempt = 0;
+    let route = loop {
+        attempt += 1;
+        match tokio::time::timeout(timeout, session.route(None)).await {
+            Ok(Ok(r)) => break r,
+            Ok(Err(e)) if attempt >= 3 => {
+                return Err(ConnError::Protocol(format!("route: {e}")));
+            }
+            Err(_) if attempt >= 3 => return Err(ConnError::Timeout("route")),
+            _ => tokio::time::sleep(Duration::from_millis(200 * attempt)).await,
+        }
+    };
+    let ws = crate::net::Endpoint::parse(&route.ws_url)
+        .map_err(|e| ConnError::Protocol(format!("route answered {}: {e}", route.ws_url)))?;
+    let addr = ws
+        .loopback_addr()
+        .await
+        .map_err(|e| ConnError::Protocol(e.to_string()))?;
+    let url = wire::chat_url(&route.ws_url, DeviceId::new_random(), &session.token());
+    Ok((url, addr))
 }
 
 /// Opens one connection; retries TCP errors and timeouts (not refusals,
@@ -462,6 +513,9 @@ async fn run_children(
         if let Some(list) = &args.load.source_ips {
             cmd.args(["--source-ips", list]);
         }
+        if args.via_route {
+            cmd.arg("--via-route");
+        }
         let mut proc = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -483,6 +537,7 @@ async fn run_children(
         c.expect("signed_up", Duration::from_secs(3600)).await?;
     }
     let rss_before = target.pid.and_then(|p| vm_rss_kib(p).ok());
+    let mut watch = crate::watch::Watch::start(&args.watch)?;
     progress.phase("children connecting");
     let started = Instant::now();
     for c in &mut children {
@@ -503,7 +558,9 @@ async fn run_children(
         tokio::time::sleep(SETTLE).await;
         rss_after = target.pid.and_then(|p| vm_rss_kib(p).ok());
     }
+    watch.connected();
     tokio::time::sleep(secs(args.hold).saturating_sub(hold_started.elapsed())).await;
+    let watched = watch.finish();
     let server_connections = target.server().map(|s| s.connections() as u64);
     progress.phase("collecting");
     let mut total = ConnectionsReport {
@@ -516,6 +573,7 @@ async fn run_children(
         server_in_load_process: false,
         server_connections,
         source_ips: ips.iter().map(ToString::to_string).collect(),
+        watched,
         ..Default::default()
     };
     let mut close_codes: BTreeMap<u16, u64> = BTreeMap::new();
@@ -545,6 +603,9 @@ async fn run_children(
         total.held += r.held;
         total.dropped += r.dropped;
         total.hold_secs = total.hold_secs.max(r.hold_secs);
+        for (server, n) in r.per_server {
+            *total.per_server.entry(server).or_default() += n;
+        }
         for (code, n) in r.close_codes {
             *close_codes.entry(code).or_default() += n;
         }

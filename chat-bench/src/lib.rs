@@ -74,6 +74,7 @@ pub mod signups;
 pub mod stats;
 pub mod target;
 pub mod traffic;
+pub mod watch;
 pub mod wire;
 pub mod workload;
 

@@ -125,7 +125,13 @@ pub async fn one_to_one(args: &OneToOneArgs, quiet: bool) -> Result<(TrafficRepo
         let (senders, recipients) = users.split_at(p as usize);
         let pairs: Vec<_> = senders.iter().zip(recipients).collect();
         let at = (target.ws_url.as_str(), target.ws_addr);
-        let specs = pair_specs(&pairs, &channels, at, at, &ips, args.messages.rate);
+        let mut specs = pair_specs(&pairs, &channels, at, at, &ips, args.messages.rate);
+        if args.via_route {
+            progress.phase("routing");
+            // `pair_specs` lists each pair's sender, then its recipient.
+            let owners = pairs.iter().flat_map(|(s, r)| [*s, *r]);
+            reroute(&mut specs, owners, &args.load, quiet).await?;
+        }
         progress.phase("sending");
         send_chat(specs, &args.load, &args.messages, &counters, &target).await
     }
@@ -170,6 +176,37 @@ async fn pairs_on_directs(
     progress.phase("opening channels");
     let channels = open_directs(&pairs, load.signup_concurrency).await?;
     Ok((users, channels))
+}
+
+/// Points each of `specs` at the server `route` names for its user
+/// (`owners`, in the same order), and says how they spread.
+async fn reroute<'a>(
+    specs: &mut [ConnSpec],
+    owners: impl Iterator<Item = &'a crate::setup::BenchUser>,
+    load: &LoadArgs,
+    quiet: bool,
+) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    let timeout = load.connect_timeout();
+    let routes: Vec<(String, std::net::SocketAddr)> = futures::stream::iter(owners)
+        .map(|u| async move {
+            crate::connections::routed(&u.session, timeout)
+                .await
+                .map_err(|e| BenchError::setup(format!("route: {e}")))
+        })
+        .buffered(load.connect_concurrency.max(1))
+        .try_collect()
+        .await?;
+    let mut spread = std::collections::BTreeMap::<String, u64>::new();
+    for (spec, (url, addr)) in specs.iter_mut().zip(routes) {
+        *spread.entry(addr.to_string()).or_default() += 1;
+        spec.url = url;
+        spec.addr = addr;
+    }
+    if !quiet {
+        eprintln!("chat-bench: connections per server (route): {spread:?}");
+    }
+    Ok(())
 }
 
 /// Connections for pairs on direct channels: each sender at `from`, each

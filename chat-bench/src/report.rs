@@ -119,6 +119,13 @@ pub struct ConnectionsReport {
     pub close_codes: BTreeMap<u16, u64>,
     /// A few error messages.
     pub errors: Vec<String>,
+    /// Connections opened per server (`host:port` of its WebSocket), with
+    /// `--via-route`.
+    #[serde(default)]
+    pub per_server: BTreeMap<String, u64>,
+    /// The processes of `--watch`.
+    #[serde(default)]
+    pub watched: Vec<crate::watch::Watched>,
 }
 
 impl ConnectionsReport {
@@ -590,6 +597,49 @@ fn connections_rows(t: &mut Table, r: &ConnectionsReport) {
     }
     if !r.source_ips.is_empty() {
         t.row("source addresses", r.source_ips.join(","));
+    }
+    if !r.per_server.is_empty() {
+        let max = r.per_server.values().max().copied().unwrap_or(0);
+        let min = r.per_server.values().min().copied().unwrap_or(0);
+        t.row(
+            "per server",
+            format!(
+                "{} (max/min {:.3})",
+                r.per_server
+                    .iter()
+                    .map(|(s, n)| format!("{s} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                max as f64 / min.max(1) as f64
+            ),
+        );
+    }
+    for w in &r.watched {
+        let mib = |k: Option<u64>| {
+            k.map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or_else(|| "?".into())
+        };
+        let per_conn = match (w.rss_before_kib, w.rss_after_kib, r.per_server.get(&w.name)) {
+            (Some(b), Some(a), Some(n)) if *n > 0 => format!(
+                ", {:.2} KiB per connection",
+                a.saturating_sub(b) as f64 / *n as f64
+            ),
+            _ => String::new(),
+        };
+        let cpu = |c: Option<f64>| c.map(|c| format!("{c:.1}")).unwrap_or_else(|| "?".into());
+        t.row(
+            &format!("watched {} (pid {})", w.name, w.pid),
+            format!(
+                "RSS {} -> {} -> {} MiB{per_conn}; CPU {} s connecting, {} s holding {:.0} s ({:.0} % of a core)",
+                mib(w.rss_before_kib),
+                mib(w.rss_after_kib),
+                mib(w.rss_end_kib),
+                cpu(w.cpu_connect_secs),
+                cpu(w.cpu_hold_secs),
+                w.hold_secs,
+                w.cpu_hold_secs.unwrap_or(0.0) / w.hold_secs.max(1e-3) * 100.0
+            ),
+        );
     }
     if let Some(l) = &r.server_open_files {
         t.row(

@@ -22,8 +22,13 @@ use chat_core::{ChannelId, ClientMsgId, DeviceId, WhoMayAdd};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use futures::{stream, StreamExt, TryStreamExt};
+
 use crate::checker::{Acked, CheckReport, History, Shown, Stored};
 use crate::error::{BenchError, Result};
+
+/// Setup calls (sign-ups, channels) in flight at once.
+const SETUP_CONCURRENCY: usize = 8;
 
 /// The shape of the load.
 #[derive(Debug, Clone)]
@@ -117,39 +122,55 @@ impl Workload {
         }
         let client = ChatClient::new(http_url)?;
         let prefix = crate::setup::run_prefix();
-        let mut sessions = Vec::new();
-        for i in 0..config.users {
-            let name = format!("{prefix}-u{i}");
-            let session = crate::setup::retrying("sign-up", || {
-                client.signup(&name, crate::setup::PASSWORD, None)
+        // Setup calls a few at a time (in order of users).
+        let sessions: Vec<Session> = stream::iter(0..config.users)
+            .map(|i| {
+                let client = &client;
+                let name = format!("{prefix}-u{i}");
+                async move {
+                    let session = crate::setup::retrying("sign-up", || {
+                        client.signup(&name, crate::setup::PASSWORD, None)
+                    })
+                    .await?;
+                    crate::setup::retrying("privacy", || {
+                        session.update_privacy(&UpdatePrivacyRequest {
+                            who_may_add: Some(WhoMayAdd::Everyone),
+                            hide_last_seen: None,
+                        })
+                    })
+                    .await?;
+                    Ok::<_, BenchError>(session)
+                }
             })
+            .buffered(SETUP_CONCURRENCY)
+            .try_collect()
             .await?;
-            crate::setup::retrying("privacy", || {
-                session.update_privacy(&UpdatePrivacyRequest {
-                    who_may_add: Some(WhoMayAdd::Everyone),
-                    hide_last_seen: None,
-                })
-            })
-            .await?;
-            sessions.push(session);
-        }
         let mut history = History::new();
         // Channels per user (index into `sessions`).
         let mut of_user: Vec<Vec<ChannelId>> = vec![Vec::new(); sessions.len()];
         let mut channels = Vec::new();
         let n = sessions.len();
-        for i in 0..n {
+        let ring = if n == 2 { 1 } else { n };
+        let directs: Vec<ChannelId> = stream::iter(0..ring)
+            .map(|i| {
+                let sessions = &sessions;
+                async move {
+                    let other = sessions[(i + 1) % n].user_id();
+                    let c =
+                        crate::setup::retrying("open direct", || sessions[i].open_direct(other))
+                            .await?;
+                    Ok::<_, BenchError>(c.id)
+                }
+            })
+            .buffered(SETUP_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (i, c) in directs.into_iter().enumerate() {
             let j = (i + 1) % n;
-            if n == 2 && i == 1 {
-                break;
-            }
-            let other = sessions[j].user_id();
-            let c =
-                crate::setup::retrying("open direct", || sessions[i].open_direct(other)).await?;
-            history.channel(c.id, vec![sessions[i].user_id(), other]);
-            of_user[i].push(c.id);
-            of_user[j].push(c.id);
-            channels.push(c.id);
+            history.channel(c, vec![sessions[i].user_id(), sessions[j].user_id()]);
+            of_user[i].push(c);
+            of_user[j].push(c);
+            channels.push(c);
         }
         for (g, chunk) in (0..n)
             .collect::<Vec<_>>()
@@ -184,17 +205,32 @@ impl Workload {
         let stop_reading = CancellationToken::new();
         let mut senders = Vec::new();
         let mut readers = Vec::new();
+        let mut devices = Vec::new();
         for (u, session) in sessions.iter().enumerate() {
             for _ in 0..config.devices_per_user {
                 let device = DeviceId::new_random();
                 lock(&history).device(device, session.user_id());
-                let conn = session
-                    .connect(
-                        device,
-                        Arc::new(MemoryCursorStore::new()),
-                        config.connect.clone(),
-                    )
-                    .await?;
+                devices.push((u, device));
+            }
+        }
+        // Connected a few at a time; each keeps its events until its
+        // reader starts below (nothing is sent before).
+        let connected: Vec<(usize, DeviceId, Connection)> = stream::iter(devices)
+            .map(|(u, device)| {
+                let session = &sessions[u];
+                let options = config.connect.clone();
+                async move {
+                    let conn = session
+                        .connect(device, Arc::new(MemoryCursorStore::new()), options)
+                        .await?;
+                    Ok::<_, BenchError>((u, device, conn))
+                }
+            })
+            .buffered(SETUP_CONCURRENCY)
+            .try_collect()
+            .await?;
+        {
+            for (u, device, conn) in connected {
                 let handle = conn.handle();
                 readers.push(tokio::spawn(read(
                     conn,

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use chat_bench::harness::{Cluster, ClusterConfig};
 use chat_bench::workload::{quantile, Workload, WorkloadConfig, WorkloadReport};
-use chat_client::{ChatClient, ClientEvent, ConnectOptions, MemoryCursorStore, Session};
+use chat_client::{
+    ChatClient, ClientEvent, ConnectOptions, Connection, MemoryCursorStore, Session,
+};
 use chat_conformance::engines::{Engine, Kind};
 use chat_core::api::UpdatePrivacyRequest;
 use chat_core::{DeviceId, PresenceStatus, UserId, WhoMayAdd};
@@ -38,20 +40,29 @@ async fn three_nodes() -> Cluster {
 }
 
 async fn started(cluster: &Cluster, config: &WorkloadConfig) -> Workload {
+    let at = Instant::now();
     let w = Workload::start(&cluster.http_url(), config).await.unwrap();
     let devices = config.users * config.devices_per_user;
     assert!(
         w.wait_connected(devices, Duration::from_secs(60)).await,
         "every device connects"
     );
+    let connected = at.elapsed();
     w.wait_sends(100, Duration::from_secs(60)).await;
+    println!(
+        "load: {} users, {devices} devices connected after {connected:?}, 100 sends acked after {:?}",
+        config.users,
+        at.elapsed()
+    );
     w
 }
 
 /// Finishes the load and asserts the checker passed with nothing surfaced
 /// to the application.
 async fn finished(w: Workload) -> WorkloadReport {
+    let at = Instant::now();
     let report = w.finish(Duration::from_secs(30)).await.unwrap();
+    println!("checked after {:?}", at.elapsed());
     println!("{report}");
     assert!(report.check.passed(), "{report}");
     assert!(report.sends > 0);
@@ -314,7 +325,11 @@ async fn users_of_a_killed_server_go_offline_once_and_online_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_sigterm_restart_of_all_three_surfaces_no_error() {
-    let mut cluster = three_nodes().await;
+    // History sharded over two databases besides the main one: the
+    // checker reads every channel's history back through the shards.
+    let mut config = ClusterConfig::local(3).unwrap();
+    config.history_shards = 2;
+    let mut cluster = Cluster::start(config).await.unwrap();
     let config = load();
     let w = started(&cluster, &config).await;
     let devices = config.users * config.devices_per_user;
@@ -439,6 +454,233 @@ async fn a_node_cut_from_the_broker_for_20_s_loses_nothing() {
     let report = finished(w).await;
     println!(
         "node{victim} cut from NATS for 20 s: {during} sends acknowledged meanwhile, {} moves",
+        report.reconnects.len()
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    cluster.stop().await;
+}
+
+/// Each user's own presence, as they see it (a user always sees their own).
+async fn statuses(w: &Workload) -> Vec<Option<PresenceStatus>> {
+    let asks = w.sessions().iter().map(|s| async move {
+        s.presence(&[s.user_id()])
+            .await
+            .ok()
+            .and_then(|p| p.first().map(|p| p.status))
+    });
+    futures::future::join_all(asks).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_store_restart_under_load_fails_no_send_and_recovers() {
+    // A private redis-server: the shared one on 6379 serves other tests.
+    let mut redis = Engine::start(Kind::Redis).await.unwrap();
+    let mut config = ClusterConfig::local(3).unwrap();
+    config.redis_url = redis.url();
+    let (heartbeat, timeout) = (config.heartbeat_secs, config.presence_timeout_secs);
+    let cluster = Cluster::start(config).await.unwrap();
+    let w = started(&cluster, &load()).await;
+    let online =
+        |s: &[Option<PresenceStatus>]| s.iter().all(|p| *p == Some(PresenceStatus::Online));
+    assert!(online(&statuses(&w).await), "every user online before");
+
+    // Killed (nothing kept on disk: it comes back empty) for longer than
+    // the presence timeout.
+    redis.kill();
+    let before = w.sends();
+    tokio::time::sleep(Duration::from_secs(timeout + 1)).await;
+    let during = w.sends() - before;
+    redis.restart().await.unwrap();
+    let back_at = Instant::now();
+    // The next heartbeat of each device writes its user's presence again.
+    let mut polls = 0;
+    let recovered_after = loop {
+        polls += 1;
+        if online(&statuses(&w).await) {
+            break back_at.elapsed();
+        }
+        assert!(
+            back_at.elapsed() < Duration::from_secs(60),
+            "presence never recovered: {:?}",
+            statuses(&w).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    w.wait_sends(200, Duration::from_secs(60)).await;
+    let report = finished(w).await;
+    println!(
+        "Redis (presence) killed for {} s and restarted empty: {during} sends acknowledged while \
+         it was down; every user online again {recovered_after:?} after it was back ({polls} \
+         polls; heartbeat {heartbeat} s, presence timeout {timeout} s); {} moves",
+        timeout + 1,
+        report.reconnects.len()
+    );
+    assert!(during > 0, "sends go on while presence is down");
+    assert!(
+        report.errors.is_empty(),
+        "no send failed: {:?}",
+        report.errors
+    );
+    cluster.stop().await;
+}
+
+/// How long discovery stays down: `CHAT_FAULT_DISCOVERY_SECS`, else 10 s
+/// (over three discovery leases of 3 s: every registration has expired
+/// in etcd's eyes; the issue's 30 s shows the same, docs/cluster.md).
+fn discovery_outage() -> Duration {
+    let secs = std::env::var("CHAT_FAULT_DISCOVERY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    Duration::from_secs(secs)
+}
+
+/// Logs `session`'s user in anew and connects a new device through
+/// `route` asking for `region`; the server it lands on.
+async fn new_login(cluster: &Cluster, session: &Session, region: &str) -> (Connection, String) {
+    let client = ChatClient::new(&cluster.http_url()).unwrap();
+    let fresh = client
+        .login(&session.user().username, chat_bench::setup::PASSWORD)
+        .await
+        .unwrap();
+    let options = ConnectOptions {
+        region: Some(region.into()),
+        ..ConnectOptions::default()
+    };
+    let mut conn = fresh
+        .connect(
+            DeviceId::new_random(),
+            Arc::new(MemoryCursorStore::new()),
+            options,
+        )
+        .await
+        .unwrap();
+    let server = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match conn.next_event().await {
+                Some(ClientEvent::Connected { server_id }) => return server_id,
+                Some(_) => continue,
+                None => panic!("the new device's connection ended"),
+            }
+        }
+    })
+    .await
+    .expect("the new device connects");
+    (conn, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_down_leaves_clients_alone_and_new_logins_route() {
+    let mut etcd = Engine::start(Kind::Etcd).await.unwrap();
+    let mut config = ClusterConfig::local(3).unwrap();
+    config.etcd_endpoints = etcd.url();
+    let ttl = config.discovery_ttl_secs;
+    let cluster = Cluster::start(config).await.unwrap();
+    let w = started(&cluster, &load()).await;
+    let moves_before = w.observed().reconnects.len();
+
+    etcd.kill();
+    let outage = discovery_outage();
+    let down_at = Instant::now();
+    let before = w.sends();
+    // Past every lease: then new logins, one per region, through route.
+    tokio::time::sleep(Duration::from_secs(ttl + 1)).await;
+    let mut late = Vec::new();
+    for (i, session) in w.sessions().iter().take(3).enumerate() {
+        let want = format!("node{}", i + 1);
+        let (conn, server) = new_login(&cluster, session, &format!("r{}", i + 1)).await;
+        assert_eq!(server, want, "route names every node from its last view");
+        late.push(conn);
+    }
+    tokio::time::sleep(outage.saturating_sub(down_at.elapsed())).await;
+    let during = w.sends() - before;
+    let moves_during = w.observed().reconnects.len() - moves_before;
+    etcd.restart().await.unwrap();
+    // Every node registers again; new logins after the outage route too.
+    cluster.wait_for_view().await.unwrap();
+    for (i, session) in w.sessions().iter().skip(3).take(3).enumerate() {
+        let (conn, server) = new_login(&cluster, session, &format!("r{}", i + 1)).await;
+        assert_eq!(server, format!("node{}", i + 1));
+        late.push(conn);
+    }
+    w.wait_sends(200, Duration::from_secs(60)).await;
+    let report = finished(w).await;
+    println!(
+        "etcd (discovery) down for {outage:?} (lease {ttl} s): {during} sends acknowledged \
+         meanwhile, {moves_during} devices moved, 3 new logins routed to node1..node3 during and \
+         3 after; {} moves in the whole run",
+        report.reconnects.len()
+    );
+    assert_eq!(moves_during, 0, "no connected client was disturbed");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    for conn in late {
+        conn.close().await;
+    }
+    cluster.stop().await;
+}
+
+/// How long the firewall partition lasts: `CHAT_FAULT_PARTITION_SECS`,
+/// else the issue's 20 s.
+fn partition_time() -> Duration {
+    let secs = std::env::var("CHAT_FAULT_PARTITION_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(secs)
+}
+
+/// Each server in its own network namespace; the busiest one partitioned
+/// from the broker and from discovery (the only ways the servers reach
+/// each other) by iptables DROP rules: its packets vanish, no connection
+/// is reset, until the rules go. Needs root, `ip netns` and `iptables`:
+/// without them the test fails saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_partitioned_by_a_firewall_rule_for_20_s_loses_nothing() {
+    let mut config = ClusterConfig::local(3).unwrap();
+    config.netns = true;
+    let cluster = Cluster::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("a cluster in network namespaces: {e}"));
+    let w = started(&cluster, &load()).await;
+    let victim = busiest(&w);
+    let on_victim = w.devices_on(&format!("node{victim}")).len();
+    let moves_before = w.observed().reconnects.len();
+    cluster.partition(victim).unwrap();
+    let cut_at = Instant::now();
+    let before = w.sends();
+    let cut = partition_time();
+    // The partition is real: once the victim's discovery lease has run out
+    // (3 s), the others' `route` no longer names it.
+    let survivor = cluster.nodes().iter().find(|n| n.id != victim).unwrap();
+    let asker = ChatClient::new(&survivor.http_url())
+        .unwrap()
+        .session(w.sessions()[0].auth());
+    let victim_ws = format!("{}/", cluster.node(victim).unwrap().addr());
+    let forgotten_after = loop {
+        let r = asker.route(Some(&format!("r{victim}"))).await.unwrap();
+        if !r.ws_url.contains(&victim_ws) {
+            break cut_at.elapsed();
+        }
+        assert!(
+            cut_at.elapsed() < cut,
+            "node{} still routes to the partitioned node{victim} after {cut:?}",
+            survivor.id
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
+    let during = w.sends() - before;
+    let moves_during = w.observed().reconnects.len() - moves_before;
+    cluster.heal(victim).unwrap();
+    // Healed: it registers again and every node routes to every node.
+    cluster.wait_for_view().await.unwrap();
+    w.wait_sends(200, Duration::from_secs(60)).await;
+    let report = finished(w).await;
+    println!(
+        "node{victim} ({on_victim} devices) partitioned from NATS and etcd by iptables DROP for \
+         {cut:?}: node{} stopped routing to it after {forgotten_after:?}; {during} sends \
+         acknowledged meanwhile, {moves_during} moves during, {} in the run",
+        survivor.id,
         report.reconnects.len()
     );
     assert!(report.errors.is_empty(), "{:?}", report.errors);

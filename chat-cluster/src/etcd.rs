@@ -191,18 +191,21 @@ impl Shared {
         let mut client = self.client.clone();
         if let Some((id, granted_ttl)) = held.lease {
             if granted_ttl == ttl {
-                let (mut keeper, mut stream) =
-                    client.lease_keep_alive(id).await.map_err(temporary)?;
-                keeper.keep_alive().await.map_err(temporary)?;
-                let alive = stream
-                    .message()
-                    .await
-                    .map_err(temporary)?
-                    .is_some_and(|r| r.ttl() > 0);
-                if alive {
-                    return Ok(id);
+                // A lease that ran out while etcd was out of reach is
+                // answered "lease not found" (an error, not a TTL of 0):
+                // either way, a new lease is granted below (and if etcd is
+                // still out of reach, that fails too).
+                match keep_alive(&mut client, id).await {
+                    Ok(true) => return Ok(id),
+                    Ok(false) => {
+                        tracing::warn!(lease = id, "etcd lease ran out; registering again")
+                    }
+                    Err(e) => tracing::warn!(
+                        lease = id,
+                        error = %e,
+                        "etcd lease keep-alive failed; registering again under a new lease"
+                    ),
                 }
-                tracing::warn!(lease = id, "etcd lease ran out; registering again");
             }
         }
         let granted = client.lease_grant(ttl, None).await.map_err(temporary)?;
@@ -224,6 +227,17 @@ impl Shared {
             Some(_) => Err(Error::AlreadyExists { what }),
         }
     }
+}
+
+/// One keep-alive of lease `id`: whether it is still alive.
+async fn keep_alive(client: &mut Client, id: i64) -> Result<bool> {
+    let (mut keeper, mut stream) = client.lease_keep_alive(id).await.map_err(temporary)?;
+    keeper.keep_alive().await.map_err(temporary)?;
+    Ok(stream
+        .message()
+        .await
+        .map_err(temporary)?
+        .is_some_and(|r| r.ttl() > 0))
 }
 
 fn parse_entry(value: &[u8]) -> Option<ServerInfo> {

@@ -20,9 +20,10 @@
 //! executable (`target/debug/chat-server`, built with `cargo build -p
 //! chat-server --features full,etcd`).
 
+pub mod netns;
 pub mod proxy;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use crate::error::{BenchError, Result};
+pub use netns::NetNs;
 pub use proxy::Proxy;
 
 /// Where the engines are and how the nodes behave.
@@ -56,6 +58,14 @@ pub struct ClusterConfig {
     pub discovery_ttl_secs: u64,
     /// `RUST_LOG` of the servers; their output is shown when set.
     pub server_log: Option<String>,
+    /// Each server in a network namespace of its own ([`NetNs`]), so that
+    /// [`Cluster::partition`] can cut it off with a firewall rule. Needs
+    /// root, `ip netns` and `iptables`.
+    pub netns: bool,
+    /// Chat history sharded over this many databases of the run's own
+    /// (`--history-shard-url`, by channel), besides the main one that
+    /// keeps the directory, inboxes and cursors; 0: all in the main one.
+    pub history_shards: u8,
 }
 
 impl ClusterConfig {
@@ -78,6 +88,8 @@ impl ClusterConfig {
             presence_timeout_secs: 3,
             discovery_ttl_secs: 3,
             server_log: std::env::var("CHAT_TEST_SERVER_LOG").ok(),
+            netns: false,
+            history_shards: 0,
         })
     }
 }
@@ -106,11 +118,27 @@ pub fn server_bin() -> Result<PathBuf> {
 pub struct Node {
     /// Node id (1..=N); also its server id `node{id}` and region `r{id}`.
     pub id: u16,
-    /// Its HTTP and WebSocket port on 127.0.0.1.
+    /// Its HTTP and WebSocket port.
     pub port: u16,
+    /// The address it listens on: 127.0.0.1, or its end of the veth pair
+    /// in its own namespace.
+    pub ip: IpAddr,
     child: Option<Child>,
     /// Its way to NATS.
     bus: Proxy,
+    /// In a namespace: its ways to PostgreSQL, Redis and etcd (proxies on
+    /// the host's end of its veth pair).
+    engines: Option<Engines>,
+    /// Its namespace (dropped last: after the process and the proxies).
+    netns: Option<NetNs>,
+}
+
+/// A namespaced node's proxies to the engines on the host's loopback.
+#[derive(Debug)]
+struct Engines {
+    postgres: Proxy,
+    redis: Proxy,
+    etcd: Proxy,
 }
 
 impl Node {
@@ -121,7 +149,17 @@ impl Node {
 
     /// Its own HTTP base URL (tests; clients use the cluster's).
     pub fn http_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr())
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
+    /// Its network namespace, when the cluster has them.
+    pub fn netns(&self) -> Option<&NetNs> {
+        self.netns.as_ref()
     }
 
     /// The process id while running.
@@ -160,26 +198,20 @@ impl Cluster {
                 config.server_bin.display()
             )));
         }
+        if config.netns {
+            netns::check_available()?;
+            netns::clean_stale()?;
+        }
         let run = format!("h{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let database = format!("chat_{run}");
-        pg_execute(&config.postgres_url, &format!("CREATE DATABASE {database}")).await?;
-        let nats = socket_of(&config.nats_url)?;
         let mut nodes = Vec::new();
         for id in 1..=config.nodes {
-            nodes.push(Node {
-                id,
-                port: free_port()?,
-                child: None,
-                bus: Proxy::start(vec![nats]).await?,
-            });
+            nodes.push(Node::new(id, &config).await?);
         }
-        let front = Proxy::start(
-            nodes
-                .iter()
-                .map(|n| SocketAddr::from(([127, 0, 0, 1], n.port)))
-                .collect(),
-        )
-        .await?;
+        let database = format!("chat_{run}");
+        for db in std::iter::once(database.clone()).chain(shard_names(&database, &config)) {
+            pg_execute(&config.postgres_url, &format!("CREATE DATABASE {db}")).await?;
+        }
+        let front = Proxy::start(nodes.iter().map(Node::addr).collect()).await?;
         let mut cluster = Self {
             config,
             run,
@@ -191,8 +223,16 @@ impl Cluster {
             nodes,
             front,
         };
+        // Every node starts at once (PostgreSQL migrations take an
+        // advisory lock: one node applies them, the others wait).
         for id in 1..=cluster.config.nodes {
-            if let Err(e) = cluster.spawn(id).await {
+            if let Err(e) = cluster.launch(id) {
+                cluster.stop().await;
+                return Err(e);
+            }
+        }
+        for id in 1..=cluster.config.nodes {
+            if let Err(e) = cluster.wait_healthy(id).await {
                 cluster.stop().await;
                 return Err(e);
             }
@@ -237,9 +277,30 @@ impl Cluster {
 
     fn command(&self, node: &Node) -> Command {
         let c = &self.config;
-        let pg = database_url(&c.postgres_url, &self.database);
-        let mut cmd = Command::new(&c.server_bin);
-        cmd.args(["--listen", &format!("127.0.0.1:{}", node.port)])
+        let mut pg = database_url(&c.postgres_url, &self.database);
+        let mut redis = c.redis_url.clone();
+        let mut etcd = c.etcd_endpoints.clone();
+        if let Some(e) = &node.engines {
+            pg = with_authority(&pg, e.postgres.addr());
+            redis = with_authority(&redis, e.redis.addr());
+            etcd = format!("http://{}", e.etcd.addr());
+        }
+        let mut cmd = match &node.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns.name()]).arg(&c.server_bin);
+                cmd
+            }
+            None => Command::new(&c.server_bin),
+        };
+        for shard in shard_names(&self.database, c) {
+            let mut url = database_url(&c.postgres_url, &shard);
+            if let Some(e) = &node.engines {
+                url = with_authority(&url, e.postgres.addr());
+            }
+            cmd.args(["--history-shard-url", &url]);
+        }
+        cmd.args(["--listen", &node.addr().to_string()])
             .args(["--postgres-url", &pg])
             .args(["--postgres-pool", "8"])
             .args(["--token-secret", &self.secret])
@@ -248,9 +309,9 @@ impl Cluster {
             .args(["--region", &format!("r{}", node.id)])
             .args(["--nats-url", &format!("nats://{}", node.bus.addr())])
             .args(["--nats-prefix", &self.run])
-            .args(["--redis-url", &c.redis_url])
+            .args(["--redis-url", &redis])
             .args(["--redis-prefix", &self.run])
-            .args(["--etcd-endpoints", &c.etcd_endpoints])
+            .args(["--etcd-endpoints", &etcd])
             .args(["--etcd-prefix", &self.run])
             .args(["--heartbeat-secs", &c.heartbeat_secs.to_string()])
             .args([
@@ -286,6 +347,12 @@ impl Cluster {
 
     /// Starts node `id`'s process and waits until it answers `/healthz`.
     async fn spawn(&mut self, id: u16) -> Result<()> {
+        self.launch(id)?;
+        self.wait_healthy(id).await
+    }
+
+    /// Starts node `id`'s process.
+    fn launch(&mut self, id: u16) -> Result<()> {
         let node = self.node(id)?;
         let child = self.command(node).spawn().map_err(|e| {
             BenchError::setup(format!(
@@ -293,8 +360,13 @@ impl Cluster {
                 self.config.server_bin.display()
             ))
         })?;
-        let url = format!("{}/healthz", node.http_url());
         self.node_mut(id)?.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until node `id` answers `/healthz` (60 s at most).
+    async fn wait_healthy(&mut self, id: u16) -> Result<()> {
+        let url = format!("{}/healthz", self.node(id)?.http_url());
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -333,7 +405,7 @@ impl Cluster {
                 let s = c.session(session.auth());
                 for want in &running {
                     let r = s.route(Some(&format!("r{}", want.id))).await;
-                    let ok = matches!(&r, Ok(r) if r.ws_url.contains(&format!(":{}/", want.port)));
+                    let ok = matches!(&r, Ok(r) if r.ws_url.contains(&format!("{}/", want.addr())));
                     if !ok {
                         if Instant::now() > deadline {
                             return Err(BenchError::setup(format!(
@@ -427,6 +499,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// Partitions node `id` from the others and the broker: an `iptables`
+    /// DROP of every packet between its namespace and its ways to NATS
+    /// and etcd (the only ways the nodes reach each other), both
+    /// directions, silently (no reset). Its clients, PostgreSQL and Redis
+    /// still reach it. Needs [`ClusterConfig::netns`].
+    pub fn partition(&self, id: u16) -> Result<()> {
+        let node = self.node(id)?;
+        let (Some(ns), Some(e)) = (&node.netns, &node.engines) else {
+            return Err(BenchError::plan(
+                "a partition needs the cluster's servers in network namespaces (netns: true)",
+            ));
+        };
+        ns.partition(&[node.bus.addr().port(), e.etcd.addr().port()])
+    }
+
+    /// Ends node `id`'s [`partition`](Self::partition).
+    pub fn heal(&self, id: u16) -> Result<()> {
+        match &self.node(id)?.netns {
+            Some(ns) => ns.heal(),
+            None => Ok(()),
+        }
+    }
+
     /// Points every node's bus proxy at another broker (a private one the
     /// test restarts); takes effect for new broker connections.
     pub fn set_broker(&self, nats_url: &str) -> Result<()> {
@@ -441,12 +536,28 @@ impl Cluster {
     /// run's database and its prefixes in Redis.
     pub async fn stop(mut self) {
         let ids: Vec<u16> = self.nodes.iter().map(|n| n.id).collect();
+        // Every node drains at once.
+        let mut draining = Vec::new();
         for id in ids {
             if self.node(id).map(Node::is_running).unwrap_or(false) {
                 let _ = self.resume(id).await;
-                if let Err(e) = self.terminate(id).await {
+                if let Err(e) = self.signal(id, "TERM").await {
                     eprintln!("chat-bench cluster: {e}");
                 }
+                if let Ok(node) = self.node_mut(id) {
+                    if let Some(child) = node.child.take() {
+                        draining.push((id, child));
+                    }
+                }
+            }
+        }
+        for (id, mut child) in draining {
+            if tokio::time::timeout(Duration::from_secs(60), child.wait())
+                .await
+                .is_err()
+            {
+                eprintln!("chat-bench cluster: node {id} did not exit within 60 s of SIGTERM");
+                let _ = child.kill().await;
             }
         }
         // The run's routes bucket on the broker (one JetStream stream per
@@ -467,9 +578,13 @@ impl Cluster {
             }
             Err(e) => eprintln!("chat-bench cluster: NATS for clean-up: {e}"),
         }
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
-        if let Err(e) = pg_execute(&self.config.postgres_url, &sql).await {
-            eprintln!("chat-bench cluster: could not drop {}: {e}", self.database);
+        for db in
+            std::iter::once(self.database.clone()).chain(shard_names(&self.database, &self.config))
+        {
+            let sql = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
+            if let Err(e) = pg_execute(&self.config.postgres_url, &sql).await {
+                eprintln!("chat-bench cluster: could not drop {db}: {e}");
+            }
         }
     }
 }
@@ -484,6 +599,8 @@ pub async fn up(args: &crate::cli::ClusterUpArgs) -> Result<()> {
     config.heartbeat_secs = args.heartbeat_secs;
     config.presence_timeout_secs = args.presence_timeout_secs;
     config.discovery_ttl_secs = 15;
+    config.netns = args.netns;
+    config.history_shards = args.history_shards;
     let cluster = Cluster::start(config).await?;
     for n in cluster.nodes() {
         println!(
@@ -520,6 +637,70 @@ impl Cluster {
             .map(|n| n.bus.backend())
             .unwrap_or_else(|| self.config.nats_url.replace("nats://", ""))
     }
+}
+
+impl Node {
+    /// Node `id` of a cluster of `config`: its port, its namespace and
+    /// proxies if the cluster has namespaces, not yet started.
+    async fn new(id: u16, config: &ClusterConfig) -> Result<Self> {
+        let nats = socket_of(&config.nats_url)?;
+        if !config.netns {
+            return Ok(Self {
+                id,
+                port: free_port()?,
+                ip: Ipv4Addr::LOCALHOST.into(),
+                child: None,
+                bus: Proxy::start(vec![nats]).await?,
+                engines: None,
+                netns: None,
+            });
+        }
+        let ns = NetNs::create(id)?;
+        let host = IpAddr::from(ns.host_ip());
+        let etcd = config
+            .etcd_endpoints
+            .split(',')
+            .next()
+            .unwrap_or(&config.etcd_endpoints);
+        let engines = Engines {
+            postgres: Proxy::start_on(host, vec![socket_of(&config.postgres_url)?]).await?,
+            redis: Proxy::start_on(host, vec![socket_of(&config.redis_url)?]).await?,
+            etcd: Proxy::start_on(host, vec![socket_of(etcd)?]).await?,
+        };
+        Ok(Self {
+            id,
+            // A fresh namespace: every port is free there.
+            port: 8080,
+            ip: ns.node_ip().into(),
+            child: None,
+            bus: Proxy::start_on(host, vec![nats]).await?,
+            engines: Some(engines),
+            netns: Some(ns),
+        })
+    }
+}
+
+/// The history shards' databases: `{database}_s{i}`.
+fn shard_names(database: &str, config: &ClusterConfig) -> Vec<String> {
+    (1..=config.history_shards)
+        .map(|i| format!("{database}_s{i}"))
+        .collect()
+}
+
+/// `url` with its `host:port` replaced by `addr` (user, path and query
+/// kept).
+fn with_authority(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let user = match authority.rfind('@') {
+        Some(i) => &authority[..=i],
+        None => "",
+    };
+    format!("{scheme}{user}{addr}{tail}")
 }
 
 /// Runs one statement on the PostgreSQL server at `url`.
@@ -596,5 +777,18 @@ mod tests {
             Some(SocketAddr::from(([127, 0, 0, 1], 4222)))
         );
         assert!(socket_of("nats://example.com:4222").is_err());
+    }
+
+    #[test]
+    fn authorities_are_swapped_keeping_the_rest() {
+        let a = SocketAddr::from(([10, 201, 0, 1], 9));
+        assert_eq!(
+            with_authority("postgres://postgres@127.0.0.1:5432/db?x=1", a),
+            "postgres://postgres@10.201.0.1:9/db?x=1"
+        );
+        assert_eq!(
+            with_authority("redis://127.0.0.1:6379", a),
+            "redis://10.201.0.1:9"
+        );
     }
 }

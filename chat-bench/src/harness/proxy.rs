@@ -38,7 +38,15 @@ impl Proxy {
     /// Listens on `127.0.0.1:0` and forwards each connection to one of
     /// `backends`, round-robin, trying the next when one refuses.
     pub async fn start(backends: Vec<SocketAddr>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), backends).await
+    }
+
+    /// Like [`start`](Self::start), listening on `ip` (a port of its own).
+    pub async fn start_on(
+        ip: std::net::IpAddr,
+        backends: Vec<SocketAddr>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             backends: Mutex::new(backends),
