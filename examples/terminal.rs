@@ -61,6 +61,8 @@ commands:
   /history            the last 20 messages of the current channel, with their ids
   /reply ID TEXT      answer message ID of the current channel
   /typing             tell the current channel you are typing
+  /send-file PATH [TEXT]  upload a file and send it (with TEXT) to the current channel
+  /download ID PATH   save attachment ID (shown with its message) to PATH
   /friend USER        ask USER to be friends, or accept their request
   /unfriend USER      end a friendship, decline or cancel a request
   /block USER         USER can no longer message you directly or see your presence
@@ -130,6 +132,19 @@ impl Ui {
             None => String::new(),
         };
         println!("{place}[{}] {who}{quote}: {}", m.id, printable(&m.content));
+        for a in &m.attachments {
+            let size = match (a.width, a.height) {
+                (Some(w), Some(h)) => format!("{} bytes, {w}x{h}", a.size),
+                _ => format!("{} bytes", a.size),
+            };
+            println!(
+                "    file {} {} ({}, {size}) — /download {} PATH",
+                a.id,
+                printable(&a.name),
+                printable(&a.content_type),
+                a.id
+            );
+        }
     }
 
     async fn switch(&mut self, channel: Channel) {
@@ -210,6 +225,44 @@ impl Ui {
                     }
                     (None, _) => println!("no channel yet: /dm USER or /group NAME USER.."),
                     _ => println!("usage: /reply ID TEXT (ids are shown in /history)"),
+                }
+            }
+            "/send-file" => {
+                let Some(path) = words.next() else {
+                    println!("usage: /send-file PATH [TEXT]");
+                    return Ok(true);
+                };
+                let Some(c) = self.current.clone() else {
+                    println!("no channel yet: /dm USER or /group NAME USER..");
+                    return Ok(true);
+                };
+                let text = words.collect::<Vec<_>>().join(" ");
+                let path = std::path::Path::new(path);
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("file")
+                    .to_owned();
+                let bytes = tokio::fs::read(path).await?;
+                let file = self
+                    .session
+                    .upload(&name, content_type_of(&name), bytes)
+                    .await?;
+                self.conn
+                    .send_with_attachments(c.id, text, vec![file.id])
+                    .await?;
+            }
+            "/download" => {
+                let id = words
+                    .next()
+                    .and_then(|w| w.parse::<chat_client::AttachmentId>().ok());
+                match (id, words.next()) {
+                    (Some(id), Some(path)) => {
+                        let bytes = self.session.download(id, 1 << 30).await?;
+                        tokio::fs::write(path, &bytes).await?;
+                        println!("saved {} bytes to {path}", bytes.len());
+                    }
+                    _ => println!("usage: /download ID PATH (ids are shown with messages)"),
                 }
             }
             "/typing" => match self.current.clone() {
@@ -318,6 +371,25 @@ impl Ui {
             other => println!("unknown command {other}; /help lists them"),
         }
         Ok(true)
+    }
+}
+
+/// The content type of a file, by its extension (the server checks the
+/// bytes of images against it).
+fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("pdf") => "application/pdf",
+        Some("txt" | "md") => "text/plain",
+        Some("zip") => "application/zip",
+        Some("mp3") => "audio/mpeg",
+        Some("ogg") => "audio/ogg",
+        Some("mp4") => "video/mp4",
+        _ => "application/octet-stream",
     }
 }
 

@@ -151,6 +151,7 @@ pub use chat_core::api::{
 };
 pub use chat_core::protocol::{close, ErrorCode, WireError};
 pub use chat_core::{
-    Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId, Invitation, Message, MessageId,
-    Platform, Presence, Privacy, Profile, Seq, User, UserId, WhoMayAdd,
+    Attachment, AttachmentId, Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId,
+    Invitation, Message, MessageId, Platform, Presence, Privacy, Profile, Seq, User, UserId,
+    WhoMayAdd,
 };

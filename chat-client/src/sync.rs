@@ -233,6 +233,7 @@ mod tests {
             created_at: seq,
             client_msg_id: ClientMsgId::new(format!("k{seq}")).unwrap(),
             reply_to: None,
+            attachments: Vec::new(),
         }
     }
 

@@ -81,6 +81,7 @@ impl State {
                 created_at: id,
                 client_msg_id: cid,
                 reply_to: None,
+                attachments: Vec::new(),
             },
         );
         id

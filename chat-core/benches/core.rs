@@ -50,6 +50,7 @@ fn message(len: usize) -> Message {
         created_at: 1_764_300_000_000,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        attachments: Vec::new(),
     }
 }
 
@@ -77,6 +78,7 @@ fn frames(c: &mut Criterion) {
                 client_msg_id: ClientMsgId::new_random(),
                 content: "y".repeat(len),
                 reply_to: None,
+                attachments: Vec::new(),
             },
         };
         let text = serde_json::to_string(&send).expect("encode");

@@ -47,6 +47,7 @@
 //!     client_msg_id: ClientMsgId::new_random(),
 //!     timeout: Duration::from_secs(5),
 //!     reply_to: None,
+//!     attachments: Vec::new(),
 //! };
 //! // History and both inboxes, in one atomic commit.
 //! let committed = store.commit(send.clone()).await.unwrap();
@@ -59,6 +60,7 @@
 //! ```
 
 pub mod api;
+pub mod attachment;
 pub mod bus;
 pub mod clock;
 pub mod directory;
@@ -75,6 +77,10 @@ pub mod store;
 pub mod text;
 pub mod types;
 
+pub use attachment::{
+    Attachment, AttachmentRecord, AttachmentStore, BlobReader, BlobStore, ByteStream, StoredBlob,
+    MAX_ATTACHMENTS_PER_MESSAGE,
+};
 pub use bus::{BusEvent, DeliveryBus, Envelope, EnvelopeHandler};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use directory::{
@@ -82,7 +88,7 @@ pub use directory::{
 };
 pub use discovery::{pick_server, pick_server_with, ServerInfo, ServiceDiscovery};
 pub use error::{BoxError, Error, Result};
-pub use id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
+pub use id::{AttachmentId, BlobId, ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 pub use idgen::{ChannelSequence, MessageIdGenerator, Snowflake};
 pub use presence::PresenceTracker;
 pub use push::{

@@ -27,8 +27,10 @@ use crate::store::{
 };
 use crate::types::{ChannelKind, Message, Presence, PresenceStatus};
 
+mod attachments;
 mod directory;
 
+pub use attachments::{MemoryAttachments, MemoryBlobStore};
 pub use directory::MemoryDirectory;
 
 /// Locks a mutex, recovering from poisoning: the data behind these locks is

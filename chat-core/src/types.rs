@@ -197,6 +197,12 @@ pub struct Message {
     /// The server checks that it exists in the channel before storing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<MessageId>,
+    /// Files the message carries, at most
+    /// [`MAX_ATTACHMENTS_PER_MESSAGE`](crate::MAX_ATTACHMENTS_PER_MESSAGE):
+    /// the sender's own uploads, which the server binds to the channel at
+    /// send (see [`crate::attachment`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::Attachment>,
 }
 
 #[cfg(test)]
@@ -210,6 +216,7 @@ impl Message {
             created_at: 0,
             client_msg_id: ClientMsgId::new_random(),
             reply_to: None,
+            attachments: Vec::new(),
         }
     }
 }

@@ -72,6 +72,7 @@ fn api_examples_parse_as_their_types_and_serialize_identically() {
             "RouteResponse" => same::<RouteResponse>(ex),
             "Privacy" => same::<Privacy>(ex),
             "GroupChange" => same::<GroupChange>(ex),
+            "Attachment" => same::<chat_core::Attachment>(ex),
             other => panic!("no check for api example type {other}"),
         }
     }

@@ -53,6 +53,7 @@
 
 mod accept;
 mod account;
+pub mod attachments;
 mod auth;
 mod config;
 mod consent;

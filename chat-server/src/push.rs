@@ -593,6 +593,7 @@ mod tests {
             created_at: 0,
             client_msg_id: ClientMsgId::new_random(),
             reply_to: None,
+            attachments: Vec::new(),
         }
     }
 

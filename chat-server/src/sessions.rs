@@ -250,6 +250,7 @@ mod tests {
             created_at: 1_764_300_000_000,
             client_msg_id: ClientMsgId::new_random(),
             reply_to: None,
+            attachments: Vec::new(),
         };
         let seq = Seq(42);
         let spliced = message_frame(seq, &serde_json::to_string(&message).unwrap());

@@ -30,6 +30,7 @@ fn message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> Message {
         created_at: 0,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        attachments: Vec::new(),
     }
 }
 
@@ -43,6 +44,7 @@ fn new_message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> NewMessag
         client_msg_id: ClientMsgId::new_random(),
         timeout: Duration::from_secs(30),
         reply_to: None,
+        attachments: Vec::new(),
     }
 }
 

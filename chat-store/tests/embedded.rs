@@ -86,6 +86,46 @@ async fn embedded_store_passes_the_conformance_suite_repeatedly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_attachments_pass_their_suite_and_survive_reopening() {
+    use chat_core::AttachmentStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    conformance::attachment_store_suite(&store).await;
+    conformance::attachment_store_suite(&store).await;
+    let record = chat_core::AttachmentRecord {
+        attachment: chat_core::Attachment {
+            id: chat_core::AttachmentId::new_random(),
+            name: "kept.pdf".into(),
+            size: 10,
+            content_type: "application/pdf".into(),
+            width: None,
+            height: None,
+        },
+        uploader: chat_core::UserId::new_random(),
+        blob: chat_core::BlobId::new_random(),
+        thumbnail: None,
+        channel: None,
+        created_at: 5,
+    };
+    store.create_attachment(record.clone()).await.unwrap();
+    let channel = chat_core::ChannelId::new_random();
+    store
+        .bind_attachment(record.attachment.id, channel)
+        .await
+        .unwrap();
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.attachment(record.attachment.id).await.unwrap(),
+        Some(chat_core::AttachmentRecord {
+            channel: Some(channel),
+            ..record
+        }),
+        "a record and its binding survive a reopen"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_acknowledged_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let mut probes = Vec::new();
@@ -285,6 +325,7 @@ fn commits_are_atomic_and_acknowledged_ones_survive_sigkill() {
                             client_msg_id: ClientMsgId::new_random(),
                             timeout: Duration::from_secs(30),
                             reply_to: None,
+                            attachments: Vec::new(),
                         };
                         tokio::task::yield_now().await;
                         let c = loop {
@@ -402,6 +443,7 @@ fn commits_are_atomic_and_acknowledged_ones_survive_sigkill() {
                         client_msg_id: a.message.client_msg_id.clone(),
                         timeout: Duration::from_secs(30),
                         reply_to: None,
+                        attachments: Vec::new(),
                     })
                     .await
                     .unwrap();
@@ -444,6 +486,7 @@ async fn concurrent_appends_with_one_client_msg_id_store_once() {
             created_at: round,
             client_msg_id: ClientMsgId::new_random(),
             reply_to: None,
+            attachments: Vec::new(),
         };
         let mut tasks = tokio::task::JoinSet::new();
         for k in 1..=64u64 {
@@ -508,6 +551,7 @@ async fn a_format_1_store_is_upgraded_and_keeps_its_idempotency_records() {
         created_at: 1_700_000_000_000,
         client_msg_id: ClientMsgId::new("c-1").unwrap(),
         reply_to: None,
+        attachments: Vec::new(),
     };
     {
         // Format 1, by hand: the message, and its idempotency record keyed
@@ -561,6 +605,7 @@ async fn a_format_2_store_is_upgraded_to_inbox_positions() {
         created_at: id,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        attachments: Vec::new(),
     };
     let ids = [1u64 << 40, (1 << 40) + 7, 1 << 41];
     {

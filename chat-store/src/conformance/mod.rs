@@ -21,6 +21,8 @@
 //! | [`directory_suite`] | [`Directory`]: unique usernames, users, profiles and privacy settings, token epochs and revoked sessions, friend requests and their acceptance, direct and group channels, invitations, membership limits, per-user caps, paged `channels_of`, `contacts`, devices, compare-and-clear of push tokens |
 //! | [`concurrency_suite`] | the clauses only concurrency can break: one winner per idempotency key (appends and commits), username, group seat; concurrent commits from several nodes keep each channel in id order in every inbox at dense positions; a member added during commits gets a suffix of history; cursors keep the maximum; crossed friend requests end as one friendship; per-user caps hold; every epoch bump counts; a push-token clear never erases a newer token or re-creates a removed device |
 //! | [`durability_check_write`] / [`durability_check_read`] | everything acknowledged before a restart (or a crash) is there after it |
+//! | [`blob_store_suite`] | [`BlobStore`](chat_core::BlobStore): byte-exact round trips (empty, many chunks, past a multipart part), new ids, the size limit at every size, failing streams, idempotent deletes, concurrent puts |
+//! | [`attachment_store_suite`] | [`AttachmentStore`](chat_core::AttachmentStore): records read back as created, unique ids, bind once (idempotent, conflicting, unknown), one winner among concurrent binds |
 //! | [`run_all`] | all of the above but the restart |
 //!
 //! Every check uses fresh random ids, usernames and message ids, so the
@@ -59,12 +61,14 @@ macro_rules! assert_err {
     };
 }
 
+mod attachments;
 mod concurrency;
 mod directory;
 mod durability;
 mod history;
 mod messages;
 
+pub use attachments::{attachment_store_suite, blob_store_suite};
 pub use concurrency::concurrency_suite;
 pub use directory::directory_suite;
 pub use durability::{durability_check_read, durability_check_write, DurabilityProbe};
@@ -136,6 +140,7 @@ fn message(
         created_at: 1_700_000_000_000 + id.0 % 1_000,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        attachments: Vec::new(),
     }
 }
 

@@ -28,6 +28,7 @@
 //! | `invitations_sent` | `inviter ++ invitee ++ channel_id` (index by inviter) | empty |
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
 //! | `blocks` | `blocker ++ blocked` | empty |
+//! | `attachments` | `attachment_id` | the [`AttachmentRecord`](chat_core::AttachmentRecord): uploader, blob ids, reference, channel once bound |
 //! | `revoked_sessions` | `user_id ++ session` (8 bytes big-endian) | until when, 8 bytes big-endian |
 //! | `meta` | `format` | the layout version, `3` |
 //!
@@ -138,6 +139,7 @@
 //! [`Device`]: chat_core::Device
 //! [`Invitation`]: chat_core::Invitation
 
+mod attachments;
 mod directory;
 mod files;
 mod group;
@@ -276,6 +278,7 @@ struct Inner {
     devices: PartitionHandle,
     revoked_sessions: PartitionHandle,
     blocks: PartitionHandle,
+    attachments: PartitionHandle,
     stripes: Stripes,
     group: Committer,
 }
@@ -528,6 +531,7 @@ impl Inner {
             devices: open("devices")?,
             revoked_sessions: open("revoked_sessions")?,
             blocks,
+            attachments: open("attachments")?,
             stripes: Stripes::default(),
             group: Committer::start(keyspace.clone(), tables, reserve, options.stall_after)?,
             keyspace,
@@ -751,6 +755,7 @@ mod tests {
             client_msg_id: ClientMsgId::new_random(),
             timeout: std::time::Duration::from_secs(30),
             reply_to: None,
+            attachments: Vec::new(),
         };
         let before = store.commit(send(1)).await.unwrap();
         assert_eq!(store.health(), Health::Ok);

@@ -18,7 +18,7 @@ use super::{
 pub(super) const INSERT: &str = concat!(
     "WITH ins AS (INSERT INTO messages (",
     message_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING channel_id, message_id),",
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING channel_id, message_id),",
     " last AS (UPDATE channels c SET last_message_id = greatest(c.last_message_id, ins.message_id)",
     " FROM ins WHERE c.channel_id = ins.channel_id RETURNING 1)",
     " SELECT count(*) FROM ins"
@@ -43,7 +43,7 @@ pub(super) const GET: &str = concat!(
 /// [`within_budget`]: content past the budget `$5` is not sent).
 pub(super) const FORWARD: &str = concat!(
     "SELECT channel_id, message_id, sender,",
-    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to",
+    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to, attachments",
     " FROM (SELECT ",
     message_columns!(),
     ", row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
@@ -56,7 +56,7 @@ pub(super) const FORWARD: &str = concat!(
 /// backward range scan of `messages_pkey`, budgeted like [`FORWARD`].
 pub(super) const BACKWARD: &str = concat!(
     "SELECT channel_id, message_id, sender,",
-    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to",
+    " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to, attachments",
     " FROM (SELECT ",
     message_columns!(),
     ", row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
@@ -96,6 +96,7 @@ impl HistoryStore for PostgresStore {
                             &time_to_sql(message.created_at),
                             &message.client_msg_id.as_str(),
                             &message.reply_to.map(id_to_sql),
+                            &super::attachments_to_sql(&message.attachments),
                         ],
                     )
                     .await

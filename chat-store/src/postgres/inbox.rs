@@ -11,8 +11,8 @@ use super::{limit_to_sql, message_from_row, pg_error, within_budget, PostgresSto
 /// columns come first, as [`message_from_row`] reads them; the position
 /// last.
 pub(super) const READ: &str = "SELECT channel_id, message_id, sender, \
-     CASE WHEN rn = 1 OR running <= $4 THEN content END, created_at, client_msg_id, reply_to, seq \
-     FROM (SELECT seq, channel_id, message_id, sender, content, created_at, client_msg_id, reply_to, \
+     CASE WHEN rn = 1 OR running <= $4 THEN content END, created_at, client_msg_id, reply_to, attachments, seq \
+     FROM (SELECT seq, channel_id, message_id, sender, content, created_at, client_msg_id, reply_to, attachments, \
                   row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running \
            FROM inbox_entries WHERE user_id = $1 AND seq > $2 \
            WINDOW w AS (ORDER BY seq) ORDER BY seq LIMIT $3) page \
@@ -67,7 +67,7 @@ impl Inbox for PostgresStore {
                     .map_err(pg_error)?;
                 within_budget(&rows, limit, |row| {
                     Ok(InboxEntry {
-                        seq: seq_from_sql(row.try_get(7).map_err(pg_error)?),
+                        seq: seq_from_sql(row.try_get(8).map_err(pg_error)?),
                         message: message_from_row(row)?,
                     })
                 })

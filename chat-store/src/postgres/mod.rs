@@ -174,6 +174,7 @@
 //! [`Inbox`]: chat_core::Inbox
 //! [`Directory`]: chat_core::Directory
 
+mod attachments;
 mod commit;
 mod directory;
 mod history;
@@ -664,7 +665,7 @@ fn limit_to_sql(limit: usize) -> i64 {
 /// The columns of a message, in the order [`message_from_row`] reads them.
 macro_rules! message_columns {
     () => {
-        "channel_id, message_id, sender, content, created_at, client_msg_id, reply_to"
+        "channel_id, message_id, sender, content, created_at, client_msg_id, reply_to, attachments"
     };
 }
 use message_columns;
@@ -684,7 +685,28 @@ fn message_from_row(row: &Row) -> Result<Message> {
             .try_get::<_, Option<i64>>(6)
             .map_err(pg_error)?
             .map(id_from_sql),
+        attachments: attachments_from_sql(row.try_get(7).map_err(pg_error)?)?,
     })
+}
+
+/// A message's attachments as stored: their JSON array, `NULL` for none.
+fn attachments_to_sql(attachments: &[chat_core::Attachment]) -> Option<String> {
+    if attachments.is_empty() {
+        None
+    } else {
+        // Plain data: serializing it cannot fail.
+        serde_json::to_string(attachments).ok()
+    }
+}
+
+/// The attachments of a stored JSON array (`NULL`: none).
+fn attachments_from_sql(text: Option<String>) -> Result<Vec<chat_core::Attachment>> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => {
+            serde_json::from_str(&t).map_err(|e| corrupt("message", format!("attachments: {e}")))
+        }
+    }
 }
 
 /// The page a budgeted query (one with the message columns first and its

@@ -147,6 +147,7 @@ async fn hot_statements_are_index_range_scans() {
         created_at: 0,
         client_msg_id: ClientMsgId::new_random(),
         reply_to: None,
+        attachments: Vec::new(),
     };
     assert!(!store.append(m).await.unwrap().is_duplicate());
 
