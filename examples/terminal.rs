@@ -63,6 +63,7 @@ commands:
   /typing             tell the current channel you are typing
   /send-file PATH [TEXT]  upload a file and send it (with TEXT) to the current channel
   /download ID PATH   save attachment ID (shown with its message) to PATH
+  /search WORDS       your messages holding every word, newest first (/more for older)
   /friend USER        ask USER to be friends, or accept their request
   /unfriend USER      end a friendship, decline or cancel a request
   /block USER         USER can no longer message you directly or see your presence
@@ -85,6 +86,8 @@ struct Ui {
     invitations: Vec<Invitation>,
     current: Option<Channel>,
     names: std::collections::HashMap<UserId, String>,
+    /// The last search and where its next page starts.
+    search: Option<(String, chat_client::SearchCursor)>,
 }
 
 impl Ui {
@@ -265,6 +268,34 @@ impl Ui {
                     _ => println!("usage: /download ID PATH (ids are shown with messages)"),
                 }
             }
+            cmd @ ("/search" | "/more") => {
+                let (query, after) = if cmd == "/search" {
+                    (words.collect::<Vec<_>>().join(" "), None)
+                } else {
+                    match self.search.take() {
+                        Some((q, next)) => (q, Some(next)),
+                        None => {
+                            println!("nothing more: /search WORDS first");
+                            return Ok(true);
+                        }
+                    }
+                };
+                if query.is_empty() {
+                    println!("usage: /search WORDS");
+                    return Ok(true);
+                }
+                let page = self.session.search(&query, after, Some(20)).await?;
+                if page.messages.is_empty() {
+                    println!("no message holds every word of {}", printable(&query));
+                }
+                for m in &page.messages {
+                    self.show(m).await;
+                }
+                if let Some(next) = page.next {
+                    println!("older results: /more");
+                    self.search = Some((query, next));
+                }
+            }
             "/typing" => match self.current.clone() {
                 Some(c) => self.conn.typing(c.id).await?,
                 None => println!("no channel yet: /dm USER or /group NAME USER.."),
@@ -440,6 +471,7 @@ async fn main() -> Result<(), Error> {
         invitations: Vec::new(),
         current: None,
         names: Default::default(),
+        search: None,
     };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {

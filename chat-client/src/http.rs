@@ -804,6 +804,44 @@ impl Session {
         self.get(&format!("/v1/channels/{id}")).await
     }
 
+    /// `GET /v1/search`: the messages of your channels (and only those)
+    /// that hold every word of `query` (whole words, any case), newest
+    /// first, `limit` (1 to 100, default 20) at a time; give the page's
+    /// `next` as `after` for the following page.
+    ///
+    /// ```no_run
+    /// # async fn run(session: chat_client::Session) -> chat_client::Result<()> {
+    /// let mut after = None;
+    /// loop {
+    ///     let page = session.search("lunch tomorrow", after, Some(50)).await?;
+    ///     for m in &page.messages {
+    ///         println!("{}: {}", m.id, m.content);
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => after = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn search(
+        &self,
+        query: &str,
+        after: Option<chat_core::SearchCursor>,
+        limit: Option<u32>,
+    ) -> Result<chat_core::search::SearchPage> {
+        let mut params: Vec<(&str, String)> = vec![("q", query.to_owned())];
+        if let Some(after) = after {
+            params.push(("after_id", after.id.to_string()));
+            params.push(("after_channel", after.channel.to_string()));
+        }
+        if let Some(limit) = limit {
+            params.push(("limit", limit.to_string()));
+        }
+        self.call_with(Method::GET, "/v1/search", |r| r.query(&params))
+            .await
+    }
+
     /// `GET /v1/channels/{id}/messages`: a page of history, ascending. With
     /// `after`: the oldest `limit` messages above it; without: the newest
     /// `limit` below `before` (or overall).

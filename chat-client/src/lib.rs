@@ -150,6 +150,7 @@ pub use chat_core::api::{
     MessagePage, PendingFriend, RouteResponse, UpdatePrivacyRequest, UpdateProfileRequest,
 };
 pub use chat_core::protocol::{close, ErrorCode, WireError};
+pub use chat_core::search::{SearchCursor, SearchPage};
 pub use chat_core::{
     Attachment, AttachmentId, Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId,
     Invitation, Message, MessageId, Platform, Presence, Privacy, Profile, Seq, User, UserId,

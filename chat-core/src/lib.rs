@@ -73,6 +73,7 @@ pub mod presence;
 pub mod protocol;
 pub mod push;
 pub mod rules;
+pub mod search;
 pub mod store;
 pub mod text;
 pub mod types;
@@ -94,6 +95,7 @@ pub use presence::PresenceTracker;
 pub use push::{
     DeliveryOutcome, DeviceOutcome, PushNotification, PushNotifier, PushReport, MAX_PUSH_DEVICES,
 };
+pub use search::{MessageSearch, SearchCursor};
 pub use store::{
     entry_bytes, take_within, Appended, Committed, Fanout, FanoutStore, Health, HistoryStore,
     Inbox, InboxEntry, MessageStore, NewMessage, Page, Paged, Seq, ENTRY_OVERHEAD, MAX_PAGE,

@@ -29,6 +29,7 @@ use crate::types::{ChannelKind, Message, Presence, PresenceStatus};
 
 mod attachments;
 mod directory;
+mod search;
 
 pub use attachments::{MemoryAttachments, MemoryBlobStore};
 pub use directory::MemoryDirectory;

@@ -270,6 +270,7 @@ fn api_routes() -> OpenApiRouter<ChatServer> {
         .routes(routes!(crate::attachments::upload))
         .routes(routes!(crate::attachments::download))
         .routes(routes!(crate::attachments::thumbnail))
+        .routes(routes!(crate::search::search))
 }
 
 /// The OpenAPI 3 description of the HTTP API (`GET /v1/openapi.json`, and
@@ -313,7 +314,8 @@ async fn unmatched() -> ApiError {
         (name = "devices", description = "Devices and push tokens"),
         (name = "presence", description = "Presence and routing"),
         (name = "operations", description = "Health and metrics"),
-        (name = "attachments", description = "Uploading and downloading files")
+        (name = "attachments", description = "Uploading and downloading files"),
+        (name = "search", description = "Searching the messages of one's channels")
     )
 )]
 struct ApiDoc;

@@ -67,6 +67,7 @@ mod origin;
 mod outbox;
 mod push;
 mod redeliver;
+mod search;
 mod secret;
 mod send_quota;
 mod server;

@@ -13,8 +13,9 @@ use chat_core::protocol::{ErrorCode, WireError};
 use chat_core::{
     AttachmentId, AttachmentStore, BlobStore, BusEvent, Channel, ChannelId, ClientMsgId, Clock,
     Committed, DeliveryBus, DeviceId, Directory, Envelope, Health, InboxEntry, Message, MessageId,
-    MessageIdGenerator, MessageStore, NewMessage, Page, Presence, PresenceStatus, PresenceTracker,
-    PushNotifier, Seq, ServerInfo, ServiceDiscovery, Snowflake, TokioClock, UserId, MAX_PAGE,
+    MessageIdGenerator, MessageSearch, MessageStore, NewMessage, Page, Presence, PresenceStatus,
+    PresenceTracker, PushNotifier, Seq, ServerInfo, ServiceDiscovery, Snowflake, TokioClock,
+    UserId, MAX_PAGE,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -95,6 +96,7 @@ pub struct ServerBuilder {
     clock: Option<Arc<dyn Clock>>,
     blobs: Option<Arc<dyn BlobStore>>,
     attachments: Option<Arc<dyn AttachmentStore>>,
+    search: Option<Arc<dyn MessageSearch>>,
 }
 
 macro_rules! setter {
@@ -162,12 +164,23 @@ impl ServerBuilder {
         /// [`storage`](Self::storage) sets it to the storage backend).
         attachments: dyn AttachmentStore
     );
+    setter!(
+        /// Full-text search of the message store's history (`GET
+        /// /v1/search`). [`storage`](Self::storage) sets it to the storage
+        /// backend, and the in-memory default has it; without one, search
+        /// answers `not_found`.
+        search: dyn MessageSearch
+    );
 
     /// Sets the message store and the directory from one backend that is
     /// both (the embedded store, PostgreSQL).
-    pub fn storage<S: MessageStore + Directory + AttachmentStore>(self, store: Arc<S>) -> Self {
+    pub fn storage<S: MessageStore + Directory + AttachmentStore + MessageSearch>(
+        self,
+        store: Arc<S>,
+    ) -> Self {
         self.messages(store.clone())
             .attachments(store.clone())
+            .search(store.clone())
             .directory(store)
     }
 
@@ -205,12 +218,15 @@ impl ServerBuilder {
             metrics: metrics.clone(),
         }))
         .await?;
+        let mut search = self.search;
         let (directory, messages): (Arc<dyn Directory>, Arc<dyn MessageStore>) =
             match (self.directory, self.messages) {
                 (Some(d), Some(m)) => (d, m),
                 (None, None) => {
                     let directory = Arc::new(MemoryDirectory::default());
-                    (directory.clone(), Arc::new(MemoryStore::new(directory)))
+                    let store = Arc::new(MemoryStore::new(directory.clone()));
+                    search.get_or_insert_with(|| store.clone());
+                    (directory, store)
                 }
                 _ => {
                     return Err(ServerError::Config(
@@ -240,6 +256,7 @@ impl ServerBuilder {
             blobs: self
                 .blobs
                 .unwrap_or_else(|| Arc::new(chat_core::memory::MemoryBlobStore::default())),
+            search,
             attachments: self
                 .attachments
                 .unwrap_or_else(|| Arc::new(chat_core::memory::MemoryAttachments::default())),
@@ -351,6 +368,8 @@ pub(crate) struct Inner {
     pub(crate) blobs: Arc<dyn BlobStore>,
     /// The records of uploads.
     pub(crate) attachments: Arc<dyn AttachmentStore>,
+    /// Full-text search, if the storage has it (`search.rs`).
+    pub(crate) search: Option<Arc<dyn MessageSearch>>,
     pub(crate) bus: Arc<dyn DeliveryBus>,
     pub(crate) presence: Arc<dyn PresenceTracker>,
     pub(crate) push: Arc<dyn PushNotifier>,

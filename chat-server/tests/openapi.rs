@@ -68,6 +68,7 @@ fn every_api_operation_is_described() {
         ("/v1/attachments", "post"),
         ("/v1/attachments/{id}", "get"),
         ("/v1/attachments/{id}/thumbnail", "get"),
+        ("/v1/search", "get"),
         ("/healthz", "get"),
         ("/metrics", "get"),
     ] {

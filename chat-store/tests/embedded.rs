@@ -86,6 +86,17 @@ async fn embedded_store_passes_the_conformance_suite_repeatedly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_search_passes_its_suite_before_and_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::search_suite(&store, &store, &store).await;
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    conformance::search_suite(&store, &store, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_attachments_pass_their_suite_and_survive_reopening() {
     use chat_core::AttachmentStore;
     let dir = tempfile::tempdir().unwrap();
@@ -685,4 +696,45 @@ async fn an_oversized_username_is_refused_and_the_store_stays_usable() {
     drop(store);
     let store = EmbeddedStore::open(dir.path()).unwrap();
     conformance::durability_check_read(&store, &store, &probe).await;
+}
+
+/// A store written before the search index existed (no `search` partition,
+/// no marker) is indexed when opened: its old messages are found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_a_search_index_is_indexed_at_open() {
+    use chat_core::{ChannelId, ClientMsgId, HistoryStore, Message, MessageId, MessageSearch};
+    let dir = tempfile::tempdir().unwrap();
+    let channel = ChannelId::new_random();
+    let old = Message {
+        id: MessageId(1 << 40),
+        channel_id: channel,
+        sender: UserId::new_random(),
+        content: "written before the index".into(),
+        created_at: 1,
+        client_msg_id: ClientMsgId::new_random(),
+        reply_to: None,
+        attachments: Vec::new(),
+    };
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.append(old.clone()).await.unwrap();
+    }
+    {
+        // Back to how an older build left it.
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let search = keyspace
+            .open_partition("search", fjall::PartitionCreateOptions::default())
+            .unwrap();
+        keyspace.delete_partition(search).unwrap();
+        let meta = keyspace
+            .open_partition("meta", fjall::PartitionCreateOptions::default())
+            .unwrap();
+        meta.remove("search_index").unwrap();
+        keyspace.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let found = store.search(&[channel], "index", None, 10).await.unwrap();
+        assert_eq!(found.items, vec![old.clone()], "indexed at open");
+    }
 }

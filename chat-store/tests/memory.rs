@@ -23,3 +23,10 @@ async fn memory_attachments_and_blobs_pass_their_suites() {
     conformance::attachment_store_suite(&MemoryAttachments::default()).await;
     conformance::blob_store_suite(&MemoryBlobStore::default()).await;
 }
+
+#[tokio::test]
+async fn memory_search_passes_its_suite() {
+    let store = MemoryStore::default();
+    conformance::search_suite(&store, &store, &*store.directory()).await;
+    conformance::search_suite(&store, &store, &*store.directory()).await;
+}

@@ -185,6 +185,14 @@ async fn postgres_store_passes_the_conformance_suite_repeatedly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_search_passes_its_suite() {
+    let schema = TestSchema::new();
+    let store = PostgresStore::connect(schema.config()).await.unwrap();
+    conformance::search_suite(&store, &store, &store).await;
+    conformance::search_suite(&store, &store, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_attachments_pass_their_suite() {
     let schema = TestSchema::new();
     let store = PostgresStore::connect(schema.config()).await.unwrap();

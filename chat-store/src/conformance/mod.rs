@@ -23,6 +23,7 @@
 //! | [`durability_check_write`] / [`durability_check_read`] | everything acknowledged before a restart (or a crash) is there after it |
 //! | [`blob_store_suite`] | [`BlobStore`](chat_core::BlobStore): byte-exact round trips (empty, many chunks, past a multipart part), new ids, the size limit at every size, failing streams, idempotent deletes, concurrent puts |
 //! | [`attachment_store_suite`] | [`AttachmentStore`](chat_core::AttachmentStore): records read back as created, unique ids, bind once (idempotent, conflicting, unknown), one winner among concurrent binds |
+//! | [`search_suite`] | [`MessageSearch`](chat_core::MessageSearch): every word, whole, any case; only the channels asked; newest first by `(id, channel)`; paging by cursor visiting each match once; committed and appended messages found at once |
 //! | [`run_all`] | all of the above but the restart |
 //!
 //! Every check uses fresh random ids, usernames and message ids, so the
@@ -67,6 +68,7 @@ mod directory;
 mod durability;
 mod history;
 mod messages;
+mod search;
 
 pub use attachments::{attachment_store_suite, blob_store_suite};
 pub use concurrency::concurrency_suite;
@@ -74,6 +76,7 @@ pub use directory::directory_suite;
 pub use durability::{durability_check_read, durability_check_write, DurabilityProbe};
 pub use history::history_suite;
 pub use messages::message_store_suite;
+pub use search::search_suite;
 
 /// Runs every suite: [`history_suite`], [`message_store_suite`],
 /// [`directory_suite`], [`concurrency_suite`], and a

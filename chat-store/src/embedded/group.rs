@@ -118,6 +118,8 @@ pub(super) struct Tables {
     pub(super) cursors: PartitionHandle,
     /// Read for commits to direct channels (`blocker ++ blocked`).
     pub(super) blocks: PartitionHandle,
+    /// The full-text index, written with each message (`search.rs`).
+    pub(super) search: PartitionHandle,
 }
 
 /// What the committer is asked to do.
@@ -769,6 +771,7 @@ impl Worker {
             positions.push((*member, Seq(seq)));
         }
         batch.insert(&self.tables.history, location, encode(&message)?);
+        super::search::stage_index(batch, &self.tables.search, &message);
         batch.insert(
             &self.tables.idempotency,
             key.clone(),
@@ -829,6 +832,7 @@ impl Worker {
             )));
         }
         batch.insert(&self.tables.history, history_key, encode(&message)?);
+        super::search::stage_index(batch, &self.tables.search, &message);
         batch.insert(
             &self.tables.idempotency,
             key.clone(),
@@ -863,6 +867,7 @@ mod tests {
             channels: open("channels"),
             cursors: open("cursors"),
             blocks: open("blocks"),
+            search: open("search"),
         };
         let committer = Arc::new(
             Committer::start(keyspace.clone(), tables, None, Duration::from_secs(3)).unwrap(),
@@ -926,6 +931,7 @@ mod tests {
             channels: open("channels"),
             cursors: open("cursors"),
             blocks: open("blocks"),
+            search: open("search"),
         };
         let q = open("q");
         let committer = Committer::start(

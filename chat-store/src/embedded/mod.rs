@@ -28,6 +28,7 @@
 //! | `invitations_sent` | `inviter ++ invitee ++ channel_id` (index by inviter) | empty |
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
 //! | `blocks` | `blocker ++ blocked` | empty |
+//! | `search` | `word ++ 0x00 ++ channel_id ++ message_id`: the full-text index (see `search.rs`), written with each message | empty |
 //! | `attachments` | `attachment_id` | the [`AttachmentRecord`](chat_core::AttachmentRecord): uploader, blob ids, reference, channel once bound |
 //! | `revoked_sessions` | `user_id ++ session` (8 bytes big-endian) | until when, 8 bytes big-endian |
 //! | `meta` | `format` | the layout version, `3` |
@@ -146,6 +147,7 @@ mod group;
 mod history;
 mod keys;
 mod locks;
+mod search;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -279,6 +281,7 @@ struct Inner {
     revoked_sessions: PartitionHandle,
     blocks: PartitionHandle,
     attachments: PartitionHandle,
+    search: PartitionHandle,
     stripes: Stripes,
     group: Committer,
 }
@@ -503,6 +506,8 @@ impl Inner {
         let history = open("history")?;
         let channels = open("channels")?;
         let blocks = open("blocks")?;
+        let search = open("search")?;
+        search::build_if_missing(&keyspace, &meta, &history, &search)?;
         let tables = Tables {
             history: history.clone(),
             idempotency,
@@ -510,6 +515,7 @@ impl Inner {
             channels: channels.clone(),
             cursors: cursors.clone(),
             blocks: blocks.clone(),
+            search: search.clone(),
         };
         let reserve = (options.free_space_reserve > 0).then(|| SpaceReserve {
             path: path.to_path_buf(),
@@ -532,6 +538,7 @@ impl Inner {
             revoked_sessions: open("revoked_sessions")?,
             blocks,
             attachments: open("attachments")?,
+            search,
             stripes: Stripes::default(),
             group: Committer::start(keyspace.clone(), tables, reserve, options.stall_after)?,
             keyspace,

@@ -182,6 +182,7 @@ mod inbox;
 #[cfg(test)]
 mod plans;
 mod schema;
+mod search;
 
 use std::fmt;
 use std::future::Future;

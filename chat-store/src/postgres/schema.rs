@@ -183,6 +183,13 @@ CREATE INDEX channels_by_owner ON {schema}.channels (owner);
         name: "attachments: the attachments table, attachments on messages, inbox entries and the outbox",
         sql: MIGRATION_8,
     },
+    Migration {
+        version: 9,
+        name: "search: a full-text GIN index on message content",
+        sql: r#"
+CREATE INDEX messages_search ON {schema}.messages USING gin (to_tsvector('simple', content));
+"#,
+    },
 ];
 
 /// Attachments. The `attachments` table holds one row per upload (its
