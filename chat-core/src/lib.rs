@@ -16,6 +16,9 @@
 //! | [`PushNotifier`] | notifications for recipients with no connected device |
 //! | [`ServiceDiscovery`] | the registry of chat servers for `route` |
 //! | [`Directory`] | users, credentials and privacy settings, friends and friend requests, channels, members and invitations, devices |
+//! | [`BlobStore`] | the bytes of uploaded files: atomic puts, streamed gets |
+//! | [`AttachmentStore`] | the records of uploaded files, each bound once to the channel it is shared in |
+//! | [`MessageSearch`] | full-text search of the messages of some channels, newest first |
 //!
 //! ```
 //! use std::time::Duration;
