@@ -66,6 +66,9 @@ commands:
   /delete ID          delete message ID (yours, or any in a group you own)
   /react ID EMOJI     react to message ID with EMOJI
   /unreact ID EMOJI   take your reaction EMOJI back
+  /send-file PATH [TEXT]  upload a file and send it (with TEXT) to the current channel
+  /download ID PATH   save attachment ID (shown with its message) to PATH
+  /search WORDS       your messages holding every word, newest first (/more for older)
   /friend USER        ask USER to be friends, or accept their request
   /unfriend USER      end a friendship, decline or cancel a request
   /block USER         USER can no longer message you directly or see your presence
@@ -88,6 +91,8 @@ struct Ui {
     invitations: Vec<Invitation>,
     current: Option<Channel>,
     names: std::collections::HashMap<UserId, String>,
+    /// The last search and where its next page starts.
+    search: Option<(String, chat_client::SearchCursor)>,
 }
 
 impl Ui {
@@ -153,6 +158,19 @@ impl Ui {
             m.id,
             printable(&m.content)
         );
+        for a in &m.attachments {
+            let size = match (a.width, a.height) {
+                (Some(w), Some(h)) => format!("{} bytes, {w}x{h}", a.size),
+                _ => format!("{} bytes", a.size),
+            };
+            println!(
+                "    file {} {} ({}, {size}) — /download {} PATH",
+                a.id,
+                printable(&a.name),
+                printable(&a.content_type),
+                a.id
+            );
+        }
     }
 
     async fn switch(&mut self, channel: Channel) {
@@ -283,6 +301,72 @@ impl Ui {
                     println!("* nothing to change");
                 }
             }
+            "/send-file" => {
+                let Some(path) = words.next() else {
+                    println!("usage: /send-file PATH [TEXT]");
+                    return Ok(true);
+                };
+                let Some(c) = self.current.clone() else {
+                    println!("no channel yet: /dm USER or /group NAME USER..");
+                    return Ok(true);
+                };
+                let text = words.collect::<Vec<_>>().join(" ");
+                let path = std::path::Path::new(path);
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("file")
+                    .to_owned();
+                let bytes = tokio::fs::read(path).await?;
+                let file = self
+                    .session
+                    .upload(&name, content_type_of(&name), bytes)
+                    .await?;
+                self.conn
+                    .send_with_attachments(c.id, text, vec![file.id])
+                    .await?;
+            }
+            "/download" => {
+                let id = words
+                    .next()
+                    .and_then(|w| w.parse::<chat_client::AttachmentId>().ok());
+                match (id, words.next()) {
+                    (Some(id), Some(path)) => {
+                        let bytes = self.session.download(id, 1 << 30).await?;
+                        tokio::fs::write(path, &bytes).await?;
+                        println!("saved {} bytes to {path}", bytes.len());
+                    }
+                    _ => println!("usage: /download ID PATH (ids are shown with messages)"),
+                }
+            }
+            cmd @ ("/search" | "/more") => {
+                let (query, after) = if cmd == "/search" {
+                    (words.collect::<Vec<_>>().join(" "), None)
+                } else {
+                    match self.search.take() {
+                        Some((q, next)) => (q, Some(next)),
+                        None => {
+                            println!("nothing more: /search WORDS first");
+                            return Ok(true);
+                        }
+                    }
+                };
+                if query.is_empty() {
+                    println!("usage: /search WORDS");
+                    return Ok(true);
+                }
+                let page = self.session.search(&query, after, Some(20)).await?;
+                if page.messages.is_empty() {
+                    println!("no message holds every word of {}", printable(&query));
+                }
+                for m in &page.messages {
+                    self.show(m).await;
+                }
+                if let Some(next) = page.next {
+                    println!("older results: /more");
+                    self.search = Some((query, next));
+                }
+            }
             "/typing" => match self.current.clone() {
                 Some(c) => self.conn.typing(c.id).await?,
                 None => println!("no channel yet: /dm USER or /group NAME USER.."),
@@ -392,6 +476,25 @@ impl Ui {
     }
 }
 
+/// The content type of a file, by its extension (the server checks the
+/// bytes of images against it).
+fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("pdf") => "application/pdf",
+        Some("txt" | "md") => "text/plain",
+        Some("zip") => "application/zip",
+        Some("mp3") => "audio/mpeg",
+        Some("ogg") => "audio/ogg",
+        Some("mp4") => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}
+
 /// This installation's device id, created once and kept in the state dir.
 fn device_id(state_dir: &std::path::Path, user: &str) -> Result<DeviceId, Error> {
     std::fs::create_dir_all(state_dir)?;
@@ -439,6 +542,7 @@ async fn main() -> Result<(), Error> {
         invitations: Vec::new(),
         current: None,
         names: Default::default(),
+        search: None,
     };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {

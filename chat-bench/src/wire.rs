@@ -199,6 +199,7 @@ pub fn send_frame(
             client_msg_id,
             content,
             reply_to: None,
+            attachments: Vec::new(),
         },
     })
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use chat_core::api::{HistoryQuery, MessagePage};
 use chat_core::protocol::{Event, ReplyBody, Request};
 use chat_core::{
-    Change, ChannelId, ClientMsgId, DeviceId, Invitation, Message, MessageId, Presence, Seq, User,
-    UserId,
+    AttachmentId, Change, ChannelId, ClientMsgId, DeviceId, Invitation, Message, MessageId,
+    Presence, Seq, User, UserId,
 };
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -718,6 +718,19 @@ impl Connection {
         self.handle.send_reply(channel, reply_to, content).await
     }
 
+    /// Sends a message carrying uploaded files: see
+    /// [`ConnectionHandle::send_with_attachments`].
+    pub async fn send_with_attachments(
+        &self,
+        channel: ChannelId,
+        content: impl Into<String>,
+        attachments: Vec<AttachmentId>,
+    ) -> Result<SendReceipt> {
+        self.handle
+            .send_with_attachments(channel, content, attachments)
+            .await
+    }
+
     /// A page of a channel's history: see [`ConnectionHandle::history`].
     pub async fn history(&self, channel: ChannelId, query: &HistoryQuery) -> Result<MessagePage> {
         self.handle.history(channel, query).await
@@ -864,7 +877,7 @@ impl ConnectionHandle {
         client_msg_id: ClientMsgId,
         content: impl Into<String>,
     ) -> Result<SendReceipt> {
-        self.send_message(channel, client_msg_id, content.into(), None)
+        self.send_message(channel, client_msg_id, content.into(), None, Vec::new())
             .await
     }
 
@@ -891,6 +904,41 @@ impl ConnectionHandle {
             ClientMsgId::new_random(),
             content.into(),
             Some(reply_to),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Sends a message carrying files uploaded first with
+    /// [`Session::upload`](crate::Session::upload) (at most 10, your own
+    /// uploads), with a fresh [`ClientMsgId`], retried like
+    /// [`send_with_id`](Self::send_with_id). `content` may be empty. The
+    /// server binds each file to the channel: its members may then
+    /// download it ([`Session::download`](crate::Session::download)), and
+    /// the message carries the references in
+    /// [`Message::attachments`](chat_core::Message::attachments). An id
+    /// that is unknown or another user's upload is refused with code
+    /// `not_found`; one already shared in another channel with `conflict`.
+    ///
+    /// ```no_run
+    /// # async fn run(session: chat_client::Session, conn: chat_client::ConnectionHandle, channel: chat_client::ChannelId) -> chat_client::Result<()> {
+    /// # let bytes: Vec<u8> = Vec::new();
+    /// let photo = session.upload("photo.png", "image/png", bytes).await?;
+    /// conn.send_with_attachments(channel, "the view", vec![photo.id]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_with_attachments(
+        &self,
+        channel: ChannelId,
+        content: impl Into<String>,
+        attachments: Vec<AttachmentId>,
+    ) -> Result<SendReceipt> {
+        self.send_message(
+            channel,
+            ClientMsgId::new_random(),
+            content.into(),
+            None,
+            attachments,
         )
         .await
     }
@@ -902,6 +950,7 @@ impl ConnectionHandle {
         client_msg_id: ClientMsgId,
         content: String,
         reply_to: Option<MessageId>,
+        attachments: Vec<AttachmentId>,
     ) -> Result<SendReceipt> {
         let options = &self.shared.options;
         let deadline = worker::deadline_in(options.send_deadline);
@@ -912,6 +961,7 @@ impl ConnectionHandle {
                 client_msg_id: client_msg_id.clone(),
                 content: content.clone(),
                 reply_to,
+                attachments: attachments.clone(),
             };
             let error = match self.request(request, deadline).await {
                 Ok(ReplyBody::Sent {

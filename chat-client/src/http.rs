@@ -255,6 +255,20 @@ async fn checked(resp: Response) -> Result<Vec<u8>> {
     }
 }
 
+/// `s` escaped for a query string value (every byte but unreserved ones
+/// as `%XX`).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The error code best matching an HTTP status without an error body.
 pub(crate) fn code_for_status(status: StatusCode) -> ErrorCode {
     match status.as_u16() {
@@ -264,6 +278,7 @@ pub(crate) fn code_for_status(status: StatusCode) -> ErrorCode {
         404 => ErrorCode::NotFound,
         409 => ErrorCode::Conflict,
         413 => ErrorCode::MessageTooLarge,
+        415 => ErrorCode::UnsupportedMediaType,
         422 => ErrorCode::LimitExceeded,
         429 => ErrorCode::RateLimited,
         502..=504 => ErrorCode::Unavailable,
@@ -528,6 +543,86 @@ impl Session {
         self.authed_call(|r| r, method, path).await.map(drop)
     }
 
+    /// `POST /v1/attachments`: uploads a file named `name` (1 to 255 bytes,
+    /// no `/`, `\` or control characters) with its content type (one the
+    /// server allows, e.g. `image/png`, `application/pdf`, `text/plain`),
+    /// and answers its reference: give its `id` to
+    /// [`ConnectionHandle::send_with_attachments`](crate::ConnectionHandle::send_with_attachments).
+    /// PNG and JPEG images come back with their `width` and `height` and
+    /// get a thumbnail ([`download_thumbnail`](Self::download_thumbnail)).
+    ///
+    /// Refusals, with [`ClientError::Api`]: `attachment_too_large` above
+    /// the server's size limit (25 MiB by default), `unsupported_media_type`
+    /// for a type the server does not take or bytes that are not the image
+    /// type they claim, `invalid_input` for a bad name.
+    pub async fn upload(
+        &self,
+        name: &str,
+        content_type: &str,
+        data: impl Into<bytes::Bytes>,
+    ) -> Result<chat_core::Attachment> {
+        let data: bytes::Bytes = data.into();
+        let path = format!("/v1/attachments?name={}", query_escape(name));
+        self.call_with(Method::POST, &path, |r| {
+            r.header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(data.clone())
+        })
+        .await
+    }
+
+    /// `GET /v1/attachments/{id}`: the bytes of a file you uploaded, or
+    /// that was shared in a channel you are a member of (`not_found`
+    /// otherwise, as for an id that does not exist). Refuses a file larger
+    /// than `max_bytes` with `limit_exceeded` before reading it.
+    pub async fn download(&self, id: chat_core::AttachmentId, max_bytes: u64) -> Result<Vec<u8>> {
+        self.download_path(&format!("/v1/attachments/{id}"), max_bytes)
+            .await
+    }
+
+    /// `GET /v1/attachments/{id}/thumbnail`: the PNG thumbnail of an image
+    /// attachment (at most 320 pixels a side), for the same users as
+    /// [`download`](Self::download); `not_found` for a file without one.
+    pub async fn download_thumbnail(&self, id: chat_core::AttachmentId) -> Result<Vec<u8>> {
+        self.download_path(&format!("/v1/attachments/{id}/thumbnail"), 4 << 20)
+            .await
+    }
+
+    /// A download, read chunk by chunk up to `max_bytes`.
+    async fn download_path(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>> {
+        let token = self.access_token().await?;
+        let send = |token: String| {
+            self.client
+                .request(Method::GET, path)
+                .bearer_auth(token)
+                .send()
+        };
+        let mut resp = send(token.clone()).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let token = self.refresh_tokens(Some(&token)).await?;
+            resp = send(token).await?;
+        }
+        if !resp.status().is_success() {
+            return checked(resp).await.map(drop).map(|()| Vec::new());
+        }
+        let too_large = || {
+            ClientError::Api(WireError::new(
+                ErrorCode::LimitExceeded,
+                format!("the file is larger than {max_bytes} bytes"),
+            ))
+        };
+        if resp.content_length().is_some_and(|n| n > max_bytes) {
+            return Err(too_large());
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            if (out.len() + chunk.len()) as u64 > max_bytes {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
     /// `GET /v1/me`: the logged-in user as stored now.
     pub async fn me(&self) -> Result<User> {
         self.get("/v1/me").await
@@ -750,6 +845,44 @@ impl Session {
     /// `GET /v1/channels/{id}` (members only).
     pub async fn channel(&self, id: ChannelId) -> Result<Channel> {
         self.get(&format!("/v1/channels/{id}")).await
+    }
+
+    /// `GET /v1/search`: the messages of your channels (and only those)
+    /// that hold every word of `query` (whole words, any case), newest
+    /// first, `limit` (1 to 100, default 20) at a time; give the page's
+    /// `next` as `after` for the following page.
+    ///
+    /// ```no_run
+    /// # async fn run(session: chat_client::Session) -> chat_client::Result<()> {
+    /// let mut after = None;
+    /// loop {
+    ///     let page = session.search("lunch tomorrow", after, Some(50)).await?;
+    ///     for m in &page.messages {
+    ///         println!("{}: {}", m.id, m.content);
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => after = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn search(
+        &self,
+        query: &str,
+        after: Option<chat_core::SearchCursor>,
+        limit: Option<u32>,
+    ) -> Result<chat_core::search::SearchPage> {
+        let mut params: Vec<(&str, String)> = vec![("q", query.to_owned())];
+        if let Some(after) = after {
+            params.push(("after_id", after.id.to_string()));
+            params.push(("after_channel", after.channel.to_string()));
+        }
+        if let Some(limit) = limit {
+            params.push(("limit", limit.to_string()));
+        }
+        self.call_with(Method::GET, "/v1/search", |r| r.query(&params))
+            .await
     }
 
     /// `GET /v1/channels/{id}/messages`: a page of history, ascending. With

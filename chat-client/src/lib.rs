@@ -165,7 +165,9 @@ pub use chat_core::api::{
 };
 pub use chat_core::api::{ChannelList, ChannelSummary};
 pub use chat_core::protocol::{close, ErrorCode, WireError};
+pub use chat_core::search::{SearchCursor, SearchPage};
 pub use chat_core::{
-    Change, Channel, ChannelId, ChannelKind, ClientMsgId, Device, DeviceId, Invitation, Message,
-    MessageId, Platform, Presence, Privacy, Profile, Seq, User, UserId, WhoMayAdd,
+    Attachment, AttachmentId, Change, Channel, ChannelId, ChannelKind, ClientMsgId, Device,
+    DeviceId, Invitation, Message, MessageId, Platform, Presence, Privacy, Profile, Seq, User,
+    UserId, WhoMayAdd,
 };

@@ -84,6 +84,7 @@ impl State {
                 edited_at: None,
                 deleted: false,
                 reactions: Vec::new(),
+                attachments: Vec::new(),
             },
         );
         id

@@ -53,6 +53,7 @@ fn message(len: usize) -> Message {
         edited_at: None,
         deleted: false,
         reactions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -80,6 +81,7 @@ fn frames(c: &mut Criterion) {
                 client_msg_id: ClientMsgId::new_random(),
                 content: "y".repeat(len),
                 reply_to: None,
+                attachments: Vec::new(),
             },
         };
         let text = serde_json::to_string(&send).expect("encode");

@@ -295,6 +295,8 @@ pub fn tombstone(message: &Message) -> Message {
         content: String::new(),
         deleted: true,
         reactions: Vec::new(),
+        // Its files go with the content: a tombstone references none.
+        attachments: Vec::new(),
         ..message.clone()
     }
 }
@@ -346,6 +348,7 @@ mod tests {
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 
@@ -412,7 +415,7 @@ mod tests {
         else {
             panic!("the owner deletes");
         };
-        assert!(gone.deleted && gone.content.is_empty());
+        assert!(gone.deleted && gone.content.is_empty() && gone.attachments.is_empty());
         assert!(matches!(
             decide(&gone, None, &new(alice, Action::Delete), &[]).unwrap(),
             Decision::Unchanged(_)

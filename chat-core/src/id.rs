@@ -226,6 +226,17 @@ impl fmt::Debug for ClientMsgId {
     }
 }
 
+uuid_id!(
+    /// An uploaded file (see [`crate::attachment`]): assigned by the server
+    /// at upload, never by the client.
+    AttachmentId
+);
+uuid_id!(
+    /// The bytes of a file in a [`crate::BlobStore`]: assigned by the store
+    /// at `put`.
+    BlobId
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,9 @@
 //! | [`PushNotifier`] | notifications for recipients with no connected device |
 //! | [`ServiceDiscovery`] | the registry of chat servers for `route` |
 //! | [`Directory`] | users, credentials and privacy settings, friends and friend requests, channels, members and invitations, devices |
+//! | [`BlobStore`] | the bytes of uploaded files: atomic puts, streamed gets |
+//! | [`AttachmentStore`] | the records of uploaded files, each bound once to the channel it is shared in |
+//! | [`MessageSearch`] | full-text search of the messages of some channels, newest first |
 //!
 //! ```
 //! use std::time::Duration;
@@ -47,6 +50,7 @@
 //!     client_msg_id: ClientMsgId::new_random(),
 //!     timeout: Duration::from_secs(5),
 //!     reply_to: None,
+//!     attachments: Vec::new(),
 //! };
 //! // History and both inboxes, in one atomic commit.
 //! let committed = store.commit(send.clone()).await.unwrap();
@@ -59,6 +63,7 @@
 //! ```
 
 pub mod api;
+pub mod attachment;
 pub mod bus;
 pub mod changes;
 pub mod clock;
@@ -73,10 +78,15 @@ pub mod protocol;
 pub mod push;
 pub mod receipts;
 pub mod rules;
+pub mod search;
 pub mod store;
 pub mod text;
 pub mod types;
 
+pub use attachment::{
+    Attachment, AttachmentRecord, AttachmentStore, BlobReader, BlobStore, ByteStream, StoredBlob,
+    MAX_ATTACHMENTS_PER_MESSAGE,
+};
 pub use bus::{BusEvent, DeliveryBus, Envelope, EnvelopeHandler};
 pub use changes::{Action, Change, Changed, NewChange, Reactions};
 pub use clock::{Clock, SystemClock, TokioClock};
@@ -85,13 +95,14 @@ pub use directory::{
 };
 pub use discovery::{pick_server, pick_server_with, ServerInfo, ServiceDiscovery};
 pub use error::{BoxError, Error, Result};
-pub use id::{ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
+pub use id::{AttachmentId, BlobId, ChannelId, ClientMsgId, DeviceId, MessageId, UserId};
 pub use idgen::{ChannelSequence, MessageIdGenerator, Snowflake};
 pub use presence::PresenceTracker;
 pub use push::{
     DeliveryOutcome, DeviceOutcome, PushNotification, PushNotifier, PushReport, MAX_PUSH_DEVICES,
 };
 pub use receipts::{Marker, MarkerKind, MarkerUpdate, Receipt, Receipts, MAX_RECEIPTS};
+pub use search::{MessageSearch, SearchCursor};
 pub use store::{
     entry_bytes, take_within, Appended, Committed, Fanout, FanoutStore, Health, HistoryStore,
     Inbox, InboxEntry, MessageStore, NewMessage, Page, Paged, Seq, ENTRY_OVERHEAD, MAX_PAGE,

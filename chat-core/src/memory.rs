@@ -28,9 +28,12 @@ use crate::store::{
 };
 use crate::types::{ChannelKind, Message, Presence, PresenceStatus};
 
+mod attachments;
 mod directory;
 mod receipts;
+mod search;
 
+pub use attachments::{MemoryAttachments, MemoryBlobStore};
 pub use directory::MemoryDirectory;
 
 /// Locks a mutex, recovering from poisoning: the data behind these locks is

@@ -50,6 +50,12 @@ pub enum Request {
         /// of another channel (or none) is refused with `not_found`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<MessageId>,
+        /// Files to attach (at most 10): ids of the sender's own uploads
+        /// (`POST /v1/attachments`). An id that is unknown or another
+        /// user's upload is refused with `not_found`; one already shared in
+        /// another channel with `conflict`. Content may then be empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<crate::AttachmentId>,
     },
     /// Read the inbox after a position. Without `after`, the device's stored
     /// cursor is used.
@@ -474,6 +480,11 @@ pub enum ErrorCode {
     Unavailable,
     /// An unexpected server-side failure.
     Internal,
+    /// An upload is larger than the server takes (HTTP 413).
+    AttachmentTooLarge,
+    /// An upload's content type is not allowed, or its bytes are not what
+    /// the type says (HTTP 415).
+    UnsupportedMediaType,
 }
 
 impl ErrorCode {
@@ -495,6 +506,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::AttachmentTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
         }
     }
 }
@@ -647,6 +660,7 @@ mod tests {
                 client_msg_id: ClientMsgId::new_random(),
                 content: "x".into(),
                 reply_to: None,
+                attachments: Vec::new(),
             },
             Request::Sync {
                 after: None,

@@ -402,6 +402,9 @@ pub struct NewMessage {
     /// caller to exist in the channel (messages are never removed, so it
     /// still does at commit). Stored and returned as given.
     pub reply_to: Option<MessageId>,
+    /// The files the message carries, checked and bound to the channel by
+    /// the caller. Stored and returned as given.
+    pub attachments: Vec<crate::Attachment>,
     /// How long the store may take before it starts the write: past it,
     /// the commit is refused with a temporary error and writes nothing.
     pub timeout: Duration,
@@ -421,6 +424,7 @@ impl NewMessage {
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
+            attachments: self.attachments.clone(),
         }
     }
 }
@@ -494,6 +498,7 @@ impl Committed {
 ///   the same atomic write (see [`Receipts`](crate::Receipts)).
 /// * **Replies**: [`NewMessage::reply_to`] is stored with the message, in
 ///   history and in every inbox entry, and read back by every read.
+/// * **Attachments**: [`NewMessage::attachments`] likewise, in their order.
 ///   An `Err` other than these means the commit may or may not have
 ///   happened: retry with the same key, which returns the outcome.
 /// * **No late writes**: a commit that has not started its write within

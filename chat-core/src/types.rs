@@ -209,6 +209,12 @@ pub struct Message {
     /// history pages (for the user reading them), empty elsewhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<crate::changes::Reactions>,
+    /// Files the message carries, at most
+    /// [`MAX_ATTACHMENTS_PER_MESSAGE`](crate::MAX_ATTACHMENTS_PER_MESSAGE):
+    /// the sender's own uploads, which the server binds to the channel at
+    /// send (see [`crate::attachment`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::Attachment>,
 }
 
 #[cfg(test)]
@@ -225,6 +231,7 @@ impl Message {
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 }

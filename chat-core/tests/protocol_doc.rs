@@ -73,6 +73,8 @@ fn api_examples_parse_as_their_types_and_serialize_identically() {
             "Privacy" => same::<Privacy>(ex),
             "GroupChange" => same::<GroupChange>(ex),
             "ChannelList" => same::<ChannelList>(ex),
+            "Attachment" => same::<chat_core::Attachment>(ex),
+            "SearchPage" => same::<chat_core::search::SearchPage>(ex),
             other => panic!("no check for api example type {other}"),
         }
     }

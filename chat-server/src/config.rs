@@ -176,6 +176,14 @@ pub struct ServerConfig {
     /// Terminate TLS with this certificate and key: [`crate::serve`] then
     /// speaks only `https` and `wss`.
     pub tls: Option<crate::TlsConfig>,
+    /// Largest upload (`POST /v1/attachments`), in bytes; above it the
+    /// upload is refused with `attachment_too_large` (413). Default: 25 MiB.
+    pub max_attachment_bytes: u64,
+    /// Content types an upload may declare (lowercase, no parameters).
+    /// `image/png`, `image/jpeg`, `image/gif` and `image/webp` are also
+    /// checked against the bytes' magic number. Default:
+    /// [`crate::attachments::DEFAULT_TYPES`].
+    pub attachment_types: Vec<String>,
 }
 
 /// A token-bucket rate: `per_minute` sustained, `burst` at once.
@@ -254,6 +262,11 @@ impl Default for ServerConfig {
             metrics_route: true,
             web_chat: false,
             tls: None,
+            max_attachment_bytes: 25 << 20,
+            attachment_types: crate::attachments::DEFAULT_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
         }
     }
 }

@@ -59,7 +59,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type HttpResult<T> = Result<T, ApiError>;
+pub(crate) type HttpResult<T> = Result<T, ApiError>;
 
 /// A JSON body whose rejection is an [`ApiError`] with code `invalid_input`.
 pub(crate) struct Body<T>(T);
@@ -75,7 +75,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
 }
 
 /// A query string whose rejection is an [`ApiError`].
-pub(crate) struct Q<T>(T);
+pub(crate) struct Q<T>(pub(crate) T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
     type Rejection = ApiError;
@@ -88,7 +88,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
 }
 
 /// Path parameters whose rejection is an [`ApiError`].
-pub(crate) struct P<T>(T);
+pub(crate) struct P<T>(pub(crate) T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for P<T> {
     type Rejection = ApiError;
@@ -122,7 +122,7 @@ async fn authenticated(parts: &Parts, server: &ChatServer) -> Result<Claims, Api
 }
 
 /// The authenticated caller.
-pub(crate) struct Caller(UserId);
+pub(crate) struct Caller(pub(crate) UserId);
 
 impl FromRequestParts<ChatServer> for Caller {
     type Rejection = ApiError;
@@ -267,6 +267,10 @@ fn api_routes() -> OpenApiRouter<ChatServer> {
         .routes(routes!(register_device))
         .routes(routes!(presence))
         .routes(routes!(route))
+        .routes(routes!(crate::attachments::upload))
+        .routes(routes!(crate::attachments::download))
+        .routes(routes!(crate::attachments::thumbnail))
+        .routes(routes!(crate::search::search))
 }
 
 /// The OpenAPI 3 description of the HTTP API (`GET /v1/openapi.json`, and
@@ -309,7 +313,9 @@ async fn unmatched() -> ApiError {
         (name = "groups", description = "Groups, members and invitations"),
         (name = "devices", description = "Devices and push tokens"),
         (name = "presence", description = "Presence and routing"),
-        (name = "operations", description = "Health and metrics")
+        (name = "operations", description = "Health and metrics"),
+        (name = "attachments", description = "Uploading and downloading files"),
+        (name = "search", description = "Searching the messages of one's channels")
     )
 )]
 struct ApiDoc;
@@ -335,7 +341,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every error: `{"error": {"code", "message", "retryable"}}` with the
 /// status of its code (docs/protocol.md, Errors).
-struct Errors;
+pub(crate) struct Errors;
 
 impl utoipa::IntoResponses for Errors {
     fn responses() -> std::collections::BTreeMap<

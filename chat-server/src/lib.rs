@@ -53,6 +53,7 @@
 
 mod accept;
 mod account;
+pub mod attachments;
 mod auth;
 mod changes;
 mod config;
@@ -68,6 +69,7 @@ mod outbox;
 mod push;
 mod receipts;
 mod redeliver;
+mod search;
 mod secret;
 mod send_quota;
 mod server;

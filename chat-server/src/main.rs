@@ -68,6 +68,49 @@ struct Args {
         conflicts_with = "token_secret"
     )]
     token_secret_file: Option<PathBuf>,
+    /// Where uploaded files are kept, as files (default: DATA_DIR/blobs;
+    /// with --memory, in memory). A deployment of several servers shares
+    /// one: a shared volume, or an S3 bucket (--s3-bucket).
+    #[arg(long, env = "CHAT_BLOB_DIR")]
+    blob_dir: Option<PathBuf>,
+    /// Largest upload, in MiB.
+    #[arg(long, env = "CHAT_MAX_ATTACHMENT_MB", default_value_t = 25)]
+    max_attachment_mb: u64,
+    /// Keep uploaded files in this S3 bucket instead (AWS S3 or any
+    /// S3-compatible server: see --s3-endpoint).
+    #[cfg(feature = "s3")]
+    #[arg(long, env = "CHAT_S3_BUCKET", conflicts_with = "blob_dir")]
+    s3_bucket: Option<String>,
+    /// The S3-compatible server's URL (e.g. http://minio:9000); default AWS.
+    #[cfg(feature = "s3")]
+    #[arg(long, env = "CHAT_S3_ENDPOINT", requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// The bucket's region.
+    #[cfg(feature = "s3")]
+    #[arg(long, env = "CHAT_S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// Key prefix of the blobs in the bucket.
+    #[cfg(feature = "s3")]
+    #[arg(long, env = "CHAT_S3_PREFIX", default_value = "attachments")]
+    s3_prefix: String,
+    /// Access key id for the bucket.
+    #[cfg(feature = "s3")]
+    #[arg(
+        long,
+        env = "AWS_ACCESS_KEY_ID",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    s3_access_key_id: String,
+    /// Secret access key for the bucket.
+    #[cfg(feature = "s3")]
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    s3_secret_access_key: String,
     /// The token signing secret itself (32+ bytes). Avoid it: on the command
     /// line it is visible to every local user (`ps`, /proc/PID/cmdline), and
     /// in the environment to whoever can read the process's environment;
@@ -578,7 +621,10 @@ fn storage(
             Duration::from_secs(5),
             tokio_util::sync::CancellationToken::new(),
         );
-        return Ok(builder.messages(messages).directory(main));
+        return Ok(builder
+            .messages(messages)
+            .attachments(main.clone())
+            .directory(main));
     }
     let options = chat_store::embedded::EmbeddedOptions::default()
         .with_free_space_reserve(args.disk_reserve_mb.saturating_mul(1 << 20))
@@ -587,6 +633,36 @@ fn storage(
     let store = chat_store::embedded::EmbeddedStore::open_with(&args.data_dir, options)?;
     tracing::info!(data_dir = %args.data_dir.display(), "embedded store open");
     Ok(builder.storage(Arc::new(store)))
+}
+
+/// Plugs the configured blob store into the builder: an S3 bucket, a
+/// directory, or (with --memory) memory.
+fn blobs(
+    builder: chat_server::ServerBuilder,
+    args: &Args,
+) -> Result<chat_server::ServerBuilder, Box<dyn std::error::Error>> {
+    #[cfg(feature = "s3")]
+    if let Some(bucket) = &args.s3_bucket {
+        use chat_store::blobs::s3::{S3BlobStore, S3Config};
+        let store = S3BlobStore::new(&S3Config {
+            bucket: bucket.clone(),
+            region: args.s3_region.clone(),
+            endpoint: args.s3_endpoint.clone(),
+            access_key_id: args.s3_access_key_id.clone(),
+            secret_access_key: args.s3_secret_access_key.clone(),
+            prefix: args.s3_prefix.clone(),
+        })?;
+        tracing::info!(bucket, "uploads in S3");
+        return Ok(builder.blobs(Arc::new(store)));
+    }
+    let dir = match (&args.blob_dir, args.memory) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => return Ok(builder),
+        (None, false) => args.data_dir.join("blobs"),
+    };
+    let store = chat_store::blobs::FsBlobStore::open(&dir)?;
+    tracing::info!(blob_dir = %dir.display(), "uploads in files");
+    Ok(builder.blobs(Arc::new(store)))
 }
 
 /// The push notifier from the flags: the providers configured, behind a
@@ -807,10 +883,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (Some(cert), Some(key)) => Some(chat_server::TlsConfig::from_pem_files(cert, key)?),
             _ => None,
         },
+        max_attachment_bytes: args.max_attachment_mb.saturating_mul(1 << 20),
         ..defaults
     };
     let (presence_timeout, discovery_ttl) = (config.presence_timeout, config.discovery_ttl);
     let mut builder = storage(ChatServer::builder(config), &args, budget.store_table)?;
+    builder = blobs(builder, &args)?;
     builder = cluster(builder, &args.cluster, presence_timeout, discovery_ttl).await?;
     if let Some(notifier) = push(&args.push)? {
         builder = builder.push(notifier);

@@ -209,6 +209,8 @@ pub(crate) fn code_label(code: ErrorCode) -> &'static str {
         ErrorCode::LimitExceeded => "limit_exceeded",
         ErrorCode::Unavailable => "unavailable",
         ErrorCode::Internal => "internal",
+        ErrorCode::AttachmentTooLarge => "attachment_too_large",
+        ErrorCode::UnsupportedMediaType => "unsupported_media_type",
         _ => "other",
     }
 }

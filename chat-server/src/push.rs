@@ -596,6 +596,7 @@ mod tests {
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 

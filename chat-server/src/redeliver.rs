@@ -151,6 +151,7 @@ mod tests {
                     edited_at: None,
                     deleted: false,
                     reactions: Vec::new(),
+                    attachments: Vec::new(),
                 },
                 positions: vec![(UserId::new_random(), Seq(1))],
             },

@@ -11,10 +11,11 @@ use chat_core::memory::{
 };
 use chat_core::protocol::{ErrorCode, WireError};
 use chat_core::{
-    BusEvent, Channel, ChannelId, ClientMsgId, Clock, Committed, DeliveryBus, DeviceId, Directory,
-    Envelope, Health, InboxEntry, Message, MessageId, MessageIdGenerator, MessageStore, NewMessage,
-    Page, Presence, PresenceStatus, PresenceTracker, PushNotifier, Seq, ServerInfo,
-    ServiceDiscovery, Snowflake, TokioClock, UserId, MAX_PAGE,
+    AttachmentId, AttachmentStore, BlobStore, BusEvent, Channel, ChannelId, ClientMsgId, Clock,
+    Committed, DeliveryBus, DeviceId, Directory, Envelope, Health, InboxEntry, Message, MessageId,
+    MessageIdGenerator, MessageSearch, MessageStore, NewMessage, Page, Presence, PresenceStatus,
+    PresenceTracker, PushNotifier, Seq, ServerInfo, ServiceDiscovery, Snowflake, TokioClock,
+    UserId, MAX_PAGE,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -93,6 +94,9 @@ pub struct ServerBuilder {
     discovery: Option<Arc<dyn ServiceDiscovery>>,
     ids: Option<Arc<dyn MessageIdGenerator>>,
     clock: Option<Arc<dyn Clock>>,
+    blobs: Option<Arc<dyn BlobStore>>,
+    attachments: Option<Arc<dyn AttachmentStore>>,
+    search: Option<Arc<dyn MessageSearch>>,
 }
 
 macro_rules! setter {
@@ -150,11 +154,34 @@ impl ServerBuilder {
         /// paused time in tests).
         clock: dyn Clock
     );
+    setter!(
+        /// The bytes of uploaded files (default: in memory; the binary
+        /// keeps them in files beside its data, or in an S3 bucket).
+        blobs: dyn BlobStore
+    );
+    setter!(
+        /// The records of uploaded files (default: in memory;
+        /// [`storage`](Self::storage) sets it to the storage backend).
+        attachments: dyn AttachmentStore
+    );
+    setter!(
+        /// Full-text search of the message store's history (`GET
+        /// /v1/search`). [`storage`](Self::storage) sets it to the storage
+        /// backend, and the in-memory default has it; without one, search
+        /// answers `not_found`.
+        search: dyn MessageSearch
+    );
 
     /// Sets the message store and the directory from one backend that is
     /// both (the embedded store, PostgreSQL).
-    pub fn storage<S: MessageStore + Directory>(self, store: Arc<S>) -> Self {
-        self.messages(store.clone()).directory(store)
+    pub fn storage<S: MessageStore + Directory + AttachmentStore + MessageSearch>(
+        self,
+        store: Arc<S>,
+    ) -> Self {
+        self.messages(store.clone())
+            .attachments(store.clone())
+            .search(store.clone())
+            .directory(store)
     }
 
     /// Starts the node: attaches to the bus and spawns the presence sweeper
@@ -191,12 +218,15 @@ impl ServerBuilder {
             metrics: metrics.clone(),
         }))
         .await?;
+        let mut search = self.search;
         let (directory, messages): (Arc<dyn Directory>, Arc<dyn MessageStore>) =
             match (self.directory, self.messages) {
                 (Some(d), Some(m)) => (d, m),
                 (None, None) => {
                     let directory = Arc::new(MemoryDirectory::default());
-                    (directory.clone(), Arc::new(MemoryStore::new(directory)))
+                    let store = Arc::new(MemoryStore::new(directory.clone()));
+                    search.get_or_insert_with(|| store.clone());
+                    (directory, store)
                 }
                 _ => {
                     return Err(ServerError::Config(
@@ -223,6 +253,13 @@ impl ServerBuilder {
             conn_limit: Arc::new(Semaphore::new(config.max_connections)),
             directory,
             messages,
+            blobs: self
+                .blobs
+                .unwrap_or_else(|| Arc::new(chat_core::memory::MemoryBlobStore::default())),
+            search,
+            attachments: self
+                .attachments
+                .unwrap_or_else(|| Arc::new(chat_core::memory::MemoryAttachments::default())),
             push: self.push.unwrap_or_else(|| Arc::new(LoggingNotifier)),
             bus,
             presence,
@@ -327,6 +364,12 @@ pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
     pub(crate) directory: Arc<dyn Directory>,
     pub(crate) messages: Arc<dyn MessageStore>,
+    /// The bytes of uploads (`attachments.rs`).
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    /// The records of uploads.
+    pub(crate) attachments: Arc<dyn AttachmentStore>,
+    /// Full-text search, if the storage has it (`search.rs`).
+    pub(crate) search: Option<Arc<dyn MessageSearch>>,
     pub(crate) bus: Arc<dyn DeliveryBus>,
     pub(crate) presence: Arc<dyn PresenceTracker>,
     pub(crate) push: Arc<dyn PushNotifier>,
@@ -497,8 +540,43 @@ impl ChatServer {
         content: String,
         reply_to: Option<MessageId>,
     ) -> ApiResult<SendOutcome> {
+        self.send_with_attachments(
+            sender,
+            device,
+            channel_id,
+            client_msg_id,
+            content,
+            reply_to,
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// [`send_reply`](Self::send_reply) of a message that may carry
+    /// attachments: ids of the sender's own uploads, bound to the channel
+    /// before the commit (see `attachments.rs`); with attachments, the
+    /// content may be empty.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_with_attachments(
+        &self,
+        sender: UserId,
+        device: DeviceId,
+        channel_id: ChannelId,
+        client_msg_id: ClientMsgId,
+        content: String,
+        reply_to: Option<MessageId>,
+        attachments: Vec<AttachmentId>,
+    ) -> ApiResult<SendOutcome> {
         let outcome = self
-            .send_counted(sender, device, channel_id, client_msg_id, content, reply_to)
+            .send_counted(
+                sender,
+                device,
+                channel_id,
+                client_msg_id,
+                content,
+                reply_to,
+                attachments,
+            )
             .await;
         let label = match &outcome {
             Ok(o) if o.duplicate => "duplicate",
@@ -510,6 +588,7 @@ impl ChatServer {
     }
 
     /// [`send`](Self::send) before its outcome is counted.
+    #[allow(clippy::too_many_arguments)]
     async fn send_counted(
         &self,
         sender: UserId,
@@ -518,10 +597,11 @@ impl ChatServer {
         client_msg_id: ClientMsgId,
         content: String,
         reply_to: Option<MessageId>,
+        attachments: Vec<AttachmentId>,
     ) -> ApiResult<SendOutcome> {
         self.charge_send(sender, &content)?;
         let max = self.inner.config.max_message_chars;
-        if content.is_empty() {
+        if content.is_empty() && attachments.is_empty() {
             return Err(err(ErrorCode::InvalidInput, "message content is empty"));
         }
         // Byte length bounds character count from above: count only when needed.
@@ -537,6 +617,12 @@ impl ChatServer {
         if let Some(target) = reply_to {
             self.check_reply_target(sender, channel_id, target).await?;
         }
+        let attachments = if attachments.is_empty() {
+            Vec::new()
+        } else {
+            self.bind_attachments(sender, channel_id, &attachments)
+                .await?
+        };
         let inner = &self.inner;
         let committed = self
             .within_deadline(async {
@@ -549,6 +635,7 @@ impl ChatServer {
                     client_msg_id,
                     timeout: inner.config.send_timeout,
                     reply_to,
+                    attachments,
                 };
                 // Another message of the channel was committed with a
                 // larger id first (a concurrent send here, or a node whose

@@ -278,6 +278,7 @@ mod tests {
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
+            attachments: Vec::new(),
         };
         let seq = Seq(42);
         let spliced = message_frame(seq, &serde_json::to_string(&message).unwrap());

@@ -671,9 +671,18 @@ async fn handle_request(
             client_msg_id,
             content,
             reply_to,
+            attachments,
         } => {
             let out = server
-                .send_reply(user, device, channel, client_msg_id, content, reply_to)
+                .send_with_attachments(
+                    user,
+                    device,
+                    channel,
+                    client_msg_id,
+                    content,
+                    reply_to,
+                    attachments,
+                )
                 .await?;
             Ok(ReplyBody::Sent {
                 message_id: out.message.id,

@@ -575,6 +575,7 @@ impl Raw {
             client_msg_id: ClientMsgId::new_random(),
             content: content.to_owned(),
             reply_to: None,
+            attachments: Vec::new(),
         })
         .await
     }

@@ -65,6 +65,10 @@ fn every_api_operation_is_described() {
         ("/v1/devices/{id}", "put"),
         ("/v1/presence", "get"),
         ("/v1/route", "get"),
+        ("/v1/attachments", "post"),
+        ("/v1/attachments/{id}", "get"),
+        ("/v1/attachments/{id}/thumbnail", "get"),
+        ("/v1/search", "get"),
         ("/healthz", "get"),
         ("/metrics", "get"),
     ] {

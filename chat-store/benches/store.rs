@@ -33,6 +33,7 @@ fn message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> Message {
         edited_at: None,
         deleted: false,
         reactions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -46,6 +47,7 @@ fn new_message(ids: &Snowflake, channel: ChannelId, sender: UserId) -> NewMessag
         client_msg_id: ClientMsgId::new_random(),
         timeout: Duration::from_secs(30),
         reply_to: None,
+        attachments: Vec::new(),
     }
 }
 

@@ -12,6 +12,10 @@
 //!   servers, with versioned migrations, a bounded connection pool, and
 //!   errors that say whether a retry can help. See the module docs for the
 //!   schema and the indexes.
+//! * [`blobs`] (always compiled): `FsBlobStore`, the bytes of uploaded
+//!   files in a local directory, and (feature `s3`) `S3BlobStore` in an
+//!   S3-compatible bucket through `object_store`: both
+//!   [`BlobStore`](chat_core::BlobStore)s.
 //! * [`sharded`] (always compiled): [`sharded::ShardedHistory`] spreads
 //!   chat history over N stores of any backend by a stable hash of the
 //!   channel id (one channel, one shard, its order kept), and
@@ -77,6 +81,7 @@
 //! [`Directory`]: chat_core::Directory
 //! [`EmbeddedStore`]: crate::embedded::EmbeddedStore
 
+pub mod blobs;
 pub mod conformance;
 #[cfg(feature = "embedded")]
 pub mod embedded;

@@ -566,6 +566,7 @@ mod tests {
             client_msg_id: ClientMsgId::new_random(),
             timeout: Duration::from_secs(5),
             reply_to: None,
+            attachments: Vec::new(),
         };
         // Step 1 only, as if the process died right after it.
         let Fanout::Committed(cut) = coordinator.commit_fanout(send.clone()).await.unwrap() else {

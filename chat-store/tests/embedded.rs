@@ -86,6 +86,57 @@ async fn embedded_store_passes_the_conformance_suite_repeatedly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_search_passes_its_suite_before_and_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::search_suite(&store, &store, &store).await;
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    conformance::search_suite(&store, &store, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_attachments_pass_their_suite_and_survive_reopening() {
+    use chat_core::AttachmentStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    conformance::attachment_store_suite(&store).await;
+    conformance::attachment_store_suite(&store).await;
+    let record = chat_core::AttachmentRecord {
+        attachment: chat_core::Attachment {
+            id: chat_core::AttachmentId::new_random(),
+            name: "kept.pdf".into(),
+            size: 10,
+            content_type: "application/pdf".into(),
+            width: None,
+            height: None,
+        },
+        uploader: chat_core::UserId::new_random(),
+        blob: chat_core::BlobId::new_random(),
+        thumbnail: None,
+        channel: None,
+        created_at: 5,
+    };
+    store.create_attachment(record.clone()).await.unwrap();
+    let channel = chat_core::ChannelId::new_random();
+    store
+        .bind_attachment(record.attachment.id, channel)
+        .await
+        .unwrap();
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.attachment(record.attachment.id).await.unwrap(),
+        Some(chat_core::AttachmentRecord {
+            channel: Some(channel),
+            ..record
+        }),
+        "a record and its binding survive a reopen"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_acknowledged_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let mut probes = Vec::new();
@@ -285,6 +336,7 @@ fn commits_are_atomic_and_acknowledged_ones_survive_sigkill() {
                             client_msg_id: ClientMsgId::new_random(),
                             timeout: Duration::from_secs(30),
                             reply_to: None,
+                            attachments: Vec::new(),
                         };
                         tokio::task::yield_now().await;
                         let c = loop {
@@ -402,6 +454,7 @@ fn commits_are_atomic_and_acknowledged_ones_survive_sigkill() {
                         client_msg_id: a.message.client_msg_id.clone(),
                         timeout: Duration::from_secs(30),
                         reply_to: None,
+                        attachments: Vec::new(),
                     })
                     .await
                     .unwrap();
@@ -447,6 +500,7 @@ async fn concurrent_appends_with_one_client_msg_id_store_once() {
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
+            attachments: Vec::new(),
         };
         let mut tasks = tokio::task::JoinSet::new();
         for k in 1..=64u64 {
@@ -514,6 +568,7 @@ async fn a_format_1_store_is_upgraded_and_keeps_its_idempotency_records() {
         edited_at: None,
         deleted: false,
         reactions: Vec::new(),
+        attachments: Vec::new(),
     };
     {
         // Format 1, by hand: the message, and its idempotency record keyed
@@ -570,6 +625,7 @@ async fn a_format_2_store_is_upgraded_to_inbox_positions() {
         edited_at: None,
         deleted: false,
         reactions: Vec::new(),
+        attachments: Vec::new(),
     };
     let ids = [1u64 << 40, (1 << 40) + 7, 1 << 41];
     {
@@ -649,4 +705,48 @@ async fn an_oversized_username_is_refused_and_the_store_stays_usable() {
     drop(store);
     let store = EmbeddedStore::open(dir.path()).unwrap();
     conformance::durability_check_read(&store, &store, &probe).await;
+}
+
+/// A store written before the search index existed (no `search` partition,
+/// no marker) is indexed when opened: its old messages are found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_a_search_index_is_indexed_at_open() {
+    use chat_core::{ChannelId, ClientMsgId, HistoryStore, Message, MessageId, MessageSearch};
+    let dir = tempfile::tempdir().unwrap();
+    let channel = ChannelId::new_random();
+    let old = Message {
+        id: MessageId(1 << 40),
+        channel_id: channel,
+        sender: UserId::new_random(),
+        content: "written before the index".into(),
+        created_at: 1,
+        client_msg_id: ClientMsgId::new_random(),
+        reply_to: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
+        attachments: Vec::new(),
+    };
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.append(old.clone()).await.unwrap();
+    }
+    {
+        // Back to how an older build left it.
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let search = keyspace
+            .open_partition("search", fjall::PartitionCreateOptions::default())
+            .unwrap();
+        keyspace.delete_partition(search).unwrap();
+        let meta = keyspace
+            .open_partition("meta", fjall::PartitionCreateOptions::default())
+            .unwrap();
+        meta.remove("search_index").unwrap();
+        keyspace.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let found = store.search(&[channel], "index", None, 10).await.unwrap();
+        assert_eq!(found.items, vec![old.clone()], "indexed at open");
+    }
 }

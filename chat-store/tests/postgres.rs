@@ -162,6 +162,7 @@ fn message(channel: ChannelId, sender: UserId, id: u64, content: &str) -> Messag
         edited_at: None,
         deleted: false,
         reactions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -184,6 +185,22 @@ async fn postgres_store_passes_the_conformance_suite_repeatedly() {
     conformance::run_all(&store, &store).await;
     assert_eq!(store.schema(), schema.name);
     assert!(format!("{store:?}").contains("PostgresStore"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_search_passes_its_suite() {
+    let schema = TestSchema::new();
+    let store = PostgresStore::connect(schema.config()).await.unwrap();
+    conformance::search_suite(&store, &store, &store).await;
+    conformance::search_suite(&store, &store, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_attachments_pass_their_suite() {
+    let schema = TestSchema::new();
+    let store = PostgresStore::connect(schema.config()).await.unwrap();
+    conformance::attachment_store_suite(&store).await;
+    conformance::attachment_store_suite(&store).await;
 }
 
 /// Chat history sharded over two PostgreSQL databases, with the first one
@@ -329,6 +346,7 @@ fn new_message(channel: ChannelId, sender: UserId, id: u64, content: &str) -> Ne
         client_msg_id: ClientMsgId::new_random(),
         timeout: Duration::from_secs(30),
         reply_to: None,
+        attachments: Vec::new(),
     }
 }
 
@@ -454,10 +472,9 @@ async fn migrations_are_idempotent_and_safe_when_servers_start_at_once() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 16,
+        tables, 17,
         "nine data tables, three of migration 4, blocks (migration 5), receipts (migration 6), \
-         reactions (migration 7) \
-         and schema_migrations"
+         reactions (migration 7), attachments (migration 8) and schema_migrations"
     );
 
     // Connecting again, and migrating again, change nothing.

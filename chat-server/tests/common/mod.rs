@@ -455,6 +455,7 @@ impl Raw {
             client_msg_id: ClientMsgId::new(cid).unwrap(),
             content: content.into(),
             reply_to: None,
+            attachments: Vec::new(),
         })
         .await
     }

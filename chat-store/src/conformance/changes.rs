@@ -48,6 +48,7 @@ pub async fn changes_suite(store: &dyn MessageStore, directory: &dyn Directory) 
     deletions(store, directory).await;
     reactions(store, directory).await;
     concurrent_changes(store, directory).await;
+    super::attachments::attachments_follow_changes(store, directory).await;
 }
 
 fn change(channel: ChannelId, id: MessageId, actor: UserId, action: Action) -> NewChange {

@@ -38,6 +38,7 @@ use super::{ids_of, new_user, ok, Ids};
 /// * a sender blocked by the other member of a direct channel is refused
 ///   with `Blocked`, writing nothing; the blocker still sends, groups are
 ///   not affected, and unblocking lets the sender through again;
+/// * a message's attachments are kept like `reply_to`;
 /// * a reply's `reply_to` is kept in history (committed or appended) and in
 ///   every member's inbox entry, and a plain message has none.
 ///
@@ -55,6 +56,7 @@ pub async fn message_store_suite(store: &dyn MessageStore, directory: &dyn Direc
     cursors(store).await;
     replies_are_kept(store, directory).await;
     blocked_senders_are_refused(store, directory).await;
+    super::attachments::attachments_are_kept(store, directory).await;
 }
 
 /// A commit request with a fresh key and a generous timeout.
@@ -73,6 +75,7 @@ pub(super) fn new_message(
         client_msg_id: ClientMsgId::new_random(),
         timeout: Duration::from_secs(30),
         reply_to: None,
+        attachments: Vec::new(),
     }
 }
 

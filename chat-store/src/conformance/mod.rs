@@ -23,6 +23,9 @@
 //! | [`changes_suite`] | [`MessageStore::change`] and [`HistoryStore::reactions`](chat_core::HistoryStore::reactions): edits, deletions (tombstones) and reactions in history and as change entries in every member's inbox, who may make which change, idempotent repeats that write nothing, the reaction cap, refusals and late changes that write nothing |
 //! | [`durability_check_write`] / [`durability_check_read`] | everything acknowledged before a restart (or a crash) is there after it |
 //! | [`receipts_suite`] | [`Receipts`](chat_core::Receipts): dense per-channel message numbers and heads, unread after N sends, own sends read atomically, monotonic and idempotent markers, refusals for messages outside the channel, concurrent markers keeping the largest, bounded reads |
+//! | [`blob_store_suite`] | [`BlobStore`](chat_core::BlobStore): byte-exact round trips (empty, many chunks, past a multipart part), new ids, the size limit at every size, failing streams, idempotent deletes, concurrent puts |
+//! | [`attachment_store_suite`] | [`AttachmentStore`](chat_core::AttachmentStore): records read back as created, unique ids, bind once (idempotent, conflicting, unknown), one winner among concurrent binds |
+//! | [`search_suite`] | [`MessageSearch`](chat_core::MessageSearch): every word, whole, any case; only the channels asked; newest first by `(id, channel)`; paging by cursor visiting each match once; committed and appended messages found at once |
 //! | [`run_all`] | all of the above but the restart |
 //!
 //! Every check uses fresh random ids, usernames and message ids, so the
@@ -61,6 +64,7 @@ macro_rules! assert_err {
     };
 }
 
+mod attachments;
 mod changes;
 mod concurrency;
 mod directory;
@@ -70,12 +74,16 @@ mod messages;
 mod receipts;
 
 pub use changes::changes_suite;
+mod search;
+
+pub use attachments::{attachment_store_suite, blob_store_suite};
 pub use concurrency::concurrency_suite;
 pub use directory::directory_suite;
 pub use durability::{durability_check_read, durability_check_write, DurabilityProbe};
 pub use history::history_suite;
 pub use messages::message_store_suite;
 pub use receipts::receipts_suite;
+pub use search::search_suite;
 
 /// Runs every suite: [`history_suite`], [`message_store_suite`],
 /// [`directory_suite`], [`concurrency_suite`], [`receipts_suite`], [`changes_suite`], and a
@@ -147,6 +155,7 @@ fn message(
         edited_at: None,
         deleted: false,
         reactions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 

@@ -126,6 +126,8 @@ pub(super) struct Tables {
     pub(super) receipts: PartitionHandle,
     /// Reactions (`channel ++ message ++ user ++ emoji`), written by changes.
     pub(super) reactions: PartitionHandle,
+    /// The full-text index, written with each message (`search.rs`).
+    pub(super) search: PartitionHandle,
 }
 
 /// What the committer is asked to do.
@@ -886,6 +888,7 @@ impl Worker {
             positions.push((*member, Seq(seq)));
         }
         batch.insert(&self.tables.history, location, encode(&message)?);
+        super::search::stage_index(batch, &self.tables.search, &message);
         batch.insert(
             &self.tables.idempotency,
             key.clone(),
@@ -1084,6 +1087,10 @@ impl Worker {
                         changes.reactions.insert(key, false);
                     }
                 }
+                // The search index follows the content: the old words out,
+                // the new ones in (none for a tombstone), in the same batch.
+                super::search::stage_unindex(batch, &self.tables.search, &current);
+                super::search::stage_index(batch, &self.tables.search, &message);
                 batch.insert(&self.tables.history, location, encode(&message)?);
                 changes.messages.insert(location, message.clone());
             }
@@ -1154,6 +1161,7 @@ impl Worker {
             )));
         }
         batch.insert(&self.tables.history, history_key, encode(&message)?);
+        super::search::stage_index(batch, &self.tables.search, &message);
         batch.insert(
             &self.tables.idempotency,
             key.clone(),
@@ -1191,6 +1199,7 @@ mod tests {
             numbers: open("numbers"),
             receipts: open("receipts"),
             reactions: open("reactions"),
+            search: open("search"),
         };
         let committer = Arc::new(
             Committer::start(keyspace.clone(), tables, None, Duration::from_secs(3)).unwrap(),
@@ -1257,6 +1266,7 @@ mod tests {
             numbers: open("numbers"),
             receipts: open("receipts"),
             reactions: open("reactions"),
+            search: open("search"),
         };
         let q = open("q");
         let committer = Committer::start(

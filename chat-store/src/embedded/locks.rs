@@ -24,6 +24,8 @@ pub(super) enum Kind {
     Channel,
     /// `(user, device)` of a device record.
     Device,
+    /// An attachment record.
+    Attachment,
 }
 
 /// The hashed identity of one guarded key.

@@ -29,6 +29,8 @@
 //! | `devices` | `user_id ++ device_id` | the [`Device`] |
 //! | `blocks` | `blocker ++ blocked` | empty |
 //! | `reactions` | `channel_id ++ message_id ++ user_id ++ emoji` (UTF-8) | empty |
+//! | `search` | `word ++ 0x00 ++ channel_id ++ message_id`: the full-text index (see `search.rs`), written with each message | empty |
+//! | `attachments` | `attachment_id` | the [`AttachmentRecord`](chat_core::AttachmentRecord): uploader, blob ids, reference, channel once bound |
 //! | `revoked_sessions` | `user_id ++ session` (8 bytes big-endian) | until when, 8 bytes big-endian |
 //! | `numbers` | `channel_id ++ message_id` | the message's number in its channel, 8 bytes big-endian (the last key of a channel is its head) |
 //! | `receipts` | `user_id ++ channel_id` | read marker then delivered marker, each `message_id ++ number` (raw, 32 bytes; number 0: none) |
@@ -142,6 +144,7 @@
 //! [`Device`]: chat_core::Device
 //! [`Invitation`]: chat_core::Invitation
 
+mod attachments;
 mod directory;
 mod files;
 mod group;
@@ -149,6 +152,7 @@ mod history;
 mod keys;
 mod locks;
 mod receipts;
+mod search;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -289,6 +293,8 @@ struct Inner {
     /// Read and delivered markers.
     receipts: PartitionHandle,
     reactions: PartitionHandle,
+    attachments: PartitionHandle,
+    search: PartitionHandle,
     stripes: Stripes,
     group: Committer,
 }
@@ -526,6 +532,8 @@ impl Inner {
         let numbers = open(receipts::NUMBERS)?;
         let receipts = open(receipts::RECEIPTS)?;
         let reactions = open("reactions")?;
+        let search = open("search")?;
+        search::build_if_missing(&keyspace, &meta, &history, &search)?;
         let tables = Tables {
             numbers: numbers.clone(),
             receipts: receipts.clone(),
@@ -536,6 +544,7 @@ impl Inner {
             cursors: cursors.clone(),
             blocks: blocks.clone(),
             reactions: reactions.clone(),
+            search: search.clone(),
         };
         let reserve = (options.free_space_reserve > 0).then(|| SpaceReserve {
             path: path.to_path_buf(),
@@ -560,6 +569,8 @@ impl Inner {
             numbers,
             receipts,
             reactions,
+            attachments: open("attachments")?,
+            search,
             stripes: Stripes::default(),
             group: Committer::start(keyspace.clone(), tables, reserve, options.stall_after)?,
             keyspace,
@@ -783,6 +794,7 @@ mod tests {
             client_msg_id: ClientMsgId::new_random(),
             timeout: std::time::Duration::from_secs(30),
             reply_to: None,
+            attachments: Vec::new(),
         };
         let before = store.commit(send(1)).await.unwrap();
         assert_eq!(store.health(), Health::Ok);

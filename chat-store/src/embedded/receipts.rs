@@ -188,6 +188,7 @@ mod tests {
             client_msg_id: ClientMsgId::new_random(),
             timeout: std::time::Duration::from_secs(30),
             reply_to: None,
+            attachments: Vec::new(),
         };
         for k in [10, 20, 30] {
             store.commit(send(k)).await.unwrap();

@@ -39,8 +39,8 @@ const MESSAGE: &str = concat!(
 pub(super) const REACTED: &str =
     "SELECT emoji FROM reactions WHERE channel_id = $1 AND message_id = $2 AND user_id = $3";
 
-const UPDATE_MESSAGE: &str = "UPDATE messages SET content = $3, edited_at = $4, deleted = $5 \
-     WHERE channel_id = $1 AND message_id = $2";
+const UPDATE_MESSAGE: &str = "UPDATE messages SET content = $3, edited_at = $4, deleted = $5, \
+     attachments = $6 WHERE channel_id = $1 AND message_id = $2";
 
 const ADD_REACTION: &str = "INSERT INTO reactions (channel_id, message_id, user_id, emoji) \
      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
@@ -57,9 +57,9 @@ const FAN_OUT: &str = "WITH bumped AS ( \
          RETURNING u.user_id, u.inbox_head), \
      ins AS ( \
          INSERT INTO inbox_entries (user_id, seq, channel_id, message_id, sender, content, \
-             created_at, client_msg_id, reply_to, edited_at, deleted, change) \
+             created_at, client_msg_id, reply_to, edited_at, deleted, change, attachments) \
          SELECT b.user_id, b.inbox_head, $2::uuid, $3::bigint, $4::uuid, $5::text, $6::bigint, \
-             $7::text, $8::bigint, $9::bigint, $10::boolean, $11::text FROM bumped b \
+             $7::text, $8::bigint, $9::bigint, $10::boolean, $11::text, $12::text FROM bumped b \
          RETURNING user_id, seq) \
      SELECT user_id, seq FROM ins ORDER BY user_id";
 
@@ -169,6 +169,7 @@ impl PostgresStore {
                                 &message.content,
                                 &message.edited_at.map(time_to_sql),
                                 &message.deleted,
+                                &super::attachments_to_sql(&message.attachments),
                             ],
                         )
                         .await
@@ -192,6 +193,7 @@ impl PostgresStore {
                             &message.edited_at.map(time_to_sql),
                             &message.deleted,
                             &json,
+                            &super::attachments_to_sql(&message.attachments),
                         ],
                     )
                     .await

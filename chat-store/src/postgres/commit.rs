@@ -41,7 +41,7 @@ const QUEUE: usize = 8_192;
 
 /// The function call of a batch.
 pub(super) const COMMIT: &str =
-    "SELECT idx, status, message_id, created_at, users, seqs FROM commit_messages($1, $2, $3, $4, $5, $6, $7, $8)";
+    "SELECT idx, status, message_id, created_at, users, seqs FROM commit_messages($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// One commit waiting for its batch.
 struct Pending {
@@ -159,6 +159,10 @@ async fn run_batch(store: &PostgresStore, batch: Vec<Pending>) {
         .iter()
         .map(|p| p.message.reply_to.map(id_to_sql))
         .collect();
+    let attachments: Vec<Option<String>> = live
+        .iter()
+        .map(|p| super::attachments_to_sql(&p.message.attachments))
+        .collect();
     let rows = store
         .run(move |client| {
             Box::pin(async move {
@@ -167,8 +171,15 @@ async fn run_batch(store: &PostgresStore, batch: Vec<Pending>) {
                     .query(
                         &statement,
                         &[
-                            &channels, &senders, &keys, &contents, &created, &proposed, &outbox,
+                            &channels,
+                            &senders,
+                            &keys,
+                            &contents,
+                            &created,
+                            &proposed,
+                            &outbox,
                             &replies,
+                            &attachments,
                         ],
                     )
                     .await
@@ -287,7 +298,7 @@ impl MessageStore for PostgresStore {
 
 /// Undrained outbox entries old enough, oldest first.
 const OUTBOX: &str = concat!(
-    "SELECT channel_id, message_id, sender, content, created_at, client_msg_id, reply_to FROM sends",
+    "SELECT channel_id, message_id, sender, content, created_at, client_msg_id, reply_to, attachments FROM sends",
     " WHERE NOT drained AND committed_at <= now() - make_interval(secs => $1) ORDER BY committed_at LIMIT $2"
 );
 

@@ -18,7 +18,7 @@ use super::{
 pub(super) const INSERT: &str = concat!(
     "WITH ins AS (INSERT INTO messages (",
     message_columns!(),
-    ", edited_at, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    ", edited_at, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     " ON CONFLICT DO NOTHING RETURNING channel_id, message_id),",
     " last AS (UPDATE channels c SET last_message_id = greatest(c.last_message_id, ins.message_id)",
     " FROM ins WHERE c.channel_id = ins.channel_id RETURNING 1)",
@@ -45,7 +45,7 @@ pub(super) const GET: &str = concat!(
 pub(super) const FORWARD: &str = concat!(
     "SELECT channel_id, message_id, sender,",
     " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to,",
-    " edited_at, deleted FROM (SELECT ",
+    " attachments, edited_at, deleted FROM (SELECT ",
     message_columns!(),
     ", edited_at, deleted, row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
     " FROM messages WHERE channel_id = $1 AND message_id BETWEEN $2 AND $3",
@@ -58,7 +58,7 @@ pub(super) const FORWARD: &str = concat!(
 pub(super) const BACKWARD: &str = concat!(
     "SELECT channel_id, message_id, sender,",
     " CASE WHEN rn = 1 OR running <= $5 THEN content END, created_at, client_msg_id, reply_to,",
-    " edited_at, deleted FROM (SELECT ",
+    " attachments, edited_at, deleted FROM (SELECT ",
     message_columns!(),
     ", edited_at, deleted, row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running",
     " FROM messages WHERE channel_id = $1 AND message_id BETWEEN $2 AND $3",
@@ -106,6 +106,7 @@ impl HistoryStore for PostgresStore {
                             &time_to_sql(message.created_at),
                             &message.client_msg_id.as_str(),
                             &message.reply_to.map(id_to_sql),
+                            &super::attachments_to_sql(&message.attachments),
                             &message.edited_at.map(time_to_sql),
                             &message.deleted,
                         ],

@@ -11,10 +11,10 @@ use super::{limit_to_sql, message_from_row, pg_error, within_budget, PostgresSto
 /// columns come first, as [`message_from_row`] reads them; the position
 /// last.
 pub(super) const READ: &str = "SELECT channel_id, message_id, sender, \
-     CASE WHEN rn = 1 OR running <= $4 THEN content END, created_at, client_msg_id, reply_to, seq, \
+     CASE WHEN rn = 1 OR running <= $4 THEN content END, created_at, client_msg_id, reply_to, attachments, seq, \
      edited_at, deleted, change \
      FROM (SELECT seq, channel_id, message_id, sender, content, created_at, client_msg_id, reply_to, \
-                  edited_at, deleted, change, \
+                  attachments, edited_at, deleted, change, \
                   row_number() OVER w AS rn, sum(octet_length(content) + 256) OVER w AS running \
            FROM inbox_entries WHERE user_id = $1 AND seq > $2 \
            WINDOW w AS (ORDER BY seq) ORDER BY seq LIMIT $3) page \
@@ -69,9 +69,9 @@ impl Inbox for PostgresStore {
                     .map_err(pg_error)?;
                 within_budget(&rows, limit, |row| {
                     Ok(InboxEntry {
-                        seq: seq_from_sql(row.try_get(7).map_err(pg_error)?),
+                        seq: seq_from_sql(row.try_get(8).map_err(pg_error)?),
                         message: message_from_row(row)?,
-                        change: match row.try_get::<_, Option<&str>>(10).map_err(pg_error)? {
+                        change: match row.try_get::<_, Option<&str>>("change").map_err(pg_error)? {
                             Some(json) => Some(serde_json::from_str(json).map_err(|e| {
                                 super::corrupt("inbox entry", format!("change: {e}"))
                             })?),

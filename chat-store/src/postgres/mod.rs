@@ -174,6 +174,7 @@
 //! [`Inbox`]: chat_core::Inbox
 //! [`Directory`]: chat_core::Directory
 
+mod attachments;
 mod change;
 mod commit;
 mod directory;
@@ -183,6 +184,7 @@ mod inbox;
 mod plans;
 mod receipts;
 mod schema;
+mod search;
 
 use std::fmt;
 use std::future::Future;
@@ -666,7 +668,7 @@ fn limit_to_sql(limit: usize) -> i64 {
 /// The columns of a message, in the order [`message_from_row`] reads them.
 macro_rules! message_columns {
     () => {
-        "channel_id, message_id, sender, content, created_at, client_msg_id, reply_to"
+        "channel_id, message_id, sender, content, created_at, client_msg_id, reply_to, attachments"
     };
 }
 use message_columns;
@@ -699,12 +701,33 @@ fn message_from_row(row: &Row) -> Result<Message> {
             None => false,
         },
         reactions: Vec::new(),
+        attachments: attachments_from_sql(row.try_get(7).map_err(pg_error)?)?,
     })
 }
 
 /// The index of the column named `name`, if the row has one.
 fn column(row: &Row, name: &str) -> Option<usize> {
     row.columns().iter().position(|c| c.name() == name)
+}
+
+/// A message's attachments as stored: their JSON array, `NULL` for none.
+fn attachments_to_sql(attachments: &[chat_core::Attachment]) -> Option<String> {
+    if attachments.is_empty() {
+        None
+    } else {
+        // Plain data: serializing it cannot fail.
+        serde_json::to_string(attachments).ok()
+    }
+}
+
+/// The attachments of a stored JSON array (`NULL`: none).
+fn attachments_from_sql(text: Option<String>) -> Result<Vec<chat_core::Attachment>> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => {
+            serde_json::from_str(&t).map_err(|e| corrupt("message", format!("attachments: {e}")))
+        }
+    }
 }
 
 /// The page a budgeted query (one with the message columns first and its

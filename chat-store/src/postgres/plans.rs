@@ -179,6 +179,7 @@ async fn hot_statements_are_index_range_scans() {
         edited_at: None,
         deleted: false,
         reactions: Vec::new(),
+        attachments: Vec::new(),
     };
     assert!(!store.append(m).await.unwrap().is_duplicate());
 

@@ -188,6 +188,18 @@ CREATE INDEX channels_by_owner ON {schema}.channels (owner);
         name: "edits, deletions and reactions (edited_at, deleted, change entries, reactions)",
         sql: MIGRATION_7,
     },
+    Migration {
+        version: 8,
+        name: "attachments: the attachments table, attachments on messages, inbox entries and the outbox",
+        sql: MIGRATION_8,
+    },
+    Migration {
+        version: 9,
+        name: "search: a full-text GIN index on message content",
+        sql: r#"
+CREATE INDEX messages_search ON {schema}.messages USING gin (to_tsvector('simple', content));
+"#,
+    },
 ];
 
 /// Edits, deletions and reactions (see `change.rs`).
@@ -218,6 +230,72 @@ CREATE TABLE {schema}.reactions (
     emoji      text   COLLATE "C" NOT NULL,
     CONSTRAINT reactions_pkey PRIMARY KEY (channel_id, message_id, user_id, emoji)
 );
+"#;
+
+/// Attachments. The `attachments` table holds one row per upload (its
+/// reference, uploader, blob ids and, once shared, its channel); messages,
+/// inbox entries and outbox entries get `attachments`, the JSON array of
+/// the message's references (`NULL` for none); and `commit_messages` gets
+/// one more array, `p_attachments`: the 8-argument function commits the
+/// batch, then the new messages with attachments get them, in the same
+/// transaction (messages without write nothing more). The 8-argument
+/// function stays for servers of the previous version during an upgrade.
+const MIGRATION_8: &str = r#"
+CREATE TABLE {schema}.attachments (
+    attachment_id uuid    NOT NULL PRIMARY KEY,
+    uploader      uuid    NOT NULL,
+    name          text    NOT NULL,
+    size          bigint  NOT NULL,
+    content_type  text    NOT NULL,
+    width         integer,
+    height        integer,
+    blob_id       uuid    NOT NULL,
+    thumbnail_id  uuid,
+    channel_id    uuid,
+    created_at    bigint  NOT NULL
+);
+ALTER TABLE {schema}.messages ADD COLUMN attachments text;
+ALTER TABLE {schema}.inbox_entries ADD COLUMN attachments text;
+ALTER TABLE {schema}.sends ADD COLUMN attachments text;
+
+CREATE FUNCTION {schema}.commit_messages(
+    p_channels uuid[], p_senders uuid[], p_keys text[], p_contents text[],
+    p_created bigint[], p_proposed bigint[], p_outbox boolean[], p_replies bigint[],
+    p_attachments text[])
+RETURNS TABLE (idx integer, status text, message_id bigint, created_at bigint,
+               users uuid[], seqs bigint[])
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    r record;
+    v_attachments text;
+BEGIN
+    FOR r IN SELECT * FROM {schema}.commit_messages(p_channels, p_senders, p_keys, p_contents,
+                                                    p_created, p_proposed, p_outbox, p_replies) LOOP
+        v_attachments := p_attachments[r.idx + 1];
+        IF r.status = 'new' AND v_attachments IS NOT NULL THEN
+            IF p_outbox[r.idx + 1] THEN
+                UPDATE {schema}.sends s SET attachments = v_attachments
+                    WHERE s.channel_id = p_channels[r.idx + 1] AND s.sender = p_senders[r.idx + 1]
+                      AND s.client_msg_id = p_keys[r.idx + 1];
+            ELSE
+                UPDATE {schema}.messages m SET attachments = v_attachments
+                    WHERE m.channel_id = p_channels[r.idx + 1] AND m.message_id = r.message_id;
+            END IF;
+            UPDATE {schema}.inbox_entries e SET attachments = v_attachments
+                FROM unnest(r.users, r.seqs) AS u(user_id, seq)
+                WHERE e.user_id = u.user_id AND e.seq = u.seq;
+        END IF;
+        idx := r.idx;
+        status := r.status;
+        message_id := r.message_id;
+        created_at := r.created_at;
+        users := r.users;
+        seqs := r.seqs;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
 "#;
 
 /// Replies and blocks.
@@ -924,6 +1002,7 @@ mod upgrade {
                 created_at: 1,
                 client_msg_id: ClientMsgId::new_random(),
                 reply_to: None,
+                attachments: Vec::new(),
                 timeout: std::time::Duration::from_secs(30),
             })
             .await
