@@ -1193,7 +1193,7 @@ impl ConnectionHandle {
                 unchanged,
                 seq,
             } => Ok(ChangeReceipt {
-                message,
+                message: *message,
                 change,
                 unchanged,
                 seq,

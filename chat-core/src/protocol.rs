@@ -348,8 +348,9 @@ pub enum ReplyBody {
     /// An edit, deletion or reaction is stored in history and in every
     /// member's inbox (or there was nothing to change).
     Changed {
-        /// The message after the change (without reactions).
-        message: Message,
+        /// The message after the change (without reactions); boxed, as
+        /// the largest field of any reply.
+        message: Box<Message>,
         /// What changed.
         change: Change,
         /// `true` if the message already was in the asked state: nothing

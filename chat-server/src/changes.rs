@@ -95,7 +95,7 @@ impl ChatServer {
             self.publish_or_redeliver(recipients, envelope).await;
         }
         Ok(ReplyBody::Changed {
-            message: changed.message,
+            message: Box::new(changed.message),
             change: changed.change,
             unchanged: changed.unchanged,
             seq,
