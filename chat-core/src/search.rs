@@ -71,6 +71,23 @@ pub fn matches(content: &str, query_words: &[String]) -> bool {
     query_words.iter().all(|w| have.contains(w))
 }
 
+/// The page of a search from the matches each channel gave (up to
+/// `limit + 1` of each, any order): the newest `limit` by `(id, channel)`,
+/// and whether more matched. The rule every backend that merges per-channel
+/// results shares.
+pub fn newest_page(
+    mut found: Vec<crate::types::Message>,
+    limit: usize,
+) -> crate::store::Paged<crate::types::Message> {
+    found.sort_by_key(|m| std::cmp::Reverse((m.id, m.channel_id)));
+    let has_more = found.len() > limit;
+    found.truncate(limit);
+    crate::store::Paged {
+        items: found,
+        has_more,
+    }
+}
+
 /// Where a page of results continues: strictly after (older than) this
 /// result.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -48,12 +48,6 @@ impl MessageSearch for MemoryStore {
                 }
             }
         }
-        found.sort_by_key(|m| std::cmp::Reverse((m.id, m.channel_id)));
-        let has_more = found.len() > limit;
-        found.truncate(limit);
-        Ok(Paged {
-            items: found,
-            has_more,
-        })
+        Ok(crate::search::newest_page(found, limit))
     }
 }

@@ -143,13 +143,7 @@ impl Inner {
                 }
             }
         }
-        found.sort_by_key(|m| std::cmp::Reverse((m.id, m.channel_id)));
-        let has_more = found.len() > limit;
-        found.truncate(limit);
-        Ok(Paged {
-            items: found,
-            has_more,
-        })
+        Ok(chat_core::search::newest_page(found, limit))
     }
 }
 
